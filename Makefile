@@ -1,0 +1,51 @@
+# medsynth_nb: two commands do all the set-up on a fresh machine.
+#   make test   creates .venv when missing, installs, checks the export is in sync, runs nbdev_test, then pytest
+#   make tour   same set-up, then runs every lesson at smoke size and renders tour/ (HTML + a results page)
+# TORCH picks the torch build installed first, e.g. make test TORCH=torch==2.13.0 (a local CPU wheel) or
+#   make test TORCH="torch --index-url https://download.pytorch.org/whl/cpu" on a laptop without a GPU.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch
+NBDEV_FLAGS ?=
+N_WORKERS ?= 2
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.medsynth-installed
+
+.PHONY: test tour install sync nbtest pytest bench readme clean-venv
+.DEFAULT_GOAL := test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python setup.py settings.ini
+	$(BIN)/python -m pip install --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install $(TORCH)
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Fails when nbdev_export or nbdev_clean would change a file: the library and the notebooks must agree.
+sync: $(STAMP)
+	$(BIN)/python tests/check_sync.py
+
+nbtest: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/nbdev_test --n_workers $(N_WORKERS) --timing $(if $(NBDEV_FLAGS),--flags "$(NBDEV_FLAGS)")
+
+pytest: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest tests -q -p no:cacheprovider
+
+test: sync nbtest pytest
+
+tour: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m medsynth_nb.utils tour --out tour
+
+bench: $(STAMP)
+	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)
+
+readme: $(STAMP)
+	$(BIN)/python -c "from medsynth_nb.utils import write_readme; write_readme()"

@@ -1,0 +1,143 @@
+"Metrics: references on random inputs, properties, and the bad-input matrix."
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from medsynth_nb import metrics as M
+from medsynth_nb.utils import make_generator, test_allclose
+
+IMAGE_METRICS = [M.mse, M.mae, M.rmse, M.nmse, M.psnr, M.ssim, M.snr_db, M.ahd]
+
+
+def pair(shape, seed=0, dtype=torch.float64, noise=0.1):
+    g = make_generator(seed)
+    t = torch.rand(shape, generator=g, dtype=dtype)
+    p = (t + noise * torch.randn(shape, generator=g, dtype=dtype)).clamp(0, 1)
+    return p, t
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(11, 30), w=st.integers(11, 30), dr=st.floats(0.5, 3.0), seed=st.integers(0, 10_000))
+def test_ssim_matches_skimage_2d(h, w, dr, seed):
+    from skimage.metrics import structural_similarity
+    p, t = pair((1, 1, h, w), seed)
+    ref = structural_similarity(t[0, 0].numpy(), p[0, 0].numpy(), data_range=dr, gaussian_weights=True, sigma=1.5,
+                                use_sample_covariance=False)
+    assert abs(M.ssim(p, t, data_range=dr).item() - ref) < 1e-9
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 11, 12, 13), (1, 3, 16, 15, 14)])
+def test_ssim_matches_skimage_3d_and_channels(shape):
+    from skimage.metrics import structural_similarity
+    p, t = pair(shape, 3)
+    ours = M.ssim(p, t, data_range=1.0, reduction="none")
+    for b in range(shape[0]):
+        ref = structural_similarity(t[b].numpy(), p[b].numpy(), data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False, channel_axis=0)
+        assert abs(ours[b].item() - ref) < 1e-9
+
+
+def test_ssim_float32_within_1e3_and_differentiable():
+    from skimage.metrics import structural_similarity
+    p, t = pair((2, 1, 40, 40), 5, dtype=torch.float32)
+    p.requires_grad_(True)
+    v = M.ssim(p, t, data_range=1.0, reduction="none")
+    for b in range(2):
+        ref = structural_similarity(t[b, 0].double().numpy(), p[b, 0].detach().double().numpy(), data_range=1.0,
+                                    gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+        assert abs(v[b].item() - ref) < 1e-3
+    (1 - v.mean()).backward()
+    assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_ssim_properties(seed):
+    p, t = pair((1, 1, 16, 16), seed)
+    assert abs(M.ssim(p, t, 1.0) - M.ssim(t, p, 1.0)) < 1e-12          # symmetric
+    assert M.ssim(p, t, 1.0) <= 1 + 1e-12
+    assert abs(M.ssim(t, t, 1.0).item() - 1) < 1e-12
+
+
+def test_psnr_per_image_data_range_not_first_sample():
+    # Pinetz's code used the first sample's max for the whole batch; ours is per image.
+    p, t = pair((2, 1, 16, 16), 1)
+    t2 = t.clone(); t2[1] *= 0.5; p2 = p.clone(); p2[1] *= 0.5
+    per = M.psnr(p2, t2, reduction="none")
+    for b in range(2):
+        rng = (t2[b].max() - t2[b].min()).item()
+        ref = 10 * math.log10(rng ** 2 / ((p2[b] - t2[b]) ** 2).mean().item())
+        assert abs(per[b].item() - ref) < 1e-9
+
+
+@pytest.mark.parametrize("fn", IMAGE_METRICS)
+def test_bad_inputs(fn):
+    p, t = pair((1, 1, 16, 16), 2)
+    with pytest.raises(ValueError, match="pred: expected 4 or 5 dimensions"):
+        fn(p[0], t[0])
+    with pytest.raises(ValueError, match="expected the same shape"):
+        fn(p, t[..., :12])
+    with pytest.raises(TypeError, match="real floating-point"):
+        fn(p.to(torch.complex128), t.to(torch.complex128))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        fn(p.numpy(), t.numpy())
+    with pytest.raises(ValueError, match="finite"):
+        fn(p * float("nan"), t)
+    with pytest.raises(TypeError, match="same dtype"):
+        fn(p.float(), t)
+    with pytest.raises(ValueError, match="reduction"):
+        fn(p, t, reduction="median")
+
+
+def test_snr_equals_minus_nmse_db():
+    p, t = pair((3, 1, 20, 20), 4)
+    test_allclose(M.snr_db(p, t, reduction="none"), -10 * torch.log10(M.nmse(p, t, reduction="none")))
+
+
+def test_ahd_counts_against_numpy_with_mask():
+    p, t = pair((2, 1, 8, 9, 10), 6)
+    mask = torch.rand(p.shape, generator=make_generator(1)) > 0.3
+    ours = M.ahd(p, t, mask=mask, reduction="none")
+    for b in range(2):
+        mb = mask[b].numpy()
+        ref = np.abs(np.histogram(p[b].numpy()[mb], 255, (0, 1))[0] - np.histogram(t[b].numpy()[mb], 255, (0, 1))[0]).sum()
+        assert ours[b].item() == ref
+
+
+def test_mae_ce_and_sigma_need_masks():
+    p, t = pair((1, 1, 8, 8), 7)
+    with pytest.raises(ValueError, match="at least one CE voxel"):
+        M.mae_ce(p, t, torch.zeros(p.shape, dtype=torch.bool))
+    with pytest.raises(ValueError, match="expected the same shape"):
+        M.mae_sigma(p, t, torch.zeros(1, 1, 4, 4, dtype=torch.bool))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), p_fill=st.floats(0.05, 0.6))
+def test_dice_and_hausdorff_against_references(seed, p_fill):
+    from scipy.spatial.distance import directed_hausdorff
+    rng = np.random.default_rng(seed)
+    a = torch.from_numpy(rng.random((1, 12, 14)) < p_fill)
+    b = torch.from_numpy(rng.random((1, 12, 14)) < p_fill)
+    A, B = a[0].numpy(), b[0].numpy()
+    tot = A.sum() + B.sum()
+    ref_d = 1.0 if tot == 0 else 2 * (A & B).sum() / tot
+    assert abs(M.dice(a, b).item() - ref_d) < 1e-12
+    assert M.dice(a, b).item() == M.dice(b, a).item()
+    h = M.hausdorff(a, b).item()
+    if A.any() and B.any():
+        pa, pb = np.argwhere(A), np.argwhere(B)
+        assert abs(h - max(directed_hausdorff(pa, pb)[0], directed_hausdorff(pb, pa)[0])) < 1e-9
+        assert M.hausdorff(a, b, percentile=95).item() <= h + 1e-12
+    assert h == M.hausdorff(b, a).item()
+
+
+def test_pcc_reference():
+    from scipy.stats import pearsonr
+    p, t = pair((2, 1, 10, 10), 9)
+    per = M.pcc(p, t, reduction="none")
+    for b in range(2):
+        assert abs(per[b].item() - pearsonr(p[b].flatten().numpy(), t[b].flatten().numpy())[0]) < 1e-12

@@ -8,6 +8,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch
 NBDEV_FLAGS ?=
+TOUR_FLAGS ?=
 N_WORKERS ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medsynth-installed
@@ -39,7 +40,7 @@ pytest: $(STAMP)
 test: sync nbtest pytest
 
 tour: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m medsynth_nb.utils tour --out tour
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -c "from medsynth_nb.utils import build_tour; build_tour('tour', flags='$(TOUR_FLAGS)'.split())"
 
 bench: $(STAMP)
 	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -15,10 +15,10 @@ missing = [k for k in expected if k not in cfg]
 if missing:
     raise SystemExit(f"settings.ini is missing required keys: {missing}")
 
-licenses = {"apache2": ("Apache Software License 2.0", "OSI Approved :: Apache Software License")}
+licenses = {"apache2": "Apache-2.0"}  # SPDX expressions (license classifiers are deprecated)
 statuses = ["1 - Planning", "2 - Pre-Alpha", "3 - Alpha", "4 - Beta", "5 - Production/Stable", "6 - Mature", "7 - Inactive"]
 py_versions = "3.10 3.11 3.12 3.13".split()
-lic = licenses.get(cfg["license"].lower(), (cfg["license"], None))
+lic = licenses.get(cfg["license"].lower(), cfg["license"])
 min_python = cfg["min_python"]
 
 requirements = shlex.split(cfg.get("requirements", ""))
@@ -35,7 +35,7 @@ setuptools.setup(
     keywords=cfg["keywords"],
     author=cfg["author"],
     author_email=cfg["author_email"],
-    license=lic[0],
+    license=lic,
     url=cfg["git_url"],
     packages=setuptools.find_packages(include=[cfg["lib_name"], cfg["lib_name"] + ".*"]),
     include_package_data=True,
@@ -52,7 +52,6 @@ setuptools.setup(
         "Natural Language :: " + cfg["language"].title(),
         "Topic :: Scientific/Engineering :: Medical Science Apps.",
     ]
-    + ([f"License :: {lic[1]}"] if lic[1] else [])
     + [f"Programming Language :: Python :: {v}" for v in py_versions[py_versions.index(min_python):]],
     zip_safe=False,
 )

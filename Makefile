@@ -13,7 +13,7 @@ N_WORKERS ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medsynth-installed
 
-.PHONY: test tour install sync nbtest pytest bench readme clean-venv
+.PHONY: test tour install sync nbtest pytest bench readme data data-check clean-venv
 .DEFAULT_GOAL := test
 
 $(BIN)/python:
@@ -50,3 +50,10 @@ clean-venv:
 
 readme: $(STAMP)
 	$(BIN)/python -c "from medsynth_nb.utils import write_readme; write_readme()"
+
+# Rebuild data_samples/ from the simulator (bit-exact; the manifest's sha256 is over decoded arrays).
+data: $(STAMP)
+	$(BIN)/python -m medsynth_nb.phantom
+
+data-check: $(STAMP)
+	$(BIN)/python -m medsynth_nb.phantom --check

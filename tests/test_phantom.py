@@ -1,0 +1,112 @@
+"medsynth_nb.phantom: physics checks, determinism, and data_samples/ rebuilt exactly from the manifest."
+import json, math, os, subprocess, sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import medsynth_nb.phantom as P
+from medsynth_nb.data import load_manifest, verify_manifest
+from medsynth_nb.utils import test_allclose
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "data_samples"
+
+def test_rebuild_reproduces_manifest_exactly(tmp_path):
+    man = P.build_samples(tmp_path, anatomy_root=SAMPLES, verbose=False)
+    shipped = load_manifest(SAMPLES)
+    assert [e["path"] for e in man["files"]] == [e["path"] for e in shipped["files"]]
+    for new, old in zip(man["files"], shipped["files"]):
+        assert new["arrays"] == old["arrays"], new["path"]
+    assert verify_manifest(tmp_path) == []
+
+def test_manifest_covers_folder_and_size():
+    man = load_manifest(SAMPLES)
+    listed = {e["path"] for e in man["files"]}
+    present = {p.name for p in SAMPLES.iterdir() if p.is_file()} - {"manifest.json", "ICBM152_LICENSE.txt"}
+    assert listed == present
+    assert sum(p.stat().st_size for p in SAMPLES.iterdir()) <= 20 * 2**20
+    notice = (SAMPLES / "ICBM152_LICENSE.txt").read_text()
+    assert "McConnell Brain Imaging Centre" in notice and "Permission to use, copy, modify" in notice
+    for e in man["files"]:
+        assert e["meaning"] and all(len(a["sha256"]) == 64 for a in e["arrays"].values())
+
+def test_cli_check():
+    r = subprocess.run([sys.executable, "-m", "medsynth_nb.phantom", "--check", "--out", str(SAMPLES)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+def test_library_does_not_need_nilearn():
+    code = "import sys, medsynth_nb.phantom as P; P.load_anatomy(); print('nilearn' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.stdout.strip() == "False", r.stderr
+
+def test_mprage_closed_form_matches_bloch_and_contrast_order():
+    def bloch(T1, TR, TI, flip_deg, echo_spacing, n_readouts, n_tr=30, **_):
+        a = math.radians(flip_deg); kc = n_readouts // 2; TA = TI - kc * echo_spacing
+        rel = lambda M, t: M * math.exp(-t / T1) + 1 - math.exp(-t / T1)
+        M = 1.0
+        for _ in range(n_tr):
+            M = rel(-M, TA)
+            for k in range(n_readouts):
+                if k == kc: s = M * math.sin(a)
+                M = rel(M * math.cos(a), echo_spacing)
+            M = rel(M, TR - TA - n_readouts * echo_spacing)
+        return s
+    for B, prot in P.MPRAGE_PROTOCOLS.items():
+        for T1 in (500.0, 838.0, 1607.0, 4300.0):
+            assert P.mprage_signal(1.0, T1, 1e12, **{**prot, "TE": 0.0}) == pytest.approx(bloch(T1, **prot), rel=1e-9, abs=1e-12)
+    r = {B: P.tissue_signals(B, "mprage")["gm"] / P.tissue_signals(B, "mprage")["wm"] for B in P.FIELDS}
+    assert r[3.0] < r[1.5] < 1
+    assert 0.6 < r[1.5] < 0.8 and 0.4 < r[3.0] < 0.6  # DESIGN expects ~0.71 / ~0.55
+
+def test_enhancement_monotone_stronger_at_3t_and_for_gadobutrol():
+    doses = np.linspace(0, 1, 11)
+    e = {(a, B): np.array([P.tissue_signals(B, "spgr", d, a)["rim"] for d in doses]) for a in P.RELAXIVITY for B in P.FIELDS}
+    for v in e.values(): assert np.all(np.diff(v) > 0)
+    for a in P.RELAXIVITY: assert np.all(e[a, 3.0][1:] / e[a, 3.0][0] > e[a, 1.5][1:] / e[a, 1.5][0])
+    for B in P.FIELDS: assert np.all(e["gadobutrol", B][1:] > e["gadoterate", B][1:])
+    T1_0, T1_d = P.relaxation("rim", 1.5)[0], P.relaxation("rim", 1.5, dose=0.5)[0]
+    assert 1000 / T1_d - 1000 / T1_0 == pytest.approx(4.78 * 0.5 * 0.1, rel=1e-12)
+
+def test_rician_background_and_determinism():
+    z = np.zeros((200, 500))
+    n = P.add_rician_noise(z, 2.0, seed=0)
+    assert n.mean() == pytest.approx(2.0 * math.sqrt(math.pi / 2), rel=0.01)
+    assert np.array_equal(n, P.add_rician_noise(z, 2.0, seed=0)) and not np.array_equal(n, P.add_rician_noise(z, 2.0, seed=1))
+    with pytest.raises(ValueError, match="sigma"): P.add_rician_noise(z, -1)
+
+def test_coils_fft_rss():
+    import sigpy.mri
+    m = P.birdcage_maps((8, 32, 24))
+    test_allclose(m, sigpy.mri.birdcage_maps((8, 32, 24)), rtol=1e-12, atol=1e-12)
+    test_allclose(P.rss(m), np.ones((32, 24)), rtol=1e-12, atol=0)
+    x = np.random.default_rng(0).standard_normal((2, 3, 10, 12)) + 0j
+    ref = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(torch.from_numpy(x), dim=(-2, -1)), dim=(-2, -1), norm="ortho"), dim=(-2, -1))
+    test_allclose(torch.from_numpy(P._fft2c(x)), ref, rtol=1e-12, atol=1e-12)
+    img = np.random.default_rng(1).random((2, 16, 16))
+    k, maps, xc = P.multicoil_kspace(img, 4, 0.0, seed=0)
+    assert k.shape == (2, 4, 16, 16) and k.dtype == np.complex64
+    test_allclose(P.rss(P._ifft2c(k.astype(np.complex128))), img, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="real \\(slices, H, W\\)"): P.multicoil_kspace(img[0])
+
+def test_bad_physics_inputs():
+    with pytest.raises(ValueError, match="field"): P.relaxation("gm", 7.0)
+    with pytest.raises(ValueError, match="tissue"): P.relaxation("bone", 3.0)
+    with pytest.raises(ValueError, match="sequence"): P.tissue_signals(3.0, "flair")
+    with pytest.raises(ValueError, match="does not fit"): P.mprage_signal(1, 1000, 80, 1000, 300, 3, 9, 7, 160)
+    with pytest.raises(ValueError, match="unknown tissue"): P.simulate_image({"bone": np.zeros((2, 2, 2))})
+
+def test_random_subject_seeded_and_global_rng_untouched():
+    before_t, before_np = torch.random.get_rng_state(), np.random.get_state()[1].copy()
+    a = P.random_subject(3, field=1.5, doses=(0.0, 1.0))
+    assert torch.equal(torch.random.get_rng_state(), before_t) and np.array_equal(np.random.get_state()[1], before_np)
+    b = P.random_subject(3, field=1.5, doses=(0.0, 1.0))
+    assert torch.equal(a["images"], b["images"]) and torch.equal(a["labels"], b["labels"])
+    assert (a["labels"] == P.LABELS["rim"]).any() and all(0.9 <= v <= 1.1 for v in a["t1_scale"].values())
+    rim = a["labels"] == P.LABELS["rim"]
+    assert a["images"][1][rim].mean() > a["images"][0][rim].mean()
+    ds = P.RandomDoseSeriesDataset(1000, seed=5, slice_axis=0)
+    it = ds[999]
+    assert len(ds) == 1000 and it["x_NA"].shape == (1, 117, 95)
+    with pytest.raises(IndexError): ds[1000]

@@ -1,0 +1,90 @@
+"Shared network blocks: shapes, parameter counts (Durrer's 11,402,370), embedding cross-check, bad inputs."
+import math
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from medsynth_nb.layers import (AttentionBlock, ResBlock, UNet, UNET_PRESETS, count_parameters, normalization,
+                                timestep_embedding, unet_from_preset)
+from medsynth_nb.utils import make_generator, seeded, test_allclose
+
+torch.set_num_threads(1)
+
+
+def test_paper_preset_parameter_count_matches_durrer():
+    assert count_parameters(unet_from_preset("paper", 2, 2)) == 11_402_370
+
+
+def test_bench_and_smoke_counts():
+    assert count_parameters(unet_from_preset("bench", 1, 1)) == 1_112_801
+    assert count_parameters(unet_from_preset("smoke", 1, 1)) == 176_849
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 64), st.lists(st.integers(0, 999), min_size=1, max_size=5))
+def test_timestep_embedding_matches_diffusers(dim, ts):
+    from diffusers.models.embeddings import get_timestep_embedding
+    t = torch.tensor(ts)
+    ours = timestep_embedding(t, dim)
+    assert ours.shape == (len(ts), dim)
+    if dim > 1:
+        ref = get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+        test_allclose(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("preset,size", [("smoke", 16), ("smoke", 8), ("bench", 16)])
+@pytest.mark.parametrize("learn_sigma", [False, True])
+def test_unet_shapes(preset, size, learn_sigma):
+    out_ch = 2 if learn_sigma else 1
+    net = unet_from_preset(preset, 2, out_ch)
+    x = torch.randn(2, 2, size, size, generator=make_generator(0))
+    assert net(x, torch.tensor([0, 999])).shape == (2, out_ch, size, size)
+
+
+def test_unet_init_is_deterministic_and_zero_output():
+    a, b = unet_from_preset("smoke", 1, 1, seed=3), unet_from_preset("smoke", 1, 1, seed=3)
+    for p, q in zip(a.parameters(), b.parameters()): assert torch.equal(p, q)
+    with torch.no_grad(): assert a(torch.randn(1, 1, 16, 16), 5).abs().max() == 0
+
+
+def test_unet_time_dependence_after_training_step():
+    net = unet_from_preset("smoke", 1, 1)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    x = torch.randn(2, 1, 16, 16, generator=make_generator(1))
+    for _ in range(3):
+        loss = (net(x, torch.tensor([1, 900])) - x).pow(2).mean(); opt.zero_grad(); loss.backward(); opt.step()
+    with torch.no_grad(): assert not torch.allclose(net(x, torch.tensor([1, 1])), net(x, torch.tensor([900, 900])))
+
+
+def test_resblock_scale_shift_and_skip():
+    with seeded(0): rb = ResBlock(16, 8, out_channels=32, use_scale_shift_norm=True, num_groups=8)
+    y = rb(torch.randn(3, 16, 4, 4), torch.randn(3, 8))
+    assert y.shape == (3, 32, 4, 4)
+
+
+def test_attention_is_permutation_equivariant():
+    with seeded(0): att = AttentionBlock(8, num_heads=2, num_groups=4)
+    with torch.no_grad(): att.proj_out.weight.normal_(generator=make_generator(1))
+    x = torch.randn(1, 8, 3, 3, generator=make_generator(2))
+    perm = torch.randperm(9, generator=make_generator(3))
+    xp = x.reshape(1, 8, 9)[..., perm].reshape(1, 8, 3, 3)
+    test_allclose(att(xp).reshape(1, 8, 9), att(x).reshape(1, 8, 9)[..., perm], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("call,msg", [
+    (lambda n: n(torch.randn(2, 3, 16, 16), torch.tensor([1, 2])), "x: expected 1 channels, got 3"),
+    (lambda n: n(torch.randn(2, 1, 15, 16), torch.tensor([1, 2])), "H and W must be divisible by 2"),
+    (lambda n: n(torch.randn(2, 1, 16, 16), torch.tensor([1, 2, 3])), "t: expected shape (2,)"),
+    (lambda n: n(torch.randn(2, 1, 16, 16).long(), torch.tensor([1, 2])), "x: expected a real floating-point tensor"),
+    (lambda n: n(torch.full((1, 1, 16, 16), float("nan")), 1), "x: expected finite values"),
+])
+def test_unet_bad_inputs(call, msg):
+    with pytest.raises((ValueError, TypeError), match=None) as e: call(unet_from_preset("smoke", 1, 1))
+    assert msg in str(e.value)
+
+
+def test_bad_construction():
+    with pytest.raises(ValueError, match="divisible by the number of groups"): normalization(24, 32)
+    with pytest.raises(ValueError, match="heads must divide"): AttentionBlock(16, num_heads=3, num_groups=8)
+    with pytest.raises(ValueError, match="preset: expected one of"): unet_from_preset("tiny")
+    with pytest.raises(ValueError, match="dim: expected a positive"): timestep_embedding(torch.tensor([1]), 0)

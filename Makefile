@@ -10,6 +10,7 @@ TORCH ?= torch
 NBDEV_FLAGS ?=
 TOUR_FLAGS ?=
 N_WORKERS ?= 2
+# nbdev_test runs N_WORKERS notebooks at once: one BLAS/OpenMP thread each avoids oversubscribing the cores.
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medsynth-installed
 
@@ -32,7 +33,7 @@ sync: $(STAMP)
 	$(BIN)/python tests/check_sync.py
 
 nbtest: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/nbdev_test --n_workers $(N_WORKERS) --timing $(if $(NBDEV_FLAGS),--flags "$(NBDEV_FLAGS)")
+	PATH=$(CURDIR)/$(BIN):$$PATH OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/nbdev_test --n_workers $(N_WORKERS) --timing $(if $(NBDEV_FLAGS),--flags "$(NBDEV_FLAGS)")
 
 pytest: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest tests -q -p no:cacheprovider

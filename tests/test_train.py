@@ -1,0 +1,271 @@
+"""The training engine (medsynth_nb.train, medsynth_nb.cli): resume bit-for-bit, a save killed by SIGKILL, a 2-process
+torchrun (gloo) run with identical replicas, config errors, checkpoints from another config, the command line."""
+import json, math, os, re, signal, subprocess, sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medsynth_nb import cli
+from medsynth_nb.train import (ConfigMismatchError, RunSetupError, Phase, Task, TrainConfig, fit, get_experiment,
+                               list_experiments, load_checkpoint, load_models, read_log, state_fingerprint, supervised, train)
+from medsynth_nb.utils import make_generator, seeded
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+TORCHRUN = str(Path(PY).parent / "torchrun")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    "Tiny networks on a shared 2-core machine: one intra-op thread is many times faster than two."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def sub_env():
+    e = dict(os.environ, OMP_NUM_THREADS="1")
+    e["PYTHONPATH"] = str(ROOT) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    return e
+
+
+def assert_identical(a, b, where="checkpoint"):
+    "Exact equality of nested checkpoint contents: tensors bit-for-bit (dtype included), everything else ==."
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), f"{where}: tensors differ (max |Δ| = {(a.double() - b.double()).abs().max().item():.3g})"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and sorted(a, key=str) == sorted(b, key=str), f"{where}: keys {sorted(a, key=str)} vs {sorted(b, key=str)}"
+        for k in a: assert_identical(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)): assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def log_rows(out):
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in read_log(out)]
+
+
+# ---------------------------------------------------------------- resume
+
+@pytest.mark.parametrize("name,first,total", [("toy-regression", 7, 25), ("toy-wgan", 7, 16)])
+def test_resume_equals_straight_run_bit_for_bit(tmp_path, name, first, total):
+    rng_before = torch.get_rng_state()
+    straight = train(name, "smoke", out=tmp_path / "straight", steps=total, progress=False)
+    train(name, "smoke", out=tmp_path / "resumed", steps=first, progress=False)
+    resumed = train(name, "smoke", out=tmp_path / "resumed", steps=total, resume=True, progress=False)
+    assert straight.step == resumed.step == total
+    a, b = load_checkpoint(straight.out), load_checkpoint(resumed.out)
+    assert_identical(a, b)      # models, EMA, optimizers, scalers, data position, every RNG state, config
+    assert log_rows(straight.out) == log_rows(resumed.out)
+    assert [r["step"] for r in read_log(resumed.out)] == list(range(1, total + 1))
+    assert torch.equal(torch.get_rng_state(), rng_before), "training changed the caller's global RNG"
+
+
+def _custom_task(cfg):
+    "A Task built by hand: dropout, an LR scheduler, noise drawn from ctx.rng in the loss."
+    with seeded(0): net = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Dropout(0.2), nn.Linear(16, 1))
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9)
+    data = torch.utils.data.TensorDataset(torch.randn(40, 3, generator=make_generator(1)), torch.randn(40, 1, generator=make_generator(2)))
+    def loss(batch, ctx):
+        x, y = batch
+        return F.mse_loss(ctx.models.model(x + 0.01 * torch.randn(x.shape, generator=ctx.rng, device=ctx.device)), y)
+    return supervised(net, opt, data, loss, schedulers={"model": torch.optim.lr_scheduler.StepLR(opt, 3, 0.5)})
+
+def test_fit_custom_task_resumes_bit_for_bit_with_accumulation_clipping_fp16_scheduler(tmp_path):
+    cfg = TrainConfig(steps=11, batch_size=8, grad_accum=2, grad_clip=0.1, ema=0.5, amp="fp16", lr=0.05, ckpt_every=4)
+    fit(_custom_task(cfg), cfg, tmp_path / "straight", progress=True)           # progress bar on (stderr)
+    fit(_custom_task(cfg), cfg.replace(steps=6), tmp_path / "resumed", progress=False)
+    fit(_custom_task(cfg), cfg, tmp_path / "resumed", resume=True, progress=False)  # a fresh Task, as in a new process
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
+    assert_identical(a, b)
+    assert a["schedulers"]["model"]["last_epoch"] == 11 and a["scalers"]["model"]["scale"] > 0
+    assert log_rows(tmp_path / "straight") == log_rows(tmp_path / "resumed")
+    assert "train/grad_norm" in read_log(tmp_path / "straight")[0]
+
+
+def test_checkpoint_layout_and_keep(tmp_path):
+    res = train("toy-regression", "smoke", out=tmp_path, steps=30, keep=2, progress=False)
+    ck = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ck["step"] == 30 and set(ck["models"]) == {"model"}
+    assert set(ck["models"]["model"]) == set(res.models["model"].state_dict())
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000020.pt", "step_00000030.pt"]
+    info = json.loads((tmp_path / "config.json").read_text())
+    assert info["experiment"] == "toy-regression" and info["config"]["keep"] == 2
+    assert info["git_revision"] == "unknown" or re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", info["git_revision"])
+    assert (tmp_path / "log.csv").read_text().splitlines()[0].startswith("step,train/loss")
+    # load_models rebuilds the experiment from the stored config
+    m = load_models(tmp_path)["model"]
+    assert state_fingerprint(m) == state_fingerprint(ck["models"]["model"])
+    assert state_fingerprint(load_models(tmp_path, ema=True)["model"]) == state_fingerprint(ck["ema"]["model"])
+
+
+# ---------------------------------------------------------------- a save killed half-way (SIGKILL)
+
+KILL_DURING_SAVE = r"""
+import os, signal, sys, torch
+real_save = torch.save
+def dying_save(obj, f, *args, **kwargs):
+    real_save(obj, f, *args, **kwargs)
+    if isinstance(obj, dict) and obj.get("step") == 20:      # half of the step-20 file is on disk: kill -9
+        with open(f, "r+b") as fh: fh.truncate(os.path.getsize(f) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+torch.save = dying_save
+from medsynth_nb.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+def test_killed_save_leaves_previous_checkpoint_and_resume_is_exact(tmp_path):
+    out = tmp_path / "run"
+    r = subprocess.run([PY, "-c", KILL_DURING_SAVE, "train", "toy-regression", "--out", str(out), "--no-progress"],
+                       env=sub_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert load_checkpoint(out)["step"] == 10                       # the previous complete checkpoint
+    assert list(out.rglob(".step_*.tmp*")), "expected the killed save's temporary file"
+    assert max(r["step"] for r in read_log(out)) == 20             # the dead run logged past its checkpoint
+    assert cli.main(["train", "toy-regression", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert not list(out.rglob(".*.tmp*")), "stale temporary files were not removed"
+    straight = train("toy-regression", "smoke", out=tmp_path / "straight", progress=False)
+    assert_identical(load_checkpoint(straight.out), load_checkpoint(out))
+    assert log_rows(straight.out) == log_rows(out)
+
+
+# ---------------------------------------------------------------- 2 processes under torchrun (gloo)
+
+def test_torchrun_two_processes_gloo(tmp_path):
+    "toy-wgan (GP's double backward through DDP) and toy-regression, launched together with torchrun -m medsynth_nb.cli."
+    runs = {"toy-wgan": [], "toy-regression": ["--set", "dropout=0"]}
+    procs = {name: subprocess.Popen([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "medsynth_nb.cli", "train", name,
+                                     "--preset", "smoke", "--out", str(tmp_path / name), "--no-progress", *extra],
+                                    env=sub_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for name, extra in runs.items()}
+    logs = {name: p.communicate(timeout=300)[0] for name, p in procs.items()}
+    for name, p in procs.items(): assert p.returncode == 0, f"{name}:\n{logs[name][-3000:]}"
+    for name in runs:
+        out = tmp_path / name
+        rep = json.loads((out / "replicas.json").read_text())
+        assert rep["world_size"] == 2 and rep["identical"]
+        ck = load_checkpoint(out)
+        for k, sd in ck["models"].items():      # both ranks' weights = what rank 0 saved
+            assert rep["fingerprints"][0][k] == rep["fingerprints"][1][k] == state_fingerprint(sd)
+        assert ck["world_size"] == 2 and len(ck["rng"]) == 2
+        assert logs[name].count(f"{name} (smoke): step") == 1           # only rank 0 reports
+    # 2 processes × 16 samples = 1 process × 32 samples: the same samples, gradients averaged by all_reduce
+    one = train("toy-regression", "smoke", out=tmp_path / "one", dropout=0.0, progress=False)
+    two = load_checkpoint(tmp_path / "toy-regression")["models"]["model"]
+    for k, v in one.models["model"].state_dict().items(): torch.testing.assert_close(two[k], v, rtol=1e-4, atol=1e-5)
+    l1, l2 = [r["train/loss"] for r in read_log(one.out)], [r["train/loss"] for r in read_log(tmp_path / "toy-regression")]
+    assert len(l1) == len(l2) == 30 and all(math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-6) for x, y in zip(l1, l2))
+
+
+# ---------------------------------------------------------------- configs and experiments
+
+BAD_VALUES = [
+    ("toy-regression", dict(steps=0), ValueError, "steps: expected a positive number of steps, got 0"),
+    ("toy-regression", dict(steps=2.5), TypeError, "steps: expected int, got 2.5 (float)"),
+    ("toy-regression", dict(batch_size="32"), TypeError, "batch_size: expected int, got '32' (str)"),
+    ("toy-regression", dict(lr=float("nan")), ValueError, "lr: expected a positive finite learning rate, got nan"),
+    ("toy-regression", dict(lr=0), ValueError, "lr: expected a positive finite learning rate, got 0.0"),
+    ("toy-regression", dict(amp="fp8"), ValueError, "amp: expected one of ('auto', 'off', 'bf16', 'fp16'), got 'fp8'"),
+    ("toy-regression", dict(ema=1.0), ValueError, "ema: expected a decay in [0, 1) (0 = off), got 1.0"),
+    ("toy-regression", dict(grad_accum=0), ValueError, "grad_accum: expected at least 1 micro-batch per step, got 0"),
+    ("toy-regression", dict(keep=0), ValueError, "keep: expected at least 1 checkpoint, got 0"),
+    ("toy-regression", dict(ckpt_every=-1), ValueError, "ckpt_every: expected a non-negative number of steps"),
+    ("toy-regression", dict(seed=-3), ValueError, "seed: expected a non-negative seed, got -3"),
+    ("toy-regression", dict(dropout=1.0), ValueError, "dropout: expected a probability in [0, 1), got 1.0"),
+    ("toy-regression", dict(hidden=0), ValueError, "hidden: expected a positive width, got 0"),
+    ("toy-regression", dict(hiden=8), ValueError, "ToyRegressionConfig has no field 'hiden'"),
+    ("toy-wgan", dict(n_critic=0), ValueError, "n_critic: expected at least 1 critic update per step, got 0"),
+    ("toy-wgan", dict(betas=(0.5, 1.0)), ValueError, "betas: expected two values in [0, 1), got (0.5, 1.0)"),
+    ("toy-wgan", dict(betas=(0.5,)), TypeError, "betas: expected a tuple of float"),
+    ("toy-wgan", dict(critic_lr=-1e-4), ValueError, "critic_lr: expected a positive finite learning rate"),
+    ("toy-wgan", dict(gp_weight=-1), ValueError, "gp_weight: expected a non-negative weight, got -1.0"),
+]
+
+@pytest.mark.parametrize("name,overrides,err,msg", BAD_VALUES)
+def test_bad_config_values(name, overrides, err, msg):
+    with pytest.raises(err, match=re.escape(msg)): get_experiment(name).config("smoke", **overrides)
+
+
+def test_registry_and_unknown_names():
+    names = [e.name for e in list_experiments()]
+    assert {"toy-regression", "toy-wgan"} <= set(names) and names == sorted(names)
+    for e in list_experiments():
+        assert "smoke" in e.presets
+        for p in e.presets: assert isinstance(e.config(p), e.config_class)   # every preset is a valid config
+    with pytest.raises(ValueError, match=r"unknown experiment 'toy-wgna'; did you mean 'toy-wgan'\? Registered: .*toy-regression"):
+        get_experiment("toy-wgna")
+    with pytest.raises(ValueError, match=r"preset: experiment 'toy-wgan' has presets \('smoke', 'demo', 'paper'\), got 'huge'"):
+        get_experiment("toy-wgan").config("huge")
+
+
+def test_checkpoint_from_another_config_refuses(tmp_path):
+    train("toy-regression", "smoke", out=tmp_path, steps=3, progress=False)
+    with pytest.raises(ConfigMismatchError, match=r"different config and cannot be resumed: hidden: checkpoint 32, now 8; lr: checkpoint 0.003, now 0.01"):
+        train("toy-regression", "smoke", out=tmp_path, steps=6, resume=True, hidden=8, lr=1e-2, progress=False)
+    with pytest.raises(ConfigMismatchError, match=r"experiment: checkpoint 'toy-regression', now 'toy-wgan'"):
+        train("toy-wgan", "smoke", out=tmp_path, resume=True, progress=False)
+    with pytest.raises(RunSetupError, match=r"already holds a checkpoint \(step 3\); pass resume=True"):
+        train("toy-regression", "smoke", out=tmp_path, progress=False)
+    assert load_checkpoint(tmp_path)["step"] == 3                      # nothing was overwritten
+    # resumable fields may change: more steps, another logging cadence
+    assert train("toy-regression", "smoke", out=tmp_path, steps=5, log_every=2, resume=True, progress=False).step == 5
+
+
+def test_run_setup_and_loss_errors(tmp_path):
+    with pytest.raises(RunSetupError, match=re.escape("batch_size: expected a multiple of processes × grad_accum = 1 × 3 = 3, got 32")):
+        train("toy-regression", "smoke", out=tmp_path / "a", grad_accum=3, progress=False)
+    net = nn.Linear(2, 1)
+    data = torch.utils.data.TensorDataset(torch.randn(16, 2))
+    def task(loss): return Task({"m": net}, {"m": torch.optim.SGD(net.parameters(), lr=0.1)}, data, [Phase("fit", loss, "m")])
+    with pytest.raises(TypeError, match=r"phase 'fit': the loss function must return a scalar float tensor .* got Tensor of shape \(4, 1\)"):
+        fit(task(lambda b, ctx: ctx.models.m(b[0])), TrainConfig(steps=2, batch_size=4), tmp_path / "b", progress=False)
+    with pytest.raises(FloatingPointError, match=r"fit/loss is nan at step 1"):
+        fit(task(lambda b, ctx: ctx.models.m(b[0]).mean() * float("nan")), TrainConfig(steps=2, batch_size=4), tmp_path / "c", progress=False)
+    with pytest.raises(RuntimeError, match="is not a readable checkpoint"):
+        (tmp_path / "d").mkdir(); (tmp_path / "d" / "checkpoint.pt").write_bytes(b"\x80\x02half"); load_checkpoint(tmp_path / "d")
+
+
+# ---------------------------------------------------------------- the command line
+
+def test_cli_list_as_module():
+    r = subprocess.run([PY, "-m", "medsynth_nb.cli", "list"], env=sub_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = {l.split()[0]: l for l in r.stdout.splitlines() if l.strip()}
+    assert "presets: smoke, demo, paper" in lines["toy-wgan"] and "toy-regression" in lines
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["train", "nope"], "unknown experiment 'nope'"),
+    (["train", "toy-wgan", "--set", "n_critic=0"], "n_critic: expected at least 1 critic update per step, got 0"),
+    (["train", "toy-wgan", "--set", "n_critic"], "--set: expected FIELD=VALUE, got 'n_critic'"),
+    (["train", "toy-wgan", "--set", "lambda=1"], "ToyWGANConfig has no field 'lambda'"),
+    (["train", "toy-wgan", "--steps", "0"], "steps: expected a positive number of steps, got 0"),
+])
+def test_cli_errors_exit_2_with_one_line(tmp_path, capsys, argv, msg):
+    assert cli.main(argv + ["--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medsynth: error:") and msg in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_bad_preset_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as e: cli.main(["train", "toy-wgan", "--preset", "huge", "--out", "x"])
+    assert e.value.code == 2 and "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_cli_train_resume_and_refusals(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert cli.main(["train", "toy-wgan", "--out", out, "--steps", "3", "--set", "hidden=16", "--no-progress"]) == 0
+    assert "toy-wgan (smoke): step 3" in capsys.readouterr().out
+    assert cli.main(["train", "toy-wgan", "--out", out, "--steps", "3", "--no-progress"]) == 2          # exists, no --resume
+    assert "already holds a checkpoint (step 3)" in capsys.readouterr().err
+    assert cli.main(["train", "toy-wgan", "--out", out, "--steps", "5", "--resume", "--no-progress"]) == 2   # hidden differs
+    assert "hidden: checkpoint 16, now 32" in capsys.readouterr().err
+    assert cli.main(["train", "toy-wgan", "--out", out, "--steps", "5", "--resume", "--set", "hidden=16", "--no-progress"]) == 0
+    assert load_checkpoint(out)["step"] == 5

@@ -15,8 +15,10 @@ from torch import Tensor, nn
 from .utils import check_tensor
 
 # %% auto #0
-__all__ = ['UNET_PRESETS', 'timestep_embedding', 'GroupNorm32', 'normalization', 'zero_module', 'Downsample', 'Upsample',
-           'ResBlock', 'AttentionBlock', 'TimestepSequential', 'UNet', 'count_parameters', 'unet_from_preset']
+__all__ = ['UNET_PRESETS', 'NORMS', 'ACTIVATIONS', 'timestep_embedding', 'GroupNorm32', 'normalization', 'zero_module',
+           'Downsample', 'Upsample', 'ResBlock', 'AttentionBlock', 'TimestepSequential', 'UNet', 'count_parameters',
+           'unet_from_preset', 'conv_nd', 'norm_nd', 'activation', 'condition_mlp', 'CondResBlock', 'LocalAttention',
+           'CondUNet', 'CondCritic']
 
 # %% ../nbs/04_layers.ipynb #77b3d22c
 def timestep_embedding(t: Tensor, # (B,) timesteps (integers or floats)
@@ -218,3 +220,211 @@ def unet_from_preset(preset: str = "smoke", # 'smoke', 'bench' or 'paper'
     if seed is None: return UNet(in_channels, out_channels=out_channels, **kw)
     from medsynth_nb.utils import seeded
     with seeded(seed): return UNet(in_channels, out_channels=out_channels, **kw)
+
+# %% ../nbs/04_layers.ipynb #26a1a450
+def _check_dims(dims) -> int:
+    if dims not in (2, 3): raise ValueError(f"dims: expected 2 (images) or 3 (volumes), got {dims!r}")
+    return dims
+
+def conv_nd(dims: int, # 2 → nn.Conv2d, 3 → nn.Conv3d
+            *args, **kwargs) -> nn.Module:
+    "A 2-D or 3-D convolution with the given arguments."
+    return (nn.Conv2d if _check_dims(dims) == 2 else nn.Conv3d)(*args, **kwargs)
+
+NORMS = ("batch", "group", "none")
+ACTIVATIONS = ("relu", "lrelu", "silu")
+
+def norm_nd(kind: str, # 'batch' (Pinetz's generator), 'group' (8 groups) or 'none' (critics)
+            dims: int, channels: int) -> nn.Module:
+    "BatchNorm2d/3d, GroupNorm(8) or Identity over `channels`."
+    if kind not in NORMS: raise ValueError(f"norm: expected one of {NORMS}, got {kind!r}")
+    if kind == "none": return nn.Identity()
+    if kind == "group": return normalization(channels, math.gcd(8, channels))
+    return (nn.BatchNorm2d if _check_dims(dims) == 2 else nn.BatchNorm3d)(channels)
+
+def activation(kind: str # 'relu', 'lrelu' (slope 0.1, Pinetz's critic) or 'silu'
+              ) -> nn.Module:
+    "The named activation module."
+    if kind not in ACTIVATIONS: raise ValueError(f"act: expected one of {ACTIVATIONS}, got {kind!r}")
+    return dict(relu=nn.ReLU, silu=nn.SiLU)[kind]() if kind != "lrelu" else nn.LeakyReLU(0.1)
+
+def condition_mlp(cond_dim: int, # k, the length of the condition vector (Pinetz: 2, dose and field)
+                  emb_dim: int = 128, # width of every layer (Pinetz: 128)
+                  depth: int = 3, # Linear layers (Pinetz: k → 128 → 128 → 128)
+                 ) -> nn.Sequential:
+    "Condition embedding MLP k → emb → … → emb with ReLU between the layers (no activation at the end)."
+    if not (isinstance(cond_dim, int) and cond_dim >= 1): raise ValueError(f"cond_dim: expected an int >= 1, got {cond_dim!r}")
+    if not (isinstance(depth, int) and depth >= 1): raise ValueError(f"depth: expected an int >= 1, got {depth!r}")
+    layers, d = [], cond_dim
+    for i in range(depth):
+        layers += [nn.Linear(d, emb_dim)] + ([nn.ReLU()] if i < depth - 1 else [])
+        d = emb_dim
+    return nn.Sequential(*layers)
+
+# %% ../nbs/04_layers.ipynb #ad329eb4
+class CondResBlock(nn.Module):
+    "Pre-activation residual block: norm-act-conv, + Linear(ReLU(e)) as a per-channel bias, norm-act-conv; 1×1 skip when the channels change (Pinetz's code)."
+    def __init__(self, in_channels: int, out_channels: int,
+                 emb_dim: int = 0, # size of the condition embedding e (0: no condition)
+                 dims: int = 2, # 2-D images or 3-D volumes
+                 norm: str = "batch", # 'batch', 'group' or 'none'
+                 act: str = "relu", # 'relu', 'lrelu' or 'silu'
+                 padding_mode: str = "replicate", # padding of the 3×3(×3) convolutions (Pinetz: replicate)
+                ):
+        super().__init__()
+        self.dims, self.in_channels, self.out_channels, self.emb_dim = _check_dims(dims), in_channels, out_channels, emb_dim
+        self.norm1, self.act1 = norm_nd(norm, dims, in_channels), activation(act)
+        self.conv1 = conv_nd(dims, in_channels, out_channels, 3, padding=1, padding_mode=padding_mode)
+        self.emb = nn.Sequential(nn.ReLU(), nn.Linear(emb_dim, out_channels)) if emb_dim else None
+        self.norm2, self.act2 = norm_nd(norm, dims, out_channels), activation(act)
+        self.conv2 = conv_nd(dims, out_channels, out_channels, 3, padding=1, padding_mode=padding_mode)
+        self.skip = nn.Identity() if in_channels == out_channels else conv_nd(dims, in_channels, out_channels, 1)
+
+    def forward(self, x: Tensor, # (B, in_channels, *spatial)
+                emb: Tensor | None = None, # (B, emb_dim) condition embedding (required when emb_dim > 0)
+               ) -> Tensor:
+        h = self.conv1(self.act1(self.norm1(x)))
+        if self.emb is not None:
+            if emb is None: raise ValueError(f"emb: this block expects a (B, {self.emb_dim}) embedding, got None")
+            h = h + self.emb(emb).type(h.dtype).reshape(*emb.shape[:1], -1, *([1] * self.dims))
+        return self.skip(x) + self.conv2(self.act2(self.norm2(h)))
+
+# %% ../nbs/04_layers.ipynb #4faaf072
+class LocalAttention(nn.Module):
+    "Multi-head self-attention of every pixel/voxel over its window^d neighbourhood (keys outside the image masked), with a residual."
+    def __init__(self, channels: int, num_heads: int = 4, # Pinetz: 4 heads
+                 window: int = 3, # odd neighbourhood side k (Pinetz: 3×3×3)
+                 dims: int = 2, norm: str = "batch"):
+        super().__init__()
+        if channels % num_heads: raise ValueError(f"num_heads: {num_heads} heads must divide the {channels} channels")
+        if not (isinstance(window, int) and window >= 1 and window % 2): raise ValueError(f"window: expected an odd int >= 1, got {window!r}")
+        self.channels, self.num_heads, self.window, self.dims = channels, num_heads, window, _check_dims(dims)
+        self.norm = norm_nd(norm, dims, channels)
+        self.qkv = conv_nd(dims, channels, 3 * channels, 1)
+        self.proj_out = conv_nd(dims, channels, channels, 1)
+
+    def offsets(self) -> list[tuple[int, ...]]:
+        "The window^d neighbour offsets, in raster order."
+        r = self.window // 2
+        grids = torch.meshgrid(*[torch.arange(-r, r + 1)] * self.dims, indexing="ij")
+        return [tuple(int(g.reshape(-1)[i]) for g in grids) for i in range(self.window ** self.dims)]
+
+    def forward(self, x: Tensor, # (B, C, *spatial)
+                emb: Tensor | None = None, # ignored (uniform block interface)
+               ) -> Tensor:
+        B, C, *sp = x.shape
+        nh, dh, r = self.num_heads, C // self.num_heads, self.window // 2
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, nh, dh, *sp).unbind(1)   # each (B, heads, dh, *sp)
+        pad = [r] * (2 * self.dims)
+        kp, vp = F.pad(k, pad), F.pad(v, pad)                                      # zero padding …
+        valid = F.pad(torch.ones(sp, dtype=torch.bool, device=x.device), pad)      # … masked out of the softmax
+        views = [tuple(slice(r + o, r + o + n) for o, n in zip(off, sp)) for off in self.offsets()]
+        scale = 1 / math.sqrt(dh)
+        logits = torch.stack([(q * kp[(..., *s)]).sum(2) * scale for s in views], 2)  # (B, heads, K, *sp)
+        mask = torch.stack([valid[s] for s in views])                               # (K, *sp)
+        w = torch.softmax(logits.float().masked_fill(~mask, float("-inf")), dim=2).type(q.dtype)
+        out = sum(w[:, :, i, None] * vp[(..., *s)] for i, s in enumerate(views))   # (B, heads, dh, *sp)
+        return x + self.proj_out(out.reshape(B, C, *sp))
+
+# %% ../nbs/04_layers.ipynb #89709e9d
+def _pool(dims: int) -> nn.Module: return nn.AvgPool2d(2) if dims == 2 else nn.AvgPool3d(2)
+
+def _up(x: Tensor) -> Tensor: return F.interpolate(x, scale_factor=2, mode="nearest")
+
+class _Level(nn.Module):
+    "A CondResBlock, optionally followed by local attention."
+    def __init__(self, cin, cout, emb_dim, dims, norm, act, pad, attention, heads, window):
+        super().__init__()
+        self.block = CondResBlock(cin, cout, emb_dim, dims, norm, act, pad)
+        self.attn = LocalAttention(cout, heads, window, dims, norm) if attention else None
+    def forward(self, x, emb):
+        h = self.block(x, emb)
+        return self.attn(h) if self.attn is not None else h
+
+def _check_input(x: Tensor, dims: int, channels: int, levels: int, cond: Tensor | None, cond_dim: int):
+    check_tensor(x, "x", ndim=dims + 2)
+    if x.shape[1] != channels: raise ValueError(f"x: expected {channels} channels, got {x.shape[1]} with shape {tuple(x.shape)}")
+    f = 2 ** levels
+    if any(s % f for s in x.shape[2:]):
+        raise ValueError(f"x: every spatial size must be divisible by {f} for {levels} poolings, got {tuple(x.shape[2:])}")
+    if cond_dim:
+        if cond is None: raise ValueError(f"cond: expected a (B, {cond_dim}) condition vector, got None")
+        check_tensor(cond, "cond", ndim=2)
+        if tuple(cond.shape) != (x.shape[0], cond_dim):
+            raise ValueError(f"cond: expected shape ({x.shape[0]}, {cond_dim}), got {tuple(cond.shape)}")
+
+class CondUNet(nn.Module):
+    "Conditional 2-D/3-D U-Net with condition-embedded residual blocks, local attention on coarse levels and multi-scale output heads (Pinetz's generator)."
+    def __init__(self, in_channels: int = 3, # Pinetz: [z, x_NA, x_SD]
+                 out_channels: int = 1, # the residual ŷ_LD
+                 cond_dim: int = 2, # [d̂, (B − 2.25)/0.75]
+                 dims: int = 3,
+                 base_channels: int = 8, # c
+                 channel_mult: Sequence[int] = (2, 4, 8, 8), # channels per level = c·mult; len − 1 poolings (Pinetz: 2c/4c/8c/8c)
+                 attention_levels: Sequence[int] = (1, 2, 3), # levels (1 = ½ resolution) with local attention
+                 num_heads: int = 4, window: int = 3,
+                 emb_dim: int = 128, # width of the condition MLP
+                 norm: str = "batch", act: str = "relu", padding_mode: str = "replicate",
+                 out_scales: int = 3, # output heads at full, ½, ¼ … resolution
+                ):
+        super().__init__()
+        self.in_channels, self.out_channels, self.cond_dim, self.dims = in_channels, out_channels, cond_dim, _check_dims(dims)
+        self.levels = len(channel_mult) - 1
+        if self.levels < 1: raise ValueError(f"channel_mult: expected at least 2 levels, got {tuple(channel_mult)}")
+        if not 1 <= out_scales <= self.levels: raise ValueError(f"out_scales: expected 1..{self.levels}, got {out_scales}")
+        chs = [base_channels * m for m in channel_mult]
+        self.embed = condition_mlp(cond_dim, emb_dim) if cond_dim else None
+        e = emb_dim if cond_dim else 0
+        lvl = lambda cin, cout, i: _Level(cin, cout, e, dims, norm, act, padding_mode, i in attention_levels, num_heads, window)
+        self.stem = conv_nd(dims, in_channels, chs[0], 3, padding=1, padding_mode=padding_mode)
+        self.down = nn.ModuleList([lvl(chs[0] if i == 0 else chs[i - 1], chs[i], i) for i in range(self.levels)])
+        self.pool = _pool(dims)
+        self.middle = lvl(chs[-2], chs[-1], self.levels)
+        self.up = nn.ModuleList([lvl(chs[i + 1] + chs[i], chs[i], i) for i in range(self.levels)])
+        self.heads = nn.ModuleList([nn.Sequential(norm_nd(norm, dims, chs[i]), activation(act), conv_nd(dims, chs[i], out_channels, 1))
+                                    for i in range(out_scales)])
+
+    def forward(self, x: Tensor, # (B, in_channels, *spatial), spatial sizes divisible by 2^levels
+                cond: Tensor | None = None, # (B, cond_dim)
+               ) -> list[Tensor]: # out_scales tensors (B, out_channels, *spatial / 2^s), finest first
+        _check_input(x, self.dims, self.in_channels, self.levels, cond, self.cond_dim)
+        emb = self.embed(cond.to(x.dtype)) if self.embed is not None else None
+        h, skips = self.stem(x), []
+        for i, blk in enumerate(self.down):
+            h = blk(h, emb); skips.append(h); h = self.pool(h)
+        h = self.middle(h, emb)
+        outs = []
+        for i in reversed(range(self.levels)):
+            h = self.up[i](torch.cat([_up(h), skips[i]], dim=1), emb)
+            if i < len(self.heads): outs.append(self.heads[i](h))
+        return outs[::-1]
+
+# %% ../nbs/04_layers.ipynb #488644e6
+class CondCritic(nn.Module):
+    "Conditional Wasserstein critic f_φ(y, c): CondResBlock encoder (no norm, LeakyReLU 0.1, its own condition MLP), 1×1 conv and global mean: one score per sample."
+    def __init__(self, in_channels: int = 3, # Pinetz: [y_LD, x_NA, x_SD]
+                 cond_dim: int = 2, dims: int = 3,
+                 base_channels: int = 32, # c (Pinetz: 32)
+                 channel_mult: Sequence[int] = (1, 2, 4, 8, 8), # len − 1 poolings (Pinetz: 4)
+                 emb_dim: int = 128, norm: str = "none", act: str = "lrelu", padding_mode: str = "replicate"):
+        super().__init__()
+        self.in_channels, self.cond_dim, self.dims = in_channels, cond_dim, _check_dims(dims)
+        self.levels = len(channel_mult) - 1
+        chs = [base_channels * m for m in channel_mult]
+        self.embed = condition_mlp(cond_dim, emb_dim) if cond_dim else None
+        e = emb_dim if cond_dim else 0
+        self.stem = conv_nd(dims, in_channels, chs[0], 3, padding=1, padding_mode=padding_mode)
+        self.blocks = nn.ModuleList([CondResBlock(chs[max(i - 1, 0)], chs[i], e, dims, norm, act, padding_mode) for i in range(len(chs))])
+        self.pool = _pool(dims)
+        self.out = nn.Sequential(activation(act), conv_nd(dims, chs[-1], 1, 1))
+
+    def forward(self, x: Tensor, # (B, in_channels, *spatial), spatial sizes divisible by 2^levels
+                cond: Tensor | None = None, # (B, cond_dim)
+               ) -> Tensor: # (B,) scores
+        _check_input(x, self.dims, self.in_channels, self.levels, cond, self.cond_dim)
+        emb = self.embed(cond.to(x.dtype)) if self.embed is not None else None
+        h = self.stem(x)
+        for i, blk in enumerate(self.blocks):
+            h = blk(h, emb)
+            if i < self.levels: h = self.pool(h)
+        return self.out(h).flatten(1).mean(1)

@@ -1,0 +1,138 @@
+"Lei et al.'s reconstruction (medsynth_nb.recon): DC exactness, equivariance, CS, regimes, fastMRI HDF5, bad inputs."
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from medsynth_nb import recon
+from medsynth_nb.kspace import birdcage_maps, hard_dc_kspace, kspace_residual, poisson_disc_mask, zero_filled
+from medsynth_nb.utils import test_allclose
+from medsynth_nb.wgan import _num_threads
+
+DATA = Path(__file__).resolve().parent.parent / "data_samples"
+
+@pytest.fixture(scope="module")
+def acq():
+    mask, maps = recon.recon_setup((32, 32), 5.0, coils=4)
+    x = torch.polar(torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0)),
+                    torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1)))
+    return x, recon.measure(x, mask, maps), mask, maps
+
+@pytest.mark.parametrize("G", [lambda: recon.PlainGenerator(features=4, blocks=2), lambda: recon.UnrolledGenerator(3, 4),
+                               lambda: recon.UnrolledGenerator(2, 4, dc="soft")])
+def test_generators_dc(G, acq):
+    x, y, mask, maps = acq
+    with torch.no_grad():
+        out = G()(y, mask, maps)
+        assert out.shape == (2, 1, 32, 32) and out.is_complex()
+        k = hard_dc_kspace(out, y, mask, maps)
+        assert torch.equal(k[..., mask.bool()], y[..., mask.bool()])      # per-coil k-space exact on the mask
+        y1 = recon.measure(x, mask, None)                                   # one coil: the image itself is consistent
+        out1 = G()(y1, mask)
+        assert float(kspace_residual(out1, y1, mask).max()) < 1e-6
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(-8, 8), st.integers(-8, 8))
+def test_prox_shift_equivariant(dy, dx):
+    torch.manual_seed(0)
+    P = recon.ProxResNet(features=4, blocks=2).eval()
+    x = torch.randn(1, 2, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        test_allclose(P(torch.roll(x, (dy, dx), (-2, -1))), torch.roll(P(x), (dy, dx), (-2, -1)), rtol=1e-4, atol=1e-5)
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(1, 3), st.integers(0, 1000))
+def test_haar_orthonormal(levels, seed):
+    c = torch.randn(2, 16, 24, dtype=torch.complex128, generator=torch.Generator().manual_seed(seed))
+    test_allclose(recon.ihaar2(recon.haar2(c, levels), levels), c, rtol=0, atol=1e-12)
+    test_allclose(recon.haar2(c, levels).abs().pow(2).sum(), c.abs().pow(2).sum(), rtol=1e-12, atol=0)
+
+def test_haar_matches_pywt():
+    pywt = pytest.importorskip("pywt")
+    x = np.random.default_rng(0).standard_normal((8, 8))
+    cA, (cH, cV, cD) = pywt.dwt2(x, "haar")
+    ours = recon.haar2(torch.from_numpy(x), 1).numpy()
+    np.testing.assert_allclose(ours[:4, :4], cA, atol=1e-12)
+    np.testing.assert_allclose(np.abs(ours[4:, 4:]), np.abs(cD), atol=1e-12)
+
+def test_cs_beats_zero_filling_and_agrees_with_sigpy():
+    pytest.importorskip("sigpy")
+    mask, maps = recon.recon_setup((64, 64), 5.0, coils=4)
+    x = recon.subject_slices(2000, (64, 64), 1, deform=False)
+    y = recon.measure(x, mask, maps)
+    zf = recon.recon_scores(zero_filled(y, mask, maps), x)["snr"]
+    f = recon.recon_scores(recon.cs_wavelet_recon(y, mask, maps, 0.003, 30, "fista"), x)["snr"]
+    s = recon.recon_scores(recon.cs_wavelet_recon(y, mask, maps, 0.003, 30, "sigpy"), x)["snr"]
+    assert f > zf + 5 and s > zf + 5 and abs(f - s) < 1.5
+
+def test_hybrid_schedule():
+    assert [recon.hybrid_l1_weight(s) for s in (0, 499, 500, 1000, 10**6)] == [1.0, 1.0, 1.0, 0.995, 0.995]
+    assert math.isclose(recon.hybrid_l1_weight(750), 0.9975)
+    ws = [recon.hybrid_l1_weight(s, 10, 20, 0.9) for s in range(30)]
+    assert all(a >= b for a, b in zip(ws, ws[1:]))
+
+def test_label_sets():
+    from medsynth_nb.train import get_experiment
+    cfg = get_experiment("recon-unpaired").config("smoke")
+    assert not set(recon.input_subjects(cfg)) & set(recon.label_subjects(cfg))
+    assert not set(recon.TEST_SUBJECTS) & (set(recon.input_subjects(cfg)) | set(recon.label_subjects(cfg)))
+    p = cfg.replace(label_mode="partial")
+    assert set(recon.label_subjects(p)) <= set(recon.input_subjects(p))
+
+@pytest.mark.parametrize("name", ["recon-unpaired", "recon-l1", "recon-hybrid"])
+def test_smoke_training(name, tmp_path):
+    from medsynth_nb.train import train, load_models
+    with _num_threads(1):
+        r = train(name, "smoke", tmp_path / "run", progress=False)
+    last = r.history[-1]
+    assert last["step"] == 3 and all(math.isfinite(v) for v in last.values() if isinstance(v, float))
+    key = "model" if name == "recon-l1" else "generator"
+    assert key in load_models(tmp_path / "run")
+
+def test_plain_generator_smoke():
+    from medsynth_nb.train import train
+    with _num_threads(1):
+        r = train("recon-unpaired", "smoke", progress=False, generator="plain", blocks=2, label_mode="partial")
+    assert math.isfinite(r.history[-1]["generator/loss"])
+
+def test_fastmri_h5_into_pipeline():
+    from medsynth_nb.data import KSpaceSliceDataset
+    from medsynth_nb.kspace import espirit_maps
+    ds = KSpaceSliceDataset(DATA / "kspace_3T_axt1post.h5",
+                            mask_func=lambda shape, g: poisson_disc_mask(shape, 5.0, calib=recon.lei_calib(shape), seed=0))
+    it = ds[0]
+    y, mask = it["kspace"][None], it["mask"][0]
+    y = y / y.abs().amax()
+    assert y.shape[1] == 8
+    maps = espirit_maps(y[0], calib_width=12, kernel_width=5)
+    with torch.no_grad(): out = recon.UnrolledGenerator(1, 4)(y, mask, maps)
+    k = hard_dc_kspace(out, y, mask, maps)
+    assert torch.equal(k[..., mask.bool()], y[..., mask.bool()])
+    cs = recon.cs_wavelet_recon(y, mask, maps, 0.003, 10, "fista")
+    assert cs.shape == (1, 1) + tuple(y.shape[-2:])
+
+def test_bad_inputs(acq):
+    x, y, mask, maps = acq
+    G = recon.UnrolledGenerator(1, 4)
+    cases = [((y, torch.ones(31, 32), maps), ValueError, "mask"),
+             ((y, torch.full((32, 32), 0.5), maps), ValueError, "mask: expected values 0 or 1"),
+             ((y.abs(), mask, maps), TypeError, "y"),
+             ((y[:, 0], mask, maps), ValueError, "y"),
+             ((y, mask, maps[:3]), ValueError, "maps: expected 4 coils"),
+             ((y, mask, maps.abs()), TypeError, "maps"),
+             ((y, mask, maps[..., :16]), ValueError, "maps: expected spatial size"),
+             ((y, mask, None), ValueError, "maps: needed")]
+    for args, err, msg in cases:
+        with pytest.raises(err, match=msg): G(*args)
+        with pytest.raises(err, match=msg): recon.cs_wavelet_recon(*args, backend="fista")
+    with pytest.raises(ValueError, match="x: expected 2 channels"): recon.LeiCritic()(x.abs())
+    with pytest.raises(TypeError, match="x"): recon.LeiCritic()(x)
+    with pytest.raises(ValueError, match="dc"): recon.UnrolledGenerator(dc="hard")
+    with pytest.raises(ValueError, match="levels"): recon.cs_wavelet_fista(recon.measure(torch.ones(1, 1, 20, 20, dtype=torch.complex64), torch.ones(20, 20)), torch.ones(20, 20), levels=3)
+    from medsynth_nb.train import get_experiment
+    for bad, msg in [(dict(regime="gan"), "regime"), (dict(label_mode="partial", label_subjects=9), "label_subjects"),
+                     (dict(shape=(8, 8)), "shape"), (dict(critic_input="phase"), "critic_input")]:
+        with pytest.raises(ValueError, match=msg): get_experiment("recon-unpaired").config("smoke", **bad)

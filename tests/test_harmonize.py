@@ -1,0 +1,212 @@
+"Harmonization (Durrer et al.): shapes, stacking, condition handling, channels, smoke training, evaluation vs references, bad inputs."
+import numpy as np
+import pytest
+import torch
+
+from medsynth_nb.data import slices_to_volume, volume_to_slices
+from medsynth_nb.harmonize import (DIRECTIONS, HARMONIZE_PRESETS, HarmonizeConfig, brain_mask, check_harmonizer,
+                                   evaluate_harmonization, from_model_range, harmonization_scheduler, harmonization_unet,
+                                   load_harmonizer, masked_mse, parse_direction, segment_tissues, slice_discontinuity,
+                                   tissue_volumes, to_model_range, translate_slices, translate_volume)
+from medsynth_nb.layers import unet_from_preset
+from medsynth_nb.utils import make_generator, test_allclose
+
+torch.set_num_threads(1)
+
+
+class Oracle(torch.nn.Module):
+    "ε̂ that makes x̂_0 equal the condition channel; records the condition it sees."
+    def __init__(self, sched, learned=True, corrupt=None):
+        super().__init__()
+        self.ab, self.learned, self.corrupt, self.seen = sched.alphas_cumprod.float(), learned, corrupt, []
+        self.in_channels, self.out_channels = 2, 2 if learned else 1
+
+    def forward(self, inp, t):
+        self.seen.append(inp[:, :1].clone())
+        c, x = inp[:, :1], inp[:, 1:]
+        if self.corrupt is not None: c = self.corrupt(c, x)
+        ab = self.ab[t].reshape(-1, 1, 1, 1)
+        eps = (x - ab.sqrt() * c) / (1 - ab).sqrt()
+        return torch.cat([eps, torch.zeros_like(eps)], 1) if self.learned else eps
+
+
+def _src(n=3, h=12, w=10, seed=0):
+    x = torch.rand(n, 1, h, w, generator=make_generator(seed))
+    x[:, :, :2] = 0
+    return x
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddim", 7), ("ddpm", 11), ("ddpm", None)])
+def test_condition_is_clean_source_every_step(sampler, steps):
+    sched = harmonization_scheduler()
+    src = _src(2, 8, 8)
+    m = Oracle(sched)
+    y = translate_slices(m, sched, src, sampler=sampler, num_inference_steps=steps, generator=make_generator(1))
+    test_allclose(y, src, atol=3e-5, rtol=0)
+    assert len(m.seen) == (steps or 1000)
+    assert all(torch.equal(c, to_model_range(src)) for c in m.seen)
+
+
+def test_oracle_fails_if_condition_noised_or_dropped():
+    "The oracle check is sensitive: a denoiser that sees a noised (x_t) or zero condition does not return the source."
+    sched = harmonization_scheduler()
+    src = _src(2, 8, 8)
+    for corrupt in (lambda c, x: x, lambda c, x: torch.zeros_like(c)):
+        y = translate_slices(Oracle(sched, corrupt=corrupt), sched, src, sampler="ddim", num_inference_steps=5,
+                             generator=make_generator(1))
+        assert (y - src).abs().max() > 0.1
+
+
+def test_fixed_variance_and_no_state_leak():
+    sched = harmonization_scheduler(learn_sigma=False)
+    src = _src(1, 8, 8)
+    y = translate_slices(Oracle(sched, learned=False), sched, src, sampler="ddpm", num_inference_steps=5, generator=make_generator(0))
+    test_allclose(y, src, atol=3e-5, rtol=0)
+    assert sched.num_inference_steps is None and len(sched.timesteps) == 1000   # the caller's scheduler is untouched
+
+
+def test_translate_volume_shapes_padding_and_empty_slices():
+    sched = harmonization_scheduler()
+    net = harmonization_unet("smoke", sched, seed=0)                      # 2 levels: H, W must be even -> padded
+    vol = torch.rand(4, 7, 9, generator=make_generator(0)); vol[0] = 0
+    for axis in (0, 1, 2):
+        y = translate_volume(net, sched, vol, axis=axis, num_inference_steps=2, generator=make_generator(0), batch_size=3)
+        assert y.shape == vol.shape and 0 <= y.min() and y.max() <= 1
+    y = translate_volume(net, sched, vol, axis=0, num_inference_steps=2, generator=make_generator(0))
+    assert (y[0] == 0).all() and (y[1:] != 0).any()
+    y2 = translate_volume(net, sched, vol, axis=0, num_inference_steps=2, generator=make_generator(0))
+    assert torch.equal(y, y2)                                             # same generator seed, same volume
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_stacking_round_trip(axis):
+    vol = torch.rand(5, 6, 7, generator=make_generator(axis))
+    assert torch.equal(slices_to_volume(volume_to_slices(vol, axis), axis), vol)
+    sched = harmonization_scheduler()
+    y = translate_volume(Oracle(sched), sched, vol, axis=axis, num_inference_steps=3, generator=make_generator(0))
+    test_allclose(y, vol, atol=3e-5, rtol=0)                               # oracle: identity through slicing and stacking
+
+
+def test_channels_follow_scheduler():
+    for learn, cout in ((True, 2), (False, 1)):
+        s = harmonization_scheduler(learn_sigma=learn)
+        net = harmonization_unet("smoke", s)
+        assert (net.in_channels, net.out_channels) == (2, cout)
+        check_harmonizer(net, s)
+    with pytest.raises(ValueError, match="has 1 output channels but a DDPMScheduler with variance_type='learned_range' needs 2"):
+        check_harmonizer(harmonization_unet("smoke", harmonization_scheduler(learn_sigma=False)), harmonization_scheduler(learn_sigma=True))
+    with pytest.raises(ValueError, match="expected 2 input channels"):
+        translate_slices(unet_from_preset("smoke", in_channels=1, out_channels=2), harmonization_scheduler(), _src())
+
+
+def test_bad_inputs():
+    sched = harmonization_scheduler(); m = Oracle(sched); src = _src()
+    cases = [(lambda: translate_slices(m, sched, src * 3), ValueError, "expected intensities in [0, 1]"),
+             (lambda: translate_slices(m, sched, src.repeat(1, 2, 1, 1)), ValueError, "single-channel"),
+             (lambda: translate_slices(m, sched, src[0]), ValueError, "expected 4 dimensions"),
+             (lambda: translate_slices(m, sched, src, sampler="pndm"), ValueError, "sampler: expected one of"),
+             (lambda: translate_slices(m, sched, src, batch_size=0), ValueError, "batch_size"),
+             (lambda: translate_slices(m, sched, src, num_inference_steps=1001), ValueError, "cannot be larger than"),
+             (lambda: translate_slices(m, "ddpm", src), TypeError, "scheduler: expected the training DDPMScheduler"),
+             (lambda: translate_volume(m, sched, src), ValueError, "expected 3 dimensions"),
+             (lambda: parse_direction("3T->7T"), ValueError, "direction: expected one of"),
+             (lambda: brain_mask(torch.rand(4, 4), threshold=1.5), ValueError, "threshold"),
+             (lambda: masked_mse(torch.rand(3, 3), torch.rand(3, 3), torch.ones(3, 3)), TypeError, "mask: expected a bool"),
+             (lambda: masked_mse(torch.rand(3, 3), torch.rand(3, 3), torch.zeros(3, 3, dtype=torch.bool)), ValueError, "empty"),
+             (lambda: segment_tissues(torch.rand(3, 3, 3), torch.zeros(3, 3, 3, dtype=torch.bool)), ValueError, "at least 3 voxels"),
+             (lambda: evaluate_harmonization(torch.rand(4, 4, 4), torch.rand(4, 4, 4) * 2), ValueError, "target: expected intensities"),
+             (lambda: evaluate_harmonization(torch.ones(4, 4, 4), torch.rand(4, 4, 4)), ValueError, "constant"),
+             (lambda: slice_discontinuity(torch.rand(3, 3, 3), axis=5), ValueError, "axis")]
+    for fn, exc, msg in cases:
+        with pytest.raises(exc, match=None) as e: fn()
+        assert msg in str(e.value), (msg, str(e.value))
+
+
+def test_config_validation():
+    assert set(HARMONIZE_PRESETS) == {"smoke", "demo", "paper"}
+    p = HarmonizeConfig(**HARMONIZE_PRESETS["paper"])
+    assert (p.lr, p.ema, p.batch_size, p.weight_decay, p.unet, p.num_train_timesteps, p.lambda_vb) == (1e-4, 0.9999, 4, 0.0, "paper", 1000, 1e-3)
+    for bad, msg in ((dict(direction="x"), "direction"), (dict(unet="huge"), "unet"), (dict(sampler="euler"), "sampler"),
+                     (dict(sample_steps=2000), "sample_steps"), (dict(crop=(4, 4)), "crop"), (dict(n_subjects=0), "n_subjects")):
+        with pytest.raises(ValueError, match=msg): HarmonizeConfig(**bad)
+    assert HarmonizeConfig.from_dict(HarmonizeConfig(crop=(64, 48)).to_dict()).crop == (64, 48)
+
+
+def test_brain_mask_and_mse_references():
+    from skimage.segmentation import flood_fill
+    g = make_generator(0)
+    v = torch.zeros(10, 12, 11); v[2:8, 3:9, 2:9] = torch.rand(6, 6, 7, generator=g) * 0.9 + 0.1
+    v[4:6, 5:7, 4:6] = 0                                                  # an enclosed dark hole (ventricle)
+    m = brain_mask(v)
+    bg = flood_fill(np.pad((v > 0.01 * v.max()).numpy().astype(np.uint8), 1), (0, 0, 0), 2, connectivity=1)[1:-1, 1:-1, 1:-1] == 2
+    assert torch.equal(m, torch.from_numpy(~bg)) and m[4:6, 5:7, 4:6].all() and int(m.sum()) == 6 * 6 * 7
+    a, b = torch.rand(10, 12, 11, generator=g), torch.rand(10, 12, 11, generator=g)
+    ref = np.mean((a.numpy().astype(np.float64) - b.numpy())[m.numpy()] ** 2)
+    test_allclose(masked_mse(a, b, m), torch.tensor(ref, dtype=torch.float32))
+
+
+def test_segmentation_reference():
+    from scipy.cluster.vq import kmeans2
+    g = np.random.default_rng(0)
+    vals = np.concatenate([g.normal(0.2, 0.03, 400), g.normal(0.5, 0.03, 700), g.normal(0.8, 0.03, 900)])
+    vol = torch.from_numpy(g.permutation(vals).reshape(20, 10, 10))
+    mask = torch.ones(20, 10, 10, dtype=torch.bool)
+    seg = segment_tissues(vol, mask)
+    init = np.quantile(vals, [1 / 6, 1 / 2, 5 / 6])[:, None]
+    cent, lab = kmeans2(vol.numpy().reshape(-1, 1), init, iter=100, minit="matrix")
+    assert np.array_equal(np.argsort(np.argsort(cent[:, 0]))[lab] + 1, seg.reshape(-1).numpy())
+    vols = tissue_volumes(seg, 8.0)
+    assert vols == {"csf": 400 * 8.0, "gm": 700 * 8.0, "wm": 900 * 8.0}
+
+
+def test_evaluation_original_vs_perfect_and_ahd_reference():
+    g = make_generator(0)
+    t = torch.zeros(12, 14, 13); t[2:10, 2:12, 2:11] = torch.rand(8, 10, 9, generator=g) * 0.9 + 0.1
+    t = t / t.max()                                                       # a preprocessed target spans [0, 1]
+    perfect = evaluate_harmonization(t, t)
+    assert perfect["mse"] == 0 and perfect["ahd"] == 0 and perfect["dvol_gm"] == 0 and perfect["hd_csf"] == 0
+    assert abs(perfect["dice_wm"] - 1) < 1e-12
+    p = (t * 0.5 + 0.3) * (t > 0)                                          # a contrast change
+    r = evaluate_harmonization(p, t, tissues=False)
+    m = brain_mask(t)
+    pr = ((p - p.min()) / (p.max() - p.min()))
+    ref_ahd = np.abs(np.histogram(pr[m].numpy(), 255, (0, 1))[0] - np.histogram(t[m].numpy(), 255, (0, 1))[0]).sum()
+    assert abs(r["ahd"] - ref_ahd) <= 2 and r["mse"] > 0
+    # rescaling makes a global affine change of a [0,1] image invisible
+    assert evaluate_harmonization(t * 0.5, t, tissues=False)["mse"] < 1e-12
+
+
+def test_stripe_index_detects_per_slice_offsets():
+    g = make_generator(0)
+    x = torch.linspace(0, 1, 20)
+    vol = (x[None, :, None] + x[None, None, :]).expand(16, 20, 20).clone() * 0.5
+    striped = vol + 0.2 * torch.rand(16, 1, 1, generator=g)
+    assert slice_discontinuity(vol, 0) < 1e-6 and slice_discontinuity(striped, 0) > 1.0
+
+
+def test_smoke_training_through_engine(tmp_path):
+    from medsynth_nb.train import get_experiment, read_log, train
+    exp = get_experiment("harmonize")
+    assert exp.config_class is HarmonizeConfig
+    res = train("harmonize", "smoke", out=tmp_path / "run", progress=False, steps=4, crop=(16, 16), batch_size=2)
+    rows = read_log(tmp_path / "run")
+    assert len(rows) == 4 and all(np.isfinite(r["train/loss"]) and r["train/vb"] > 0 for r in rows)
+    model, sched, cfg = load_harmonizer(tmp_path / "run")
+    assert cfg.crop == (16, 16) and sched.variance_type == "learned_range" and model.out_channels == 2
+    sd = res.ema["model"].state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())   # EMA weights loaded
+    y = translate_slices(model, sched, _src(2, 16, 16), num_inference_steps=2, generator=make_generator(0))
+    assert y.shape == (2, 1, 16, 16) and torch.isfinite(y).all()
+    # resuming to more steps continues the same run
+    train("harmonize", "smoke", out=tmp_path / "run", progress=False, steps=6, crop=(16, 16), batch_size=2, resume=True)
+    assert len(read_log(tmp_path / "run")) == 6
+    with pytest.raises(ValueError, match="expected a 'harmonize' checkpoint"):
+        train("toy-regression", "smoke", out=tmp_path / "toy", progress=False, steps=2)
+        load_harmonizer(tmp_path / "toy")
+
+
+def test_directions_and_ranges():
+    assert set(DIRECTIONS) == {"1.5T->3T", "3T->1.5T"}
+    x = torch.linspace(0, 1, 5)
+    assert torch.equal(to_model_range(x), torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]))
+    test_allclose(from_model_range(torch.tensor([-2.0, 0.0, 2.0])), torch.tensor([0.0, 0.5, 1.0]))

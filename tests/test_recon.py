@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from medsynth_nb import recon
 from medsynth_nb.kspace import birdcage_maps, hard_dc_kspace, kspace_residual, poisson_disc_mask, zero_filled
 from medsynth_nb.utils import test_allclose
-from medsynth_nb.wgan import _num_threads
+from medsynth_nb.utils import num_threads
 
 DATA = Path(__file__).resolve().parent.parent / "data_samples"
 
@@ -85,7 +85,7 @@ def test_label_sets():
 @pytest.mark.parametrize("name", ["recon-unpaired", "recon-l1", "recon-hybrid"])
 def test_smoke_training(name, tmp_path):
     from medsynth_nb.train import train, load_models
-    with _num_threads(1):
+    with num_threads(1):
         r = train(name, "smoke", tmp_path / "run", progress=False)
     last = r.history[-1]
     assert last["step"] == 3 and all(math.isfinite(v) for v in last.values() if isinstance(v, float))
@@ -94,7 +94,7 @@ def test_smoke_training(name, tmp_path):
 
 def test_plain_generator_smoke():
     from medsynth_nb.train import train
-    with _num_threads(1):
+    with num_threads(1):
         r = train("recon-unpaired", "smoke", progress=False, generator="plain", blocks=2, label_mode="partial")
     assert math.isfinite(r.history[-1]["generator/loss"])
 

@@ -10,6 +10,7 @@ from medsynth_nb.ddpm import (DDIMScheduler, DDPMScheduler, PREDICTION_TYPES, TI
                               dummy_model, dummy_sample_deter, make_betas, normal_kl, vb_terms_bpd)
 from medsynth_nb.utils import make_generator, test_allclose
 
+torch.set_num_threads(1)
 diffusers = pytest.importorskip("diffusers")
 
 

@@ -11,6 +11,7 @@ from medsynth_nb.harmonize import (DIRECTIONS, HARMONIZE_PRESETS, HarmonizeConfi
 from medsynth_nb.layers import unet_from_preset
 from medsynth_nb.utils import make_generator, test_allclose
 
+torch.set_num_threads(1)
 
 
 class Oracle(torch.nn.Module):

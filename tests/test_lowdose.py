@@ -14,6 +14,7 @@ from medsynth_nb.train import get_experiment, load_models, train
 from medsynth_nb.utils import make_generator, seeded, test_allclose
 from medsynth_nb.wasserstein import gaussian_downsample, wasserstein_patch_loss
 
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

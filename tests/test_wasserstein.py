@@ -15,6 +15,14 @@ from medsynth_nb.wasserstein import (draw_offset, extract_patches, gaussian_down
 ot = pytest.importorskip("ot")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    "Tiny per-op work (64-value patches) runs fastest single-threaded on a shared CPU; restored afterwards."
+    old = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _pot_per_patch(pred, target, n, offset):
     m = n ** (pred.ndim - 2)
     xp = extract_patches(pred, n, offset).reshape(-1, m).numpy()

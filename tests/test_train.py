@@ -140,11 +140,13 @@ def test_killed_save_leaves_previous_checkpoint_and_resume_is_exact(tmp_path):
 def test_torchrun_two_processes_gloo(tmp_path):
     "toy-wgan (GP's double backward through DDP) and toy-regression, launched together with torchrun -m medsynth_nb.cli."
     runs = {"toy-wgan": [], "toy-regression": ["--set", "dropout=0"]}
-    procs = {name: subprocess.Popen([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "medsynth_nb.cli", "train", name,
-                                     "--preset", "smoke", "--out", str(tmp_path / name), "--no-progress", *extra],
-                                    env=sub_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for name, extra in runs.items()}
-    logs = {name: p.communicate(timeout=300)[0] for name, p in procs.items()}
+    # one launch at a time: two concurrent `--standalone` rendezvous can race for ports and hang a worker
+    procs, logs = {}, {}
+    for name, extra in runs.items():
+        procs[name] = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "medsynth_nb.cli", "train", name,
+                                      "--preset", "smoke", "--out", str(tmp_path / name), "--no-progress", *extra],
+                                     env=sub_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+        logs[name] = procs[name].stdout
     for name, p in procs.items(): assert p.returncode == 0, f"{name}:\n{logs[name][-3000:]}"
     for name in runs:
         out = tmp_path / name

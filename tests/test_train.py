@@ -143,10 +143,19 @@ def test_torchrun_two_processes_gloo(tmp_path):
     # one launch at a time: two concurrent `--standalone` rendezvous can race for ports and hang a worker
     procs, logs = {}, {}
     for name, extra in runs.items():
-        procs[name] = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "medsynth_nb.cli", "train", name,
-                                      "--preset", "smoke", "--out", str(tmp_path / name), "--no-progress", *extra],
-                                     env=sub_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
-        logs[name] = procs[name].stdout
+        for attempt in range(3):  # a gloo rendezvous on this machine occasionally hangs (see the issue note): retry, fresh dir
+            out = tmp_path / (name if attempt == 0 else f"{name}-retry{attempt}")
+            cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "medsynth_nb.cli", "train", name,
+                   "--preset", "smoke", "--out", str(out), "--no-progress", *extra]
+            p = subprocess.Popen(cmd, env=sub_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            try:
+                p.stdout_text = p.communicate(timeout=120)[0]; break
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, 9); p.communicate()
+        else: pytest.fail(f"{name}: torchrun hung three times")
+        if out != tmp_path / name: out.rename(tmp_path / name)
+        procs[name] = p
+        logs[name] = procs[name].stdout_text
     for name, p in procs.items(): assert p.returncode == 0, f"{name}:\n{logs[name][-3000:]}"
     for name in runs:
         out = tmp_path / name

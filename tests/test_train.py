@@ -89,6 +89,24 @@ def test_fit_custom_task_resumes_bit_for_bit_with_accumulation_clipping_fp16_sch
     assert "train/grad_norm" in read_log(tmp_path / "straight")[0]
 
 
+def test_ema_warmup_closed_form_and_constant_mode():
+    from math import factorial, prod
+    from medsynth_nb.train import EMA
+    lin = nn.Linear(2, 1)
+    with torch.no_grad(): lin.weight.fill_(1.0); lin.bias.fill_(1.0)
+    for warmup, n in ((True, 30), (False, 30), (True, 200)):
+        e = EMA(nn.Linear(2, 1), 0.99, warmup=warmup)
+        with torch.no_grad(): e.module.weight.zero_(); e.module.bias.zero_()
+        for _ in range(n): e.update(lin)
+        share = prod(min(0.99, (1 + k) / (10 + k)) for k in range(n)) if warmup else 0.99 ** n
+        if warmup and n == 30: assert math.isclose(share, factorial(9) * factorial(30) / factorial(39))
+        torch.testing.assert_close(e.module.weight, torch.full_like(e.module.weight, 1 - share), rtol=0, atol=1e-6)
+        assert e.updates == n
+    resumed = EMA(lin, 0.99, warmup=True, updates=1000)   # β reached at n = (10β − 1)/(1 − β) = 890
+    assert resumed.decay_at(resumed.updates) == 0.99 and EMA(lin, 0.99, warmup=True).decay_at(0) == 0.1
+    with pytest.raises(ValueError, match="updates: expected a non-negative int"): EMA(lin, 0.9, updates=-1)
+
+
 def test_checkpoint_layout_and_keep(tmp_path):
     res = train("toy-regression", "smoke", out=tmp_path, steps=30, keep=2, progress=False)
     ck = load_checkpoint(tmp_path / "checkpoint.pt")

@@ -159,6 +159,35 @@ def test_segmentation_reference():
     assert vols == {"csf": 400 * 8.0, "gm": 700 * 8.0, "wm": 900 * 8.0}
 
 
+def test_gmm_matches_scikit_learn_and_recovers_a_known_mixture():
+    from sklearn.mixture import GaussianMixture
+    from medsynth_nb.harmonize import gmm_1d
+    g = np.random.default_rng(1)
+    truth = dict(w=np.array([0.2, 0.35, 0.45]), mu=np.array([0.2, 0.5, 0.8]), sd=np.array([0.05, 0.04, 0.03]))
+    k = g.choice(3, 6000, p=truth["w"])
+    vals = g.normal(truth["mu"][k], truth["sd"][k])
+    vol = torch.from_numpy(vals.reshape(20, 20, 15)); mask = torch.ones_like(vol, dtype=torch.bool)
+    km = segment_tissues(vol, mask)[mask] - 1
+    fit = gmm_1d(vol[mask].double(), km)
+    nk = np.bincount(km.numpy(), minlength=3)
+    mu0 = np.array([vals[km.numpy() == j].mean() for j in range(3)])
+    prec0 = 1 / np.array([vals[km.numpy() == j].var() for j in range(3)])
+    sk = GaussianMixture(3, tol=1e-12, max_iter=2000, reg_covar=0.0, weights_init=nk / nk.sum(), means_init=mu0[:, None],
+                         precisions_init=prec0[:, None, None]).fit(vals[:, None])
+    o = np.argsort(sk.means_[:, 0])
+    np.testing.assert_allclose(fit["means"].numpy(), sk.means_[o, 0], rtol=1e-6)
+    np.testing.assert_allclose(fit["variances"].numpy(), sk.covariances_[o, 0, 0], rtol=1e-5)
+    np.testing.assert_allclose(fit["weights"].numpy(), sk.weights_[o], rtol=1e-5)
+    assert np.array_equal(np.argsort(o)[sk.predict(vals[:, None])], fit["labels"].numpy())
+    np.testing.assert_allclose(fit["means"].numpy(), truth["mu"], atol=0.01)             # the truth, up to sampling error
+    np.testing.assert_allclose(fit["variances"].numpy() ** 0.5, truth["sd"], rtol=0.1)
+    assert (np.diff(fit["loglik"]) > -1e-12).all()                                          # EM never decreases it
+    seg = segment_tissues(vol, mask, method="gmm")
+    assert torch.equal(seg[mask] - 1, fit["labels"])
+    with pytest.raises(ValueError, match=r"method: expected one of \('kmeans', 'gmm'\), got 'fast'"):
+        segment_tissues(vol, mask, method="fast")
+
+
 def test_evaluation_original_vs_perfect_and_ahd_reference():
     g = make_generator(0)
     t = torch.zeros(12, 14, 13); t[2:10, 2:12, 2:11] = torch.rand(8, 10, 9, generator=g) * 0.9 + 0.1

@@ -4,6 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from medsynth_nb.layers import DCGANCritic, SplitHeadUNet, conv_norm_act
 from medsynth_nb.layers import (AttentionBlock, ResBlock, UNet, UNET_PRESETS, count_parameters, normalization,
                                 timestep_embedding, unet_from_preset)
 from medsynth_nb.utils import make_generator, seeded, test_allclose
@@ -88,3 +89,43 @@ def test_bad_construction():
     with pytest.raises(ValueError, match="heads must divide"): AttentionBlock(16, num_heads=3, num_groups=8)
     with pytest.raises(ValueError, match="preset: expected one of"): unet_from_preset("tiny")
     with pytest.raises(ValueError, match="dim: expected a positive"): timestep_embedding(torch.tensor([1]), 0)
+
+
+# ---- plain U-Net with split heads and DCGAN critic (Angermann et al.) ------------------------------------------------
+
+
+def test_angermann_paper_sizes():
+    assert count_parameters(SplitHeadUNet(1, (1, 1), ("tanh", "softplus"), 16, 5)) == 8_669_570   # paper: about 8.7 M
+    assert count_parameters(DCGANCritic(1, 32, 5)) == 2_787_041                                    # paper: about 2.8 M
+
+
+def test_split_heads_share_the_trunk_only():
+    with seeded(0): net = SplitHeadUNet(2, (1, 3), ("tanh", "none"), base_channels=4, depth=2)
+    a, b = net(torch.randn(2, 2, 8, 8))
+    assert a.shape == (2, 1, 8, 8) and b.shape == (2, 3, 8, 8) and a.abs().max() < 1
+    b.sum().backward()
+    assert all(p.grad is None for p in net.branches[0].parameters()) and net.down[0][0][0].weight.grad is not None
+    with seeded(0): net2 = SplitHeadUNet(2, (1, 3), ("tanh", "none"), base_channels=4, depth=2)
+    test_allclose(net2(torch.ones(1, 2, 8, 8))[0], net(torch.ones(1, 2, 8, 8))[0])   # seeded init is reproducible
+
+
+def test_dcgan_critic_is_per_sample_and_unnormalised():
+    with seeded(0): D = DCGANCritic(1, 4, 3)
+    x = torch.randn(4, 1, 32, 32)
+    y = x.clone(); y[2] = 0
+    test_allclose(D(x)[[0, 1, 3]], D(y)[[0, 1, 3]])
+    assert not any(isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.InstanceNorm2d, torch.nn.GroupNorm)) for m in D.modules())
+    assert D.features(x).shape == (4, 16, 4, 4)
+
+
+@pytest.mark.parametrize("call,msg", [
+    (lambda: SplitHeadUNet(depth=0), "depth: expected an int >= 1"),
+    (lambda: SplitHeadUNet(head_activations=("tanh", "relu")), "head_activations: expected names from"),
+    (lambda: conv_norm_act(1, 2, norm="batch"), "norm: expected one of"),
+    (lambda: DCGANCritic(downsamplings=0), "downsamplings: expected an int >= 1"),
+    (lambda: SplitHeadUNet(1, depth=2)(torch.randn(1, 1, 10, 10)), "divisible by 2\\^depth = 4"),
+    (lambda: DCGANCritic(1, 4, 2)(torch.randn(1, 1, 10, 10)), "divisible by 2\\^downsamplings = 4"),
+    (lambda: DCGANCritic(1, 4, 2)(torch.randn(1, 1, 8)), "x: expected 4 dimensions"),
+])
+def test_plain_blocks_bad_inputs(call, msg):
+    with pytest.raises(ValueError, match=msg): call()

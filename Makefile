@@ -14,7 +14,9 @@ N_WORKERS ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medsynth-installed
 
-.PHONY: test tour install sync nbtest pytest bench readme data data-check clean-venv
+.PHONY: test tour install sync nbtest pytest bench readme data data-check clean-venv assignments grade
+SUBMISSIONS ?=
+SCORES ?= scores.csv
 .DEFAULT_GOAL := test
 
 $(BIN)/python:
@@ -58,3 +60,12 @@ data: $(STAMP)
 
 data-check: $(STAMP)
 	$(BIN)/python -m medsynth_nb.phantom --check
+
+# Student versions of the course assignments (nbgrader generate_assignment) -> assignments/release/<name>/<name>.ipynb
+assignments: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python assignments/build.py
+
+# Autograde a folder of submissions (<student>/<name>.ipynb): writes $(SCORES) and its _totals.csv
+grade: $(STAMP)
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=folder [SCORES=scores.csv]"; exit 2; }
+	PATH=$(CURDIR)/$(BIN):$$PATH OMP_NUM_THREADS=1 $(BIN)/python assignments/grade.py "$(SUBMISSIONS)" --out "$(SCORES)"

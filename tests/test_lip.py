@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from medsynth_nb.lip import (NETWORKS, LipCarConfig, LipCarUNet, build_networks, gentv, lip_car_solve, load_lipcar_samples,
-                             network_io, ssim_loss)
+from medsynth_nb.lip import (METHODS, NETWORKS, LipCarConfig, LipCarUNet, build_networks, gentv, lip_car_solve, load_lipcar_samples,
+                             network_io, region_metrics, run_methods, secant_oracle, ssim_loss)
 from medsynth_nb.utils import make_generator, seeded, test_allclose
 
 
@@ -130,3 +130,57 @@ def test_bad_inputs():
     for fn, exc, msg in cases:
         with pytest.raises(exc, match=None) as e: fn()
         assert msg in str(e.value), (msg, str(e.value))
+
+
+def test_network_io_inference_needs_no_target():
+    d = load_lipcar_samples()
+    inp, target = network_io("PL2H", {"low": d["low"], "pre": d["pre"]}, target=False)
+    assert inp.shape == (8, 2, 128, 128) and target is None
+    torch.testing.assert_close(inp[:, 1:], d["pre"])
+    with pytest.raises(ValueError, match="needs 'high'"): network_io("PL2H", {"low": d["low"], "pre": d["pre"]})
+
+
+def test_region_metrics_against_numpy():
+    g = make_generator(6)
+    pred, target = torch.rand(3, 1, 24, 24, generator=g), torch.rand(3, 1, 24, 24, generator=g)
+    labels = torch.zeros(3, 1, 24, 24, dtype=torch.int64)
+    labels[:, :, 4:20, 4:20] = 2; labels[0, :, 10:13, 10:14] = 4; labels[1, :, 2:5, 3:6] = 6  # slice 2: no lesion
+    r = region_metrics(pred, target, labels)
+    e2 = ((pred - target) ** 2).numpy()
+    for i in range(2):
+        m = labels[i].numpy() >= 4
+        assert abs(float(r["lesion_rmse"][i]) - math.sqrt(e2[i][m].mean())) < 1e-6
+        assert abs(float(r["brain_rmse"][i]) - math.sqrt(e2[i][labels[i].numpy() > 0].mean())) < 1e-6
+    assert math.isnan(float(r["lesion_rmse"][2])) and math.isnan(float(r["lesion_ssim"][2]))
+    same = region_metrics(target, target, labels)
+    test_allclose(same["lesion_ssim"][:2], torch.ones(2), atol=1e-5, rtol=0)
+    test_allclose(same["lesion_rmse"][:2], torch.zeros(2), atol=1e-7, rtol=0)
+    assert bool((r["lesion_ssim"][:2] < 0.5).all())  # independent noise images are dissimilar
+    with pytest.raises(ValueError, match="labels and target: expected the same shape"): region_metrics(pred, target, labels[:, :, :8])
+
+
+def test_secant_oracle_exact_and_linear():
+    g = make_generator(7)
+    pre = torch.rand(2, 1, 8, 8, generator=g)
+    enh = torch.rand(2, 1, 8, 8, generator=g); enh[0, 0, :2] = 0  # a band without agent
+    high, low = pre + enh, pre + 0.3 * enh
+    op = secant_oracle(pre, low, high)
+    test_allclose(op(high), low, atol=1e-6, rtol=0)
+    test_allclose(op.slope[0, 0, :2], torch.full((2, 8), 0.2))  # the dose ratio where nothing enhances
+    test_allclose(op.slope[0, 0, 2:], torch.full((6, 8), 0.3), atol=1e-5, rtol=0)
+    x1, x2 = torch.rand(2, 1, 8, 8, generator=g), torch.rand(2, 1, 8, 8, generator=g)
+    test_allclose(op(x1) - op(x2), op.slope * (x1 - x2), atol=1e-6, rtol=0)
+    # LIP-CAR with the exact operator and x̄ = x_H recovers x_H
+    res = lip_car_solve(op, low, high, alpha=6e-3, iters=300, lr=1e-2)
+    assert float((res.x - high).abs().max()) < 0.05 and float((low - high).abs().max()) > 0.3
+    with pytest.raises(ValueError, match="high and pre: expected the same shape"): secant_oracle(pre, low, high[:1])
+
+
+def test_run_methods_projection_switch():
+    with seeded(0): nets = build_networks(base=4, levels=2)
+    d = load_lipcar_samples()
+    batch = {k: d[k][:1, :, :32, :32] for k in ("pre", "low", "high")}
+    out = run_methods(nets, batch, iters=3, lr=0.5)
+    assert list(out) == list(METHODS) and bool((out["LIP-CAR"] >= 0).all())
+    free = run_methods(nets, batch, iters=3, lr=0.5, nonneg=False)
+    assert free["LIP-CAR"].shape == (1, 1, 32, 32) and bool(torch.isfinite(free["LIP-CAR"]).all())

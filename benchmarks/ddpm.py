@@ -72,7 +72,7 @@ def main():
 def quality(run, slices):
     "Ancestral-1000 vs DDIM-50 with a trained harmonization model: wall time and Durrer's MSE/AHD on a slab."
     from medsynth_nb.data import durrer_preprocess, find_samples, load_nifti, samples_root
-    from medsynth_nb.harmonize import evaluate_harmonization, load_harmonizer, parse_direction, translate_volume
+    from medsynth_nb.harmonize import compare_samplers, evaluate_harmonization, load_harmonizer, parse_direction
     dev = get_device()
     model, sched, cfg = load_harmonizer(run, device=dev)
     s_field, t_field = parse_direction(cfg.direction)
@@ -81,13 +81,9 @@ def quality(run, slices):
     src, tgt = (durrer_preprocess(load_nifti(samples_root() / files[f])[0])[lo:hi] for f in (s_field, t_field))
     print(f"device {dev}, run {run} ({cfg.direction}, step {cfg.steps}), slab {tuple(src.shape)}")
     res = {"Original": evaluate_harmonization(src, tgt, tissues=False)}
-    times = {}
-    for name, sampler, steps in (("ancestral-1000", "ddpm", None), ("DDIM-50", "ddim", 50)):
-        t0 = time.perf_counter()
-        pred = translate_volume(model, sched, src.to(dev), axis=0, sampler=sampler, num_inference_steps=steps,
-                                generator=make_generator(0, dev), batch_size=hi - lo).cpu()
-        times[name] = time.perf_counter() - t0
-        res[name] = evaluate_harmonization(pred, tgt, tissues=False)
+    cmp = compare_samplers(model, sched, src, tgt, batch_size=hi - lo)        # ancestral-1000 and DDIM-50, same seed
+    res.update(cmp)
+    times = {k: v["seconds"] for k, v in cmp.items()}
     for name, r in res.items():
         print(f"{name:15s} MSE {r['mse']:.4g}  AHD {r['ahd']:.4g}" + (f"  {times[name]:.1f} s" if name in times else ""))
     a_, d_ = res["ancestral-1000"], res["DDIM-50"]

@@ -78,10 +78,12 @@ def paired_volumes(n: int, # number of subjects
 # %% ../nbs/21_harmonization.ipynb #61990ba4
 def harmonization_scheduler(num_train_timesteps: int = 1000, # T (Durrer: 1000)
                             learn_sigma: bool = True, # learned-range variance (Durrer) or fixed small
+                            prediction_type: str = "epsilon", # what the network predicts: 'epsilon' (Durrer), 'sample' (x_0) or 'v_prediction'
                            ) -> DDPMScheduler:
-    "Durrer's DDPM schedule: linear β 1e-4…0.02, ε-prediction, x0 clipped to [-1, 1], learned-range variance."
+    "Durrer's DDPM schedule: linear β 1e-4…0.02, ε-prediction (default), x0 clipped to [-1, 1], learned-range variance."
     return DDPMScheduler(num_train_timesteps, 1e-4, 0.02, "linear",
-                         variance_type="learned_range" if learn_sigma else "fixed_small", clip_sample=True)
+                         variance_type="learned_range" if learn_sigma else "fixed_small", clip_sample=True,
+                         prediction_type=prediction_type)
 
 def harmonization_unet(preset: str = "smoke", # `layers.UNET_PRESETS` name: 'smoke', 'bench' or 'paper' (Durrer)
                        scheduler: DDPMScheduler | None = None, # decides the output channels (default: learned range)
@@ -333,6 +335,7 @@ class HarmonizeConfig(TrainConfig):
     unet: str = "smoke" # U-Net preset: 'smoke', 'bench' or 'paper'
     learn_sigma: bool = True # learned-range variance and the hybrid loss (Durrer)
     lambda_vb: float = 1e-3 # λ of the hybrid loss
+    prediction_type: str = "epsilon" # network target: 'epsilon' (Durrer), 'sample' (x_0) or 'v_prediction' (see the demo)
     num_train_timesteps: int = 1000 # T
     n_subjects: int = 1 # simulated training subjects
     subject_seed: int = 1000 # subject i is paired_subject(subject_seed + i)
@@ -347,6 +350,8 @@ class HarmonizeConfig(TrainConfig):
         from medsynth_nb.layers import UNET_PRESETS
         _require(self.unet in UNET_PRESETS, "unet", f"one of {tuple(UNET_PRESETS)}", self.unet)
         _require(self.lambda_vb >= 0, "lambda_vb", "a non-negative weight", self.lambda_vb)
+        from medsynth_nb.ddpm import PREDICTION_TYPES
+        _require(self.prediction_type in PREDICTION_TYPES, "prediction_type", f"one of {PREDICTION_TYPES}", self.prediction_type)
         _require(self.num_train_timesteps >= 2, "num_train_timesteps", "at least 2 steps", self.num_train_timesteps)
         _require(self.n_subjects >= 1, "n_subjects", "at least 1 subject", self.n_subjects)
         _require(len(self.crop) == 2 and all(c >= 8 for c in self.crop), "crop", "two sizes >= 8", self.crop)
@@ -356,14 +361,14 @@ class HarmonizeConfig(TrainConfig):
 
     def scheduler(self) -> DDPMScheduler:
         "The run's noise schedule (T and variance type come from the config, so sampling always matches training)."
-        return harmonization_scheduler(self.num_train_timesteps, self.learn_sigma)
+        return harmonization_scheduler(self.num_train_timesteps, self.learn_sigma, self.prediction_type)
 
 HARMONIZE_PRESETS = {
     "smoke": dict(steps=12, batch_size=4, unet="smoke", n_subjects=1, crop=(32, 32), lr=1e-3, ema=0.9, ckpt_every=6,
                   sample_steps=5),
-    "demo": dict(steps=1000, batch_size=8, unet="bench", n_subjects=4, crop=(64, 64), lr=1e-3, ema=0.999, log_every=10,
-                 ckpt_every=250, sample_steps=20),
-    "paper": dict(steps=300_000, batch_size=4, unet="paper", n_subjects=30, crop=(112, 96), lr=1e-4, ema=0.9999, log_every=100,
+    "demo": dict(steps=1000, batch_size=4, unet="bench", n_subjects=4, crop=(120, 96), lr=1e-3, ema=0.999, log_every=10,
+                 ckpt_every=250, sample_steps=20, prediction_type="v_prediction"),
+    "paper": dict(steps=300_000, batch_size=4, unet="paper", n_subjects=30, crop=(120, 96), lr=1e-4, ema=0.9999, log_every=100,
                   ckpt_every=5000, sampler="ddpm", sample_steps=1000, ema_warmup=False),
 }
 

@@ -127,8 +127,14 @@ def test_config_validation():
     p = HarmonizeConfig(**HARMONIZE_PRESETS["paper"])
     assert (p.lr, p.ema, p.batch_size, p.weight_decay, p.unet, p.num_train_timesteps, p.lambda_vb) == (1e-4, 0.9999, 4, 0.0, "paper", 1000, 1e-3)
     for bad, msg in ((dict(direction="x"), "direction"), (dict(unet="huge"), "unet"), (dict(sampler="euler"), "sampler"),
-                     (dict(sample_steps=2000), "sample_steps"), (dict(crop=(4, 4)), "crop"), (dict(n_subjects=0), "n_subjects")):
+                     (dict(sample_steps=2000), "sample_steps"), (dict(crop=(4, 4)), "crop"), (dict(n_subjects=0), "n_subjects"),
+                     (dict(prediction_type="x0"), "prediction_type")):
         with pytest.raises(ValueError, match=msg): HarmonizeConfig(**bad)
+    assert (p.prediction_type, p.crop) == ("epsilon", (120, 96))                     # Durrer: ε, whole slices
+    d = HarmonizeConfig(**HARMONIZE_PRESETS["demo"])
+    assert (d.prediction_type, d.crop, d.batch_size) == ("v_prediction", (120, 96), 4)
+    assert d.scheduler().prediction_type == "v_prediction" and p.scheduler().prediction_type == "epsilon"
+    assert HarmonizeConfig.from_dict({k: v for k, v in p.to_dict().items() if k != "prediction_type"}).prediction_type == "epsilon"
     assert HarmonizeConfig.from_dict(HarmonizeConfig(crop=(64, 48)).to_dict()).crop == (64, 48)
 
 
@@ -232,6 +238,19 @@ def test_smoke_training_through_engine(tmp_path):
     with pytest.raises(ValueError, match="expected a 'harmonize' checkpoint"):
         train("toy-regression", "smoke", out=tmp_path / "toy", progress=False, steps=2)
         load_harmonizer(tmp_path / "toy")
+
+
+def test_prediction_type_round_trip(tmp_path):
+    "A v-prediction run stores its target; the reloaded scheduler reads the network's output the same way."
+    from medsynth_nb.train import train
+    train("harmonize", "smoke", out=tmp_path / "v", progress=False, steps=2, crop=(16, 16), batch_size=2,
+          prediction_type="v_prediction")
+    model, sched, cfg = load_harmonizer(tmp_path / "v")
+    assert cfg.prediction_type == sched.prediction_type == "v_prediction" and sched.variance_type == "learned_range"
+    y = translate_slices(model, sched, _src(2, 16, 16), num_inference_steps=2, generator=make_generator(0))
+    eps = translate_slices(model, harmonization_scheduler(prediction_type="epsilon"), _src(2, 16, 16), num_inference_steps=2,
+                           generator=make_generator(0))
+    assert torch.isfinite(y).all() and not torch.equal(y, eps)        # the target type changes how the output is read
 
 
 def test_directions_and_ranges():

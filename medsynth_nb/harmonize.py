@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .data import PairedContrastDataset, center_crop_or_pad, durrer_preprocess, slices_to_volume, volume_to_slices
-from .ddpm import DDIMScheduler, DDPMScheduler, ddim_sample, ddpm_sample, diffusion_loss
+from .ddpm import PREDICTION_TYPES, DDIMScheduler, DDPMScheduler, ddim_sample, ddpm_sample, diffusion_loss
 from .layers import unet_from_preset
 from .metrics import ahd, dice, hausdorff
 from .train import TrainConfig, Task, register_experiment, supervised, _require
@@ -350,7 +350,6 @@ class HarmonizeConfig(TrainConfig):
         from medsynth_nb.layers import UNET_PRESETS
         _require(self.unet in UNET_PRESETS, "unet", f"one of {tuple(UNET_PRESETS)}", self.unet)
         _require(self.lambda_vb >= 0, "lambda_vb", "a non-negative weight", self.lambda_vb)
-        from medsynth_nb.ddpm import PREDICTION_TYPES
         _require(self.prediction_type in PREDICTION_TYPES, "prediction_type", f"one of {PREDICTION_TYPES}", self.prediction_type)
         _require(self.num_train_timesteps >= 2, "num_train_timesteps", "at least 2 steps", self.num_train_timesteps)
         _require(self.n_subjects >= 1, "n_subjects", "at least 1 subject", self.n_subjects)

@@ -137,7 +137,9 @@ def test_sorted_plan_is_optimal_and_feasible():
 
 
 # --- properties (hypothesis) -------------------------------------------------------------------------------
-finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=64)
+# Domain: finite normal float64 in [-1e3, 1e3]. Subnormals are excluded on purpose: W1 between [0, 0] and [5e-324, 0]
+# underflows to exactly 0 (the mean of 5e-324 / 2), which would break 'zero only for equal multisets' by arithmetic.
+finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, allow_subnormal=False, width=64)
 rows = st.integers(1, 4).flatmap(lambda r: st.integers(1, 12).map(lambda m: (r, m)))
 
 

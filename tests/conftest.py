@@ -1,0 +1,10 @@
+"Shared pytest set-up: hypothesis profiles, so that property tests never make CI red by chance."
+import os
+
+from hypothesis import HealthCheck, settings
+
+# CI (and `make test`, which sets CI in .ci/run) runs every property test derandomized: the same examples each run,
+# so a red build always means a changed behaviour. Locally `HYPOTHESIS_PROFILE=explore pytest` searches afresh.
+settings.register_profile("ci", derandomize=True, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -43,8 +43,8 @@ def to_complex(x: Tensor, # (B, 2, H, W) real (real, imag)
 # %% ../nbs/31_unrolled_recon.ipynb #6f6a9a6f
 def lei_crop(shape: tuple[int, int], # (H, W) of the images
             ) -> tuple[int, int]:
-    "Lei's evaluation crop (20 rows, 24 columns off each border of 320 x 256), scaled to (H, W)."
-    return round(20 * shape[0] / 320), round(24 * shape[1] / 256)
+    "(rows, cols) off each border for Lei's centre 272 x 216 of 320 x 256 (Sec. IV.C): (24, 20), scaled to (H, W)."
+    return round(24 * shape[0] / 320), round(20 * shape[1] / 256)
 
 def lei_calib(shape: tuple[int, int]) -> tuple[int, int]:
     "Lei's fully sampled 20 x 20 Poisson-disc centre, scaled with min(H, W) / 256 (at least 4 x 4)."
@@ -100,28 +100,36 @@ def recon_setup(shape: tuple[int, int] = (64, 64), # (H, W)
     return mask, maps
 
 # %% ../nbs/31_unrolled_recon.ipynb #d27c1746
+def _model_device(G: nn.Module) -> torch.device:
+    "The device of G's first parameter (or buffer); CPU for a module with neither."
+    t = next(G.parameters(), None)
+    if t is None: t = next(G.buffers(), None)
+    return torch.device("cpu") if t is None else t.device
+
 @torch.no_grad()
 def reconstruct(G: nn.Module, # a trained generator (put in eval mode here)
                 y: Tensor, mask: Tensor, maps: Tensor | None = None,
                 batch_size: int = 8) -> Tensor:
-    "G's reconstructions of (B, coils, H, W) k-space in eval mode, in chunks of `batch_size`; (B, 1, H, W)."
+    "G's reconstructions of (B, coils, H, W) k-space in eval mode on G's device, in chunks; (B, 1, H, W) there."
+    dev = _model_device(G)
+    mask = mask.to(dev)
+    maps = None if maps is None else maps.to(dev)
     was = G.training; G.eval()
-    try: return torch.cat([G(y[i:i + batch_size], mask, maps) for i in range(0, y.shape[0], batch_size)])
+    try: return torch.cat([G(y[i:i + batch_size].to(dev), mask, maps) for i in range(0, y.shape[0], batch_size)])
     finally: G.train(was)
 
-def recon_scores(pred: Tensor, # (B, 1, H, W) complex reconstructions
+def recon_scores(pred: Tensor, # (B, 1, H, W) complex reconstructions (any device)
                  target: Tensor, # (B, 1, H, W) complex ground truth (magnitude <= 1)
-                 crop: tuple[int, int] | None = None, # default: `lei_crop`
+                 crop: tuple[int, int] | None = None, # (rows, cols) off each border; default `lei_crop`
                 ) -> dict:
-    "Lei's Table II metrics on magnitudes, cropped: mean SNR (dB) and SSIM (max_val 1)."
+    "Lei's Table II metrics on cropped magnitudes: mean per-image SNR (dB, `metrics.snr_db`) and SSIM (max_val 1)."
     from medsynth_nb.metrics import snr_db, ssim
     check_tensor(pred, "pred", ndim=4, dtype="complex"); check_tensor(target, "target", ndim=4, dtype="complex")
     r, c = lei_crop(tuple(target.shape[-2:])) if crop is None else crop
-    p, t = pred.abs(), target.abs()
+    p, t = pred.to(target.device).abs(), target.abs()
     pc, tc = p[..., r:p.shape[-2] - r, c:p.shape[-1] - c], t[..., r:t.shape[-2] - r, c:t.shape[-1] - c]
-    return dict(snr=float(snr_db(p, t, crop=(r, c))), ssim=float(ssim(pc, tc, data_range=1.0, win_size=min(11, (min(pc.shape[-2:]) - 1) // 2 * 2 + 1))))
-
-
+    win = min(11, (min(pc.shape[-2:]) - 1) // 2 * 2 + 1)
+    return dict(snr=float(snr_db(pc, tc)), ssim=float(ssim(pc, tc, data_range=1.0, win_size=win)))
 
 # %% ../nbs/31_unrolled_recon.ipynb #a9b4082a
 def _conv(c_in: int, c_out: int) -> nn.Conv2d:

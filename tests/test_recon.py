@@ -136,3 +136,21 @@ def test_bad_inputs(acq):
     for bad, msg in [(dict(regime="gan"), "regime"), (dict(label_mode="partial", label_subjects=9), "label_subjects"),
                      (dict(shape=(8, 8)), "shape"), (dict(critic_input="phase"), "critic_input")]:
         with pytest.raises(ValueError, match=msg): get_experiment("recon-unpaired").config("smoke", **bad)
+
+def test_lei_crop_is_the_centre_272_by_216():
+    "Lei score the centre 272 x 216 of 320 x 256 (Sec. IV.C): 24 rows and 20 columns off each border."
+    from medsynth_nb.metrics import snr_db
+    assert recon.lei_crop((320, 256)) == (24, 20)
+    g = torch.Generator().manual_seed(0)
+    gt = torch.polar(torch.rand(2, 1, 320, 256, generator=g) + 0.5, torch.rand(2, 1, 320, 256, generator=g))
+    pred = gt + 0.05 * torch.randn(2, 1, 320, 256, dtype=torch.complex64, generator=g)
+    pred[..., :24, :] = 0; pred[..., 296:, :] = 0; pred[..., :, :20] = 0; pred[..., :, 236:] = 0   # border garbage
+    centre = (slice(None), slice(None), slice(24, 296), slice(20, 236))
+    assert pred.abs()[centre].shape[-2:] == (272, 216)
+    ref = snr_db(pred.abs()[centre], gt.abs()[centre])
+    s = recon.recon_scores(pred, gt)["snr"]
+    assert math.isclose(s, float(ref), rel_tol=1e-6)
+    p64, g64 = pred.abs()[centre].double().numpy(), gt.abs()[centre].double().numpy()   # numpy float64, per image
+    per = [10 * np.log10((g64[i] ** 2).sum() / ((p64[i] - g64[i]) ** 2).sum()) for i in range(2)]
+    assert math.isclose(s, float(np.mean(per)), rel_tol=1e-5)
+    assert recon.recon_scores(pred, gt, crop=(23, 20))["snr"] < s - 1 and recon.recon_scores(pred, gt, crop=(24, 19))["snr"] < s - 1

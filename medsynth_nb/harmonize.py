@@ -21,21 +21,30 @@ from .train import TrainConfig, Task, register_experiment, supervised, _require
 from .utils import check_same_shape, check_tensor, make_generator
 
 # %% auto #0
-__all__ = ['DIRECTIONS', 'SAMPLERS', 'TISSUE_CLASSES', 'SEGMENTATION_METHODS', 'HARMONIZE_PRESETS', 'parse_direction',
-           'to_model_range', 'from_model_range', 'paired_subject', 'paired_volumes', 'harmonization_scheduler',
-           'harmonization_unet', 'check_harmonizer', 'translate_slices', 'translate_volume', 'brain_mask', 'masked_mse',
-           'segment_tissues', 'gmm_1d', 'tissue_volumes', 'evaluate_harmonization', 'harmonization_table',
-           'compare_samplers', 'slice_discontinuity', 'HarmonizeConfig', 'harmonization_data', 'build_harmonize',
-           'load_harmonizer']
+__all__ = ['DIRECTIONS', 'DIRECTION_ALIASES', 'SAMPLERS', 'TISSUE_CLASSES', 'SEGMENTATION_METHODS', 'HARMONIZE_PRESETS',
+           'normalize_direction', 'parse_direction', 'to_model_range', 'from_model_range', 'paired_subject',
+           'paired_volumes', 'harmonization_scheduler', 'harmonization_unet', 'check_harmonizer', 'translate_slices',
+           'translate_volume', 'brain_mask', 'masked_mse', 'segment_tissues', 'gmm_1d', 'tissue_volumes',
+           'evaluate_harmonization', 'harmonization_table', 'compare_samplers', 'slice_discontinuity',
+           'HarmonizeConfig', 'harmonization_data', 'build_harmonize', 'load_harmonizer']
 
 # %% ../nbs/21_harmonization.ipynb #c2652984
-DIRECTIONS = {"1.5T->3T": (1.5, 3.0), "3T->1.5T": (3.0, 1.5)}
+DIRECTIONS = {"1.5T-to-3T": (1.5, 3.0), "3T-to-1.5T": (3.0, 1.5)}
+DIRECTION_ALIASES = {"1.5T->3T": "1.5T-to-3T", "3T->1.5T": "3T-to-1.5T"}   # the old names: '>' is a shell redirection
 
-def parse_direction(direction: str, # '1.5T->3T' or '3T->1.5T'
+def normalize_direction(direction: str, # '1.5T-to-3T' or '3T-to-1.5T' (old spelling '1.5T->3T', '3T->1.5T' accepted)
+                       ) -> str:
+    "The canonical direction name ('1.5T-to-3T' or '3T-to-1.5T'); the old '->' spelling is mapped onto it."
+    if not isinstance(direction, str): raise TypeError(f"direction: expected a str, got {type(direction).__name__}")
+    d = DIRECTION_ALIASES.get(direction, direction)
+    if d not in DIRECTIONS:
+        raise ValueError(f"direction: expected one of {tuple(DIRECTIONS)} (or the old {tuple(DIRECTION_ALIASES)}), got {direction!r}")
+    return d
+
+def parse_direction(direction: str, # '1.5T-to-3T' or '3T-to-1.5T' (or an old alias)
                    ) -> tuple[float, float]:
     "(source field, target field) in tesla for a direction name."
-    if direction not in DIRECTIONS: raise ValueError(f"direction: expected one of {tuple(DIRECTIONS)}, got {direction!r}")
-    return DIRECTIONS[direction]
+    return DIRECTIONS[normalize_direction(direction)]
 
 def to_model_range(x: Tensor) -> Tensor:
     "[0, 1] images → the model's [-1, 1]."
@@ -69,7 +78,7 @@ def paired_subject(seed: int, # subject id: anatomy, T1 jitter and noise follow 
 
 def paired_volumes(n: int, # number of subjects
                    seed: int = 1000, # subject i uses seed + i
-                   direction: str = "1.5T->3T", **kw) -> tuple[list[Tensor], list[Tensor]]:
+                   direction: str = "1.5T-to-3T", **kw) -> tuple[list[Tensor], list[Tensor]]:
     "Source and target volume lists (raw intensities) of `n` simulated subjects for a direction."
     s, t = parse_direction(direction)
     subs = [paired_subject(seed + i, fields=(s, t), **kw) for i in range(n)]
@@ -331,7 +340,7 @@ def slice_discontinuity(volume: Tensor, # (D, H, W)
 @dataclass
 class HarmonizeConfig(TrainConfig):
     "Durrer et al. conditional DDPM for 1.5 T ↔ 3 T MPRAGE harmonization."
-    direction: str = "1.5T->3T" # '1.5T->3T' or '3T->1.5T' (one model per direction)
+    direction: str = "1.5T-to-3T" # '1.5T-to-3T' or '3T-to-1.5T' (one model per direction; '->' spellings accepted)
     unet: str = "smoke" # U-Net preset: 'smoke', 'bench' or 'paper'
     learn_sigma: bool = True # learned-range variance and the hybrid loss (Durrer)
     lambda_vb: float = 1e-3 # λ of the hybrid loss
@@ -343,6 +352,11 @@ class HarmonizeConfig(TrainConfig):
     weight_decay: float = 0.0 # AdamW weight decay (Durrer: 0)
     sampler: str = "ddim" # evaluation sampler: 'ddim' or 'ddpm'
     sample_steps: int = 50 # evaluation steps (DDPM with 1000 = the paper)
+
+    def __post_init__(self):
+        if isinstance(self.direction, str):                 # old runs stored '1.5T->3T': load them under the new name
+            self.direction = DIRECTION_ALIASES.get(self.direction, self.direction)
+        super().__post_init__()
 
     def validate(self):
         super().validate()

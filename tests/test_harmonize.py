@@ -6,7 +6,7 @@ import torch
 from medsynth_nb.data import slices_to_volume, volume_to_slices
 from medsynth_nb.harmonize import (DIRECTIONS, HARMONIZE_PRESETS, HarmonizeConfig, brain_mask, check_harmonizer,
                                    evaluate_harmonization, from_model_range, harmonization_scheduler, harmonization_unet,
-                                   load_harmonizer, masked_mse, parse_direction, segment_tissues, slice_discontinuity,
+                                   load_harmonizer, masked_mse, normalize_direction, parse_direction, segment_tissues, slice_discontinuity,
                                    tissue_volumes, to_model_range, translate_slices, translate_volume)
 from medsynth_nb.layers import unet_from_preset
 from medsynth_nb.utils import make_generator, test_allclose
@@ -254,7 +254,46 @@ def test_prediction_type_round_trip(tmp_path):
 
 
 def test_directions_and_ranges():
-    assert set(DIRECTIONS) == {"1.5T->3T", "3T->1.5T"}
+    assert set(DIRECTIONS) == {"1.5T-to-3T", "3T-to-1.5T"}
+    assert parse_direction("1.5T-to-3T") == (1.5, 3.0) and parse_direction("3T-to-1.5T") == (3.0, 1.5)
+    assert parse_direction("1.5T->3T") == (1.5, 3.0) and parse_direction("3T->1.5T") == (3.0, 1.5)   # old aliases
+    assert normalize_direction("3T->1.5T") == "3T-to-1.5T" and normalize_direction("1.5T-to-3T") == "1.5T-to-3T"
+    with pytest.raises(TypeError, match="direction: expected a str, got int"): normalize_direction(3)
     x = torch.linspace(0, 1, 5)
     assert torch.equal(to_model_range(x), torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]))
     test_allclose(from_model_range(torch.tensor([-2.0, 0.0, 2.0])), torch.tensor([0.0, 0.5, 1.0]))
+
+
+def test_config_normalises_old_direction_names(tmp_path):
+    "A config (or a stored run) with the old '->' name is read under the new name; runs are named without '>'."
+    for old, new in (("1.5T->3T", "1.5T-to-3T"), ("3T->1.5T", "3T-to-1.5T")):
+        assert HarmonizeConfig(direction=old).direction == new
+        assert HarmonizeConfig.from_dict({**HarmonizeConfig().to_dict(), "direction": old}).direction == new
+        assert HarmonizeConfig().replace(direction=old).direction == new
+    assert all(">" not in d for d in DIRECTIONS)
+    with pytest.raises(ValueError, match="direction: expected one of"): HarmonizeConfig(direction="3T-to-7T")
+    # an old run: a checkpoint whose stored config says '3T->1.5T' still loads
+    from medsynth_nb.train import train
+    train("harmonize", "smoke", out=tmp_path / "run", progress=False, steps=1, crop=(16, 16), batch_size=2,
+          direction="3T-to-1.5T")
+    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ck["config"]["direction"] == "3T-to-1.5T"
+    ck["config"]["direction"] = "3T->1.5T"
+    torch.save(ck, tmp_path / "run" / "checkpoint.pt")
+    assert load_harmonizer(tmp_path / "run")[2].direction == "3T-to-1.5T"
+
+
+def test_cli_accepts_direction_without_shell_redirection(tmp_path):
+    "Through a real shell, '--set direction=1.5T-to-3T' arrives whole; the old '1.5T->3T' is cut by a redirection."
+    import subprocess, sys
+    from medsynth_nb.cli import build_parser, parse_set
+    echo = f"{sys.executable} -c 'import sys; print(sys.argv[-1])'"
+    new = subprocess.run(["bash", "-c", f"{echo} --set direction=1.5T-to-3T"], cwd=tmp_path, capture_output=True, text=True)
+    assert new.stdout.strip() == "direction=1.5T-to-3T" and not (tmp_path / "3T").exists()
+    old = subprocess.run(["bash", "-c", f"{echo} --set direction=1.5T->3T"], cwd=tmp_path, capture_output=True, text=True)
+    assert old.stdout.strip() == "" and (tmp_path / "3T").exists()          # the bug this rename fixes
+    args = build_parser().parse_args(["train", "harmonize", "--out", str(tmp_path / "r"), "--set", "direction=1.5T-to-3T"])
+    key, value = parse_set(args.set[0])
+    assert (key, value) == ("direction", "1.5T-to-3T")
+    from medsynth_nb.train import get_experiment
+    assert get_experiment("harmonize").config("paper", **{key: value}).direction == "1.5T-to-3T"

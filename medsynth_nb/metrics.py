@@ -16,8 +16,8 @@ from torch import Tensor
 from .utils import check_same_shape, check_tensor
 
 # %% auto #0
-__all__ = ['mse', 'mae', 'rmse', 'nmse', 'psnr', 'gaussian_window', 'ssim', 'snr_db', 'ce_mask', 'mae_ce', 'mae_sigma', 'ahd',
-           'pcc', 'dice', 'hausdorff']
+__all__ = ['mse', 'mae', 'rmse', 'nmse', 'psnr', 'gaussian_window', 'ssim', 'snr_db', 'ce_mask', 'mae_ce', 'mae_sigma',
+           'noise_sigma', 'noise_region', 'mae_sigma_noise', 'ahd', 'pcc', 'dice', 'hausdorff']
 
 # %% ../nbs/03_metrics.ipynb #be707e78
 _REDUCTIONS = ("mean", "sum", "none")
@@ -168,6 +168,45 @@ def mae_sigma(pred: Tensor, target: Tensor, mask: Tensor, reduction: str = "mean
     m = (~_per_image(mask)).to(pred.dtype)
     if not bool((m.sum(1) > 1).all()): raise ValueError("mask: every image needs at least two non-CE voxels for MAE_σ")
     return _reduce((_masked_std(_per_image(pred), m) - _masked_std(_per_image(target), m)).abs(), reduction)
+
+# %% ../nbs/03_metrics.ipynb #5e88b77b
+def noise_sigma(x: Tensor, # (B, C, *spatial) image
+                region: Tensor, # bool, same shape: the voxels to estimate σ on
+               ) -> Tensor: # (B,) robust noise σ per image
+    "Noise σ per image: 1.4826·MAD over `region` of the high-pass r = x − box3 * x, scaled for white noise."
+    check_tensor(x, "x", ndim=(4, 5)); _check_mask(region, x, "region")
+    d = x.ndim - 2
+    pool = F.avg_pool2d if d == 2 else F.avg_pool3d
+    flat = x.reshape(-1, 1, *x.shape[2:])
+    r = (flat - pool(flat, 3, 1, 1, count_include_pad=False)).reshape(x.shape)
+    out = []
+    for b in range(x.shape[0]):
+        v = r[b][region[b]]
+        if v.numel() < 2: raise ValueError("region: every image needs at least two voxels to estimate a noise σ")
+        med = lambda t: torch.quantile(t, 0.5)     # the mean of the two middle values, as numpy's median
+        out.append(1.4826 * med((v - med(v)).abs()))
+    return torch.stack(out) / math.sqrt(1 - 3.0 ** -d)
+
+# %% ../nbs/03_metrics.ipynb #5e88b77c
+def noise_region(mask: Tensor, # bool: voxels excluded (CE voxels, outside the brain), as for `mae_sigma`
+                 support: Tensor | None = None, # bool: where the image is defined (the brain); None: everywhere
+                ) -> Tensor:
+    "Non-CE voxels whose whole 3^d neighbourhood lies inside `support` (the high-pass there sees no background)."
+    region = ~mask
+    if support is None: return region
+    _check_mask(support, mask, "support")
+    d = mask.ndim - 2
+    pool = F.max_pool2d if d == 2 else F.max_pool3d
+    outside = pool((~support).float().reshape(-1, 1, *mask.shape[2:]), 3, 1, 1).reshape(mask.shape) > 0
+    return region & ~outside
+
+def mae_sigma_noise(pred: Tensor, target: Tensor, mask: Tensor, # bool: excluded voxels (CE | outside the brain)
+                    support: Tensor | None = None, # bool: the brain (drops its one-voxel rim)
+                    reduction: str = "mean") -> Tensor:
+    "MAE_σ on noise (ours): |σ̂_n(pred) − σ̂_n(target)|, σ̂_n the robust σ of the high-pass residual (`noise_sigma`)."
+    _check_pair(pred, target); _check_mask(mask, pred)
+    region = noise_region(mask, support)
+    return _reduce((noise_sigma(pred, region) - noise_sigma(target, region)).abs(), reduction)
 
 # %% ../nbs/03_metrics.ipynb #493dd3a3
 def ahd(pred: Tensor, target: Tensor, bins: int = 255, value_range: tuple[float, float] = (0.0, 1.0),

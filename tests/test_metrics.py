@@ -141,3 +141,84 @@ def test_pcc_reference():
     per = M.pcc(p, t, reduction="none")
     for b in range(2):
         assert abs(per[b].item() - pearsonr(p[b].flatten().numpy(), t[b].flatten().numpy())[0]) < 1e-12
+
+
+# --- MAE_σ: the paper's literal reading and the noise reading ---------------------------------------------------------
+def _masked_numpy_std(x, keep):
+    return x[keep].std()   # population σ, as the paper's "standard deviation of the non-CE pixels"
+
+
+def test_mae_sigma_literal_against_numpy():
+    p, t = pair((2, 1, 12, 13), 11)
+    excl = torch.rand(p.shape, generator=make_generator(2)) > 0.6
+    ours = M.mae_sigma(p, t, excl, reduction="none")
+    for b in range(2):
+        keep = ~excl[b].numpy()
+        assert abs(ours[b].item() - abs(_masked_numpy_std(p[b].numpy(), keep) - _masked_numpy_std(t[b].numpy(), keep))) < 1e-12
+
+
+def _noise_sigma_numpy(x, region, d):
+    "Reference: high-pass with scipy's 3^d uniform filter (nearest-in-support borders do not matter inside `region`)."
+    from scipy.ndimage import uniform_filter
+    r = x - uniform_filter(x, 3, mode="reflect")
+    v = r[region]
+    return 1.4826 * np.median(np.abs(v - np.median(v))) / math.sqrt(1 - 3.0 ** -d)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 20, 24), (1, 1, 10, 12, 14)])
+def test_noise_sigma_against_scipy_on_the_interior(shape):
+    g = make_generator(3)
+    x = torch.rand(shape, generator=g, dtype=torch.float64)
+    region = torch.rand(shape, generator=g) > 0.3
+    inner = torch.zeros(shape, dtype=torch.bool)
+    inner[(slice(None), slice(None)) + (slice(1, -1),) * (len(shape) - 2)] = True
+    region &= inner                                        # the borders' padding conventions differ: leave them out
+    ours = M.noise_sigma(x, region)
+    for b in range(shape[0]):
+        ref = _noise_sigma_numpy(x[b, 0].numpy(), region[b, 0].numpy(), len(shape) - 2)
+        assert abs(ours[b].item() - ref) < 1e-12
+
+
+@pytest.mark.parametrize("d,sigma", [(2, 0.02), (2, 0.1), (3, 0.05)])
+def test_noise_sigma_recovers_white_noise_level(d, sigma):
+    shape = (1, 1) + ((160,) * 2 if d == 2 else (40,) * 3)
+    x = 0.3 + sigma * torch.randn(shape, generator=make_generator(4), dtype=torch.float64)
+    est = M.noise_sigma(x, torch.ones(shape, dtype=torch.bool)).item()
+    assert abs(est / sigma - 1) < 0.03
+
+
+def test_mae_sigma_noise_punishes_a_perfect_denoiser():
+    "A noise-free output scores ≈ σ on the noise reading; an output with the same noise level scores ≈ 0."
+    g = make_generator(5)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 96), torch.linspace(-1, 1, 96), indexing="ij")
+    clean = (0.5 + 0.3 * (xx > 0).float() + 0.2 * yy)[None, None].double()    # anatomy: an edge and a ramp
+    sigma = 0.04
+    truth = clean + sigma * torch.randn(clean.shape, generator=g, dtype=torch.float64)
+    other = clean + sigma * torch.randn(clean.shape, generator=g, dtype=torch.float64)
+    excl = torch.zeros(clean.shape, dtype=torch.bool)
+    denoiser = M.mae_sigma_noise(clean, truth, excl).item()
+    preserving = M.mae_sigma_noise(other, truth, excl).item()
+    assert abs(denoiser / sigma - 1) < 0.15 and preserving < 0.05 * sigma
+    assert M.mae_sigma_noise(truth, truth, excl).item() == 0.0
+
+
+def test_noise_region_drops_the_support_rim_and_masked_voxels():
+    sup = torch.zeros(1, 1, 7, 7, dtype=torch.bool)
+    sup[..., 1:6, 1:6] = True
+    excl = torch.zeros_like(sup)
+    excl[0, 0, 3, 3] = True
+    r = M.noise_region(excl, sup)[0, 0]
+    expect = torch.zeros(7, 7, dtype=torch.bool)
+    expect[2:5, 2:5] = True
+    expect[3, 3] = False
+    assert torch.equal(r, expect)
+
+
+def test_mae_sigma_noise_bad_inputs():
+    p, t = pair((1, 1, 8, 8), 7)
+    with pytest.raises(TypeError, match="mask: expected a bool tensor"):
+        M.mae_sigma_noise(p, t, torch.zeros(p.shape))
+    with pytest.raises(ValueError, match="region: every image needs at least two voxels"):
+        M.mae_sigma_noise(p, t, torch.ones(p.shape, dtype=torch.bool))
+    with pytest.raises(TypeError, match="support: expected a bool tensor"):
+        M.mae_sigma_noise(p, t, torch.zeros(p.shape, dtype=torch.bool), support=torch.ones(p.shape))

@@ -20,12 +20,13 @@ from .train import Task, TrainConfig, _require, adversarial, register_experiment
 from .utils import check_same_shape, check_tensor, make_generator, numpy_rng
 
 # %% auto #0
-__all__ = ['UAPI_VARIANTS', 'SCENARIOS', 'T1W_PROTOCOL', 'T2W_PROTOCOL', 'TASKS', 'TEST_SUBJECTS', 'METHODS',
-           'build_patchinv_wgan', 'build_patchinv_pi', 'build_patchinv_uapi', 'cubic_kernel', 'resize_matrix',
-           'patch_op', 'sample_patch_params', 'patch_loss', 'robust_rho', 'uapi_loss', 'perturb', 'subject_slices',
-           'zero_filled', 'task_pairs', 'TwoHeadGenerator', 'PatchInvConfig', 'domains', 'unpaired_stream',
-           'build_patchinv', 'translate', 'scores', 'evaluate_scenarios', 'uncertainty_scores', 'table1',
-           'format_table1', 'show_uncertainty', 'scatter_uncertainty']
+__all__ = ['RESIZE_STYLES', 'TF_TABLE_SIZE', 'UAPI_VARIANTS', 'SIGMA_RESAMPLES', 'SIGMA_MAPS', 'SCENARIOS', 'T1W_PROTOCOL',
+           'T2W_PROTOCOL', 'TASKS', 'TEST_SUBJECTS', 'METHODS', 'build_patchinv_wgan', 'build_patchinv_pi',
+           'build_patchinv_uapi', 'cubic_kernel', 'resize_matrix', 'patch_op', 'sample_patch_params', 'patch_loss',
+           'robust_rho', 'uapi_loss', 'resample_scale', 'uapi_term', 'perturb', 'subject_slices', 'zero_filled',
+           'task_pairs', 'TwoHeadGenerator', 'PatchInvConfig', 'domains', 'unpaired_stream', 'build_patchinv',
+           'translate', 'scores', 'evaluate_scenarios', 'uncertainty_scores', 'table1', 'format_table1',
+           'show_uncertainty', 'scatter_uncertainty']
 
 # %% ../nbs/13_patch_invariance.ipynb #6356709d
 def cubic_kernel(t: Tensor, # distances (any shape)
@@ -37,23 +38,33 @@ def cubic_kernel(t: Tensor, # distances (any shape)
     far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
     return torch.where(t <= 1, near, torch.where(t < 2, far, torch.zeros_like(t)))
 
+RESIZE_STYLES = ("tf", "torch")
+TF_TABLE_SIZE = 1024  # TensorFlow's bicubic reads the kernel from a table of this many steps per unit
+
 def resize_matrix(size: int, # d, output (and full image) length along the axis
                   start: Tensor, # (B,) integer first index j of each crop
                   side: Tensor, # (B,) integer crop length s
-                  a: float = -0.5, dtype: torch.dtype = torch.float32,
+                  a: float = -0.5, # cubic kernel parameter
+                  style: str = "tf", # 'tf': taps outside the crop dropped, weights renormalised, tabled kernel; 'torch': edges replicated
+                  dtype: torch.dtype = torch.float32,
                  ) -> Tensor:
-    "(B, d, d) matrices A with (A x)[o] = bicubic resize of the crop x[j : j + s] to d samples (half-pixel centres, edges clamped)."
+    "(B, d, d) matrices A with (A x)[o] = bicubic resize of the crop x[j : j + s] to d samples (half-pixel centres)."
+    if style not in RESIZE_STYLES: raise ValueError(f"style: expected one of {RESIZE_STYLES}, got {style!r}")
     dev = start.device
     o = torch.arange(size, device=dev, dtype=torch.float64)
     s, j = side.to(torch.float64)[:, None], start.to(torch.float64)[:, None]
     src = (o[None] + 0.5) * s / size - 0.5                              # (B, d) coordinate inside the crop
     base = torch.floor(src)
+    frac = src - base
+    if style == "tf": frac = torch.round(frac * TF_TABLE_SIZE) / TF_TABLE_SIZE
     A = torch.zeros(start.shape[0], size, size, device=dev, dtype=torch.float64)
     for k in (-1, 0, 1, 2):
         idx = base + k
-        w = cubic_kernel(src - idx, a)
-        col = (j + idx.clamp(torch.zeros_like(s), s - 1)).long()        # clamp inside the crop, shift to the image
+        w = cubic_kernel(frac - k, a)
+        if style == "tf": w = torch.where((idx >= 0) & (idx <= s - 1), w, torch.zeros_like(w))   # TF: outside taps dropped
+        col = (j + idx.clamp(torch.zeros_like(s), s - 1)).long()        # 'torch': clamped = edge replicated
         A.scatter_add_(2, col[..., None], w[..., None])
+    if style == "tf": A = A / A.sum(-1, keepdim=True)                   # ... and the remaining weights renormalised
     return A.to(dtype)
 
 def _check_params(x: Tensor, scale: Tensor, top: Tensor, left: Tensor) -> tuple[Tensor, Tensor]:
@@ -80,13 +91,14 @@ def patch_op(x: Tensor, # (B, C, H, W) images (or scale maps)
              top: Tensor, # (B,) integer row offset j1
              left: Tensor, # (B,) integer column offset j2
              a: float = -0.5, # cubic kernel parameter (TensorFlow's bicubic: -0.5)
+             style: str = "tf", # 'tf' (the code's tf.image.resize) or 'torch' (F.interpolate's edge handling)
             ) -> Tensor:
     "Patch operator P (Eq. 4): crop each sample and resize it back to H x W bicubically."
     check_tensor(x, "x", ndim=4)
     sh, sw = _check_params(x, scale, top, left)
     H, W = x.shape[-2:]
-    Ah = resize_matrix(H, top.to(x.device), sh.to(x.device), a, x.dtype)
-    Aw = resize_matrix(W, left.to(x.device), sw.to(x.device), a, x.dtype)
+    Ah = resize_matrix(H, top.to(x.device), sh.to(x.device), a, style, x.dtype)
+    Aw = resize_matrix(W, left.to(x.device), sw.to(x.device), a, style, x.dtype)
     return torch.einsum("boh,bchw,bpw->bcop", Ah, x, Aw)
 
 # %% ../nbs/13_patch_invariance.ipynb #afc0cb6e
@@ -131,19 +143,50 @@ def robust_rho(t: Tensor # normalised residuals |a - b| / σ >= 0
 
 def uapi_loss(a: Tensor, # G(P x), the translated patch
               b: Tensor, # P G(x), the patch of the translation (same shape)
-              sigma: Tensor, # predicted Laplace scale σ > 0 per pixel (same shape)
-              variant: str = "laplace", # 'laplace': Eq. 9 mean(|a-b|/σ + log 2σ); 'robust': mean(rho(|a-b|/σ) + log(1 + 2σ))
-              eps: float = 1e-6, # added to σ (the code's 1e-6)
+              sigma: Tensor, # predicted Laplace scale σ >= 0 per pixel (same shape)
+              variant: str = "laplace", # 'laplace': Eq. 9 mean(|a-b|/s + log 2s); 'robust' (code): mean(rho(|a-b|/s) + log(1 + 2s))
+              sigma_floor: float = 1e-2, # s = σ + sigma_floor (ours: 0.01; paper: none; the code clips σ at 1e-7)
              ) -> Tensor:
-    "Uncertainty-aware patch-invariance loss (Eq. 9, or the code's robust form), averaged over pixels, channels and batch."
+    "Uncertainty-aware patch-invariance loss (Eq. 9, or the code's robust form) on s = σ + floor, averaged over everything."
     _check_loss_pair(a, b)
     check_tensor(sigma, "sigma"); check_same_shape(a, sigma, ("a", "sigma"))
     if variant not in UAPI_VARIANTS: raise ValueError(f"variant: expected one of {UAPI_VARIANTS}, got {variant!r}")
+    if not sigma_floor >= 0: raise ValueError(f"sigma_floor: expected a number >= 0, got {sigma_floor!r}")
     if bool((sigma < 0).any()): raise ValueError(f"sigma: expected a non-negative scale map, got min {float(sigma.min()):.4g}")
-    s = sigma + eps
+    s = sigma + sigma_floor
     t = (a - b).abs() / s
     if variant == "laplace": return (t + torch.log(2 * s)).mean()
     return (robust_rho(t) + torch.log1p(2 * s)).mean()
+
+# %% ../nbs/13_patch_invariance.ipynb #a7c1e0d2
+SIGMA_RESAMPLES = ("log", "clamp")
+SIGMA_MAPS = ("both", "patch")
+
+def resample_scale(sigma: Tensor, # (B, C, H, W) scale map σ >= 0
+                   scale: Tensor, top: Tensor, left: Tensor, # the crop φ, as for `patch_op`
+                   mode: str = "log", # 'log': exp(P log σ) (ours, > 0); 'clamp': max(P σ, 0) (our first version)
+                  ) -> Tensor:
+    "The patch operator applied to a scale map, kept non-negative (bicubic P σ undershoots at sharp edges of σ)."
+    check_tensor(sigma, "sigma", ndim=4)
+    if mode not in SIGMA_RESAMPLES: raise ValueError(f"mode: expected one of {SIGMA_RESAMPLES}, got {mode!r}")
+    if mode == "log": return torch.exp(patch_op(torch.log(sigma.clamp_min(1e-30)), scale, top, left))
+    return patch_op(sigma, scale, top, left).clamp_min(0)
+
+def uapi_term(a: Tensor, # G^I(P x), the translated patch
+              b: Tensor, # P G^I(x), the patch of the translation (clipped to [-1, 1] inside, as the code)
+              sigma_patch: Tensor, # G^σ(P x)
+              sigma_full: Tensor | None, # G^σ(x) (needed for maps='both')
+              phi: tuple[Tensor, Tensor, Tensor], # the crop (scale, top, left) that made a and b
+              maps: str = "both", # 'patch': Eq. 9's σ = G^σ(P x) (paper); 'both': mean with σ = P G^σ(x) (code)
+              resample: str = "log", variant: str = "laplace", sigma_floor: float = 1e-2,
+             ) -> Tensor:
+    "The generator's UAPI term: `uapi_loss` on G^σ(P x), averaged with `uapi_loss` on the resampled P G^σ(x) when maps='both'."
+    if maps not in SIGMA_MAPS: raise ValueError(f"maps: expected one of {SIGMA_MAPS}, got {maps!r}")
+    b = b.clamp(-1, 1)
+    term = uapi_loss(a, b, sigma_patch, variant, sigma_floor)
+    if maps == "patch": return term
+    if sigma_full is None: raise ValueError("sigma_full: expected G^σ(x) (a tensor) when maps='both', got None")
+    return 0.5 * (term + uapi_loss(a, b, resample_scale(sigma_full, *phi, mode=resample), variant, sigma_floor))
 
 # %% ../nbs/13_patch_invariance.ipynb #87f2c55c
 SCENARIOS = ("GN0", "GN5", "GN10", "GN20", "IP2", "IP5", "IP10")
@@ -258,6 +301,9 @@ class PatchInvConfig(TrainConfig):
     task: str = "t1t2" # 't1t2' (modality propagation) or 'zf' (4x zero-filled -> fully sampled)
     method: str = "uapi" # 'wgan' (adversarial only), 'pi' (Eq. 6) or 'uapi' (Eq. 9)
     variant: str = "laplace" # UAPI loss: 'laplace' (Eq. 9) or 'robust' (the code's)
+    sigma_maps: str = "both" # UAPI scale maps: 'both' (G^σ(Px) and P G^σ(x), the code) or 'patch' (G^σ(Px) only, Eq. 9)
+    sigma_resample: str = "log" # P G^σ(x) as exp(P log σ) ('log', ours) or max(P σ, 0) ('clamp', our first version)
+    sigma_floor: float = 1e-2 # σ_min added to every scale (ours; paper: none; code: σ clipped at 1e-7)
     lam: float = 0.5 # λ, weight of the patch term (chosen per data set by grid search in the paper)
     lam_warmup: int = 0 # λ ramps linearly from 0 over this many steps (the code: one epoch)
     size: int = 256 # d
@@ -283,6 +329,9 @@ class PatchInvConfig(TrainConfig):
         _require(self.task in TASKS, "task", f"one of {TASKS}", self.task)
         _require(self.method in METHODS, "method", f"one of {METHODS}", self.method)
         _require(self.variant in UAPI_VARIANTS, "variant", f"one of {UAPI_VARIANTS}", self.variant)
+        _require(self.sigma_maps in SIGMA_MAPS, "sigma_maps", f"one of {SIGMA_MAPS}", self.sigma_maps)
+        _require(self.sigma_resample in SIGMA_RESAMPLES, "sigma_resample", f"one of {SIGMA_RESAMPLES}", self.sigma_resample)
+        _require(self.sigma_floor >= 0, "sigma_floor", "a number >= 0", self.sigma_floor)
         _require(self.lam >= 0 and self.lam_warmup >= 0, "lam/lam_warmup", "non-negative values", (self.lam, self.lam_warmup))
         _require(self.depth >= 1 and self.size % 2 ** self.depth == 0 and self.size % 2 ** self.critic_downsamplings == 0, "size",
                  f"a multiple of 2^depth = {2 ** self.depth} and of 2^critic_downsamplings = {2 ** self.critic_downsamplings}", self.size)
@@ -346,16 +395,18 @@ def build_patchinv(cfg: PatchInvConfig) -> Task:
         img, sigma = Gm(x)
         if cfg.method == "wgan": return wgan.generator_loss(Dm(img))
         p = phi(x.shape[0], ctx)
-        pg = patch_op(img, *p)
-        adv = 0.5 * wgan.generator_loss(Dm(img)) + 0.5 * wgan.generator_loss(Dm(pg))
-        gp_img, gp_sigma = Gm(patch_op(x, *p))
+        pg = patch_op(img, *p)                                                     # P G(x)
+        adv = 0.5 * wgan.generator_loss(Dm(img)) + 0.5 * wgan.generator_loss(Dm(pg))  # the code's weights ½, ½
+        gp_img, gp_sigma = Gm(patch_op(x, *p))                                   # G(P x)
         lam = cfg.lam * (min(1.0, ctx.step / cfg.lam_warmup) if cfg.lam_warmup else 1.0)
-        l1 = patch_loss(gp_img, pg)
-        if cfg.method == "pi": term = l1
-        else:
-            target = pg.clamp(-1, 1)
-            term = 0.5 * (uapi_loss(gp_img, target, gp_sigma, cfg.variant) + uapi_loss(gp_img, target, patch_op(sigma, *p).clamp_min(0), cfg.variant))
-        return adv + lam * term, {"adversarial": adv.detach(), "patch_l1": l1.detach(), "lam": lam}
+        l1 = patch_loss(gp_img, pg)                                                # Eq. 6: G(P x) vs P G(x)
+        logs = {"adversarial": adv.detach(), "patch_l1": l1.detach(), "lam": lam}
+        if cfg.method == "pi": return adv + lam * l1, logs
+        term = uapi_term(gp_img, pg, gp_sigma, sigma, p, cfg.sigma_maps, cfg.sigma_resample, cfg.variant, cfg.sigma_floor)
+        with torch.no_grad():
+            used = gp_sigma if cfg.sigma_maps == "patch" else torch.cat([gp_sigma, resample_scale(sigma, *p, mode=cfg.sigma_resample)])
+            logs.update(uapi=term.detach(), sigma_min=used.min(), undershoot=(patch_op(sigma, *p) < 0).float().mean())
+        return adv + lam * term, logs
     x, y = domains(cfg)
     opt = lambda m, lr: torch.optim.Adam(m.parameters(), lr=lr, betas=cfg.betas)
     return adversarial(G, D, opt(G, cfg.lr), opt(D, cfg.critic_lr), unpaired_stream(x, y), critic_loss, generator_loss,

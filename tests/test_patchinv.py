@@ -7,10 +7,14 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from medsynth_nb.patchinv import (METHODS, SCENARIOS, PatchInvConfig, TwoHeadGenerator, cubic_kernel, patch_loss, patch_op,
-                                  perturb, resize_matrix, robust_rho, sample_patch_params, scores, table1, uapi_loss,
-                                  unpaired_stream, zero_filled)
-from medsynth_nb.train import get_experiment, train
+import numpy as np
+from torch import nn
+
+from medsynth_nb.patchinv import (METHODS, SCENARIOS, PatchInvConfig, TwoHeadGenerator, cubic_kernel, evaluate_scenarios,
+                                  patch_loss, patch_op, perturb, resample_scale, resize_matrix, robust_rho,
+                                  sample_patch_params, scores, table1, translate, uapi_loss, uapi_term,
+                                  uncertainty_scores, unpaired_stream, zero_filled)
+from medsynth_nb.train import Context, get_experiment, train
 from medsynth_nb.utils import make_generator, seeded, test_allclose
 
 torch.set_num_threads(1)
@@ -35,7 +39,38 @@ def test_patch_op_matches_torch_bicubic_with_a_075(seed):
     side = (scale.double() * d).round().long()
     ref = torch.cat([F.interpolate(x[i:i + 1, :, t:t + s, l:l + s], size=(d, d), mode="bicubic", align_corners=False)
                      for i, (s, t, l) in enumerate(zip(side.tolist(), top.tolist(), left.tolist()))])
-    test_allclose(patch_op(x, scale, top, left, a=-0.75), ref, rtol=1e-10, atol=1e-10)
+    test_allclose(patch_op(x, scale, top, left, a=-0.75, style="torch"), ref, rtol=1e-10, atol=1e-10)
+
+
+def _tf_bicubic_weights(n_in: int, n_out: int) -> np.ndarray:
+    "TF's ResizeBicubic(half_pixel_centers=True) along one axis, transcribed from resize_bicubic_op.cc (float64)."
+    T, a = 1024, -0.5
+    x = np.arange(T + 1) / T
+    near, far = ((a + 2) * x - (a + 3)) * x * x + 1, ((a * (x + 1) - 5 * a) * (x + 1) + 8 * a) * (x + 1) - 4 * a
+    W = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        u = (np.float32(o) + np.float32(0.5)) * (np.float32(n_in) / np.float32(n_out)) - np.float32(0.5)  # HalfPixelScaler
+        i0 = int(np.floor(u)); off = int(np.rint(np.float32(u - np.float32(i0)) * np.float32(T)))     # lrintf(delta * 1024)
+        for k, w in zip((-1, 0, 1, 2), (far[off], near[off], near[T - off], far[T - off])):
+            if 0 <= i0 + k < n_in: W[o, i0 + k] += w       # Bound(): a tap outside the input gets weight 0
+        W[o] /= W[o].sum()                                  # weight_sum renormalisation
+    return W
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from([16, 20, 24, 32, 48, 64, 100, 128, 256]), st.floats(0.7, 1.0), st.integers(0, 60))
+def test_tf_style_equals_tensorflow_resize_bicubic(d, rho, j):
+    s = max(1, int(rho * d)); j = min(j, d - s)
+    A = resize_matrix(d, torch.tensor([j]), torch.tensor([s]), dtype=torch.float64)[0]
+    ref = np.zeros((d, d)); ref[:, j:j + s] = _tf_bicubic_weights(s, d)
+    test_allclose(A, torch.from_numpy(ref), rtol=0, atol=1e-12)
+
+
+def test_tf_and_torch_styles_differ_at_the_crop_border_only():
+    x = torch.randn(1, 1, 32, 32, generator=make_generator(4), dtype=torch.float64)
+    phi = (torch.tensor([0.75]), torch.tensor([3]), torch.tensor([5]))
+    d = (patch_op(x, *phi) - patch_op(x, *phi, style="torch")).abs()
+    assert d[..., :2, :].max() > 1e-2 and d[..., 4:-4, 4:-4].max() < 1e-3
 
 
 def test_resize_rows_sum_to_one_and_stay_in_crop():
@@ -99,11 +134,11 @@ def test_losses_equal_their_formulas():
     s = torch.tensor([0.2, 0.1, 0.3, 0.5]).reshape(1, 1, 2, 2)
     r = (a - b).abs()
     test_allclose(patch_loss(a, b), r.mean())
-    test_allclose(uapi_loss(a, b, s, eps=0), (r / s + torch.log(2 * s)).mean())
-    test_allclose(uapi_loss(a, b, s), (r / (s + 1e-6) + torch.log(2 * (s + 1e-6))).mean())
+    test_allclose(uapi_loss(a, b, s, sigma_floor=0), (r / s + torch.log(2 * s)).mean())
+    test_allclose(uapi_loss(a, b, s), (r / (s + 0.01) + torch.log(2 * (s + 0.01))).mean())
     rho = torch.tensor([2.0, 0.0, 2.0, 2 + math.log(3.0)]).reshape(1, 1, 2, 2)
-    test_allclose(uapi_loss(a, b, s, "robust", eps=0), (rho + torch.log1p(2 * s)).mean())
-    assert uapi_loss.__defaults__[0] == "laplace"
+    test_allclose(uapi_loss(a, b, s, "robust", sigma_floor=0), (rho + torch.log1p(2 * s)).mean())
+    assert uapi_loss.__defaults__ == ("laplace", 1e-2)
 
 
 @settings(max_examples=15, deadline=None)
@@ -112,7 +147,7 @@ def test_laplace_variant_is_the_laplace_nll(seed):
     g = make_generator(seed)
     a, b = torch.randn(2, 1, 5, 5, generator=g, dtype=torch.float64), torch.randn(2, 1, 5, 5, generator=g, dtype=torch.float64)
     s = torch.rand(2, 1, 5, 5, generator=g, dtype=torch.float64) + 0.05
-    test_allclose(uapi_loss(a, b, s, eps=0), -torch.distributions.Laplace(b, s).log_prob(a).mean())
+    test_allclose(uapi_loss(a, b, s, sigma_floor=0), -torch.distributions.Laplace(b, s).log_prob(a).mean())
 
 
 def test_robust_rho_is_c1_and_below_identity():
@@ -206,4 +241,171 @@ def test_smoke_robust_variant_and_zf_task_and_table():
     r = train("patchinv-uapi", "smoke", out=tempfile.mkdtemp(), variant="robust", task="zf", progress=False)
     assert all(math.isfinite(v) for v in r.history[-1].values() if isinstance(v, float))
     res = table1("zf", "smoke", methods=("uapi",), test_subjects=(2000,), out=tempfile.mkdtemp())
-    assert set(res["uapi"]["scenarios"]) == set(SCENARIOS) and -1 <= res["uapi"]["uncertainty"]["pcc_pixels"] <= 1
+    u = res["uapi"]["uncertainty"]
+    assert set(res["uapi"]["scenarios"]) == set(SCENARIOS)
+    want = np.corrcoef(u["mean_sigma"].double().numpy(), (u["pred"] - res["uapi"]["y"]).abs().mean((1, 2, 3)).double().numpy())[0, 1]
+    assert u["pcc_images"] == pytest.approx(want, abs=1e-9)
+
+
+# ---- UAPI stability: the term is bounded below where P σ undershoots ------------------------------------------
+
+def _sharp_sigma(d=32, lo=1e-3, hi=1.0):
+    s = torch.full((1, 1, d, d), lo); s[..., d // 2:] = hi
+    return s, (torch.tensor([0.75]), torch.tensor([4]), torch.tensor([4]))
+
+
+def test_bicubic_undershoot_and_the_positive_resample():
+    sig, phi = _sharp_sigma()
+    raw = patch_op(sig, *phi)
+    assert raw.min() < -0.01                                   # the sharp edge makes P σ negative
+    pos = resample_scale(sig, *phi)
+    assert pos.min() > 0
+    test_allclose(pos[..., :, :8], raw[..., :, :8], rtol=1e-4, atol=0)   # on the flat low side both equal σ
+    test_allclose(resample_scale(sig, *phi, mode="clamp"), raw.clamp_min(0))
+
+
+def test_uapi_term_bounded_below_where_p_sigma_undershoots():
+    sig, phi = _sharp_sigma()
+    under = patch_op(sig, *phi) < 0
+    z = torch.zeros(1, 1, 1, int(under.sum()))
+    floor = 0.01
+    new = uapi_loss(z, z, resample_scale(sig, *phi)[under].view_as(z), sigma_floor=floor)
+    old = uapi_loss(z, z, resample_scale(sig, *phi, mode="clamp")[under].view_as(z), sigma_floor=1e-6)
+    assert float(new) >= math.log(2 * floor) and float(old) == pytest.approx(math.log(2e-6), rel=1e-6)
+    # the whole generator term, default settings, perfect patch match, both maps: never below log 2σ_min
+    a = torch.zeros(1, 1, 32, 32)
+    assert float(uapi_term(a, a, torch.full_like(a, 1e-4), sig, phi)) >= math.log(2 * floor)
+    assert float(uapi_term(a, a, torch.full_like(a, 1e-4), sig, phi, resample="clamp", sigma_floor=1e-6)) < math.log(2 * floor)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 10_000), st.floats(1e-3, 0.1))
+def test_uapi_term_never_below_log_two_floor(seed, floor):
+    g = make_generator(seed)
+    a = torch.rand(2, 1, 16, 16, generator=g) * 2 - 1
+    sig = torch.where(torch.rand(2, 1, 16, 16, generator=g) < 0.5, 1e-6, 3.0)       # sharp edges everywhere
+    phi = sample_patch_params(2, 16, generator=g)
+    for maps in ("both", "patch"):
+        t = uapi_term(a, a + 1e-7, sig * 1e-3, sig, phi, maps=maps, sigma_floor=floor)
+        assert float(t) >= math.log(2 * floor) - 1e-6
+
+
+def test_uapi_term_is_eq9_by_hand():
+    g = make_generator(11)
+    a, b = torch.rand(2, 1, 8, 8, generator=g) * 2 - 1, torch.rand(2, 1, 8, 8, generator=g) * 3 - 1.5   # b beyond [-1, 1]
+    sp, sf = torch.rand(2, 1, 8, 8, generator=g) + 0.05, torch.rand(2, 1, 8, 8, generator=g) + 0.05
+    phi = (torch.tensor([0.75, 1.0]), torch.tensor([1, 0]), torch.tensor([2, 0]))
+    f = 0.01
+    def eq9(sig):
+        tot = 0.0
+        for i in range(2):
+            for u in range(8):
+                for v in range(8):
+                    s = float(sig[i, 0, u, v]) + f
+                    tot += abs(float(a[i, 0, u, v]) - min(1.0, max(-1.0, float(b[i, 0, u, v])))) / s + math.log(2 * s)
+        return tot / 128
+    Psf = torch.exp(patch_op(torch.log(sf), *phi))
+    assert float(uapi_term(a, b, sp, sf, phi, maps="patch")) == pytest.approx(eq9(sp), rel=1e-5)
+    assert float(uapi_term(a, b, sp, sf, phi)) == pytest.approx(0.5 * (eq9(sp) + eq9(Psf)), rel=1e-5)
+
+
+# ---- the wiring of the training step: signs, weights, which patches are compared ------------------------------
+
+def _setup(method, **over):
+    exp = get_experiment(f"patchinv-{method}")
+    cfg = exp.config("smoke", **over)
+    with seeded(0): task = exp.build(cfg)
+    ctx = Context(task.models, task.models, make_generator(5), torch.device("cpu"), cfg, micro_batch=4)
+    ctx.step = 1
+    batch = task.data(4, make_generator(2))
+    task.before_step(ctx)
+    phi = sample_patch_params(4, cfg.size, generator=make_generator(5), min_scale=cfg.min_scale)   # the same draw
+    return cfg, task, ctx, batch, phi
+
+
+def _gap(task, batch, phi, method):
+    "Critic gap in the module's convention (the critic maximises it): f(y) - f(G x), plus the patch branch of Eq. 5."
+    G, D = task.models["generator"], task.models["critic"]
+    with torch.no_grad():
+        fake = G(batch["x"])[0]
+        gap = D(batch["y"]).mean() - D(fake).mean()
+        if method != "wgan": gap = gap + D(patch_op(batch["y"], *phi)).mean() - D(patch_op(fake, *phi)).mean()
+    return float(gap)
+
+
+def _step(task, phase, batch, ctx):
+    ph = task.phases[phase]
+    out = ph.loss(batch, ctx)
+    loss = out[0] if isinstance(out, tuple) else out
+    opt = task.optimizers[ph.optimizer]
+    opt.zero_grad(); loss.backward(); opt.step()
+    return loss
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_critic_loss_is_minus_the_gap_and_one_step_widens_it(method):
+    cfg, task, ctx, batch, phi = _setup(method, gp_weight=0.0, drift=0.0, critic_lr=1e-4)
+    before = _gap(task, batch, phi, method)
+    loss = _step(task, 0, batch, ctx)
+    assert float(loss.detach()) == pytest.approx(-before, abs=1e-5)    # Eq. 5 without penalties: f(G x) - f(y) (+ patches)
+    assert _gap(task, batch, phi, method) > before + 1e-6
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_critic_step_with_the_penalties_still_widens_the_gap(method):
+    cfg, task, ctx, batch, phi = _setup(method, critic_lr=1e-4)
+    before = _gap(task, batch, phi, method)
+    _step(task, 0, batch, ctx)
+    assert _gap(task, batch, phi, method) > before
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_generator_step_narrows_the_gap(method):
+    cfg, task, ctx, batch, phi = _setup(method, lam=0.0, lr=1e-4)
+    before = _gap(task, batch, phi, method)
+    _step(task, 1, batch, ctx)
+    assert _gap(task, batch, phi, method) < before - 1e-6
+
+
+@pytest.mark.parametrize("method", ["pi", "uapi"])
+def test_generator_loss_by_hand(method):
+    "Eq. 6: -½ f(G x) - ½ f(P G x) + λ ℓ(G(P x), P G(x)); ℓ = ℓ1 (PI) or Eq. 9 on both scale maps (UAPI)."
+    cfg, task, ctx, batch, phi = _setup(method, lam=0.7)
+    G, D, x = task.models["generator"], task.models["critic"], batch["x"]
+    with torch.no_grad():
+        img, sig = G(x)
+        pg = patch_op(img, *phi)                             # P G(x)
+        a, sa = G(patch_op(x, *phi))                         # G(P x)
+        adv = -0.5 * D(img).mean() - 0.5 * D(pg).mean()
+        if method == "pi": term = (a - pg).abs().mean()
+        else:
+            f, b = cfg.sigma_floor, pg.clamp(-1, 1)
+            nll = lambda s: ((a - b).abs() / (s + f) + torch.log(2 * (s + f))).mean()
+            term = 0.5 * (nll(sa) + nll(torch.exp(patch_op(torch.log(sig), *phi))))
+        want = adv + 0.7 * term
+    loss, logs = task.phases[1].loss(batch, ctx)
+    assert float(loss) == pytest.approx(float(want), rel=1e-5, abs=1e-6)
+    assert float(logs["patch_l1"]) == pytest.approx(float((a - pg).abs().mean()), rel=1e-5)
+    assert float((a - img).abs().mean()) != pytest.approx(float(logs["patch_l1"]), rel=1e-3)   # not G(P x) vs G(x)
+
+
+# ---- device: evaluation moves inputs to the model's device --------------------------------------------------
+
+class _DeviceRecorder(nn.Module):
+    "A stand-in generator whose parameters live on the meta device; it records the device of its inputs."
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1, device="meta"))
+        self.seen, self.g = [], make_generator(0)
+    def forward(self, x):
+        self.seen.append(x.device.type)
+        return torch.zeros(x.shape), torch.rand(x.shape, generator=self.g) + 0.1
+
+
+def test_evaluation_moves_inputs_to_the_model_device():
+    x = torch.rand(5, 1, 16, 16) * 2 - 1
+    G = _DeviceRecorder()
+    translate(G, x, batch_size=2)
+    evaluate_scenarios(G, x, x, scenarios=("GN0", "IP5"))
+    uncertainty_scores(G, x, x)
+    assert G.seen and set(G.seen) == {"meta"}

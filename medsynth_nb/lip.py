@@ -18,11 +18,11 @@ from .metrics import psnr, rmse, ssim
 from .utils import check_same_shape, check_tensor
 
 # %% auto #0
-__all__ = ['NETWORKS', 'NETWORK_IO', 'TRAIN_FIRST_SEED', 'TEST_FIRST_SEED', 'LESION_LABEL', 'LIPCAR_PRESETS', 'METHODS',
-           'LipCarUNet', 'network_io', 'build_networks', 'ssim_loss', 'subject_slices', 'simulate_lipcar',
-           'load_lipcar_samples', 'LipCarSlices', 'gentv', 'SolveResult', 'lip_car_solve', 'image_metrics',
-           'region_metrics', 'secant_oracle', 'apply_network', 'LipCarConfig', 'lipcar_training_data', 'build_lip_car',
-           'run_methods', 'score_methods']
+__all__ = ['NETWORKS', 'NETWORK_IO', 'TRAIN_FIRST_SEED', 'TEST_FIRST_SEED', 'SOLVER_RECIPES', 'LESION_LABEL', 'LIPCAR_PRESETS',
+           'METHODS', 'LipCarUNet', 'network_io', 'build_networks', 'ssim_loss', 'subject_slices', 'simulate_lipcar',
+           'load_lipcar_samples', 'LipCarSlices', 'gentv', 'SolveResult', 'lip_car_objective', 'lip_car_solve',
+           'image_metrics', 'region_metrics', 'secant_oracle', 'apply_network', 'LipCarConfig', 'lipcar_training_data',
+           'build_lip_car', 'run_methods', 'score_methods']
 
 # %% ../nbs/40_lip_car.ipynb #7b81bdb6
 class _ResidualStage(nn.Module):
@@ -202,6 +202,12 @@ def _forward_diff(u: Tensor) -> tuple[Tensor, Tensor]:
     "Forward differences along W (dx) and H (dy), zero in the last column / row (Neumann boundary)."
     return F.pad(u[..., :, 1:] - u[..., :, :-1], (0, 1)), F.pad(u[..., 1:, :] - u[..., :-1, :], (0, 0, 0, 1))
 
+def _gentv(x: Tensor, x_bar: Tensor | None, eps: float, isotropic: bool) -> Tensor:
+    "`gentv` without the input checks (the solver calls it every step: no host synchronisation)."
+    dx, dy = _forward_diff(x - x_bar if x_bar is not None else x)
+    r = torch.sqrt(dx ** 2 + dy ** 2 + eps) if isotropic else dx.abs() + dy.abs()
+    return r.flatten(1).sum(1)
+
 def gentv(x: Tensor, # (B, C, H, W) image
           x_bar: Tensor | None = None, # (B, C, H, W) guess x̄_H (None: plain TV)
           eps: float = 1e-8, # smoothing inside the square root (isotropic only)
@@ -212,18 +218,17 @@ def gentv(x: Tensor, # (B, C, H, W) image
     if x_bar is not None:
         check_tensor(x_bar, "x_bar", ndim=4); check_same_shape(x, x_bar, ("x", "x_bar"))
     if not (isinstance(eps, (int, float)) and eps >= 0): raise ValueError(f"eps: expected a non-negative number, got {eps!r}")
-    dx, dy = _forward_diff(x - x_bar if x_bar is not None else x)
-    r = torch.sqrt(dx ** 2 + dy ** 2 + eps) if isotropic else dx.abs() + dy.abs()
-    return r.flatten(1).sum(1)
+    return _gentv(x, x_bar, eps, isotropic)
 
 # %% ../nbs/40_lip_car.ipynb #ea8bce10
 @dataclass
 class SolveResult:
-    "The LIP-CAR solution x (B, C, H, W) and per-iteration histories (iters + 1, B) of the objective and its terms."
+    "The LIP-CAR solution x (B, C, H, W), per-iteration histories (iters + 1, B) of the objective and its terms, the solver settings."
     x: Tensor
     objective: Tensor
     fidelity: Tensor
     regulariser: Tensor
+    settings: dict | None = None # lr, betas, adam_eps, iters, nonneg, recipe actually used
 
     @property
     def history(self) -> dict: return dict(objective=self.objective, fidelity=self.fidelity, regulariser=self.regulariser)
@@ -243,55 +248,97 @@ class _Frozen:
 def _check_image(t, name: str, like: Tensor | None = None) -> Tensor:
     check_tensor(t, name, ndim=4)
     if like is not None: check_same_shape(t, like, (name, "y"))
-    if bool((t < 0).any()): raise ValueError(f"{name}: expected non-negative images (x ∈ R+, intensities in [0, 1]), got min {float(t.min()):.3g}")
+    if bool((t < 0).any()):
+        raise ValueError(f"{name}: expected non-negative images (x ∈ R+, intensities in [0, 1]), got min {float(t.min()):.3g}")
     return t
+
+def _op_device(op, default: torch.device) -> torch.device:
+    "The device of a module's first parameter (or buffer); `default` for plain callables and parameter-free modules."
+    if isinstance(op, nn.Module):
+        for t in (*op.parameters(), *op.buffers()): return t.device
+    return default
+
+
+# %% ../nbs/40_lip_car.ipynb #a1c0e5b2
+SOLVER_RECIPES = {
+    # §3.2: Adam "with default Pytorch parameters" (lr 1e-3, betas (0.9, 0.999), eps 1e-8), 150 iterations from x_L;
+    # x ∈ X = R+^{H×W} (§2, Eq. 3): projected onto x ≥ 0 after every step
+    "paper": dict(lr=1e-3, betas=(0.9, 0.999), adam_eps=1e-8, iters=150, nonneg=True),
+    # the authors' inverse_problem.py: Keras Adam(learning_rate=1e-2) (Keras' default epsilon 1e-7), kmax=150, no projection
+    "code": dict(lr=1e-2, betas=(0.9, 0.999), adam_eps=1e-7, iters=150, nonneg=False),
+}
+
+def lip_car_objective(forward_op: Callable, # Ψ: (B, 1|2, H, W) -> (B, C, H, W)
+                      x: Tensor, y: Tensor, # (B, C, H, W) the iterate and the measured x_L
+                      x_bar: Tensor | None, # (B, C, H, W) GenTV centre x̄_H (None: plain TV)
+                      alpha: Tensor, # (B,) α per image
+                      x_pre: Tensor | None = None, # (B, C, H, W) x_P, appended as Ψ's second input channel
+                      eps: float = 1e-8, isotropic: bool = True,
+                     ) -> tuple[Tensor, Tensor, Tensor]: # objective, fidelity, regulariser, each (B,)
+    "f(x) = ½ Σ (Ψ(x[, x_P]) − y)² + α·GenTV(x; x̄) per image (Eqs. 3, 9; the fidelity a SUM over pixels, as the code)."
+    # called by the solver every step: no value checks here (they would synchronise with the device), `lip_car_solve` does them
+    pred = forward_op(torch.cat([x, x_pre], 1) if x_pre is not None else x)
+    if pred.shape != y.shape: raise ValueError(f"forward_op: expected an output of shape {tuple(y.shape)}, got {tuple(pred.shape)}")
+    fid = 0.5 * (pred - y).pow(2).flatten(1).sum(1)
+    reg = _gentv(x, x_bar, eps, isotropic)
+    return fid + alpha * reg, fid, reg
+
+
+# %% ../nbs/40_lip_car.ipynb #a1c0e5b3
+def _solver_settings(recipe: str, **given) -> dict:
+    if recipe not in SOLVER_RECIPES: raise ValueError(f"recipe: expected one of {tuple(SOLVER_RECIPES)}, got {recipe!r}")
+    return {**SOLVER_RECIPES[recipe], **{k: v for k, v in given.items() if v is not None}, "recipe": recipe}
 
 def lip_car_solve(forward_op: Callable, # Ψ: (B, 1|2, H, W) -> (B, C, H, W), e.g. a trained Ψ_PH2L (frozen during the solve)
                   y: Tensor, # (B, C, H, W) measured low-dose image x_L
                   x_bar: Tensor | None, # (B, C, H, W) guess x̄_H for GenTV (e.g. Ψ_PL2H(x_L, x_P)); None: plain TV
-                  alpha: float | Tensor = 6e-3, # α: a number or one per image (B,)
-                  iters: int = 150, lr: float = 1e-2, # Adam iterations and step size
-                  x0: Tensor | None = None, # start (default: y = x_L, as the paper)
+                  alpha: float | Tensor = 6e-3, # α (§3.2): a number or one per image (B,)
+                  iters: int | None = None, lr: float | None = None, # Adam iterations and step (None: the recipe's)
+                  x0: Tensor | None = None, # start (default: y = x_L, §3.2)
                   x_pre: Tensor | None = None, # (B, C, H, W) pre-dose x_P, appended as the second input channel of Ψ
                   isotropic: bool = True, eps: float = 1e-8, # GenTV variant (see `gentv`)
-                  nonneg: bool = True, # project onto x ≥ 0 after every step
-                 ) -> SolveResult:
-    "x* ≈ argmin_{x ≥ 0} ½‖Ψ(x[, x_P]) − y‖²₂ (a SUM over pixels, as the code) + α·GenTV(x, x̄), by projected Adam."
+                  nonneg: bool | None = None, # project onto x ≥ 0 after every step (None: the recipe's)
+                  recipe: str = "paper", # 'paper' (Adam lr 1e-3, x ≥ 0) or 'code' (lr 1e-2, no projection): SOLVER_RECIPES
+                 ) -> SolveResult: # on y's device; the solve runs on forward_op's device
+    "x* ≈ argmin_{x ≥ 0} ½‖Ψ(x[, x_P]) − y‖²₂ + α·GenTV(x, x̄) by (projected) Adam, with the paper's or the code's settings."
+    s = _solver_settings(recipe, iters=iters, lr=lr, nonneg=nonneg)
     _check_image(y, "y")
     if x_bar is not None: _check_image(x_bar, "x_bar", y)
     if x_pre is not None: _check_image(x_pre, "x_pre", y)
     if x0 is not None: check_tensor(x0, "x0", ndim=4); check_same_shape(x0, y, ("x0", "y"))
     if not callable(forward_op): raise TypeError(f"forward_op: expected a callable (e.g. an nn.Module), got {type(forward_op).__name__}")
-    if not isinstance(iters, int) or isinstance(iters, bool) or iters < 0: raise ValueError(f"iters: expected a non-negative int, got {iters!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0): raise ValueError(f"lr: expected a positive finite step size, got {lr!r}")
-    a = torch.as_tensor(alpha, dtype=y.dtype, device=y.device)
+    if not isinstance(s["iters"], int) or isinstance(s["iters"], bool) or s["iters"] < 0:
+        raise ValueError(f"iters: expected a non-negative int, got {s['iters']!r}")
+    if not (isinstance(s["lr"], (int, float)) and math.isfinite(s["lr"]) and s["lr"] > 0):
+        raise ValueError(f"lr: expected a positive finite step size, got {s['lr']!r}")
+    if not (isinstance(eps, (int, float)) and eps >= 0): raise ValueError(f"eps: expected a non-negative number, got {eps!r}")
+    a = torch.as_tensor(alpha, dtype=y.dtype).detach().cpu()
     if a.ndim == 0: a = a.expand(y.shape[0])
     if a.shape != (y.shape[0],): raise ValueError(f"alpha: expected a number or a tensor of shape ({y.shape[0]},), got shape {tuple(a.shape)}")
     if not bool(torch.isfinite(a).all() & (a >= 0).all()): raise ValueError(f"alpha: expected non-negative finite values, got {a.tolist()}")
-    y, xb = y.detach(), None if x_bar is None else x_bar.detach()
-    xp = None if x_pre is None else x_pre.detach()
-    x = (y if x0 is None else x0.detach()).clone()
-    if nonneg: x.clamp_(min=0)
+    out_dev, dev = y.device, _op_device(forward_op, y.device)  # solve where the network lives, answer where y came from
+    to = lambda t: None if t is None else t.detach().to(dev)
+    y, xb, xp, a = to(y), to(x_bar), to(x_pre), a.to(dev)
+    x = (y if x0 is None else to(x0)).clone()
+    if s["nonneg"]: x.clamp_(min=0)
     x.requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=lr)
+    opt = torch.optim.Adam([x], lr=s["lr"], betas=s["betas"], eps=s["adam_eps"])
     hist = {k: [] for k in ("objective", "fidelity", "regulariser")}
-    def terms():
-        pred = forward_op(torch.cat([x, xp], 1) if xp is not None else x)
-        if pred.shape != y.shape: raise ValueError(f"forward_op: expected an output of shape {tuple(y.shape)}, got {tuple(pred.shape)}")
-        fid = 0.5 * (pred - y).pow(2).flatten(1).sum(1)
-        reg = gentv(x, xb, eps=eps, isotropic=isotropic)
-        for k, v in (("fidelity", fid), ("regulariser", reg), ("objective", fid + a * reg)): hist[k].append(v.detach())
-        return fid + a * reg
+    def step_terms():
+        terms = lip_car_objective(forward_op, x, y, xb, a, xp, eps=eps, isotropic=isotropic)
+        for k, v in zip(("objective", "fidelity", "regulariser"), terms): hist[k].append(v.detach())
+        return terms[0]
     with _Frozen(forward_op), torch.enable_grad():
-        for _ in range(iters):
-            obj = terms()
-            g, = torch.autograd.grad(obj.sum(), x)  # images are independent: the sum's gradient is each image's own
+        for _ in range(s["iters"]):
+            g, = torch.autograd.grad(step_terms().sum(), x)  # images are independent: the sum's gradient is each image's own
             x.grad = g
             opt.step()
-            if nonneg:
+            if s["nonneg"]:
                 with torch.no_grad(): x.clamp_(min=0)
-        with torch.no_grad(): terms()
-    return SolveResult(x.detach(), *(torch.stack(hist[k]) for k in ("objective", "fidelity", "regulariser")))
+        with torch.no_grad(): step_terms()
+    hist = [torch.stack(hist[k]).to(out_dev) for k in ("objective", "fidelity", "regulariser")]
+    return SolveResult(x.detach().to(out_dev), *hist, settings=s)
+
 
 # %% ../nbs/40_lip_car.ipynb #bb9312e1
 def image_metrics(pred: Tensor, target: Tensor) -> dict[str, Tensor]:
@@ -378,8 +425,10 @@ LIPCAR_PRESETS = {
     # CPU minutes: a narrower, shallower U-Net on 64×64 crops of 24 simulated subjects
     "demo": dict(steps=300, batch_size=8, base=8, levels=3, subjects=24, crop=64, crops_per_slice=4, amp="off",
                  log_every=10, ckpt_every=100),
-    # the paper: 840 training slices, 80 epochs of batch 16 (80·840/16 = 4200 steps), Adam lr 1e-3, the code's U-Net;
-    # the code's file says 85 epochs at lr 1e-4 instead: --steps 4463 --set lr=0.0001
+    # sourced: 840 training slices, 80 epochs of batch 16 (80·840/16 = 4200 steps), Adam lr 1e-3 (§2.2, §3.1);
+    # the U-Net's base 12 and 4 levels are the code's (the paper gives no sizes); ours, not sourced: the simulated
+    # 128×128 slices (the paper's are 256×256), amp off, the logging / checkpoint cadence.
+    # The code's training.py: 85 epochs at lr 1e-4 (--steps 4463 --set lr=0.0001)
     "paper": dict(steps=4200, batch_size=16, lr=1e-3, base=12, levels=4, subjects=210, slices_per_subject=4, amp="off",
                   log_every=50, ckpt_every=500),
 }
@@ -405,22 +454,23 @@ METHODS = ("x_P", "x_L", "NN-L2H", "NN-PL2H", "LIP-CAR")
 
 def run_methods(nets: dict, # trained networks with at least 'L2H', 'PL2H' and the forward operator
                 batch: dict, # 'pre', 'low' (and 'high' for scoring), (B, 1, H, W)
-                alpha: float | Tensor = 6e-3, iters: int = 150, lr: float = 1e-2,
+                alpha: float | Tensor = 6e-3, iters: int | None = None, lr: float | None = None,
                 forward: str = "PH2L", # forward operator Ψ of the inverse problem ('PH2L' or 'H2L')
                 guess: str = "PL2H", # end-to-end network giving x̄_H for GenTV
-                nonneg: bool = True, # project onto x ≥ 0 (the paper's X = R+); the authors' code does not
+                nonneg: bool | None = None, # project onto x ≥ 0 (None: the recipe's; the paper's X = R+, the code none)
+                recipe: str = "paper", # solver settings: 'paper' (Adam lr 1e-3, x ≥ 0) or 'code' (lr 1e-2, no projection)
                ) -> dict[str, Tensor]:
     "The paper's five candidates for x_H on a batch: x_P, x_L, NN-L2H, NN-PL2H and LIP-CAR {method: (B, 1, H, W)}."
     if forward not in ("PH2L", "H2L"): raise ValueError(f"forward: expected 'PH2L' or 'H2L', got {forward!r}")
     out = {"x_P": batch["pre"], "x_L": batch["low"],
            "NN-L2H": apply_network(nets["L2H"], "L2H", batch), "NN-PL2H": apply_network(nets["PL2H"], "PL2H", batch)}
     x_bar = out["NN-PL2H"] if guess == "PL2H" else apply_network(nets[guess], guess, batch)
-    dev = next(nets[forward].parameters()).device
-    res = lip_car_solve(nets[forward], batch["low"].to(dev), x_bar.to(dev), alpha=alpha, iters=iters, lr=lr,
-                        x_pre=batch["pre"].to(dev) if forward == "PH2L" else None, nonneg=nonneg)
-    out["LIP-CAR"] = res.x.to(batch["low"].device)
+    res = lip_car_solve(nets[forward], batch["low"], x_bar, alpha=alpha, iters=iters, lr=lr,  # moves inputs to Ψ's device
+                        x_pre=batch["pre"] if forward == "PH2L" else None, nonneg=nonneg, recipe=recipe)
+    out["LIP-CAR"] = res.x
     return out
 
 def score_methods(outputs: dict, target: Tensor) -> dict[str, dict[str, Tensor]]:
     "{method: {'ssim', 'psnr', 'rmse': (B,)}} against x_H."
     return {m: image_metrics(x, target) for m, x in outputs.items()}
+

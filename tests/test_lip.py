@@ -1,4 +1,5 @@
 "LIP-CAR (medsynth_nb.lip): GenTV against a float64 loop, the solver, frozen networks, smoke training, bad inputs."
+import copy
 import math
 
 import numpy as np
@@ -6,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from medsynth_nb.lip import (METHODS, NETWORKS, LipCarConfig, LipCarUNet, build_networks, gentv, lip_car_solve, load_lipcar_samples,
-                             network_io, region_metrics, run_methods, secant_oracle, ssim_loss)
+from medsynth_nb.lip import (METHODS, NETWORKS, LipCarConfig, LipCarUNet, apply_network, build_networks, gentv, lip_car_objective,
+                             lip_car_solve, load_lipcar_samples, network_io, region_metrics, run_methods, secant_oracle, ssim_loss)
 from medsynth_nb.utils import make_generator, seeded, test_allclose
 
 
@@ -48,31 +49,208 @@ def _linear_op():
     return op
 
 
-def test_solver_decreases_objective_nonneg_frozen():
+def gentv_by_hand(u: torch.Tensor, eps: float) -> torch.Tensor:
+    "Isotropic GenTV of u = x − x̄ per image: forward differences, zero in the last column / row, written out."
+    dx, dy = torch.zeros_like(u), torch.zeros_like(u)
+    dx[..., :, :-1] = u[..., :, 1:] - u[..., :, :-1]
+    dy[..., :-1, :] = u[..., 1:, :] - u[..., :-1, :]
+    return torch.sqrt(dx ** 2 + dy ** 2 + eps).sum(dim=(1, 2, 3))
+
+
+def objective_by_hand(op, x, y, x_bar, alpha, x_pre, eps=1e-8):
+    "½ Σ (Ψ([x, x_P]) − y)² + α·GenTV(x; x̄), per image, written out independently of the library."
+    pred = op(torch.cat([x, x_pre], 1))
+    return 0.5 * ((pred - y) ** 2).sum(dim=(1, 2, 3)) + alpha * gentv_by_hand(x - x_bar, eps)
+
+
+def test_gentv_hand_cases():
+    "Neumann boundary (no wrap-around), the ε smoothing and the centring on x̄, each by a number worked out by hand."
+    u = torch.zeros(1, 1, 4, 5, dtype=torch.float64); u[0, 0, 3, 4] = 0.6  # one bright pixel in the last row and column
+    # its own forward differences are 0 (boundary); its left neighbour sees dx = 0.6, its upper one dy = 0.6
+    test_allclose(gentv(u, eps=0.0), torch.tensor([1.2], dtype=torch.float64), rtol=1e-12, atol=0)
+    test_allclose(gentv(u, isotropic=False), torch.tensor([1.2], dtype=torch.float64), rtol=1e-12, atol=0)
+    const = torch.full((2, 1, 3, 4), 0.25, dtype=torch.float64)  # no edges: only √ε per pixel remains
+    test_allclose(gentv(const), torch.full((2,), 12 * 1e-4, dtype=torch.float64), rtol=1e-12, atol=0)
+    test_allclose(gentv(const, eps=1e-6), torch.full((2,), 12 * 1e-3, dtype=torch.float64), rtol=1e-12, atol=0)
+    # a diagonal step: at (i, j) with dx = dy = 1 the isotropic term is √2, the ℓ1 term 2
+    v = torch.zeros(1, 1, 2, 2, dtype=torch.float64); v[0, 0, 0, 1] = v[0, 0, 1, 0] = 1.0
+    # (0,0): dx = 1, dy = 1; (0,1): dx = 0 (edge), dy = −1; (1,0): dx = −1, dy = 0 (edge); (1,1): 0
+    test_allclose(gentv(v, eps=0.0), torch.tensor([math.sqrt(2) + 2], dtype=torch.float64), rtol=1e-12, atol=0)
+    test_allclose(gentv(v, isotropic=False), torch.tensor([4.0], dtype=torch.float64), rtol=1e-12, atol=0)
+    # centred on x̄: GenTV(x; x̄) = TV(x − x̄), zero-edged when x = x̄, and not TV(x)
+    g = make_generator(11)
+    x, xb = torch.rand(2, 1, 6, 5, generator=g, dtype=torch.float64), torch.rand(2, 1, 6, 5, generator=g, dtype=torch.float64)
+    test_allclose(gentv(x, xb), gentv_by_hand(x - xb, 1e-8), rtol=1e-12, atol=0)
+    test_allclose(gentv(x, x), torch.full((2,), 30 * 1e-4, dtype=torch.float64), rtol=1e-12, atol=0)
+    assert bool(((gentv(x, xb) - gentv(x)).abs() > 0.1).all())
+
+
+@pytest.fixture
+def small_problem():
+    "A nonlinear forward operator (a float64 LipCarUNet) with y, x_P, x̄ and a start x0."
+    with seeded(0): op = LipCarUNet(2, base=4, levels=2).double()
+    g = make_generator(12)
+    r = lambda: torch.rand(2, 1, 16, 16, generator=g, dtype=torch.float64)
+    x_p, x_true, x_bar = r(), r(), r()
+    with torch.no_grad(): y = op(torch.cat([x_true, x_p], 1))
+    return op, y, x_p, x_bar
+
+
+def test_objective_matches_hand_written(small_problem):
+    op, y, x_p, x_bar = small_problem
+    x = (y + 0.1 * torch.rand(y.shape, generator=make_generator(13), dtype=torch.float64)).requires_grad_(True)
+    alpha = torch.tensor([6e-3, 0.05], dtype=torch.float64)
+    obj, fid, reg = lip_car_objective(op, x, y, x_bar, alpha, x_p)
+    ref = objective_by_hand(op, x, y, x_bar, alpha, x_p)
+    test_allclose(obj, ref, rtol=1e-12, atol=1e-12)
+    test_allclose(fid, 0.5 * ((op(torch.cat([x, x_p], 1)) - y) ** 2).sum(dim=(1, 2, 3)), rtol=1e-12, atol=1e-12)
+    test_allclose(reg, gentv_by_hand(x - x_bar, 1e-8), rtol=1e-12, atol=1e-12)
+    g_lib, = torch.autograd.grad(obj.sum(), x)
+    g_ref, = torch.autograd.grad(ref.sum(), x)
+    test_allclose(g_lib, g_ref, rtol=1e-10, atol=1e-12)
+    assert float(fid.detach().min()) > 1e-3 and float(g_ref.abs().max()) > 1e-3  # both terms are active
+
+
+TorchAdam = torch.optim.Adam
+
+
+class RecordingAdam(TorchAdam):
+    "torch.optim.Adam that keeps every instance and the gradient it was given at each step."
+    made: list = []
+
+    def __init__(self, params, **kw):
+        super().__init__(params, **kw)
+        self.grads = []
+        RecordingAdam.made.append(self)
+
+    def step(self, closure=None):
+        self.grads.append(self.param_groups[0]["params"][0].grad.detach().clone())
+        return super().step(closure)
+
+
+@pytest.fixture
+def recording_adam(monkeypatch):
+    RecordingAdam.made = []
+    monkeypatch.setattr(torch.optim, "Adam", RecordingAdam)
+    return RecordingAdam.made
+
+
+@pytest.mark.parametrize("recipe,lr,eps", [("paper", 1e-3, 1e-8), ("code", 1e-2, 1e-7)])
+def test_solver_adam_settings_and_gradient(small_problem, recording_adam, recipe, lr, eps):
+    "The Adam actually used has the recipe's step (paper 1e-3 = PyTorch's default; code 1e-2) and gets ∇f of the hand objective."
+    op, y, x_p, x_bar = small_problem
+    res = lip_car_solve(op, y, x_bar, x_pre=x_p, iters=3, recipe=recipe)
+    (opt,) = recording_adam
+    (group,) = opt.param_groups
+    assert (group["lr"], group["betas"], group["eps"]) == (lr, (0.9, 0.999), eps)
+    assert res.settings["lr"] == lr and res.settings["recipe"] == recipe
+    if recipe == "paper":
+        torch_defaults = TorchAdam([torch.zeros(1, requires_grad=True)]).defaults  # the unpatched class
+        assert {k: group[k] for k in ("lr", "betas", "eps")} == {k: torch_defaults[k] for k in ("lr", "betas", "eps")}
+    x0 = y.clone().requires_grad_(True)
+    g_ref, = torch.autograd.grad(objective_by_hand(op, x0, y, x_bar, 6e-3, x_p).sum(), x0)
+    assert len(opt.grads) == 3
+    test_allclose(opt.grads[0], g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_solver_overrides_and_default_lr(recording_adam):
+    op = _linear_op()
+    y, x_p = torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8)
+    lip_car_solve(op, y, None, x_pre=x_p, iters=1)
+    lip_car_solve(op, y, None, x_pre=x_p, iters=1, lr=3e-3, recipe="code")
+    assert [o.param_groups[0]["lr"] for o in recording_adam] == [1e-3, 3e-3]
+    assert [o.param_groups[0]["eps"] for o in recording_adam] == [1e-8, 1e-7]
+
+
+@pytest.mark.parametrize("recipe,lr", [("paper", 1e-3), ("code", 1e-2)])
+def test_solver_first_step_is_lr_against_the_gradient(small_problem, recipe, lr):
+    "Adam's first step is lr·sign(g): the solver descends the hand-written objective, by the recipe's step."
+    op, y, x_p, x_bar = small_problem
+    x0 = y.clone().requires_grad_(True)
+    g, = torch.autograd.grad(objective_by_hand(op, x0, y, x_bar, 6e-3, x_p).sum(), x0)
+    res = lip_car_solve(op, y, x_bar, x_pre=x_p, iters=1, recipe=recipe, nonneg=False)
+    big = g.abs() > 1e-4
+    assert float(big.double().mean()) > 0.5
+    test_allclose((res.x - y)[big], -lr * g.sign()[big], rtol=0, atol=lr * 1e-3)
+
+
+def test_solver_objective_decreases(small_problem):
+    op, y, x_p, x_bar = small_problem
+    start = y + 0.2 * torch.rand(y.shape, generator=make_generator(14), dtype=torch.float64)
+    res = lip_car_solve(op, y, x_bar, x_pre=x_p, x0=start)  # the paper's recipe: 150 steps of 1e-3
+    assert res.objective.shape == (151, 2)
+    test_allclose(res.objective[0], objective_by_hand(op, start, y, x_bar, 6e-3, x_p).detach(), rtol=1e-12, atol=1e-12)
+    test_allclose(res.objective[-1], objective_by_hand(op, res.x, y, x_bar, 6e-3, x_p).detach(), rtol=1e-12, atol=1e-12)
+    test_allclose(res.objective, res.fidelity + 6e-3 * res.regulariser)
+    assert bool((res.objective[-1] < 0.7 * res.objective[0]).all()), res.objective[[0, -1]]
+    assert bool((res.objective[1:11] < res.objective[:10]).all())  # the first steps all go downhill
+
+
+def test_solver_linear_operator_reaches_the_minimiser():
+    "Ψ(x, x_P) = 0.3 x + 0.7 x_P, y = Ψ(x*), x̄ = x*: the minimiser is x*. lr 1e-3 needs more than 150 steps to get there."
     g = make_generator(3)
     x_star, x_p = torch.rand(2, 1, 16, 16, generator=g), torch.rand(2, 1, 16, 16, generator=g)
     op = _linear_op().train()
     with torch.no_grad(): y = op(torch.cat([x_star, x_p], 1))
-    res = lip_car_solve(op, y, x_star, alpha=6e-3, iters=150, x_pre=x_p)
-    assert res.objective.shape == (151, 2) and res.fidelity.shape == (151, 2)
-    test_allclose(res.objective, res.fidelity + 6e-3 * res.regulariser)
-    assert bool((res.objective[-1] < 0.1 * res.objective[0]).all())
-    assert bool((res.x >= 0).all())
-    assert float((res.x - x_star).abs().max()) < 0.02
+    paper = lip_car_solve(op, y, x_star, x_pre=x_p)
+    assert float((paper.x - y).abs().max()) <= 150 * 1e-3 * 1.01 < float((x_star - y).abs().max())
+    for res in (lip_car_solve(op, y, x_star, x_pre=x_p, iters=1000), lip_car_solve(op, y, x_star, x_pre=x_p, recipe="code")):
+        assert bool((res.objective[-1] < 0.1 * res.objective[0]).all())
+        assert float((res.x - x_star).abs().max()) < 0.02
     assert op.weight.grad is None and op.training and op.weight.requires_grad
 
 
-def test_solver_projection_and_nets():
-    "A network forward operator: params untouched, no grads, x ≥ 0 even from a negative-leaning start."
+def test_solver_projection():
+    "x ≥ 0 is enforced when (and only when) asked: the paper's recipe projects, the code's does not."
+    op = _linear_op()
+    g = make_generator(15)
+    x_p = 0.5 + 0.5 * torch.rand(2, 1, 8, 8, generator=g)
+    y = 0.2 * torch.rand(2, 1, 8, 8, generator=g)  # darker than 0.7 x_P: the least-squares x is negative
+    kw = dict(alpha=0.0, iters=300, x_pre=x_p)
+    ls = (y - 0.7 * x_p) / 0.3
+    assert float(ls.max()) < 0
+    for res in (lip_car_solve(op, y, None, recipe="code", nonneg=True, **kw), lip_car_solve(op, y, None, lr=1e-2, **kw)):
+        assert bool((res.x >= 0).all())
+        test_allclose(res.x, torch.zeros_like(y), atol=1e-6, rtol=0)
+    free = lip_car_solve(op, y, None, recipe="code", **kw)  # no projection: it goes negative, towards ls
+    assert float(free.x.max()) < -0.5 and not free.settings["nonneg"]
+    assert float((free.x - ls).abs().max()) < float((torch.zeros_like(ls) - ls).abs().max())
+
+
+class DeviceRecorder(nn.Module):
+    "Records the device of every input, then runs the wrapped network."
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.devices = net, []
+
+    def forward(self, x):
+        self.devices.append(x.device.type)
+        return self.net(x)
+
+
+def _meta(net): return DeviceRecorder(copy.deepcopy(net).to("meta"))
+
+
+def test_solve_runs_on_the_operators_device():
+    "Inputs on the CPU, Ψ on another device (meta: shapes only): every Ψ call must see the network's device."
+    with seeded(0): rec = _meta(LipCarUNet(2, base=4, levels=2))
+    g = make_generator(16)
+    y, x_p, x_bar = (torch.rand(2, 1, 16, 16, generator=g) for _ in range(3))
+    with pytest.raises(NotImplementedError, match="meta"):  # the solve ran; only copying a data-less answer back fails
+        lip_car_solve(rec, y, x_bar, x_pre=x_p, x0=y.clone(), iters=3, alpha=torch.full((2,), 6e-3))
+    assert rec.devices == ["meta"] * 4
+
+
+def test_apply_network_and_run_methods_move_inputs():
     with seeded(0): nets = build_networks(base=4, levels=2)
-    op = nets["PH2L"]
-    before = [p.detach().clone() for p in op.parameters()]
-    g = make_generator(4)
-    y, x_p = torch.rand(2, 1, 32, 32, generator=g), torch.rand(2, 1, 32, 32, generator=g)
-    res = lip_car_solve(op, y, None, alpha=1e-3, iters=10, lr=0.5, x_pre=x_p)
-    assert bool((res.x >= 0).all())
-    assert all(p.grad is None for p in op.parameters())
-    assert all(torch.equal(a, b) for a, b in zip(before, op.parameters()))
+    d = load_lipcar_samples()
+    batch = {k: d[k][:2, :, :32, :32] for k in ("pre", "low", "high")}
+    rec = _meta(nets["L2H"])
+    with pytest.raises(NotImplementedError, match="meta"): apply_network(rec, "L2H", batch)
+    assert rec.devices == ["meta"]
+    nets = dict(nets, PH2L=_meta(nets["PH2L"]))  # end-to-end networks on the CPU, the forward operator elsewhere
+    with pytest.raises(NotImplementedError, match="meta"): run_methods(nets, batch, iters=2)
+    assert nets["PH2L"].devices == ["meta"] * 3
 
 
 def test_smoke_training_four_networks(tmp_path):
@@ -120,6 +298,7 @@ def test_bad_inputs():
         (lambda: lip_car_solve(op, y, None, lr=0.0, x_pre=xp), ValueError, "lr: expected a positive finite step size"),
         (lambda: lip_car_solve(op, y, None, x0=torch.rand(1, 1, 16, 16), x_pre=xp), ValueError, "x0 and y: expected the same shape"),
         (lambda: lip_car_solve(42, y, None), TypeError, "forward_op: expected a callable"),
+        (lambda: lip_car_solve(op, y, None, x_pre=xp, recipe="keras"), ValueError, "recipe: expected one of ('paper', 'code')"),
         (lambda: lip_car_solve(lambda t: t[:, :, :8], y, None), ValueError, "forward_op: expected an output of shape"),
         (lambda: LipCarUNet(0), ValueError, "in_channels: expected a positive int"),
         (lambda: LipCarUNet(1, levels=3)(torch.rand(1, 1, 20, 20)), ValueError, "divisible by 2^levels = 8"),
@@ -180,7 +359,11 @@ def test_run_methods_projection_switch():
     with seeded(0): nets = build_networks(base=4, levels=2)
     d = load_lipcar_samples()
     batch = {k: d[k][:1, :, :32, :32] for k in ("pre", "low", "high")}
-    out = run_methods(nets, batch, iters=3, lr=0.5)
+    out = run_methods(nets, batch, iters=3)
     assert list(out) == list(METHODS) and bool((out["LIP-CAR"] >= 0).all())
-    free = run_methods(nets, batch, iters=3, lr=0.5, nonneg=False)
-    assert free["LIP-CAR"].shape == (1, 1, 32, 32) and bool(torch.isfinite(free["LIP-CAR"]).all())
+    x_bar = apply_network(nets["PL2H"], "PL2H", batch)
+    for recipe in ("paper", "code"):  # LIP-CAR is lip_car_solve with Ψ_PH2L, x̄ = NN-PL2H and the recipe
+        got = run_methods(nets, batch, iters=3, recipe=recipe)["LIP-CAR"]
+        want = lip_car_solve(nets["PH2L"], batch["low"], x_bar, x_pre=batch["pre"], iters=3, recipe=recipe).x
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    test_allclose(out["NN-PL2H"], x_bar, rtol=0, atol=0)

@@ -22,10 +22,10 @@ from .utils import check_same_shape, check_tensor, make_generator
 
 # %% auto #0
 __all__ = ['DIRECTIONS', 'DIRECTION_ALIASES', 'SAMPLERS', 'TISSUE_CLASSES', 'SEGMENTATION_METHODS', 'HARMONIZE_PRESETS',
-           'normalize_direction', 'parse_direction', 'to_model_range', 'from_model_range', 'paired_subject',
-           'paired_volumes', 'harmonization_scheduler', 'harmonization_unet', 'check_harmonizer', 'translate_slices',
-           'translate_volume', 'brain_mask', 'masked_mse', 'segment_tissues', 'gmm_1d', 'tissue_volumes',
-           'evaluate_harmonization', 'harmonization_table', 'compare_samplers', 'slice_discontinuity',
+           'PAPER_PRESET_SOURCES', 'normalize_direction', 'parse_direction', 'to_model_range', 'from_model_range',
+           'paired_subject', 'paired_volumes', 'harmonization_scheduler', 'harmonization_unet', 'check_harmonizer',
+           'translate_slices', 'translate_volume', 'brain_mask', 'masked_mse', 'segment_tissues', 'gmm_1d',
+           'tissue_volumes', 'evaluate_harmonization', 'harmonization_table', 'compare_samplers', 'slice_discontinuity',
            'HarmonizeConfig', 'harmonization_data', 'build_harmonize', 'load_harmonizer']
 
 # %% ../nbs/21_harmonization.ipynb #c2652984
@@ -348,7 +348,7 @@ class HarmonizeConfig(TrainConfig):
     num_train_timesteps: int = 1000 # T
     n_subjects: int = 1 # simulated training subjects
     subject_seed: int = 1000 # subject i is paired_subject(subject_seed + i)
-    crop: tuple[int, int] = (112, 96) # training slice size (centre crop/pad)
+    crop: tuple[int, int] = (120, 96) # training slice size (centre crop/pad); the whole 2 mm slice, as `demo` and `paper`
     weight_decay: float = 0.0 # AdamW weight decay (Durrer: 0)
     sampler: str = "ddim" # evaluation sampler: 'ddim' or 'ddpm'
     sample_steps: int = 50 # evaluation steps (DDPM with 1000 = the paper)
@@ -383,6 +383,20 @@ HARMONIZE_PRESETS = {
                  ckpt_every=250, sample_steps=20, prediction_type="v_prediction"),
     "paper": dict(steps=300_000, batch_size=4, unet="paper", n_subjects=30, crop=(120, 96), lr=1e-4, ema=0.9999, log_every=100,
                   ckpt_every=5000, sampler="ddpm", sample_steps=1000, ema_warmup=False),
+}
+
+PAPER_PRESET_SOURCES = {  # where each value of the `paper` preset comes from ('ours' has no source and says why)
+    "steps": "paper §3: 300,000 iterations", "batch_size": "paper §3: batch size 4", "lr": "paper §3: Adam, 1e-4",
+    "unet": "paper §3: 128 channels, one head, 11,402,370 parameters; code: mult (1,1,1,1), 2 res blocks, middle attention",
+    "n_subjects": "paper §3: 30 training scans per fold", "sampler": "paper §2, Fig. 3: ancestral, Eq. 4 at every t",
+    "sample_steps": "paper §2-3: all T = 1000 steps", "ema": "code: EMA 0.9999 (the paper does not state it)",
+    "ema_warmup": "code: constant EMA decay (improved-diffusion)",
+    "crop": "ours: our 2 mm slices (117 x 95) whole, padded to 120 x 96 (paper §3: 1 mm slices cropped to 224 x 224)",
+    "log_every": "ours: bookkeeping only", "ckpt_every": "ours: bookkeeping only",
+    "num_train_timesteps": "paper §3: T = 1000", "prediction_type": "paper Eq. 4-5: epsilon",
+    "learn_sigma": "paper Eq. 3: learned variance; code: learned range", "lambda_vb": "code: hybrid loss, lambda 0.001",
+    "weight_decay": "code: AdamW with weight decay 0 (= the paper's Adam)",
+    "amp": "ours: the engine's 'auto' (bf16 on CUDA; the paper states no precision); --set amp=off for fp32",
 }
 
 def harmonization_data(cfg: HarmonizeConfig) -> PairedContrastDataset:

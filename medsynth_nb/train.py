@@ -44,9 +44,10 @@ __all__ = ['AMP_MODES', 'PRESET_NAMES', 'CHECKPOINT', 'resumable', 'TrainConfig'
            'discover_experiments', 'list_experiments', 'get_experiment', 'Phase', 'Task', 'supervised', 'adversarial',
            'Context', 'EMA', 'capture_rng_state', 'restore_rng_state', 'derive_seed', 'DataStream', 'DistInfo',
            'init_distributed', 'all_reduce_mean', 'state_fingerprint', 'resolve_amp', 'RunSetupError',
-           'ConfigMismatchError', 'save_checkpoint', 'load_checkpoint', 'check_compatible', 'RunLog', 'read_log',
-           'plot_losses', 'git_revision', 'write_run_info', 'TrainResult', 'fit', 'train', 'load_models',
-           'ToyRegressionConfig', 'sine_dataset', 'mlp', 'build_toy_regression', 'ToyWGANConfig', 'build_toy_wgan']
+           'ConfigMismatchError', 'save_checkpoint', 'load_checkpoint', 'check_compatible', 'check_schedule_horizon',
+           'broadcast_buffers', 'sync_batchnorm', 'RunLog', 'read_log', 'plot_losses', 'git_revision', 'write_run_info',
+           'TrainResult', 'fit', 'train', 'load_models', 'ToyRegressionConfig', 'sine_dataset', 'mlp',
+           'build_toy_regression', 'ToyWGANConfig', 'build_toy_wgan']
 
 # %% ../nbs/50_training.ipynb #1b07fc0e
 AMP_MODES = ("auto", "off", "bf16", "fp16")  # mixed precision: auto = bf16 on CUDA (fp16 where bf16 is missing), off on CPU
@@ -113,6 +114,7 @@ class TrainConfig:
     ema: float = 0.0 # EMA decay β of the weights (0 = no EMA; DDPM uses 0.9999)
     ema_warmup: bool = True # use β_n = min(β, (1 + n)/(10 + n)) at update n (False: constant β, as improved-diffusion)
     grad_clip: float = 0.0 # clip the global gradient norm to this (0 = no clipping)
+    sync_bn: bool = False # several GPU processes: BatchNorm → SyncBatchNorm (statistics over the global batch)
     log_every: int = resumable(1) # write a log row (mean over the steps since the last one) every this many steps
     ckpt_every: int = resumable(0) # save a checkpoint every this many steps (0: only at the end)
     keep: int = resumable(3) # how many step checkpoints to keep
@@ -543,7 +545,9 @@ def check_compatible(ck: Mapping, experiment: str, config: TrainConfig, path: st
     diffs = []
     if ck.get("experiment", "") != experiment: diffs.append(f"experiment: checkpoint {ck.get('experiment')!r}, now {experiment!r}")
     if ck.get("config_class") != type(config).__name__: diffs.append(f"config class: checkpoint {ck.get('config_class')!r}, now {type(config).__name__!r}")
-    old, new = ck.get("config", {}), config.to_dict()
+    new = config.to_dict()
+    defaults = {f.name: new[f.name] if f.default is dataclasses.MISSING else f.default for f in dataclasses.fields(config)}
+    old = {**json.loads(json.dumps(defaults)), **ck.get("config", {})}  # a field added since the save: its default
     free = {f.name for f in dataclasses.fields(config) if f.metadata.get("resumable")}
     for k in sorted(set(old) | set(new)):
         if k in free: continue
@@ -552,12 +556,66 @@ def check_compatible(ck: Mapping, experiment: str, config: TrainConfig, path: st
         raise ConfigMismatchError(f"{path} was written by a different config and cannot be resumed: " + "; ".join(diffs) +
                                   f". Resume with the same settings (only {', '.join(sorted(free))} may change) or use a new output directory.")
 
+_SCHEDULER_PROGRESS = ("last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial")
+
+def _static_state(sd):
+    "A scheduler's state dict without its progress counters (nested schedulers' too)."
+    if isinstance(sd, Mapping): return {k: _static_state(v) for k, v in sd.items() if k not in _SCHEDULER_PROGRESS}
+    if isinstance(sd, (list, tuple)): return [_static_state(v) for v in sd]
+    return sd
+
+def _horizon_diffs(ck: Mapping, task: Task) -> list[str]:
+    "How the task's fresh schedulers, run to the checkpoint's step, differ from the saved ones (settings, then LRs)."
+    fresh = {k: _static_state(s.state_dict()) for k, s in task.schedulers.items()}
+    diffs = [f"scheduler {k!r} {n}: checkpoint {saved.get(n)!r}, now {fresh[k].get(n)!r}"
+             for k, saved in ((k, _static_state(ck["schedulers"][k])) for k in fresh)
+             for n in sorted(set(saved) | set(fresh[k])) if repr(saved.get(n)) != repr(fresh[k].get(n))]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")                     # scheduler.step() without optimizer.step() warns
+            for _ in range(int(ck["step"])):
+                for s in task.schedulers.values(): s.step()
+    except Exception as e: return diffs + [f"the new schedule cannot reach step {ck['step']} ({type(e).__name__}: {e})"]
+    for k, o in task.optimizers.items():
+        old, now = [g["lr"] for g in ck["optimizers"][k]["param_groups"]], [g["lr"] for g in o.param_groups]
+        if not all(math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0) for a, b in zip(old, now)):
+            diffs.append(f"optimizer {k!r} lr at step {ck['step']}: checkpoint {old[0]:.6g}, now {now[0]:.6g}")
+    return diffs
+
+def check_schedule_horizon(ck: Mapping, task: Task, config: TrainConfig, path: str | os.PathLike = "checkpoint"):
+    "Refuse to resume with another `steps` when a learning-rate schedule depends on it (it would keep the old horizon)."
+    old = ck.get("config", {}).get("steps", config.steps)
+    if old == config.steps or not task.schedulers or config.steps <= int(ck["step"]): return
+    diffs = _horizon_diffs(ck, task)      # runs the fresh schedulers forward: call it before loading the checkpoint
+    if diffs:
+        raise ConfigMismatchError(
+            f"{path}: steps: checkpoint {old}, now {config.steps}, and the learning-rate schedule depends on it "
+            f"({'; '.join(diffs)}): the resumed run would keep the schedule of {old} steps. Resume with steps={old}, "
+            "or train the longer schedule in a new run directory.")
+
 def _remove_stale_temps(out: Path):
     "Delete temporary files left by a save that was killed (they are never renamed into place)."
     for d in (out, out / "checkpoints"):
         if d.is_dir():
             for p in d.glob(".*.tmp*"):
                 if p.name.startswith((f".{CHECKPOINT}.", ".step_")): p.unlink(missing_ok=True)
+
+# %% ../nbs/50_training.ipynb #b7e1a002
+def broadcast_buffers(modules: Mapping[str, nn.Module], info: DistInfo):
+    "Copy every buffer of `modules` (BatchNorm running statistics, …) from rank 0 to all processes, in place."
+    if info.world_size == 1: return
+    import torch.distributed as dist
+    for k in sorted(modules):
+        for b in modules[k].buffers(): dist.broadcast(b.data, src=0)
+
+def sync_batchnorm(models: Mapping[str, nn.Module], info: DistInfo, device: torch.device) -> dict[str, nn.Module]:
+    "`models` with BatchNorm layers converted to SyncBatchNorm when several GPU processes train (same parameters)."
+    if info.world_size == 1: return dict(models)
+    if device.type not in ("cuda", "xpu", "hpu"):
+        raise RunSetupError(f"sync_bn: SyncBatchNorm needs GPU processes (NCCL); PyTorch {torch.__version__} has no "
+                            f"{device.type} implementation, and this run has {info.world_size} processes on "
+                            f"{device.type} (gloo). Set sync_bn=False: each process then normalises its own micro-batch")
+    return {k: nn.SyncBatchNorm.convert_sync_batchnorm(m) for k, m in models.items()}
 
 # %% ../nbs/50_training.ipynb #88427c38
 class RunLog:
@@ -713,7 +771,7 @@ def fit(task: Task, config: TrainConfig,
                                   "pass resume=True (--resume) to continue it, or choose another directory")
         if main: out.mkdir(parents=True, exist_ok=True); _remove_stale_temps(out)
         # models on the device, wrapped for data parallelism; EMA copies; one GradScaler per optimizer
-        raw = dict(task.models)
+        raw = sync_batchnorm(task.models, info, dev) if cfg.sync_bn else dict(task.models)
         for m in raw.values(): m.to(dev)
         def wrap(m):
             if info.world_size == 1 or not any(p.requires_grad for p in m.parameters()): return m
@@ -732,6 +790,7 @@ def fit(task: Task, config: TrainConfig,
             if resume and ck_path.exists():
                 ck = load_checkpoint(ck_path)
                 check_compatible(ck, experiment, cfg, ck_path)
+                check_schedule_horizon(ck, task, cfg, ck_path)
                 start = _restore(ck, raw, emas, task, scalers, stream, rngs, info)
             log.truncate(start)
             if main: write_run_info(out, experiment, preset, cfg, world_size=info.world_size, device=str(dev), amp=amp,
@@ -760,11 +819,14 @@ def fit(task: Task, config: TrainConfig,
                     bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("/loss")}, refresh=False)
                 bar.update(1)
                 if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps:
+                    broadcast_buffers(_with_ema(raw, emas), info)   # BatchNorm statistics: rank 0's, on every rank
                     state = _checkpoint_state(done, raw, emas, task, scalers, stream, rngs, info, experiment, preset, cfg)
                     if main: save_checkpoint(state, out, cfg.keep)
             bar.close()
             step_reached = max(start, cfg.steps)
-            if info.world_size > 1: _check_replicas(raw, info, out)
+            if info.world_size > 1:
+                broadcast_buffers(_with_ema(raw, emas), info)
+                _check_replicas(_with_ema(raw, emas), info, out)
         result = TrainResult(out, step_reached, raw, {k: e.module for k, e in emas.items()}, cfg, task, time.perf_counter() - t0)
         finished = True
         return result
@@ -848,8 +910,12 @@ def _restore(ck, raw, emas, task, scalers, stream, rngs, info) -> int:
                       "position continues but the random streams restart (not bit-for-bit)")
     return int(ck["step"])
 
+def _with_ema(raw: dict, emas: dict) -> dict:
+    "The models and their EMA copies ('ema/<name>'), the modules whose state a checkpoint holds."
+    return {**raw, **{f"ema/{k}": e.module for k, e in emas.items()}}
+
 def _check_replicas(raw: dict, info: DistInfo, out: Path):
-    "All processes must hold bit-identical weights; rank 0 writes out/replicas.json."
+    "All processes must hold bit-identical weights and buffers (after broadcast_buffers); rank 0 writes out/replicas.json."
     fps = _gather({k: state_fingerprint(m) for k, m in raw.items()}, info)
     same = all(f == fps[0] for f in fps)
     if info.rank == 0:
@@ -898,6 +964,7 @@ class ToyRegressionConfig(TrainConfig):
     hidden: int = 64 # MLP width
     depth: int = 2 # hidden layers
     dropout: float = 0.0 # dropout probability after each hidden layer
+    batchnorm: bool = False # BatchNorm1d after each hidden Linear (running statistics: the multi-process test)
 
     def validate(self):
         super().validate()
@@ -912,11 +979,12 @@ def sine_dataset(n: int, noise: float = 0.1, generator: torch.Generator | None =
     x = (torch.rand(n, 1, generator=generator) * 2 - 1) * math.pi
     return torch.utils.data.TensorDataset(x, torch.sin(x) + noise * torch.randn(n, 1, generator=generator))
 
-def mlp(n_in: int, hidden: int, depth: int, n_out: int, dropout: float = 0.0) -> nn.Sequential:
-    "Linear–ReLU(–Dropout) × depth, then Linear."
+def mlp(n_in: int, hidden: int, depth: int, n_out: int, dropout: float = 0.0, batchnorm: bool = False) -> nn.Sequential:
+    "Linear(–BatchNorm)–ReLU(–Dropout) × depth, then Linear."
     layers, d = [], n_in
     for _ in range(depth):
-        layers += [nn.Linear(d, hidden), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout > 0 else [])
+        layers += [nn.Linear(d, hidden)] + ([nn.BatchNorm1d(hidden)] if batchnorm else []) + [nn.ReLU()]
+        layers += [nn.Dropout(dropout)] if dropout > 0 else []
         d = hidden
     return nn.Sequential(*layers, nn.Linear(d, n_out))
 
@@ -927,7 +995,7 @@ def mlp(n_in: int, hidden: int, depth: int, n_out: int, dropout: float = 0.0) ->
 def build_toy_regression(cfg: ToyRegressionConfig) -> Task:
     "MLP + sine data + MSE ('paper' is only a GPU-sized run to try a multi-GPU launch; there is no paper)."
     data = sine_dataset(cfg.n_samples, cfg.noise, make_generator(cfg.seed))
-    model = mlp(1, cfg.hidden, cfg.depth, 1, cfg.dropout)
+    model = mlp(1, cfg.hidden, cfg.depth, 1, cfg.dropout, cfg.batchnorm)
     def loss(batch, ctx):
         x, y = batch
         pred = ctx.models.model(x)

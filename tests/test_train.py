@@ -155,31 +155,51 @@ def test_killed_save_leaves_previous_checkpoint_and_resume_is_exact(tmp_path):
 
 # ---------------------------------------------------------------- 2 processes under torchrun (gloo)
 
+TWO_RUNS = r"""
+import json, sys, torch.distributed as dist
+from medsynth_nb.train import RunSetupError, train
+dist.init_process_group("gloo")        # one group for three runs (fit leaves a group it did not create alone)
+out = sys.argv[1]
+train("toy-regression", "smoke", out=f"{out}/toy-regression", dropout=0.0, progress=False)
+train("toy-regression", "smoke", out=f"{out}/toy-regression-bn", dropout=0.0, batchnorm=True, progress=False)
+try:
+    train("toy-regression", "smoke", out=f"{out}/sync-bn", batchnorm=True, sync_bn=True, progress=False)
+    refusal = None
+except RunSetupError as e: refusal = str(e)
+if dist.get_rank() == 0: open(f"{out}/sync_bn_refusal.json", "w").write(json.dumps(refusal))
+dist.barrier(); dist.destroy_process_group()
+"""
+
+def _launch(args, name):
+    p = subprocess.Popen([TORCHRUN, "--standalone", "--nproc_per_node", "2", *args], env=sub_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try: log = p.communicate(timeout=300)[0]
+    except subprocess.TimeoutExpired:      # fail, never hang CI (fit used to hang at gloo teardown: see train._close_group)
+        os.killpg(p.pid, 9)
+        pytest.fail(f"{name}: the 2-process torchrun launch did not finish in 300 s:\n{p.communicate()[0][-3000:]}")
+    assert p.returncode == 0, f"{name}:\n{log[-3000:]}"
+    return log
+
 def test_torchrun_two_processes_gloo(tmp_path):
-    "toy-wgan (GP's double backward through DDP) and toy-regression, launched together with torchrun -m medsynth_nb.cli."
-    runs = {"toy-wgan": [], "toy-regression": ["--set", "dropout=0"]}
-    # one launch at a time: two concurrent `--standalone` rendezvous can race for ports
-    procs, logs = {}, {}
-    for name, extra in runs.items():
-        cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "medsynth_nb.cli", "train", name,
-               "--preset", "smoke", "--out", str(tmp_path / name), "--no-progress", *extra]
-        p = subprocess.Popen(cmd, env=sub_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        try:
-            logs[name] = p.communicate(timeout=300)[0]
-        except subprocess.TimeoutExpired:      # fail, never hang CI (fit used to hang at gloo teardown: see train._close_group)
-            os.killpg(p.pid, 9)
-            pytest.fail(f"{name}: the 2-process torchrun launch did not finish in 300 s:\n{p.communicate()[0][-3000:]}")
-        procs[name] = p
-    for name, p in procs.items(): assert p.returncode == 0, f"{name}:\n{logs[name][-3000:]}"
-    for name in runs:
+    """toy-wgan through `torchrun -m medsynth_nb.cli` (GP's double backward through DDP); toy-regression without and
+    with BatchNorm, and the sync_bn refusal, in a second launch (one at a time: two `--standalone` rendezvous race)."""
+    log = _launch(["-m", "medsynth_nb.cli", "train", "toy-wgan", "--preset", "smoke", "--out", str(tmp_path / "toy-wgan"),
+                   "--no-progress"], "toy-wgan")
+    assert log.count("toy-wgan (smoke): step") == 1           # only rank 0 reports
+    (tmp_path / "two_runs.py").write_text(TWO_RUNS)
+    _launch([str(tmp_path / "two_runs.py"), str(tmp_path)], "toy-regression")
+    for name in ("toy-wgan", "toy-regression", "toy-regression-bn"):
         out = tmp_path / name
         rep = json.loads((out / "replicas.json").read_text())
-        assert rep["world_size"] == 2 and rep["identical"]
+        assert rep["world_size"] == 2 and rep["identical"], name
         ck = load_checkpoint(out)
-        for k, sd in ck["models"].items():      # both ranks' weights = what rank 0 saved
-            assert rep["fingerprints"][0][k] == rep["fingerprints"][1][k] == state_fingerprint(sd)
+        for k, sd in [*ck["models"].items(), *((f"ema/{k}", sd) for k, sd in ck["ema"].items())]:
+            assert rep["fingerprints"][0][k] == rep["fingerprints"][1][k] == state_fingerprint(sd), (name, k)
         assert ck["world_size"] == 2 and len(ck["rng"]) == 2
-        assert logs[name].count(f"{name} (smoke): step") == 1           # only rank 0 reports
+    # BatchNorm: the running statistics moved (they are saved), and they are the same on both ranks (checked above)
+    bn = load_checkpoint(tmp_path / "toy-regression-bn")["models"]["model"]
+    assert int(bn["1.num_batches_tracked"]) == 30 and float(bn["1.running_mean"].abs().max()) > 0.01
+    assert "sync_bn: SyncBatchNorm needs GPU processes (NCCL)" in json.loads((tmp_path / "sync_bn_refusal.json").read_text())
     # 2 processes × 16 samples = 1 process × 32 samples: the same samples, gradients averaged by all_reduce
     one = train("toy-regression", "smoke", out=tmp_path / "one", dropout=0.0, progress=False)
     two = load_checkpoint(tmp_path / "toy-regression")["models"]["model"]
@@ -240,6 +260,49 @@ def test_checkpoint_from_another_config_refuses(tmp_path):
     assert load_checkpoint(tmp_path)["step"] == 3                      # nothing was overwritten
     # resumable fields may change: more steps, another logging cadence
     assert train("toy-regression", "smoke", out=tmp_path, steps=5, log_every=2, resume=True, progress=False).step == 5
+
+
+def test_checkpoint_without_a_newer_field_counts_it_as_default():
+    "A field added to the config after a checkpoint was written (here sync_bn) reads as its default, not as a mismatch."
+    from medsynth_nb.train import check_compatible
+    cfg = get_experiment("toy-regression").config("smoke")
+    ck = {"experiment": "toy-regression", "config_class": "ToyRegressionConfig",
+          "config": {k: v for k, v in cfg.to_dict().items() if k != "sync_bn"}}
+    check_compatible(ck, "toy-regression", cfg)
+    with pytest.raises(ConfigMismatchError, match="sync_bn: checkpoint False, now True"):
+        check_compatible(ck, "toy-regression", cfg.replace(sync_bn=True))
+
+
+def _scheduled_task(cfg, kind):
+    "A linear model whose LR schedule has the run's horizon (cosine, lambda) or none (step)."
+    with seeded(0): net = nn.Linear(3, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 3, generator=make_generator(1)), torch.randn(32, 1, generator=make_generator(2)))
+    sched = {"cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps),
+             "lambda": lambda: torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / cfg.steps),
+             "step": lambda: torch.optim.lr_scheduler.StepLR(opt, 3, 0.5)}[kind]()
+    return supervised(net, opt, data, lambda b, ctx: F.mse_loss(ctx.models.model(b[0]), b[1]), schedulers={"model": sched})
+
+@pytest.mark.parametrize("kind,why", [("cosine", "scheduler 'model' T_max: checkpoint 6, now 12"),
+                                      ("lambda", "optimizer 'model' lr at step 4: checkpoint 0.0333333, now 0.0666667")])
+def test_resume_with_more_steps_refuses_a_schedule_that_depends_on_steps(tmp_path, kind, why):
+    cfg = TrainConfig(steps=6, batch_size=8, lr=0.1, ckpt_every=4)
+    fit(_scheduled_task(cfg, kind), cfg, tmp_path, progress=False)
+    (tmp_path / "checkpoint.pt").unlink(); os.link(tmp_path / "checkpoints" / "step_00000004.pt", tmp_path / "checkpoint.pt")
+    longer = cfg.replace(steps=12)
+    with pytest.raises(ConfigMismatchError, match=re.escape(f"steps: checkpoint 6, now 12, and the learning-rate schedule depends on it") + ".*" + re.escape(why)):
+        fit(_scheduled_task(longer, kind), longer, tmp_path, resume=True, progress=False)
+    assert load_checkpoint(tmp_path)["step"] == 4                               # refused before anything was written
+    assert fit(_scheduled_task(cfg, kind), cfg, tmp_path, resume=True, progress=False).step == 6   # the same horizon resumes
+
+
+def test_resume_with_more_steps_keeps_a_schedule_that_does_not_depend_on_steps(tmp_path):
+    "StepLR's schedule is the same for any horizon: 4 + 8 steps equal 12 steps bit for bit."
+    cfg = TrainConfig(steps=12, batch_size=8, lr=0.1)
+    fit(_scheduled_task(cfg, "step"), cfg, tmp_path / "straight", progress=False)
+    fit(_scheduled_task(cfg, "step"), cfg.replace(steps=4), tmp_path / "resumed", progress=False)
+    fit(_scheduled_task(cfg, "step"), cfg, tmp_path / "resumed", resume=True, progress=False)
+    assert_identical(load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed"))
 
 
 def test_run_setup_and_loss_errors(tmp_path):

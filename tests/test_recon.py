@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from medsynth_nb import recon
-from medsynth_nb.kspace import birdcage_maps, hard_dc_kspace, kspace_residual, poisson_disc_mask, zero_filled
+from medsynth_nb.kspace import hard_dc, kspace_residual, poisson_disc_mask, zero_filled
 from medsynth_nb.utils import test_allclose
 from medsynth_nb.utils import num_threads
 
@@ -21,18 +21,53 @@ def acq():
                     torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1)))
     return x, recon.measure(x, mask, maps), mask, maps
 
-@pytest.mark.parametrize("G", [lambda: recon.PlainGenerator(features=4, blocks=2), lambda: recon.UnrolledGenerator(3, 4),
-                               lambda: recon.UnrolledGenerator(2, 4, dc="soft")])
-def test_generators_dc(G, acq):
+GENERATORS = [lambda: recon.PlainGenerator(features=4, blocks=2), lambda: recon.UnrolledGenerator(3, 4),
+              lambda: recon.UnrolledGenerator(2, 4, dc="soft")]
+
+
+@pytest.mark.parametrize("G", GENERATORS)
+def test_generator_last_op_is_hard_dc(G, acq):
+    "G(y) = hard_dc(x_pre): the output is Eq. 8 applied to what the last network module produced; misfit drops >= 2.5x."
     x, y, mask, maps = acq
+    torch.manual_seed(0)
+    g = G()
     with torch.no_grad():
-        out = G()(y, mask, maps)
+        out, pre = recon.final_dc_input(g, y, mask, maps)
         assert out.shape == (2, 1, 32, 32) and out.is_complex()
-        k = hard_dc_kspace(out, y, mask, maps)
-        assert torch.equal(k[..., mask.bool()], y[..., mask.bool()])      # per-coil k-space exact on the mask
-        y1 = recon.measure(x, mask, None)                                   # one coil: the image itself is consistent
-        out1 = G()(y1, mask)
-        assert float(kspace_residual(out1, y1, mask).max()) < 1e-6
+        test_allclose(out, hard_dc(pre, y, mask, maps), rtol=0, atol=1e-5)
+        r_pre, r_out = kspace_residual(pre, y, mask, maps), kspace_residual(out, y, mask, maps)
+        assert bool((2.5 * r_out <= r_pre).all()), (r_pre, r_out)
+
+
+@pytest.mark.parametrize("G", GENERATORS)
+def test_generator_single_coil_output_is_consistent(G, acq):
+    "One coil: Eq. 8 is a projection, so the output's misfit is < 1e-6 (the pre-DC image's is of order 1) and G(y) is a fixed point."
+    x, _, mask, _ = acq
+    torch.manual_seed(0)
+    g = G()
+    y1 = recon.measure(x, mask, None)
+    with torch.no_grad():
+        out1, pre1 = recon.final_dc_input(g, y1, mask)
+    assert float(kspace_residual(out1, y1, mask).max()) < 1e-6
+    assert float(kspace_residual(pre1, y1, mask).min()) > 0.1
+    test_allclose(hard_dc(out1, y1, mask), out1, rtol=0, atol=1e-5)      # hook-free: idempotent on the output
+
+
+def test_checks_fail_without_the_final_dc(acq):
+    "The same weights with final_dc=False fail every DC check (the checks above are not vacuous)."
+    x, y, mask, maps = acq
+    torch.manual_seed(0)
+    g, g_no = recon.UnrolledGenerator(3, 4), recon.UnrolledGenerator(3, 4, final_dc=False)
+    g_no.load_state_dict(g.state_dict())
+    y1 = recon.measure(x, mask, None)
+    with torch.no_grad():
+        out, pre = recon.final_dc_input(g_no, y, mask, maps)
+        out1 = g_no(y1, mask)
+        assert torch.equal(out, pre)
+        assert not torch.allclose(out, hard_dc(pre, y, mask, maps), atol=1e-3)
+        assert float(kspace_residual(out1, y1, mask).min()) > 0.1
+        assert not torch.allclose(hard_dc(out1, y1, mask), out1, atol=1e-3)
+
 
 @settings(max_examples=8, deadline=None)
 @given(st.integers(-8, 8), st.integers(-8, 8))
@@ -108,9 +143,9 @@ def test_fastmri_h5_into_pipeline():
     y = y / y.abs().amax()
     assert y.shape[1] == 8
     maps = espirit_maps(y[0], calib_width=12, kernel_width=5)
-    with torch.no_grad(): out = recon.UnrolledGenerator(1, 4)(y, mask, maps)
-    k = hard_dc_kspace(out, y, mask, maps)
-    assert torch.equal(k[..., mask.bool()], y[..., mask.bool()])
+    with torch.no_grad(): out, pre = recon.final_dc_input(recon.UnrolledGenerator(1, 4), y, mask, maps)
+    test_allclose(out, hard_dc(pre, y, mask, maps), rtol=0, atol=1e-5)
+    assert float(kspace_residual(out, y, mask, maps)) * 2 < float(kspace_residual(pre, y, mask, maps))
     cs = recon.cs_wavelet_recon(y, mask, maps, 0.003, 10, "fista")
     assert cs.shape == (1, 1) + tuple(y.shape[-2:])
 

@@ -17,15 +17,16 @@ from torch import Tensor, nn
 from . import wgan
 from .data import DoseSeriesDataset, center_crop_or_pad, slices_to_volume, volume_to_slices
 from .layers import CondCritic, CondUNet
-from .metrics import ce_mask, mae_ce, mae_sigma, psnr, ssim
+from .metrics import ce_mask, mae_ce, mae_sigma, mae_sigma_noise, psnr, ssim
 from .train import TrainConfig, Task, adversarial, register_experiment, _require
 from .utils import IMAGE_CMAP, check_same_shape, check_tensor, make_generator
 from .wasserstein import gaussian_downsample, wasserstein_patch_loss
 
 # %% auto #0
-__all__ = ['FIELDS', 'DOSE_RANGE', 'CONTENT_LOSSES', 'VGG16_RELU3_3', 'condition_vector', 'simulate_dose_series',
-           'normalized_series', 'DoseCropStream', 'generate', 'synthesize', 'synthesize_volume', 'downsampled_targets',
-           'content_loss', 'VGG16Features', 'load_vgg16_features', 'LowDoseConfig', 'build_networks', 'training_series',
+__all__ = ['FIELDS', 'DOSE_RANGE', 'CONTENT_LOSSES', 'CONTENT_REDUCTIONS', 'VGG16_RELU3_3', 'LABEL_NOISE_ON', 'CODE_RECIPE',
+           'TABLE1_KEYS', 'condition_vector', 'simulate_dose_series', 'normalized_series', 'DoseCropStream', 'generate',
+           'synthesize', 'synthesize_volume', 'downsampled_targets', 'content_loss', 'VGG16Features',
+           'load_vgg16_features', 'LowDoseConfig', 'build_networks', 'training_series', 'smoothed_condition',
            'lowdose_critic_loss', 'lowdose_generator_loss', 'build_lowdose_gan', 'held_out_series', 'lowdose_metrics',
            'evaluate_lowdose', 'summarize', 'enhancement_curve', 'dose_slider']
 
@@ -130,14 +131,19 @@ class DoseCropStream:
         return {k: torch.stack(v) for k, v in out.items()}
 
 # %% ../nbs/12_lowdose_gan.ipynb #4b9f074e
+def _device(G: nn.Module) -> torch.device: return next(G.parameters()).device
+
 def generate(G: nn.Module, # CondUNet with in_channels 3
-             x_NA: Tensor, x_SD: Tensor, # (B, 1, *spatial) native and standard-dose images
-             cond: Tensor, # (B, 2) from `condition_vector`
-             generator: torch.Generator | None = None, # draws z ~ N(0, I)
-            ) -> list[Tensor]: # residuals ŷ_LD at every output scale, finest first
+             x_NA: Tensor, x_SD: Tensor, # (B, 1, *spatial) native and standard-dose images (moved to G's device)
+             cond: Tensor, # (B, 2) from `condition_vector` (moved to G's device)
+             generator: torch.Generator | None = None, # draws z ~ N(0, I) on its own device
+            ) -> list[Tensor]: # residuals ŷ_LD at every output scale, finest first, on G's device
     "ŷ_LD = g_θ(z, x_NA, x_SD | c) with fresh noise z ~ N(0, I) of the images' shape."
     check_same_shape(x_NA, x_SD, ("x_NA", "x_SD"))
-    z = torch.randn(x_NA.shape, generator=generator, device=x_NA.device, dtype=x_NA.dtype)
+    dev = _device(G)
+    x_NA, x_SD, cond = x_NA.to(dev), x_SD.to(dev), cond.to(dev)
+    z = torch.randn(x_NA.shape, generator=generator, dtype=x_NA.dtype,
+                    device=generator.device if generator is not None else dev).to(dev)
     return G(torch.cat([z, x_NA, x_SD], dim=1), cond)
 
 def _pad_to(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, ...]]:
@@ -150,10 +156,12 @@ def synthesize(G: nn.Module, # trained generator
                dose, field, # d̂ in [0, 1] and B in {1.5, 3}: scalars or (B,) values
                generator: torch.Generator | None = None,
                mask: bool = True, # zero the result outside the native's support (inputs are brain-masked)
-              ) -> Tensor: # (B, 1, *spatial) x̂_LD
-    "Synthetic low-dose image x̂_LD = x_NA + ŷ_LD at dose d̂ and field B (eval mode, no gradient)."
+              ) -> Tensor: # (B, 1, *spatial) x̂_LD on G's device
+    "Synthetic low-dose image x̂_LD = x_NA + ŷ_LD at dose d̂ and field B (eval mode, no gradient, on G's device)."
     check_tensor(x_NA, "x_NA", ndim=(4, 5)); check_same_shape(x_NA, x_SD, ("x_NA", "x_SD"))
-    cond = condition_vector(dose, field, batch=x_NA.shape[0], device=x_NA.device)
+    cond = condition_vector(dose, field, batch=x_NA.shape[0])     # validated on the CPU, then moved
+    dev = _device(G)
+    x_NA, x_SD, cond = x_NA.to(dev), x_SD.to(dev), cond.to(dev)
     was = G.training; G.eval()
     try:
         na, shape = _pad_to(x_NA, 2 ** G.levels)
@@ -167,7 +175,7 @@ def synthesize_volume(G: nn.Module, series: dict, # one normalised series
                       dose: float, generator: torch.Generator | None = None,
                       slice_axis: int = 2, # for a 2-D generator: slice, synthesise, stack back
                       chunk: int = 32, # slices per forward pass
-                     ) -> Tensor: # (X, Y, Z) x̂_LD
+                     ) -> Tensor: # (X, Y, Z) x̂_LD on G's device
     "x̂_LD of a whole volume: directly (3-D generator) or slice by slice along `slice_axis` (2-D generator)."
     na, sd = series["native"], series["standard"]
     if G.dims == 3: return synthesize(G, na[None, None], sd[None, None], dose, series["field"], generator)[0, 0]
@@ -177,7 +185,8 @@ def synthesize_volume(G: nn.Module, series: dict, # one normalised series
     return slices_to_volume(out, slice_axis)
 
 # %% ../nbs/12_lowdose_gan.ipynb #c9b2a17c
-CONTENT_LOSSES = ("l1", "np", "vgg")
+CONTENT_LOSSES = ("l1", "np", "l1+np", "vgg")
+CONTENT_REDUCTIONS = ("sum", "mean", "code")
 
 def downsampled_targets(target: Tensor, scales: int) -> list[Tensor]:
     "y, G y, G² y …: the targets of the multi-scale heads (9^d Gaussian σ = 1, stride 2, as Pinetz's code)."
@@ -185,24 +194,36 @@ def downsampled_targets(target: Tensor, scales: int) -> list[Tensor]:
     for _ in range(scales - 1): ts.append(gaussian_downsample(ts[-1]))
     return ts
 
+# %% ../nbs/12_lowdose_gan.ipynb #c9b2a17d
 def content_loss(preds, # a tensor ŷ or the generator's list of multi-scale residuals, finest first
                  target: Tensor, # y_LD at full resolution
-                 kind: str = "np", # 'l1', 'np' (Wasserstein patch loss) or 'vgg' (perceptual, needs `vgg`)
-                 patch_size: int = 4, # NP: n (paper: 4)
+                 kind: str = "np", # 'l1', 'np' (patch W1, the paper's ℓ_NP), 'l1+np' (the code's w0·ℓ1 + w2·W), 'vgg'
+                 patch_size: int = 8, # NP: patch side n (8 in 2-D: 64 pixels, as the code's 4³ voxels in 3-D)
                  generator: torch.Generator | None = None, # NP: the random patch-grid offset
                  vgg: nn.Module | None = None, # VGG16Features for kind='vgg'
+                 reduction: str = "sum", # 'sum' (paper: ‖·‖₁, Σ_p W), 'mean' (ours), 'code' (ℓ1 mean, W sum)
+                 l1_weight: float = 1.0, # 'l1+np': w0 of the code (its value is not published)
+                 np_weight: float = 1.0, # 'l1+np': w2 of the code (its value is not published)
                 ) -> Tensor:
-    "ℓ_C summed over the scales: mean |ŷ_s − G^s y| ('l1'), mean patch W1 ('np'), or mean |h(ŷ) − h(y)| at relu3_3 ('vgg', full scale)."
+    "ℓ_C summed over the output scales s: ℓ1(ŷ_s, G^s y), ℓ_NP(ŷ_s, G^s y), their weighted sum, or VGG relu3_3 ℓ1."
     if kind not in CONTENT_LOSSES: raise ValueError(f"kind: expected one of {CONTENT_LOSSES}, got {kind!r}")
+    if reduction not in CONTENT_REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {CONTENT_REDUCTIONS}, got {reduction!r}")
     preds = [preds] if isinstance(preds, Tensor) else list(preds)
     targets = downsampled_targets(target, len(preds))
     for p, t in zip(preds, targets): check_same_shape(p, t, ("preds", "target (downsampled)"))
-    if kind == "l1": return sum((p - t).abs().mean() for p, t in zip(preds, targets))
-    if kind == "np":
-        return sum(wasserstein_patch_loss(p, t.to(p.dtype), patch_size, offset="random", reduction="mean", generator=generator)
-                   for p, t in zip(preds, targets))
+    l1_red = "sum" if reduction == "sum" else "mean"
+    np_red = "mean" if reduction == "mean" else "sum"
+    def l1(): return sum(_reduce_l1((p - t.to(p.dtype)).abs(), l1_red) for p, t in zip(preds, targets))
+    def w(): return sum(wasserstein_patch_loss(p, t.to(p.dtype), patch_size, offset="random", reduction=np_red,
+                                               generator=generator) for p, t in zip(preds, targets))
+    if kind == "l1": return l1()
+    if kind == "np": return w()
+    if kind == "l1+np": return l1_weight * l1() + np_weight * w()
     if vgg is None: raise ValueError("vgg: content loss 'vgg' needs a VGG16Features module (see load_vgg16_features)")
     return (vgg(preds[0]) - vgg(targets[0])).abs().mean()
+
+def _reduce_l1(e: Tensor, reduction: str) -> Tensor: return e.sum() if reduction == "sum" else e.mean()
 
 # %% ../nbs/12_lowdose_gan.ipynb #eab9002a
 VGG16_RELU3_3 = (64, 64, "M", 128, 128, "M", 256, 256, 256)   # VGG-16 'features' up to relu3_3 (torchvision indices 0–15)
@@ -250,29 +271,35 @@ def load_vgg16_features(path: str | os.PathLike, # a local torchvision VGG-16 st
     return net.eval()
 
 # %% ../nbs/12_lowdose_gan.ipynb #2e48f86e
+LABEL_NOISE_ON = ("dose", "all")
+
 @dataclass
 class LowDoseConfig(TrainConfig):
     "Pinetz et al.'s conditional low-dose GAN: sizes, losses and data."
     dims: int = 2 # 2: axial slices (CPU demo); 3: volumes (the paper)
     crop: int = 32 # side of the random training crops (divisible by 2^levels of both networks)
-    content_loss: str = "np" # ℓ_C: 'l1', 'np' or 'vgg'
-    content_weight: float = 1.0 # λ_C
-    adv_weight: float = 0.01 # weight of the generator's adversarial term
-    gp_weight: float = 10.0 # λ_GP
+    content_loss: str = "np" # ℓ_C: 'l1', 'np' (paper §3, NP row), 'l1+np' (the authors' code) or 'vgg'
+    content_reduction: str = "sum" # 'sum' (paper: ‖·‖₁, Σ_p W), 'mean' (ours), 'code' (ℓ1 mean, W sum)
+    content_weight: float = 1.0 # λ_C of Eq. 1 (value not published: ours)
+    l1_weight: float = 1.0 # 'l1+np': the code's w0 (value not published: ours)
+    np_weight: float = 1.0 # 'l1+np': the code's w2 (value not published: ours)
+    adv_weight: float = 1.0 # weight of L_GAN in the generator loss (Eq. 1: 1; the code's w1 is not published)
+    gp_weight: float = 10.0 # λ_GP (not published; Gulrajani et al.'s 10: ours)
     critic_lr: float = 1e-4 # the critic's learning rate (`lr` is the generator's)
-    betas: tuple[float, float] = (0.5, 0.9) # Adam (β1, β2), both networks
-    n_critic: int = 5 # critic updates per generator update
-    label_noise: float = 0.05 # σ of the N(0, σ) added to the real condition on the critic's real branch
-    dose_min: float = 0.05 # d̂ ~ U[dose_min, dose_max] in the adversarial pass
+    betas: tuple[float, float] = (0.5, 0.9) # Adam (β1, β2), both networks (the code)
+    n_critic: int = 5 # critic updates per generator update (the code: optimizer frequency 5)
+    label_noise: float = 0.05 # σ of the N(0, σ) "label smoothing" of the real condition (paper §2.1, the code)
+    label_noise_on: str = "dose" # 'dose' (paper §2.1: "the real dose is augmented") or 'all' (the code: dose and field)
+    dose_min: float = 0.05 # d̂ ~ U[dose_min, dose_max] in the adversarial pass (paper §2.1)
     dose_max: float = 0.5
-    base_channels: int = 8 # generator c (channels 2c/4c/8c/8c)
-    levels: int = 3 # generator poolings
-    attention: bool = True # local attention on levels 1..levels
-    num_heads: int = 4
-    critic_channels: int = 32 # critic c
-    critic_levels: int = 4 # critic poolings
-    patch_size: int = 4 # NP loss patch side n
-    out_scales: int = 3 # generator output heads (multi-scale content loss)
+    base_channels: int = 8 # generator c (channels 2c/4c/8c/8c, the code)
+    levels: int = 3 # generator poolings (the code)
+    attention: bool = True # local attention on levels 1..levels (the code)
+    num_heads: int = 4 # (the code)
+    critic_channels: int = 32 # critic c (the code)
+    critic_levels: int = 4 # critic poolings (the code)
+    patch_size: int = 8 # NP patch side n: 8 in 2-D (64 pixels); the code's n = 4 in 3-D (64 voxels)
+    out_scales: int = 3 # generator output heads (multi-scale content loss, the code)
     ce_fraction: float = 0.0 # share of training crops centred on contrast-enhanced voxels (0: uniform crops)
     train_subjects: int = 0 # simulated training subjects (0: the two dose series in data_samples/)
     subject_seed: int = 1000 # seeds of the simulated training subjects: subject_seed, subject_seed + 1, …
@@ -282,14 +309,17 @@ class LowDoseConfig(TrainConfig):
         super().validate()
         _require(self.dims in (2, 3), "dims", "2 or 3", self.dims)
         _require(self.content_loss in CONTENT_LOSSES, "content_loss", f"one of {CONTENT_LOSSES}", self.content_loss)
+        _require(self.content_reduction in CONTENT_REDUCTIONS, "content_reduction", f"one of {CONTENT_REDUCTIONS}",
+                 self.content_reduction)
+        _require(self.label_noise_on in LABEL_NOISE_ON, "label_noise_on", f"one of {LABEL_NOISE_ON}", self.label_noise_on)
         f = 2 ** max(self.levels, self.critic_levels)
         _require(self.crop >= f and self.crop % f == 0, "crop", f"a multiple of 2^max(levels, critic_levels) = {f}", self.crop)
+        _require(1 <= self.out_scales <= self.levels, "out_scales", f"1..levels ({self.levels})", self.out_scales)
         _require(self.crop // 2 ** (self.out_scales - 1) >= self.patch_size, "crop", f"at least patch_size at the coarsest output scale", self.crop)
         _require(0 <= self.ce_fraction <= 1, "ce_fraction", "a share in [0, 1]", self.ce_fraction)
         _require(0 <= self.dose_min < self.dose_max <= 1, "dose_min/dose_max", "0 <= dose_min < dose_max <= 1", (self.dose_min, self.dose_max))
-        for k in ("content_weight", "adv_weight", "gp_weight", "label_noise"):
+        for k in ("content_weight", "l1_weight", "np_weight", "adv_weight", "gp_weight", "label_noise"):
             _require(getattr(self, k) >= 0, k, "a non-negative value", getattr(self, k))
-        _require(1 <= self.out_scales <= self.levels, "out_scales", f"1..levels ({self.levels})", self.out_scales)
         _require(self.n_critic >= 1 and self.train_subjects >= 0, "n_critic/train_subjects", "n_critic >= 1, train_subjects >= 0",
                  (self.n_critic, self.train_subjects))
         if self.content_loss == "vgg" and not self.vgg_weights:
@@ -316,14 +346,26 @@ def _sample_series() -> list[dict]:
 def _random_doses(n: int, cfg: LowDoseConfig, ctx) -> Tensor:
     return cfg.dose_min + (cfg.dose_max - cfg.dose_min) * torch.rand(n, generator=ctx.rng, device=ctx.device)
 
+def smoothed_condition(cond: Tensor, # (B, 2) real condition [d, (B − 2.25)/0.75]
+                       sigma: float, # σ of the label noise
+                       on: str = "dose", # 'dose' (paper §2.1) or 'all' (the authors' code)
+                       generator: torch.Generator | None = None,
+                      ) -> Tensor:
+    "Label smoothing of the critic's real branch: c + N(0, σ²) on the dose only ('dose') or on every entry ('all')."
+    if on not in LABEL_NOISE_ON: raise ValueError(f"on: expected one of {LABEL_NOISE_ON}, got {on!r}")
+    noise = sigma * torch.randn(cond.shape, generator=generator, device=cond.device, dtype=cond.dtype)
+    if on == "dose": noise[:, 1:] = 0       # the field is known exactly: noising it lets the critic tell real from fake
+    return cond + noise
+
+# %% ../nbs/12_lowdose_gan.ipynb #1054e775
 def lowdose_critic_loss(batch: dict, ctx, cfg: LowDoseConfig):
-    "Critic: f̄(fake, ĉ) − f̄(real, c + N(0, σ)) + λ_GP·GP over images and conditions (standard sign; Pinetz's code flips it)."
+    "Critic: f̄(fake, ĉ) − f̄(real, c̃) + λ_GP·GP over images and conditions (standard sign; Pinetz's code flips f)."
     G, D = ctx.models.generator, ctx.models.critic
     na, sd, y = batch["x_NA"], batch["x_SD"], batch["y_LD"]
     cond = condition_vector(batch["dose"], batch["field"], device=y.device)
     cond_fake = torch.stack([_random_doses(len(y), cfg, ctx), cond[:, 1]], dim=1)
-    with torch.no_grad(): y_fake = generate(G, na, sd, cond_fake, ctx.rng)[0].to(y.dtype)  # under AMP G returns bf16/fp16
-    cond_real = cond + cfg.label_noise * torch.randn(cond.shape, generator=ctx.rng, device=cond.device)
+    with torch.no_grad(): y_fake = generate(G, na, sd, cond_fake, ctx.rng)[0].to(y.dtype)  # AMP: G returns bf16/fp16
+    cond_real = smoothed_condition(cond, cfg.label_noise, cfg.label_noise_on, ctx.rng)
     real, fake = torch.cat([y, na, sd], 1), torch.cat([y_fake, na, sd], 1)
     w = wgan.critic_loss(D(real, cond_real), D(fake, cond_fake))
     gp = wgan.gradient_penalty(D, real, fake, cond_real, cond_fake, generator=ctx.rng, eps=1e-6)
@@ -335,21 +377,31 @@ def lowdose_generator_loss(batch: dict, ctx, cfg: LowDoseConfig, vgg: nn.Module 
     na, sd, y = batch["x_NA"], batch["x_SD"], batch["y_LD"]
     cond = condition_vector(batch["dose"], batch["field"], device=y.device)
     preds = generate(G, na, sd, cond, ctx.rng)
-    lc = content_loss([p.float() for p in preds], y, cfg.content_loss, cfg.patch_size, ctx.rng, vgg)
+    lc = content_loss([p.float() for p in preds], y, cfg.content_loss, cfg.patch_size, ctx.rng, vgg,
+                      cfg.content_reduction, cfg.l1_weight, cfg.np_weight)
     cond_fake = torch.stack([_random_doses(len(y), cfg, ctx), cond[:, 1]], dim=1)
     y_fake = generate(G, na, sd, cond_fake, ctx.rng)[0]
     adv = wgan.generator_loss(D(torch.cat([y_fake.to(y.dtype), na, sd], 1), cond_fake))
     l1 = (preds[0].float() - y).abs().mean().detach()
     return cfg.content_weight * lc + cfg.adv_weight * adv, {"content": lc.detach(), "adv": adv.detach(), "l1": l1}
 
+# %% ../nbs/12_lowdose_gan.ipynb #1054e776
+CODE_RECIPE = dict(content_loss="l1+np", content_reduction="code", label_noise_on="all")  # the authors' code where it differs
+
 @register_experiment("lowdose-gan", LowDoseConfig,
-    description="Pinetz et al. 2023: conditional low-dose contrast synthesis GAN, content loss l1 | np | vgg", presets={
+    description="Pinetz et al. 2023: conditional low-dose contrast synthesis GAN, content loss l1 | np | l1+np | vgg",
+    presets={
     "smoke": dict(steps=3, batch_size=2, crop=16, base_channels=4, levels=2, out_scales=2, num_heads=2, critic_channels=4,
                   critic_levels=2, n_critic=2, lr=1e-3, critic_lr=1e-3, ckpt_every=0),
+    # ours throughout (2-D, CPU); 'mean' + λ_C = 100 lets ℓ1 and NP share one λ_C at the same per-voxel scale
     "demo": dict(steps=500, batch_size=8, crop=32, base_channels=4, levels=3, out_scales=3, num_heads=2, critic_channels=8,
-                 critic_levels=3, n_critic=3, lr=1e-3, critic_lr=5e-4, train_subjects=6, ce_fraction=0.5, log_every=10),
-    "paper": dict(steps=50_000, dims=3, batch_size=2, crop=64, base_channels=8, levels=3, critic_channels=32, critic_levels=4,
-                  n_critic=5, lr=1e-4, critic_lr=1e-4, train_subjects=64, log_every=50, ckpt_every=2500)})
+                 critic_levels=3, n_critic=3, lr=1e-3, critic_lr=5e-4, train_subjects=6, ce_fraction=0.5, log_every=10,
+                 content_reduction="mean", content_weight=100.0),
+    # sourced: 3-D, n = 4 (4³ voxels), sum, label noise on the dose, c = 8 / 32, 1:5, β; NOT published (ours): steps,
+    # batch, crop, lr, λ_C (0.01 ≈ the demo's balance per patch over the 8192 patches of 2 × 64³), λ_GP, subjects
+    "paper": dict(steps=50_000, dims=3, batch_size=2, crop=64, patch_size=4, base_channels=8, levels=3, critic_channels=32,
+                  critic_levels=4, n_critic=5, lr=1e-4, critic_lr=1e-4, content_weight=0.01, train_subjects=64,
+                  log_every=50, ckpt_every=2500)})
 def build_lowdose_gan(cfg: LowDoseConfig) -> Task:
     "Networks, Adam(β) optimizers, the crop stream and the two phases of Pinetz's training step."
     vgg = load_vgg16_features(cfg.vgg_weights) if cfg.content_loss == "vgg" else None
@@ -371,29 +423,34 @@ def held_out_series(seeds: Sequence[int] = (9000, 9001), # held-out subjects (di
 def lowdose_metrics(pred: Tensor, target: Tensor, # (X, Y, Z) synthetic and real x_LD
                     native: Tensor, standard: Tensor, # x_NA and x_SD (define CE voxels and the brain)
                    ) -> dict[str, float]:
-    "Table 1 of the paper on one volume: PSNR, SSIM, MAE_CE (CE voxels: x_SD ≥ 1.1 x_NA) and MAE_σ (non-CE brain voxels), on x_LD and on the residual."
-    brain = native > 0
-    ce = ce_mask(native[None, None], standard[None, None], 1.1, brain[None, None])
-    excl = ce | ~brain[None, None]             # MAE_σ over non-CE brain voxels only
+    "Table 1 on one volume: PSNR, SSIM, MAE_CE (x_SD ≥ 1.1 x_NA), MAE_σ literal (x_LD, residual) and on noise (ours)."
+    pred = pred.to(target.device)
+    brain = (native > 0)[None, None]
+    ce = ce_mask(native[None, None], standard[None, None], 1.1, brain)
+    excl = ce | ~brain                         # MAE_σ over non-CE brain voxels only
     p, t = pred[None, None], target[None, None]
     rng = float(t.max() - t.min())
     res_p, res_t = p - native[None, None], t - native[None, None]
     return dict(psnr=float(psnr(p, t, data_range=rng)), ssim=float(ssim(p, t, data_range=rng)),
                 mae_ce=float(mae_ce(p, t, ce)), mae_sigma=float(mae_sigma(p, t, excl)),
-                mae_sigma_residual=float(mae_sigma(res_p, res_t, excl)))
+                mae_sigma_residual=float(mae_sigma(res_p, res_t, excl)),
+                mae_sigma_noise=float(mae_sigma_noise(p, t, excl, support=brain)))
 
 def evaluate_lowdose(G: nn.Module, series: Sequence[dict], # normalised held-out series
                      doses: Sequence[float] | None = None, # default: every low dose of each series
                      seed: int = 0) -> list[dict]:
-    "One row of `lowdose_metrics` per (subject, dose), synthesising whole volumes."
-    rows, gen = [], make_generator(seed, next(G.parameters()).device)
+    "One row of `lowdose_metrics` per (subject, dose), synthesising whole volumes on G's device (z drawn on the CPU)."
+    rows, gen = [], make_generator(seed)
     for i, s in enumerate(series):
         for d in (sorted(s["low"]) if doses is None else doses):
             pred = synthesize_volume(G, s, d, gen)
-            rows.append(dict(subject=i, dose=d, field=s["field"], **lowdose_metrics(pred, s["low"][d], s["native"], s["standard"])))
+            rows.append(dict(subject=i, dose=d, field=s["field"],
+                             **lowdose_metrics(pred, s["low"][d], s["native"], s["standard"])))
     return rows
 
-def summarize(rows: Sequence[dict], keys=("psnr", "ssim", "mae_ce", "mae_sigma", "mae_sigma_residual")) -> dict[str, float]:
+TABLE1_KEYS = ("psnr", "ssim", "mae_ce", "mae_sigma", "mae_sigma_residual", "mae_sigma_noise")
+
+def summarize(rows: Sequence[dict], keys=TABLE1_KEYS) -> dict[str, float]:
     "Mean of each metric over rows."
     return {k: float(np.mean([r[k] for r in rows])) for k in keys}
 
@@ -402,8 +459,8 @@ def enhancement_curve(G: nn.Module, s: dict, # one normalised series
                      ) -> tuple[Tensor, Tensor]: # (synthetic, real) mean enhancement x_LD − x_NA in CE voxels per dose (real: NaN where absent)
     "Mean contrast enhancement in the CE voxels of x_SD vs dose: synthesised at every dose, real where the series has that dose."
     ce = ce_mask(s["native"][None, None], s["standard"][None, None], 1.1, (s["native"] > 0)[None, None])[0, 0]
-    gen = make_generator(seed, next(G.parameters()).device)
-    syn = torch.tensor([float((synthesize_volume(G, s, d, gen) - s["native"])[ce].mean()) for d in doses])
+    gen = make_generator(seed)
+    syn = torch.tensor([float((synthesize_volume(G, s, d, gen).to(ce.device) - s["native"])[ce].mean()) for d in doses])
     real = torch.tensor([float((s["low"][d] - s["native"])[ce].mean()) if d in s["low"] else float("nan") for d in doses])
     return syn, real
 
@@ -418,7 +475,7 @@ def dose_slider(G: nn.Module, s: dict, # one normalised series
     a, b = na[:, :, index][None, None], sd[:, :, index][None, None]
     vmax = float(sd.max())
     def show(dose=0.33):
-        x = synthesize(G, a, b, dose, s["field"], make_generator(seed))[0, 0]
+        x = synthesize(G, a, b, dose, s["field"], make_generator(seed))[0, 0].cpu()
         fig, axs = plt.subplots(1, 3, figsize=(9, 3.2))
         for ax, im, t in zip(axs, (a[0, 0], x, b[0, 0]), ("x_NA", f"x̂_LD, d̂ = {dose:.2f}", "x_SD")):
             h = ax.imshow(im.T.numpy(), cmap=IMAGE_CMAP, vmin=0, vmax=vmax, origin="lower"); ax.set_title(t); ax.axis("off")

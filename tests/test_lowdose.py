@@ -3,6 +3,7 @@ import math
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -120,14 +121,45 @@ def test_crop_stream_shapes_and_reproducibility(samples):
 def test_content_losses_match_references():
     y = torch.randn(2, 1, 16, 16, generator=make_generator(0))
     p = [torch.randn(2, 1, 16, 16, generator=make_generator(1)), torch.randn(2, 1, 8, 8, generator=make_generator(2))]
-    test_allclose(content_loss(p, y, "l1"), (p[0] - y).abs().mean() + (p[1] - gaussian_downsample(y)).abs().mean())
+    ys = [y, gaussian_downsample(y)]
+    test_allclose(content_loss(p, y, "l1", reduction="mean"), sum((a - t).abs().mean() for a, t in zip(p, ys)))
+    test_allclose(content_loss(p, y, "l1"), sum((a - t).abs().sum() for a, t in zip(p, ys)))      # paper: ‖·‖₁
     g1, g2 = make_generator(3), make_generator(3)
-    ref = sum(wasserstein_patch_loss(a, t, 4, offset="random", reduction="mean", generator=g2) for a, t in zip(p, [y, gaussian_downsample(y)]))
-    test_allclose(content_loss(p, y, "np", generator=g1), ref)
-    test_allclose(content_loss(torch.zeros_like(y), y, "np"), content_loss(torch.zeros_like(y), y, "l1"))
+    ref = sum(wasserstein_patch_loss(a, t, 8, offset="random", reduction="sum", generator=g2) for a, t in zip(p, ys))
+    test_allclose(content_loss(p, y, "np", generator=g1), ref)                                     # paper: Σ_p W
+    # W1 to a point mass at 0 is the mean |y| of each 64-pixel patch: Σ_p W = ‖y‖₁ / 64
+    test_allclose(content_loss(torch.zeros_like(y), y, "np"), content_loss(torch.zeros_like(y), y, "l1") / 64)
     with pytest.raises(ValueError, match="kind: expected one of"): content_loss(p, y, "l2")
+    with pytest.raises(ValueError, match="reduction: expected one of"): content_loss(p, y, "l1", reduction="avg")
     with pytest.raises(ValueError, match="needs a VGG16Features"): content_loss(p, y, "vgg")
     with pytest.raises(ValueError, match="preds and target"): content_loss(torch.zeros(2, 1, 8, 8), y, "l1")
+
+
+def _w1_numpy(a, b):
+    "W1 between two equal-size 1-D samples (float64): mean |sorted a − sorted b|."
+    return np.abs(np.sort(a) - np.sort(b)).mean()
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean", "code"])
+def test_l1_plus_np_against_a_hand_computation(reduction):
+    "ℓ_C = w0·ℓ1 + w2·W on two scales, against numpy float64 with the grid offset drawn as the library draws it."
+    from medsynth_nb.wasserstein import draw_offset
+    g = make_generator(10)
+    y = torch.randn(2, 1, 16, 16, generator=g, dtype=torch.float64)
+    p = [torch.randn(2, 1, 16, 16, generator=g, dtype=torch.float64), torch.randn(2, 1, 8, 8, generator=g, dtype=torch.float64)]
+    ys = [y, gaussian_downsample(y)]
+    ours = content_loss(p, y, "l1+np", generator=make_generator(4), reduction=reduction, l1_weight=0.7, np_weight=2.5)
+    gen = make_generator(4)
+    l1_hand, w_hand = 0.0, 0.0
+    for a, t in zip(p, ys):
+        e = np.abs(a.numpy() - t.numpy())
+        l1_hand += e.sum() if reduction == "sum" else e.mean()
+        o = draw_offset(2, 8, gen)                                 # the periodic shift of the patch grid
+        A, T = (np.roll(v.numpy(), shift=(-o[0], -o[1]), axis=(2, 3)) for v in (a, t))
+        ws = [_w1_numpy(A[b, 0, i:i + 8, j:j + 8].ravel(), T[b, 0, i:i + 8, j:j + 8].ravel())
+              for b in range(2) for i in range(0, A.shape[2], 8) for j in range(0, A.shape[3], 8)]
+        w_hand += np.mean(ws) if reduction == "mean" else np.sum(ws)
+    assert abs(ours.item() - (0.7 * l1_hand + 2.5 * w_hand)) < 1e-10
 
 
 def test_np_prefers_noise_to_smoothness():
@@ -135,7 +167,20 @@ def test_np_prefers_noise_to_smoothness():
     noise = 0.1 * torch.randn(4, 1, 32, 32, generator=make_generator(1))
     zero = torch.zeros_like(y)
     assert content_loss(zero, y, "l1") < content_loss(noise, y, "l1")
-    assert content_loss(noise, y, "np") < 0.6 * content_loss(zero, y, "np")
+    assert content_loss(noise, y, "np") < 0.4 * content_loss(zero, y, "np")
+
+
+def test_16_pixel_patches_bias_the_noise_level():
+    "The minimiser over s of E W(s·ε′, ε) is ≈ 0.84 for 4×4 patches, ≈ 0.95 for 8×8 (the default)."
+    y, e = torch.randn(16, 1, 64, 64, generator=make_generator(0)), torch.randn(16, 1, 64, 64, generator=make_generator(1))
+    ss = np.arange(0.70, 1.15, 0.02)
+    def argmin(n):
+        v = np.array([float(wasserstein_patch_loss(s * e, y, n, reduction="mean")) for s in ss])
+        i = int(np.clip(v.argmin(), 4, len(ss) - 5))
+        c = np.polyfit(ss[i - 4:i + 5], v[i - 4:i + 5], 2)
+        return -c[1] / (2 * c[0])
+    assert abs(argmin(4) - 0.84) < 0.02 and argmin(8) > 0.92
+    assert LowDoseConfig().patch_size == 8 and get_experiment("lowdose-gan").config("paper").patch_size == 4
 
 
 # --- VGG -------------------------------------------------------------------------------------------------------------
@@ -184,7 +229,8 @@ def test_smoke_run_reloads(smoke_runs):
 @pytest.mark.parametrize("bad,msg", [(dict(content_loss="l2"), "content_loss"), (dict(crop=20), "crop"),
                                      (dict(dose_min=0.6, dose_max=0.5), "dose_min/dose_max"), (dict(dims=4), "dims"),
                                      (dict(ce_fraction=1.5), "ce_fraction"), (dict(adv_weight=-1.0), "adv_weight"),
-                                     (dict(out_scales=4), "out_scales")])
+                                     (dict(out_scales=4), "out_scales"), (dict(content_reduction="avg"), "content_reduction"),
+                                     (dict(label_noise_on="field"), "label_noise_on"), (dict(np_weight=-1.0), "np_weight")])
 def test_config_rejects(bad, msg):
     with pytest.raises(ValueError, match=msg): LowDoseConfig(**bad)
 
@@ -212,3 +258,144 @@ def test_volume_synthesis_and_curve(smoke_runs, samples):
     assert len(rows) == 1 and all(math.isfinite(rows[0][k]) for k in ("psnr", "ssim", "mae_ce", "mae_sigma"))
     syn, real = enhancement_curve(G, slab, [0.1, 0.17])
     assert syn.shape == (2,) and not math.isnan(real[0]) and math.isnan(real[1])
+
+
+# --- wiring: signs, conditions, label noise, devices -----------------------------------------------------------------
+from medsynth_nb.lowdose import lowdose_critic_loss, lowdose_generator_loss, smoothed_condition  # noqa: E402
+from medsynth_nb.train import Context  # noqa: E402
+
+
+def _toy(samples, seed=0, **kw):
+    cfg = small_cfg(**{**dict(gp_weight=0.0, content_loss="l1", content_weight=0.0), **kw})
+    with seeded(seed): G, D = build_networks(cfg)
+    batch = DoseCropStream(samples, dims=2, crop=16, ce_fraction=0.5)(4, make_generator(seed + 1))
+    return cfg, G, D, batch
+
+
+def _ctx(G, D, cfg, seed):
+    return Context({"generator": G, "critic": D}, {"generator": G, "critic": D}, make_generator(seed), torch.device("cpu"), cfg)
+
+
+def critic_gap(G, D, batch, cfg, seed=123):
+    "mean f(real, c̃) − mean f(fake, ĉ) with the draws of `seed` (the library's sign: the critic maximises it)."
+    return float(lowdose_critic_loss(batch, _ctx(G, D, cfg, seed), cfg)[1]["wasserstein"])
+
+
+def fake_score(G, D, batch, cfg, seed=321):
+    "mean f(ŷ, ĉ) of the generator's adversarial pass with the draws of `seed` (the generator raises it)."
+    return -float(lowdose_generator_loss(batch, _ctx(G, D, cfg, seed), cfg)[1]["adv"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_critic_step_widens_the_gap(samples, seed):
+    cfg, G, D, batch = _toy(samples, seed)
+    before = critic_gap(G, D, batch, cfg)
+    opt = torch.optim.Adam(D.parameters(), lr=1e-3, betas=cfg.betas)
+    opt.zero_grad()
+    lowdose_critic_loss(batch, _ctx(G, D, cfg, 123), cfg)[0].backward()
+    opt.step()
+    assert critic_gap(G, D, batch, cfg) > before + 1e-6
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_generator_step_narrows_the_gap(samples, seed):
+    "The adversarial step raises the critic's score of the fakes, so the gap real − fake shrinks (content weight 0)."
+    cfg, G, D, batch = _toy(samples, seed)
+    s0, g0 = fake_score(G, D, batch, cfg), critic_gap(G, D, batch, cfg)
+    opt = torch.optim.Adam(G.parameters(), lr=1e-3, betas=cfg.betas)
+    opt.zero_grad()
+    lowdose_generator_loss(batch, _ctx(G, D, cfg, 321), cfg)[0].backward()
+    opt.step()
+    assert fake_score(G, D, batch, cfg) > s0 + 1e-6
+    assert critic_gap(G, D, batch, cfg) < g0 - 1e-6        # also for fakes of other draws (z, d̂)
+
+
+def test_gradient_penalty_enters_the_critic_loss(samples):
+    cfg, G, D, batch = _toy(samples, 0, gp_weight=10.0)
+    loss, logs = lowdose_critic_loss(batch, _ctx(G, D, cfg, 5), cfg)
+    assert abs(loss.item() - (-logs["wasserstein"].item() + 10.0 * logs["gp"].item())) < 1e-5
+
+
+def test_condition_reaches_the_critic():
+    with seeded(0): _, D = build_networks(small_cfg())
+    x = torch.randn(2, 3, 16, 16, generator=make_generator(1))
+    base = D(x, condition_vector([0.1, 0.2], [1.5, 3.0]))
+    dose = D(x, condition_vector([0.4, 0.2], [1.5, 3.0]))
+    field = D(x, condition_vector([0.1, 0.2], [3.0, 3.0]))
+    assert abs(base[0] - dose[0]) > 1e-6 and abs(base[0] - field[0]) > 1e-6
+    test_allclose(base[1], dose[1]); test_allclose(base[1], field[1])
+
+
+class _Recorder(torch.nn.Module):
+    "Wraps the critic and records (images, condition) of every call."
+    def __init__(self, D):
+        super().__init__()
+        self.D, self.calls = D, []
+
+    def forward(self, x, c):
+        self.calls.append((x.detach().clone(), c.detach().clone()))
+        return self.D(x, c)
+
+
+@pytest.mark.parametrize("on", ["dose", "all"])
+def test_label_noise_goes_on_the_dose_only_by_default(samples, on):
+    cfg, G, D, batch = _toy(samples, 0, label_noise=0.05, label_noise_on=on)
+    rec = _Recorder(D)
+    lowdose_critic_loss(batch, _ctx(G, rec, cfg, 9), cfg)
+    exact = condition_vector(batch["dose"], batch["field"])
+    real = [c for x, c in rec.calls if torch.equal(x[:, :1], batch["y_LD"])]
+    fake = [c for x, c in rec.calls if not torch.equal(x[:, :1], batch["y_LD"]) and not x.requires_grad]
+    assert len(real) == 1
+    c_real = real[0]
+    assert (c_real[:, 0] - exact[:, 0]).abs().min() > 0                      # the dose is smoothed
+    if on == "dose": test_allclose(c_real[:, 1], exact[:, 1], rtol=0, atol=0)  # the paper: the field is exact
+    else: assert (c_real[:, 1] - exact[:, 1]).abs().min() > 0               # the code: the field is smoothed too
+    # the fakes carry a random dose in [0.05, 0.5] and the exact field
+    c_fake = fake[0]
+    assert ((c_fake[:, 0] >= 0.05) & (c_fake[:, 0] <= 0.5)).all()
+    test_allclose(c_fake[:, 1], exact[:, 1], rtol=0, atol=0)
+    assert LowDoseConfig().label_noise_on == "dose"
+
+
+def test_smoothed_condition_values():
+    c = condition_vector([0.1, 0.33], [1.5, 3.0])
+    n = torch.randn(c.shape, generator=make_generator(3))
+    test_allclose(smoothed_condition(c, 0.05, "all", make_generator(3)), c + 0.05 * n)
+    test_allclose(smoothed_condition(c, 0.05, "dose", make_generator(3)), c + 0.05 * n * torch.tensor([1.0, 0.0]))
+    with pytest.raises(ValueError, match="on: expected one of"): smoothed_condition(c, 0.05, "field")
+
+
+class _MetaGenerator(torch.nn.Module):
+    "A stand-in generator whose parameters live on the 'meta' device; records the devices of its inputs."
+    levels, dims = 2, 2
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.empty(1, device="meta"))
+        self.seen = []
+
+    def forward(self, x, cond):
+        self.seen.append((x.device.type, cond.device.type))
+        return [torch.zeros(x.shape[0], 1, *x.shape[2:], device=x.device)]
+
+
+def test_inputs_move_to_the_models_device(samples, monkeypatch):
+    "generate/synthesize/synthesize_volume feed the model on its own device (caught without a GPU: 'meta')."
+    import medsynth_nb.lowdose as L
+    monkeypatch.setattr(L, "slices_to_volume", lambda s, axis=2: s)   # its finiteness check cannot read meta tensors
+    G = _MetaGenerator()
+    x = torch.rand(2, 1, 12, 10)
+    generate(G, x, x, condition_vector(0.2, 3.0, batch=2), make_generator(0))
+    out = synthesize(G, x, x, 0.2, 3.0, make_generator(0))
+    assert out.device.type == "meta" and out.shape == (2, 1, 12, 10)
+    s = samples[0]
+    slab = dict(s, native=s["native"][:, :, 40:43], standard=s["standard"][:, :, 40:43])
+    assert synthesize_volume(G, slab, 0.2, make_generator(0)).device.type == "meta"
+    assert G.seen and all(d == ("meta", "meta") for d in G.seen)
+
+
+def test_paper_preset_is_the_papers_loss():
+    cfg = get_experiment("lowdose-gan").config("paper")
+    assert (cfg.content_loss, cfg.content_reduction, cfg.patch_size, cfg.label_noise_on, cfg.adv_weight) == \
+           ("np", "sum", 4, "dose", 1.0)
+    assert (cfg.dose_min, cfg.dose_max, cfg.label_noise) == (0.05, 0.5, 0.05)

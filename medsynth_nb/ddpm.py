@@ -52,6 +52,11 @@ class SchedulerOutput:
     prev_sample: Tensor
     pred_original_sample: Tensor
 
+def _randn(shape, generator: torch.Generator | None, dtype, device) -> Tensor:
+    "N(0, I) drawn on the generator's device, then moved to `device` (a CPU generator gives the same numbers anywhere)."
+    gdev = generator.device if generator is not None else device
+    return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=gdev).to(device)
+
 def _check_choice(value, name, choices):
     if value not in choices: raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
 
@@ -236,8 +241,8 @@ class DDPMScheduler(_Scheduler):
         coef_x0 = (alpha_prod_t_prev ** 0.5 * current_beta_t / beta_prod_t).to(dt)
         coef_xt = (current_alpha_t ** 0.5 * beta_prod_t_prev / beta_prod_t).to(dt)
         prev_sample = coef_x0 * x0 + coef_xt * sample
-        if t > 0:
-            noise = torch.randn(sample.shape, generator=generator, dtype=dt, device=sample.device)
+        if t > 0:   # no noise only when the chain ends at t = 0 (not so with 'trailing' spacing: see below)
+            noise = _randn(sample.shape, generator, dt, sample.device)
             variance = torch.clamp(beta_prod_t_prev / beta_prod_t * current_beta_t, min=1e-20)  # β̃
             if self.variance_type == "fixed_small": std = variance.to(dt) ** 0.5
             elif self.variance_type == "fixed_large": std = current_beta_t.to(dt) ** 0.5
@@ -304,16 +309,17 @@ class DDIMScheduler(_Scheduler):
         direction = ((1 - alpha_prod_t_prev - std_dev_t ** 2) ** 0.5).to(dt) * eps
         prev_sample = (alpha_prod_t_prev ** 0.5).to(dt) * x0 + direction
         if eta > 0:
-            noise = torch.randn(sample.shape, generator=generator, dtype=dt, device=sample.device)
+            noise = _randn(sample.shape, generator, dt, sample.device)
             prev_sample = prev_sample + std_dev_t.to(dt) * noise
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
 
 # %% ../nbs/20_ddpm.ipynb #bf7d6acb
 def _model_device(model, cond, device):
+    "Where to sample: `device`, else the model's parameters' device, else cond's, else the CPU."
     if device is not None: return torch.device(device)
-    if cond is not None: return cond.device
     p = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
-    return p.device if p is not None else torch.device("cpu")
+    if p is not None: return p.device
+    return cond.device if cond is not None else torch.device("cpu")
 
 def _denoise_loop(model, scheduler, shape, generator, cond, progress, callback, device, split_eps, **step_kw) -> Tensor:
     if len(shape) < 2: raise ValueError(f"shape: expected (B, C, ...), got {tuple(shape)}")
@@ -322,7 +328,8 @@ def _denoise_loop(model, scheduler, shape, generator, cond, progress, callback, 
         check_tensor(cond, "cond")
         if cond.shape[0] != shape[0] or tuple(cond.shape[2:]) != tuple(shape[2:]):
             raise ValueError(f"cond: expected shape ({shape[0]}, C_cond, {', '.join(map(str, shape[2:]))}) to match shape {tuple(shape)}, got {tuple(cond.shape)}")
-    x = torch.randn(tuple(shape), generator=generator, device=device, dtype=torch.float32)
+        cond = cond.to(device)                                   # the clean condition lives where the model does
+    x = _randn(shape, generator, torch.float32, device)
     from tqdm.auto import tqdm
     for i, t in enumerate(tqdm(scheduler.timesteps.tolist(), disable=not progress, leave=False)):
         inp = x if cond is None else torch.cat([cond.to(x.dtype), x], dim=1)
@@ -341,7 +348,7 @@ def ddpm_sample(model: Callable, # ε_θ: model(x_t, t) or model(cat([cond, x_t]
                 progress: bool = True, # tqdm bar
                 num_inference_steps: int | None = None, # respace the chain first (None: keep the scheduler's timesteps)
                 callback: Callable | None = None, # callback(i, t, x_t, pred_x0) after each step
-                device=None, # default: cond's device, else the model's
+                device=None, # default: the model's parameters' device (cond is moved there), else cond's
                ) -> Tensor:
     "Ancestral sampling x_T → x_0 with `scheduler.step` at every timestep (Durrer Fig. 3)."
     if not isinstance(scheduler, DDPMScheduler): raise TypeError(f"scheduler: expected a DDPMScheduler, got {type(scheduler).__name__}")
@@ -384,7 +391,8 @@ def discretized_gaussian_log_likelihood(x: Tensor, # data in [-1, 1] on a grid o
 # %% ../nbs/20_ddpm.ipynb #55d8e4c6
 def uniform_timesteps(batch_size: int, num_train_timesteps: int, generator: torch.Generator | None = None, device=None) -> Tensor:
     "t ~ U{0, …, T-1}, shape (batch_size,), drawn with `generator`."
-    return torch.randint(0, num_train_timesteps, (batch_size,), generator=generator, device=device)
+    gdev = generator.device if generator is not None else device
+    return torch.randint(0, num_train_timesteps, (batch_size,), generator=generator, device=gdev).to(device)
 
 def _mean_flat(x: Tensor) -> Tensor: return x.mean(dim=tuple(range(1, x.ndim)))
 
@@ -414,7 +422,7 @@ def diffusion_loss(model: Callable, # network, called as model(x_t, t) or model(
     check_tensor(x0, "x0")
     B, C = x0.shape[:2]
     t = uniform_timesteps(B, scheduler.num_train_timesteps, generator, x0.device) if timesteps is None else scheduler._check_batch_timesteps(timesteps, x0).to(x0.device)
-    if noise is None: noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    if noise is None: noise = _randn(x0.shape, generator, x0.dtype, x0.device)
     x_t = scheduler.add_noise(x0, noise, t)
     inp = x_t if cond is None else torch.cat([cond.to(x_t.dtype), x_t], dim=1)
     out = model(inp, t)

@@ -181,3 +181,217 @@ def test_ddim_eta1_noise_matches_ddpm_respaced_variance():
 def test_bad_inputs(call, exc, msg):
     with pytest.raises(exc) as e: call()
     assert msg in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Semantics pinned against float64 closed forms (numpy), independent of diffusers
+# ---------------------------------------------------------------------------------------------------------------
+
+def _np_tables(schedule="linear", T=1000):
+    b = make_betas(T, beta_schedule=schedule).numpy() if schedule != "linear" else np.linspace(1e-4, 0.02, T)
+    a = 1 - b
+    ab = np.cumprod(a)
+    return b, a, ab, np.append(1.0, ab[:-1])
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_posterior_tables_closed_form(schedule):
+    "q(x_{t-1} | x_t, x_0) = N(c1 x_0 + c2 x_t, β̃_t): Ho et al. Eq. 6-7 in numpy float64."
+    s = DDPMScheduler(beta_schedule=schedule)
+    b, a, ab, abp = _np_tables(schedule)
+    var = (1 - abp) / (1 - ab) * b
+    np.testing.assert_allclose(s.posterior_variance.numpy(), var, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(s.posterior_mean_coef1.numpy(), np.sqrt(abp) * b / (1 - ab), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(s.posterior_mean_coef2.numpy(), np.sqrt(a) * (1 - abp) / (1 - ab), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(s.posterior_log_variance_clipped.numpy(), np.log(np.append(var[1], var[1:])), rtol=1e-12)
+    # the posterior mean at x_t drawn from x_0 is the conditional expectation: c1 + c2·√ᾱ_t = √ᾱ_{t-1}
+    np.testing.assert_allclose(s.posterior_mean_coef1.numpy() + s.posterior_mean_coef2.numpy() * np.sqrt(ab), np.sqrt(abp),
+                               rtol=1e-10)
+
+
+def _outputs(ptype, x0, eps, ab):
+    "What a perfect network outputs for each prediction type (closed forms)."
+    return {"epsilon": eps, "sample": x0, "v_prediction": np.sqrt(ab) * eps - np.sqrt(1 - ab) * x0}[ptype]
+
+
+@pytest.mark.parametrize("ptype", PREDICTION_TYPES)
+def test_prediction_type_conversions_closed_form(ptype):
+    "ε ↔ x_0 ↔ v: the scheduler reads each output type back into the same x̂_0 and ε̂ (float64)."
+    s = DDPMScheduler(prediction_type=ptype)
+    g = np.random.default_rng(0)
+    x0, eps = g.normal(size=(4, 1, 3, 3)), g.normal(size=(4, 1, 3, 3))
+    for t in (0, 1, 250, 999):
+        ab = float(s.alphas_cumprod[t])
+        xt = np.sqrt(ab) * x0 + np.sqrt(1 - ab) * eps
+        out = torch.from_numpy(_outputs(ptype, x0, eps, ab))
+        x0h, epsh = s._pred_x0_eps(out, torch.from_numpy(xt), torch.tensor(ab, dtype=torch.float64))
+        tol = 1e-7 if (ptype == "sample" and t == 0) else 1e-9            # ε from x_0 divides by √(1-ᾱ_0) = 0.01
+        np.testing.assert_allclose(x0h.numpy(), x0, rtol=0, atol=1e-9 * (1 if ptype != "epsilon" else 1 / np.sqrt(ab)))
+        np.testing.assert_allclose(epsh.numpy(), eps, rtol=0, atol=tol)
+    tt = torch.tensor([3, 700])
+    v = s.get_velocity(torch.from_numpy(x0[:2]), torch.from_numpy(eps[:2]), tt).numpy()
+    abt = s.alphas_cumprod[tt].numpy()[:, None, None, None]
+    np.testing.assert_allclose(v, np.sqrt(abt) * eps[:2] - np.sqrt(1 - abt) * x0[:2], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("ptype", PREDICTION_TYPES)
+@pytest.mark.parametrize("n_steps", [None, 10])
+def test_ddpm_step_is_the_posterior_of_the_predicted_x0(ptype, n_steps):
+    "One ancestral step with a perfect network = μ̃_t(x_0, x_t) + √β̃_t z exactly, also between respaced steps t → t'."
+    s = DDPMScheduler(prediction_type=ptype, clip_sample=False)
+    if n_steps: s.set_timesteps(n_steps)
+    g = np.random.default_rng(1)
+    x0, eps = g.normal(size=(2, 1, 4, 4)), g.normal(size=(2, 1, 4, 4))
+    ab_all = DDPMScheduler().alphas_cumprod.numpy()
+    for t in s.timesteps.tolist():
+        tp = s.previous_timestep(t)
+        ab, abp = ab_all[t], (ab_all[tp] if tp >= 0 else 1.0)
+        beta = 1 - ab / abp                                                  # the respaced β between t and t'
+        xt = np.sqrt(ab) * x0 + np.sqrt(1 - ab) * eps
+        mean = np.sqrt(abp) * beta / (1 - ab) * x0 + np.sqrt(1 - beta) * (1 - abp) / (1 - ab) * xt
+        var = (1 - abp) / (1 - ab) * beta
+        z = torch.randn(x0.shape, generator=make_generator(t), dtype=torch.float64).numpy()
+        res = s.step(torch.from_numpy(_outputs(ptype, x0, eps, ab)), t, torch.from_numpy(xt), generator=make_generator(t))
+        expect = mean + (np.sqrt(max(var, 1e-20)) * z if t > 0 else 0)
+        tol = 1e-6 if ptype == "epsilon" and t >= 990 else 1e-9              # x̂_0 = (x_t − …)/√ᾱ_t, √ᾱ_999 ≈ 0.006
+        np.testing.assert_allclose(res.prev_sample.numpy(), expect, rtol=0, atol=tol)
+        np.testing.assert_allclose(res.pred_original_sample.numpy(), x0, rtol=0, atol=tol)
+
+
+def test_ddpm_step_uses_alpha_bar_not_alpha():
+    "Durrer Eq. 4 read literally (√(1-α_t) instead of √(1-ᾱ_t)) is not what the step does; Ho Eq. 11 is."
+    s = DDPMScheduler(clip_sample=False)
+    b, a, ab, _ = _np_tables()
+    g = np.random.default_rng(2)
+    xt, eps = g.normal(size=(1, 1, 5, 5)), g.normal(size=(1, 1, 5, 5))
+    for t in (1, 100, 999):
+        z = torch.randn(xt.shape, generator=make_generator(0), dtype=torch.float64).numpy()
+        sigma = np.sqrt((1 - ab[t - 1]) / (1 - ab[t]) * b[t])
+        ho = (xt - b[t] / np.sqrt(1 - ab[t]) * eps) / np.sqrt(a[t]) + sigma * z
+        literal = (xt - b[t] / np.sqrt(1 - a[t]) * eps) / np.sqrt(a[t]) + sigma * z
+        got = s.step(torch.from_numpy(eps), t, torch.from_numpy(xt), generator=make_generator(0)).prev_sample.numpy()
+        np.testing.assert_allclose(got, ho, rtol=0, atol=1e-9)
+        assert np.abs(got - literal).max() > (0.03 if t >= 100 else 1e-3)   # ᾱ_t ≈ α_t only near t = 0
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.7, 1.0])
+@pytest.mark.parametrize("ptype", PREDICTION_TYPES)
+def test_ddim_step_closed_form(eta, ptype):
+    "x_{t'} = √ᾱ_{t'} x̂_0 + √(1-ᾱ_{t'}-σ²) ε̂ + σ z, σ = η √((1-ᾱ_{t'})/(1-ᾱ_t) (1-ᾱ_t/ᾱ_{t'})) (Song et al. Eq. 12, 16)."
+    s = DDIMScheduler(prediction_type=ptype, clip_sample=False)
+    s.set_timesteps(20)
+    ab_all = s.alphas_cumprod.numpy()
+    g = np.random.default_rng(3)
+    for t in s.timesteps.tolist():
+        x0, eps = g.normal(size=(2, 1, 3, 3)), g.normal(size=(2, 1, 3, 3))
+        tp = t - 1000 // 20
+        ab, abp = ab_all[t], (ab_all[tp] if tp >= 0 else 1.0)
+        xt = np.sqrt(ab) * x0 + np.sqrt(1 - ab) * eps
+        sigma = eta * np.sqrt((1 - abp) / (1 - ab) * (1 - ab / abp))
+        z = torch.randn(x0.shape, generator=make_generator(t), dtype=torch.float64).numpy() if eta > 0 else 0
+        expect = np.sqrt(abp) * x0 + np.sqrt(1 - abp - sigma ** 2) * eps + sigma * z
+        got = s.step(torch.from_numpy(_outputs(ptype, x0, eps, ab)), t, torch.from_numpy(xt), eta=eta,
+                     generator=make_generator(t)).prev_sample.numpy()
+        tol = 1e-6 if (ptype == "epsilon" and t >= 900) or (ptype == "sample" and t < 50) else 1e-9
+        np.testing.assert_allclose(got, expect, rtol=0, atol=tol)
+    # η = 0 is deterministic: the generator is never used
+    x = torch.randn(1, 1, 3, 3, dtype=torch.float64)
+    t0 = int(s.timesteps[3])
+    assert torch.equal(s.step(x, t0, x, eta=0.0, generator=make_generator(1)).prev_sample,
+                       s.step(x, t0, x, eta=0.0, generator=make_generator(2)).prev_sample)
+
+
+@pytest.mark.parametrize("n_steps", [None, 25])
+def test_learned_range_variance_interpolation(n_steps):
+    "log σ² = (v+1)/2 · log β_t + (1-v)/2 · log β̃_t (Nichol & Dhariwal Eq. 15), per pixel, t → t' after respacing."
+    s = DDPMScheduler(variance_type="learned_range", clip_sample=False)
+    if n_steps: s.set_timesteps(n_steps)
+    ab_all = s.alphas_cumprod.numpy()
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64)
+    eps = torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64)
+    v = torch.rand(2, 1, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    v[0, 0, 0, :] = torch.tensor([-1.0, 0.0, 0.5, 1.0], dtype=torch.float64)
+    for t in s.timesteps.tolist()[::3]:
+        if t == 0: continue
+        tp = s.previous_timestep(t)
+        ab, abp = ab_all[t], (ab_all[tp] if tp >= 0 else 1.0)
+        beta = 1 - ab / abp
+        beta_tilde = max((1 - abp) / (1 - ab) * beta, 1e-20)
+        frac = (v.numpy() + 1) / 2
+        std = np.exp(0.5 * (frac * np.log(beta) + (1 - frac) * np.log(beta_tilde)))
+        mean = s.step(torch.cat([eps, v], 1), t, x, generator=make_generator(5)).prev_sample.numpy() \
+            - std * torch.randn(x.shape, generator=make_generator(5), dtype=torch.float64).numpy()
+        other = s.step(torch.cat([eps, v], 1), t, x, generator=make_generator(6)).prev_sample.numpy()
+        z6 = torch.randn(x.shape, generator=make_generator(6), dtype=torch.float64).numpy()
+        np.testing.assert_allclose(other, mean + std * z6, rtol=0, atol=1e-9)
+        fixed = DDPMScheduler(variance_type="fixed_small", clip_sample=False)
+        if n_steps: fixed.set_timesteps(n_steps)
+        np.testing.assert_allclose(mean, fixed.step(eps, t, x, generator=make_generator(5)).prev_sample.numpy()
+                                   - np.sqrt(beta_tilde) * torch.randn(x.shape, generator=make_generator(5), dtype=torch.float64).numpy(),
+                                   rtol=0, atol=1e-9)                     # the mean does not depend on v
+        # v = -1 is fixed_small (β̃), v = +1 is fixed_large (β)
+        np.testing.assert_allclose(std[0, 0, 0, [0, 3]], [np.sqrt(beta_tilde), np.sqrt(beta)], rtol=1e-9)
+
+
+class _Recorder(torch.nn.Module):
+    "Records the condition channels and the x_t channel of every call; outputs a fixed function of x_t."
+    def __init__(self, c_cond=1, c_out=1):
+        super().__init__()
+        self.c_cond, self.c_out, self.conds, self.xs = c_cond, c_out, [], []
+        self.w = torch.nn.Parameter(torch.tensor(0.3))
+
+    def forward(self, inp, t):
+        self.conds.append(inp[:, :self.c_cond].clone()); self.xs.append(inp[:, self.c_cond:].clone())
+        out = self.w * inp[:, self.c_cond:]
+        return out if self.c_out == 1 else torch.cat([out, torch.zeros_like(out)], 1)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_condition_reconcatenated_every_step(sampler):
+    "Durrer Fig. 3: the clean source is concatenated before x_t at every step; x_t changes from call to call."
+    cond = torch.rand(2, 1, 6, 6, generator=make_generator(0))
+    learned = sampler == "ddpm"
+    sch = DDPMScheduler(variance_type="learned_range" if learned else "fixed_small")
+    m = _Recorder(c_out=2 if learned else 1)
+    if sampler == "ddpm": ddpm_sample(m, sch, (2, 1, 6, 6), make_generator(1), cond=cond, progress=False, num_inference_steps=8)
+    else: ddim_sample(m, sch, (2, 1, 6, 6), 8, generator=make_generator(1), cond=cond, progress=False)
+    assert len(m.conds) == 8 and all(torch.equal(c, cond) for c in m.conds)
+    assert all(not torch.equal(a, b) for a, b in zip(m.xs, m.xs[1:]))
+    x_T = torch.randn(2, 1, 6, 6, generator=make_generator(1))
+    assert torch.equal(m.xs[0], x_T)                                          # the chain starts from the generator's x_T
+
+
+class _Stop(Exception):
+    pass
+
+
+class _MetaRecorder(torch.nn.Module):
+    "A model whose parameters live on the meta device: records where its inputs are, then stops the loop."
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1, device="meta"))
+        self.seen = []
+
+    def forward(self, inp, t):
+        self.seen.append((inp.device.type, t.device.type))
+        raise _Stop
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_sampling_moves_inputs_to_the_model_device(sampler):
+    "No GPU needed: a meta-device model must receive meta inputs, though cond and the generator are on the CPU."
+    m = _MetaRecorder()
+    cond = torch.rand(1, 1, 4, 4)
+    fn = (lambda: ddpm_sample(m, DDPMScheduler(), (1, 1, 4, 4), make_generator(0), cond=cond, progress=False)) if sampler == "ddpm" \
+        else (lambda: ddim_sample(m, DDPMScheduler(), (1, 1, 4, 4), 5, generator=make_generator(0), cond=cond, progress=False))
+    with pytest.raises(_Stop): fn()
+    assert m.seen == [("meta", "meta")]
+
+
+def test_cpu_generator_gives_the_same_numbers_on_any_device():
+    "Noise is drawn on the generator's device and then moved, so a CPU generator works for a model on any device."
+    from medsynth_nb.ddpm import _randn
+    a = _randn((2, 3), make_generator(3), torch.float32, torch.device("cpu"))
+    assert torch.equal(a, torch.randn(2, 3, generator=make_generator(3)))
+    assert _randn((2, 3), make_generator(3), torch.float32, torch.device("meta")).device.type == "meta"

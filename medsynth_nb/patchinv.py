@@ -304,12 +304,12 @@ class PatchInvConfig(TrainConfig):
     sigma_maps: str = "both" # UAPI scale maps: 'both' (G^σ(Px) and P G^σ(x), the code) or 'patch' (G^σ(Px) only, Eq. 9)
     sigma_resample: str = "log" # P G^σ(x) as exp(P log σ) ('log', ours) or max(P σ, 0) ('clamp', our first version)
     sigma_floor: float = 1e-2 # σ_min added to every scale (ours; paper: none; code: σ clipped at 1e-7)
-    lam: float = 0.5 # λ, weight of the patch term (chosen per data set by grid search in the paper)
-    lam_warmup: int = 0 # λ ramps linearly from 0 over this many steps (the code: one epoch)
+    lam: float = 0.5 # λ, weight of the patch term (the code's 0.5; the paper grid-searches it per data set)
+    lam_warmup: int = 0 # λ ramps linearly from 0 over this many steps (ours; the code keeps λ constant)
     size: int = 256 # d
-    base_channels: int = 16 # generator f
+    base_channels: int = 16 # generator f (paper ≈ 8.7 M parameters; code 16)
     depth: int = 5 # generator poolings
-    critic_channels: int = 32 # critic f
+    critic_channels: int = 32 # critic f (32: the paper's ≈ 2.8 M parameters; the code's config: 24)
     critic_downsamplings: int = 5 # critic stride-2 convolutions
     min_scale: float = 0.7 # smallest patch scale rho
     critic_lr: float = 2e-5 # the critic's learning rate (`lr` is the generator's: 5e-5)

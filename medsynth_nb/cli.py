@@ -9,7 +9,11 @@ import argparse
 import json
 import os
 import sys
-from typing import Sequence
+import typing
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
 
 from .train import PRESET_NAMES, RunSetupError, discover_experiments, get_experiment, list_experiments, train
 
@@ -17,12 +21,15 @@ from .train import PRESET_NAMES, RunSetupError, discover_experiments, get_experi
 __all__ = ['parse_set', 'build_parser', 'main']
 
 # %% ../nbs/51_cli.ipynb #eca314e2
-def parse_set(item: str) -> tuple[str, object]:
-    "'field=value' → (field, value), the value parsed as JSON when possible, else kept as a string."
+def parse_set(item: str, # 'FIELD=VALUE' as typed after --set
+              hints: Mapping[str, Any] | None = None, # field → type hint: a `str` field keeps the text as typed
+             ) -> tuple[str, object]:
+    "'field=value' → (field, value): the text after the first '=' parsed as JSON when it parses, else kept as text."
     if "=" not in item: raise ValueError(f"--set: expected FIELD=VALUE, got {item!r}")
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key: raise ValueError(f"--set: expected FIELD=VALUE, got {item!r}")
+    if hints is not None and hints.get(key) is str: return key, raw
     try: value = json.loads(raw)
     except json.JSONDecodeError: value = raw
     return key, value
@@ -58,12 +65,24 @@ def _list() -> int:
     for e in exps: print(f"{e.name:<{w}}  presets: {', '.join(e.presets):<20}  {e.description}")
     return 0
 
+def _check_device(device: str | None):
+    "Raise ValueError for a --device torch cannot parse, or a CUDA device on a machine without one."
+    if device is None: return
+    try: dev = torch.device(device)
+    except RuntimeError: raise ValueError(f"--device: expected cpu, cuda, cuda:N or mps, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device: {device!r} asked for, but this PyTorch sees no CUDA device")
+
 def _train(args) -> int:
     try:  # everything the user typed is checked here, before a model is built
         exp = get_experiment(args.experiment)
-        overrides = dict(parse_set(s) for s in args.set)
+        hints = typing.get_type_hints(exp.config_class)
+        overrides = dict(parse_set(s, hints) for s in args.set)
         if args.steps is not None: overrides["steps"] = args.steps
         config = exp.config(args.preset, **overrides)
+        _check_device(args.device)
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise ValueError(f"--out: expected a run directory, got {args.out!r}, which is a file")
     except (ValueError, TypeError) as e: return _error(str(e))
     try: res = train(exp, preset=args.preset, out=args.out, resume=args.resume, config=config,
                      device=args.device, progress=not args.no_progress)

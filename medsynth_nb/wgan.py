@@ -46,6 +46,11 @@ def generator_loss(d_fake: Tensor, # critic scores f(G(z)) of generated samples
 def _has_batchnorm(critic) -> bool:
     return isinstance(critic, nn.Module) and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in critic.modules())
 
+def _autocast_off(device: torch.device):
+    "Autocast disabled on `device` for a block (a no-op where the device has no autocast)."
+    try: return torch.autocast(device.type, enabled=False)
+    except (RuntimeError, ValueError): return contextlib.nullcontext()
+
 def _check_pair(a: Tensor, b: Tensor, names: tuple[str, str]):
     check_tensor(a, names[0], finite=False); check_tensor(b, names[1], finite=False)
     check_same_shape(a, b, names)
@@ -63,7 +68,7 @@ def gradient_penalty(critic: Callable, # f: called as critic(x) or critic(x, con
                      generator: torch.Generator | None = None, # draws α; the global RNG is used only when None
                      eps: float = 0.0, # added inside the square root of the norm (Pinetz's code: 1e-6)
                     ) -> Tensor:
-    "Unweighted WGAN-GP penalty mean_i (‖∇f(x̂_i, ĉ_i)‖ - 1)², x̂ = x + α(x̃ - x) with α ~ U[0, 1] per sample."
+    "Unweighted WGAN-GP penalty mean_i (‖∇f(x̂_i, ĉ_i)‖ - 1)², x̂ = x + α(x̃ - x), α ~ U[0, 1] per sample; in fp32 or fp64."
     if not callable(critic): raise TypeError(f"critic: expected a callable (an nn.Module or function), got {type(critic).__name__}")
     _check_pair(real, fake, ("real", "fake"))
     if (cond_real is None) != (cond_fake is None):
@@ -83,12 +88,19 @@ def gradient_penalty(critic: Callable, # f: called as critic(x) or critic(x, con
         warnings.warn("gradient_penalty: the critic contains BatchNorm layers, which couple the samples of a batch; "
                       "the per-sample penalty is then not what WGAN-GP assumes (use LayerNorm/GroupNorm or none)",
                       stacklevel=2)
-    alpha = torch.rand((B,) + (1,) * (real.ndim - 1), generator=generator, device=real.device, dtype=real.dtype)
-    real, fake = real.detach(), fake.detach()
+    with _autocast_off(real.device):   # under autocast the norm and its gradient would be bf16/fp16: 8 or 11 bits
+        return _penalty(critic, real, fake, cond_real, cond_fake, one_sided, generator, eps)
+
+def _penalty(critic, real, fake, cond_real, cond_fake, one_sided, generator, eps) -> Tensor:
+    "gradient_penalty's computation on checked inputs, in float32 (float64 inputs stay float64)."
+    B, full = real.shape[0], torch.promote_types(real.dtype, torch.float32)
+    alpha = torch.rand((B,) + (1,) * (real.ndim - 1), generator=generator, device=real.device, dtype=full)
+    real, fake = real.detach().to(full), fake.detach().to(full)
     inputs = [(real + alpha * (fake - real)).requires_grad_(True)]
-    if conditional:
-        a = alpha.reshape((B,) + (1,) * (cond_real.ndim - 1)).to(cond_real.dtype)
-        cond_real, cond_fake = cond_real.detach(), cond_fake.detach()
+    if cond_real is not None:
+        cfull = torch.promote_types(cond_real.dtype, torch.float32)
+        a = alpha.reshape((B,) + (1,) * (cond_real.ndim - 1)).to(cfull)
+        cond_real, cond_fake = cond_real.detach().to(cfull), cond_fake.detach().to(cfull)
         inputs.append((cond_real + a * (cond_fake - cond_real)).requires_grad_(True))
     out = critic(*inputs)
     if not isinstance(out, Tensor) or out.numel() != B:

@@ -123,6 +123,61 @@ def test_checkpoint_layout_and_keep(tmp_path):
     assert state_fingerprint(load_models(tmp_path, ema=True)["model"]) == state_fingerprint(ck["ema"]["model"])
 
 
+# ---------------------------------------------------------------- the adversarial loop and the EMA, through fit
+
+def _toy_wgan_phase(tmp_path, which, seed):
+    "One toy-wgan step of one phase only (critic or generator) through fit; the critic gap before and after."
+    import dataclasses
+    from medsynth_nb import wgan
+    exp = get_experiment("toy-wgan")
+    cfg = exp.config("smoke", steps=1, n_critic=1, batch_size=512, ema=0.0, seed=seed)
+    with seeded(cfg.seed): task = exp.build(cfg)
+    G, D = task.models["generator"], task.models["critic"]
+    real, z = wgan.ring_of_gaussians(4096, generator=make_generator(99)), torch.randn(4096, 2, generator=make_generator(98))
+    def gap():
+        with torch.no_grad(): return float(D(real).mean() - D(G(z)).mean())
+    other = {"critic": G, "generator": D}[which]
+    frozen = state_fingerprint(other)
+    before = gap()
+    phase = {"critic": task.phases[0], "generator": task.phases[1]}[which]
+    fit(dataclasses.replace(task, phases=[phase]), cfg, tmp_path / which, progress=False)
+    assert state_fingerprint(other) == frozen, f"the {which} phase changed the other network"
+    return before, gap()
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_engine_critic_phase_widens_the_gap_generator_phase_narrows_it(tmp_path, seed):
+    b, a = _toy_wgan_phase(tmp_path, "critic", seed)
+    assert a > b, ("critic phase", b, a)
+    b, a = _toy_wgan_phase(tmp_path, "generator", seed)
+    assert a < b, ("generator phase", b, a)
+
+
+def test_engine_critic_loss_is_wasserstein_plus_weighted_penalty(tmp_path):
+    "Every logged row: critic/loss = -critic/wasserstein + gp_weight · critic/gp (the penalty is in the loss it steps)."
+    res = train("toy-wgan", "smoke", out=tmp_path, steps=4, gp_weight=2.0, progress=False)
+    for r in read_log(res.out):
+        assert r["critic/gp"] > 1e-3
+        assert math.isclose(r["critic/loss"], -r["critic/wasserstein"] + 2.0 * r["critic/gp"], rel_tol=1e-5, abs_tol=1e-7), r
+
+
+def test_engine_ema_follows_the_weights_with_warmup(tmp_path):
+    "fit's EMA after N steps = Σ_n (1 - β_n) Π_{m>n} β_m θ_n + Π β_m θ_0, with θ_n recorded after each step (float64)."
+    cfg = TrainConfig(steps=6, batch_size=8, lr=0.1, ema=0.9, ema_warmup=True)
+    task = _scheduled_task(cfg, "step")
+    thetas = [task.models["model"].weight.detach().double().clone()]
+    task.after_step = lambda ctx: thetas.append(ctx.modules.model.weight.detach().double().clone())
+    res = fit(task, cfg, tmp_path, progress=False)
+    want = thetas[0]
+    for n, th in enumerate(thetas[1:]):
+        beta = min(0.9, (1 + n) / (10 + n))
+        want = beta * want + (1 - beta) * th
+    torch.testing.assert_close(res.ema["model"].weight.double(), want, rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(want, thetas[-1], atol=1e-3)       # the EMA is not the last weights
+    const = thetas[0]
+    for th in thetas[1:]: const = 0.9 * const + 0.1 * th
+    assert not torch.allclose(want, const, atol=1e-4)            # and warm-up differs from a constant β
+
+
 # ---------------------------------------------------------------- a save killed half-way (SIGKILL)
 
 KILL_DURING_SAVE = r"""
@@ -340,6 +395,58 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys, argv, msg):
     err = capsys.readouterr().err.strip()
     assert err.startswith("medsynth: error:") and msg in err, err
     assert not (tmp_path / "run").exists()
+
+
+from dataclasses import dataclass as _dataclass
+
+@_dataclass
+class _ProbeConfig(TrainConfig):
+    direction: str = "1.5T-to-3T" # a text field whose values contain '-', '>' and digits
+    note: str = "" # free text
+
+    def validate(self):
+        super().validate()
+        if self.direction not in ("1.5T-to-3T", "3T-to-1.5T", "1.5T->3T", "3T->1.5T"):
+            raise ValueError(f"direction: expected one of the four names, got {self.direction!r}")
+
+_PROBED = []
+
+def _register_probe():
+    from medsynth_nb.train import register_experiment
+    @register_experiment("_cli-probe", _ProbeConfig, {"smoke": {"steps": 1, "batch_size": 4}})
+    def _probe(cfg):
+        _PROBED.append(cfg)
+        net = nn.Linear(1, 1)
+        return supervised(net, torch.optim.SGD(net.parameters(), lr=0.1), torch.utils.data.TensorDataset(torch.zeros(8, 1)),
+                          lambda b, ctx: ctx.models.model(b[0]).pow(2).mean())
+
+@pytest.mark.parametrize("value", ["1.5T-to-3T", "3T-to-1.5T", "1.5T->3T", "3T->1.5T"])
+def test_cli_set_passes_values_with_dashes_and_arrows_unchanged(tmp_path, value):
+    _register_probe()
+    _PROBED.clear()
+    argv = ["train", "_cli-probe", "--out", str(tmp_path / "run"), "--no-progress", "--set", f"direction={value}", "--set", "note=2024"]
+    assert cli.main(argv) == 0
+    assert _PROBED[-1].direction == value and _PROBED[-1].note == "2024"     # a str field keeps the text, even "2024"
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--set", "direction=1.5T-to-7T"], "direction: expected one of the four names, got '1.5T-to-7T'"),
+    (["--set", "direction"], "--set: expected FIELD=VALUE, got 'direction'"),
+    (["--set", "directon=3T-to-1.5T"], "_ProbeConfig has no field 'directon'"),
+    (["--device", "gpu0"], "--device: expected cpu, cuda, cuda:N or mps, got 'gpu0'"),
+])
+def test_cli_probe_errors_exit_2(tmp_path, capsys, argv, msg):
+    _register_probe()
+    assert cli.main(["train", "_cli-probe", "--out", str(tmp_path / "run"), "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medsynth: error:") and msg in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_out_that_is_a_file_exits_2(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    assert cli.main(["train", "toy-regression", "--out", str(tmp_path / "f"), "--no-progress"]) == 2
+    assert "--out: expected a run directory" in capsys.readouterr().err
 
 
 def test_cli_bad_preset_is_an_argparse_error(capsys):

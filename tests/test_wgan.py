@@ -295,3 +295,123 @@ def test_train_toy_is_deterministic_restores_threads_and_learns():
         train_toy("spectral")
     with pytest.raises(ValueError, match="steps: expected an int >= 1"):
         train_toy(steps=0)
+
+
+# ---------------------------------------------------------------- mixed precision: the penalty runs in float32
+
+def _scaled_linear_critic(norm=1.02):
+    "f(x) = w2ᵀ(W1 x + b1) + b2 with ‖W1ᵀw2‖ = norm: the penalty is (norm - 1)² everywhere."
+    with seeded(0):
+        D = nn.Sequential(nn.Linear(8, 64), nn.Linear(64, 1), nn.Flatten(0))
+    with torch.no_grad():
+        D[1].weight.mul_(norm / (D[1].weight @ D[0].weight).norm())
+    return D
+
+
+def _naive_penalty(critic, real, fake, generator):
+    "The two-sided penalty in whatever precision the caller's autocast gives (gradient_penalty before the fix)."
+    alpha = torch.rand(real.shape[0], 1, generator=generator)
+    x_hat = (real + alpha * (fake - real)).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    return (grad.norm(dim=1) - 1).pow(2).mean()
+
+
+def _value_and_grads(D, penalty, bf16, x, y):
+    D.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        p = penalty(D, x, y, generator=make_generator(2))
+    p.backward()
+    return p.detach().double(), torch.cat([(q.grad if q.grad is not None else torch.zeros_like(q)).flatten()
+                                           for q in D.parameters()]).double()
+
+
+def _rel(a, b): return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("critic", ["linear", "mlp"])
+def test_penalty_under_bf16_autocast_equals_fp32(critic):
+    D = _scaled_linear_critic() if critic == "linear" else ToyCritic(hidden=32)
+    x, y = (torch.randn(64, 8 if critic == "linear" else 2, generator=make_generator(s)) for s in (0, 1))
+    ref_v, ref_g = _value_and_grads(D, gradient_penalty, False, x, y)
+    v, g = _value_and_grads(D, gradient_penalty, True, x, y)
+    test_allclose(v, ref_v, rtol=1e-6, atol=0)
+    test_allclose(g, ref_g, rtol=1e-6, atol=1e-9)
+    if critic == "linear":
+        w = D[1].weight.detach().double() @ D[0].weight.detach().double()
+        test_allclose(ref_v, (w.norm() - 1) ** 2, rtol=1e-4, atol=0)     # closed form 0.02²
+        nv, ng = _value_and_grads(D, _naive_penalty, True, x, y)      # the naive bf16 penalty is measurably off
+        assert _rel(nv, ref_v) > 0.05 and _rel(ng, ref_g) > 0.02, (_rel(nv, ref_v), _rel(ng, ref_g))
+    # low-precision inputs are computed in float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert gradient_penalty(D, x.bfloat16(), y.bfloat16(), generator=make_generator(2)).dtype == torch.float32
+
+
+# ---------------------------------------------------------------- adversarial semantics: signs and the whole objective
+
+def _gap(D, G, real, z):
+    "The critic gap mean f(x) - mean f(G(z)): the critic widens it, the generator narrows it."
+    with torch.no_grad():
+        return float(D(real).mean() - D(G(z)).mean())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_critic_step_widens_the_gap_and_one_generator_step_narrows_it(seed):
+    with seeded(seed):
+        G, D = ToyGenerator(hidden=32), ToyCritic(hidden=32)
+    real, z = ring_of_gaussians(256, generator=make_generator(seed)), torch.randn(256, 2, generator=make_generator(seed + 9))
+    g0 = _gap(D, G, real, z)
+    toy_critic_step(G, D, torch.optim.SGD(D.parameters(), lr=1e-2), real, z, lambda_gp=0.0)
+    g1 = _gap(D, G, real, z)
+    toy_generator_step(G, D, torch.optim.SGD(G.parameters(), lr=1e-2), z)
+    g2 = _gap(D, G, real, z)
+    assert g1 > g0 and g2 < g1, (g0, g1, g2)
+
+
+def test_critic_step_minimises_the_whole_objective():
+    "L_D = f̄(x̃) - f̄(x) + λ·GP + drift·(mean f(x)² + mean f(x̃)²): the reported loss and the SGD update, exactly."
+    with seeded(4):
+        G, D = ToyGenerator(hidden=16), ToyCritic(hidden=16)
+    real, z = ring_of_gaussians(32, generator=make_generator(0)), torch.randn(32, 2, generator=make_generator(1))
+    lam, drift, lr = 10.0, 0.5, 0.05
+    with torch.no_grad():
+        fake = G(z)
+    d_real, d_fake = D(real), D(fake)
+    gp = gradient_penalty(D, real, fake, generator=make_generator(3))
+    want = d_fake.mean() - d_real.mean() + lam * gp + drift * (d_real.pow(2).mean() + d_fake.pow(2).mean())
+    grads = torch.autograd.grad(want, list(D.parameters()), allow_unused=True)
+    before = [p.detach().clone() for p in D.parameters()]
+    out = toy_critic_step(G, D, torch.optim.SGD(D.parameters(), lr=lr), real, z, lambda_gp=lam, drift=drift,
+                          generator=make_generator(3))
+    assert math.isclose(out["loss"], float(want.detach()), rel_tol=1e-5)
+    assert math.isclose(out["gp"], float(gp.detach()), rel_tol=1e-5) and float(gp.detach()) > 0.1
+    assert math.isclose(out["wasserstein"], float((d_real.mean() - d_fake.mean()).detach()), rel_tol=1e-5, abs_tol=1e-7)
+    for p, p0, gr in zip(D.parameters(), before, grads):
+        test_allclose(p.detach(), p0 - lr * (gr if gr is not None else 0), rtol=1e-5, atol=1e-7)
+
+
+def test_generator_step_follows_minus_mean_critic_score():
+    "θ_G ← θ_G - η ∇(-mean f(G(z))), exactly (plain SGD)."
+    with seeded(5):
+        G, D = ToyGenerator(hidden=16), ToyCritic(hidden=16)
+    z = torch.randn(32, 2, generator=make_generator(1))
+    grads = torch.autograd.grad(-D(G(z)).mean(), list(G.parameters()))
+    before = [p.detach().clone() for p in G.parameters()]
+    toy_generator_step(G, D, torch.optim.SGD(G.parameters(), lr=0.1), z)
+    for p, p0, gr in zip(G.parameters(), before, grads):
+        test_allclose(p.detach(), p0 - 0.1 * gr, rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_penalty_reduces_a_steep_critic_slope():
+    "Minimising the penalty alone moves ‖∇f‖ towards 1 (two-sided: from both sides; one-sided: only from above)."
+    for start, one_sided in ((3.0, False), (0.3, False), (3.0, True), (0.3, True)):
+        w = torch.tensor([start, 0.0], dtype=F64)
+        D = Linear(w)
+        x, y = torch.randn(8, 2, generator=make_generator(0), dtype=F64), torch.randn(8, 2, generator=make_generator(1), dtype=F64)
+        gradient_penalty(D, x, y, one_sided=one_sided, generator=make_generator(2)).backward()
+        with torch.no_grad():
+            D.w -= 0.1 * D.w.grad
+        after = float(D.w.detach().norm())
+        if one_sided and start < 1:
+            assert after == start          # inside the unit ball: no force
+        else:
+            assert abs(after - 1) < abs(start - 1), (start, one_sided, after)

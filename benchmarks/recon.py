@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from medsynth_nb.recon import PlainGenerator, UnrolledGenerator, cs_wavelet_recon, measure, recon_setup, reconstruct, time_per_slice
+from medsynth_nb.recon import CS_LAM, PlainGenerator, UnrolledGenerator, cs_wavelet_recon, measure, recon_setup, reconstruct, time_per_slice
 
 PAPER = {"plain G": 0.022, "unrolled G": 0.025, "CS-wavelet (30 it, sigpy)": 0.4, "CS-wavelet (30 it, FISTA-Haar)": 0.4}
 
@@ -44,7 +44,7 @@ def main():
     for b in backends:
         yy, mm, mp = (y.cpu(), mask.cpu(), maps.cpu() if maps is not None else None) if b == "sigpy" else (y, mask, maps)
         res[f"CS-wavelet (30 it, {'sigpy' if b == 'sigpy' else 'FISTA-Haar'})"] = time_per_slice(
-            lambda: cs_wavelet_recon(yy, mm, mp, 0.003, 30, b), a.slices, max(1, a.repeats - 1))
+            lambda: cs_wavelet_recon(yy, mm, mp, CS_LAM, 30, b), a.slices, max(1, a.repeats - 1))
     print(f"device {dev}, threads {torch.get_num_threads()}, {shape[0]} x {shape[1]}, {a.coils} coils, {a.features} features, {a.slices} slices")
     print(f"| method | ours (s/slice) | Lei Table III (s/slice, TITAN Xp) |\n|---|---|---|")
     for k, v in res.items(): print(f"| {k} | {v:.4f} | {PAPER[k]} |")

@@ -23,10 +23,11 @@ from .train import Task, TrainConfig, _require, adversarial, register_experiment
 from .utils import check_tensor, make_generator, numpy_rng
 
 # %% auto #0
-__all__ = ['REGIMES', 'TEST_SUBJECTS', 'to_channels', 'to_complex', 'lei_crop', 'lei_calib', 'subject_slices', 'simulate_set',
-           'measure', 'recon_setup', 'reconstruct', 'recon_scores', 'PreActBlock', 'ProxResNet', 'PlainGenerator',
+__all__ = ['BLOCKS', 'CS_GRID', 'CS_LAM', 'VAL_SUBJECTS', 'REGIMES', 'RECIPES', 'TEST_SUBJECTS', 'PAIRED_SUBJECTS', 'to_channels',
+           'to_complex', 'lei_crop', 'lei_calib', 'subject_slices', 'simulate_set', 'measure', 'recon_setup',
+           'reconstruct', 'recon_scores', 'PreActBlock', 'PostActBlock', 'ProxResNet', 'PlainGenerator',
            'UnrolledGenerator', 'final_dc_input', 'LeiCritic', 'critic_view', 'hybrid_l1_weight', 'haar2', 'ihaar2',
-           'cs_wavelet_fista', 'cs_wavelet_recon', 'ReconConfig', 'input_subjects', 'label_subjects',
+           'cs_wavelet_fista', 'cs_wavelet_recon', 'tune_cs_lambda', 'ReconConfig', 'input_subjects', 'label_subjects',
            'make_generator_net', 'build_recon', 'build_recon_unpaired', 'build_recon_l1', 'build_recon_hybrid',
            'table2', 'format_table2', 'time_per_slice']
 
@@ -143,7 +144,7 @@ def _conv(c_in: int, c_out: int) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode="circular", bias=False)
 
 class PreActBlock(nn.Module):
-    "Pre-activation residual block x + conv(ReLU(BN(conv(ReLU(BN(x)))))) with circular-padded bias-free 3x3 convs."
+    "Pre-activation residual block x + conv(ReLU(BN(conv(ReLU(BN(x)))))) (Lei's code), circular bias-free 3x3 convs."
     def __init__(self, features: int = 64, # channels in and out
                 ):
         super().__init__()
@@ -151,16 +152,35 @@ class PreActBlock(nn.Module):
                                   nn.BatchNorm2d(features), nn.ReLU(), _conv(features, features))
     def forward(self, x: Tensor) -> Tensor: return x + self.body(x)
 
+class PostActBlock(nn.Module):
+    "Post-activation residual block ReLU(BN(x + conv(ReLU(BN(conv(x)))))): BN and ReLU after the sum (paper, Fig. 6)."
+    def __init__(self, features: int = 64, # channels in and out
+                ):
+        super().__init__()
+        self.body = nn.Sequential(_conv(features, features), nn.BatchNorm2d(features), nn.ReLU(),
+                                  _conv(features, features))
+        self.post = nn.Sequential(nn.BatchNorm2d(features), nn.ReLU())
+    def forward(self, x: Tensor) -> Tensor: return self.post(x + self.body(x))
+
+BLOCKS = {"postact": PostActBlock, "preact": PreActBlock}
+
 class ProxResNet(nn.Module):
-    "Lei's proximal network on 2-channel images: conv -> residual blocks -> BN-ReLU-conv to 2 ch, plus the input (global skip)."
+    "Lei's proximal ResNet on 2-channel images: conv, residual blocks, convs to 2 ch, plus the input (global skip)."
     def __init__(self, features: int = 64, # feature channels
                  blocks: int = 2, # residual blocks (Lei's unrolled G: 2; plain G: 5)
                  out_convs: int = 1, # convs after the blocks (plain G: 3 = 'followed by 3 Conv layers')
+                 block: str = "postact", # 'postact' (paper: BN-ReLU after each conv but the last) or 'preact' (code)
                 ):
         super().__init__()
-        layers: list = [_conv(2, features)] + [PreActBlock(features) for _ in range(blocks)]
+        if block not in BLOCKS: raise ValueError(f"block: expected one of {tuple(BLOCKS)}, got {block!r}")
+        post = block == "postact"
+        layers: list = [_conv(2, features)] + ([nn.BatchNorm2d(features), nn.ReLU()] if post else [])
+        layers += [BLOCKS[block](features) for _ in range(blocks)]
         for i in range(out_convs):
-            layers += [nn.BatchNorm2d(features), nn.ReLU(), _conv(features, 2 if i == out_convs - 1 else features)]
+            last = i == out_convs - 1
+            if not post: layers += [nn.BatchNorm2d(features), nn.ReLU()]
+            layers += [_conv(features, 2 if last else features)]
+            if post and not last: layers += [nn.BatchNorm2d(features), nn.ReLU()]
         self.net = nn.Sequential(*layers)
     def forward(self, x: Tensor, # (B, 2, H, W)
                ) -> Tensor: return x + self.net(x)
@@ -176,9 +196,11 @@ def _check_inputs(y: Tensor, mask: Tensor, maps: Tensor | None):
 
 class PlainGenerator(nn.Module):
     "Lei's plain G: ResNet (5 residual blocks + 3 convs) on the zero-filled image x_zf = A^H y, then hard DC (Eq. 8)."
-    def __init__(self, features: int = 64, blocks: int = 5, out_convs: int = 3):
+    def __init__(self, features: int = 64, blocks: int = 5, out_convs: int = 3,
+                 block: str = "postact", # residual block: 'postact' (paper) or 'preact' (code)
+                ):
         super().__init__()
-        self.net = ProxResNet(features, blocks, out_convs)
+        self.net = ProxResNet(features, blocks, out_convs, block)
     @property
     def pre_dc(self) -> nn.Module: return self.net  # its output (2 ch) is what the final hard DC acts on
     def forward(self, y: Tensor, # (B, coils, H, W) measured k-space (zero outside the mask)
@@ -190,19 +212,20 @@ class PlainGenerator(nn.Module):
         return hard_dc(to_complex(self.net(to_channels(x))), y, mask, maps)
 
 class UnrolledGenerator(nn.Module):
-    "Lei's unrolled G: x_0 = A^H y; K times x <- prox_k(x - mu_k (A^H A x - x_0)) (unshared weights); final hard DC."
+    "Lei's unrolled G (Eqs. 5-7): x_0 = A^H y; K times x <- prox_k(x - mu_k (A^H A x - x_0)); final hard DC (Eq. 8)."
     def __init__(self, iterations: int = 3, # K
                  features: int = 64, blocks: int = 2, # each prox_k: ResNet with `blocks` residual blocks
                  step: float = 2.0, # mu_k initial value (learnable); Lei's code t = -mu = -2
                  dc: str = "gradient", # 'gradient' (Lei's Eq. 7) or 'soft' (proximal, learnable lambda_k = step)
                  final_dc: bool = True, # hard DC (Eq. 8) on the output
+                 block: str = "postact", # residual block: 'postact' (paper, Fig. 6) or 'preact' (code)
                 ):
         super().__init__()
         if dc not in ("gradient", "soft"): raise ValueError(f"dc: expected 'gradient' or 'soft', got {dc!r}")
         if not (isinstance(iterations, int) and iterations >= 1): raise ValueError(f"iterations: expected a positive int, got {iterations!r}")
         self.dc, self.final_dc = dc, final_dc
         self.steps = nn.Parameter(torch.full((iterations,), float(step)))
-        self.prox = nn.ModuleList([ProxResNet(features, blocks) for _ in range(iterations)])
+        self.prox = nn.ModuleList([ProxResNet(features, blocks, 1, block) for _ in range(iterations)])
     @property
     def pre_dc(self) -> nn.Module: return self.prox[-1]  # its output (2 ch) is what the final hard DC acts on
     def forward(self, y: Tensor, # (B, coils, H, W) measured k-space (zero outside the mask)
@@ -260,7 +283,7 @@ def critic_view(x: Tensor, # (B, 1, H, W) complex image
 def hybrid_l1_weight(step: int, # batches seen (0-based)
                      l1_only: int = 500, # pure l1 for the first `l1_only` batches
                      ramp_end: int = 1000, # reach `final` at this batch
-                     final: float = 0.995, # Lei's code: 0.995 (paper text: 0.99)
+                     final: float = 0.99, # paper (Sec. IV.A, IV.D): 0.99; Lei's code: 0.995
                     ) -> float:
     "Lei's hybrid weight f of l1 in (1 - f) WGAN + f l1: 1 up to `l1_only`, linear to `final` at `ramp_end`, then `final`."
     if not 0 <= l1_only <= ramp_end: raise ValueError(f"l1_only, ramp_end: expected 0 <= l1_only <= ramp_end, got {l1_only}, {ramp_end}")
@@ -270,6 +293,9 @@ def hybrid_l1_weight(step: int, # batches seen (0-based)
     return 1.0 + (final - 1.0) * (step - l1_only) / (ramp_end - l1_only)
 
 # %% ../nbs/31_unrolled_recon.ipynb #cce250f3
+CS_GRID = tuple(float(v) for v in np.geomspace(1e-4, 1e-1, 13)) # the lambdas `tune_cs_lambda` tries, 4 per decade
+CS_LAM = CS_GRID[5] # 1.78e-3: the CS-wavelet lambda, argmax of `tune_cs_lambda()` on validation slices (run once)
+
 def haar2(x: Tensor, # (..., H, W), H and W divisible by 2**levels
           levels: int = 3) -> Tensor:
     "Orthonormal 2-D Haar wavelet transform, coefficients in place (approximation top-left), (..., H, W)."
@@ -305,7 +331,7 @@ def _soft(z: Tensor, t: float) -> Tensor:
 def cs_wavelet_fista(y: Tensor, # (B, coils, H, W) measured k-space
                      mask: Tensor, # 0/1 broadcasting to (H, W)
                      maps: Tensor | None = None, # (coils, H, W) or (B, coils, H, W); None = single coil
-                     lam: float = 0.005, # lambda of lambda ||W x||_1
+                     lam: float = CS_LAM, # lambda of lambda ||W x||_1 (default: tuned on validation slices)
                      iterations: int = 30, # FISTA iterations
                      levels: int = 3, # Haar levels
                     ) -> Tensor:
@@ -326,7 +352,7 @@ def cs_wavelet_fista(y: Tensor, # (B, coils, H, W) measured k-space
 def cs_wavelet_recon(y: Tensor, # (B, coils, H, W) measured k-space
                      mask: Tensor, # 0/1 broadcasting to (H, W)
                      maps: Tensor | None = None, # (coils, H, W) or (B, coils, H, W); None = single coil
-                     lam: float = 0.005, # lambda of lambda ||W x||_1
+                     lam: float = CS_LAM, # lambda of lambda ||W x||_1 (default: tuned on validation slices)
                      iterations: int = 30, # Lei's Table III: 30-iteration CS
                      backend: str = "auto", # 'sigpy' (L1WaveletRecon, db4), 'fista' (Haar, ours) or 'auto' (sigpy when installed)
                     ) -> Tensor:
@@ -348,13 +374,36 @@ def cs_wavelet_recon(y: Tensor, # (B, coils, H, W) measured k-space
         out.append(torch.from_numpy(np.asarray(app.run())).to(y.dtype))
     return torch.stack(out)[:, None].to(y.device)
 
+# %% ../nbs/31_unrolled_recon.ipynb #5f3e2743
+VAL_SUBJECTS = (3000, 3001) # validation subjects: the CS lambda is tuned here, never on TEST_SUBJECTS
+
+def tune_cs_lambda(lams: Sequence[float] = CS_GRID, # candidate lambdas
+                   subjects: Sequence[int] = VAL_SUBJECTS, # validation subjects
+                   shape: tuple[int, int] = (64, 64), coils: int = 4, acceleration: float = 10.0,
+                   n_slices: int = 8, backend: str = "auto", iterations: int = 30,
+                  ) -> tuple[float, dict]:
+    "The lambda with the best mean SNR (Lei's crop) of `cs_wavelet_recon` on validation slices, and {lambda: SNR}."
+    mask, maps = recon_setup(shape, acceleration, coils)
+    x = simulate_set(subjects, shape, n_slices)
+    y = measure(x, mask, maps)
+    snr = {float(l): recon_scores(cs_wavelet_recon(y, mask, maps, float(l), iterations, backend), x)["snr"] for l in lams}
+    return max(snr, key=snr.get), snr
+
 # %% ../nbs/31_unrolled_recon.ipynb #03efc8b4
 REGIMES = ("unpaired", "l1", "hybrid")
+
+RECIPES = { # values a recipe fills in where a config leaves them at None (see the settings table)
+    "paper": dict(lr=1e-4, critic_lr=1e-4, betas=(0.9, 0.999), l1_final=0.99, block="postact"), # Sec. IV.A, IV.D, Fig. 6
+    "code": dict(lr=5e-5, critic_lr=5e-5, betas=(0.5, 0.9), l1_final=0.995, block="preact"), # lisakelei/Unpaired-GANCS
+}
 
 @dataclass
 class ReconConfig(TrainConfig):
     "Lei et al.'s reconstruction experiments: generator, acquisition, label sets and the WGAN / l1 / hybrid objective."
     regime: str = "unpaired" # 'unpaired' (WGAN-GP only), 'l1' (paired l1-net) or 'hybrid' (WGAN + l1, paired)
+    recipe: str = "paper" # fills the None fields below: 'paper' (Lei Sec. IV.A) or 'code' (their repository)
+    lr: float | None = None # generator learning rate (paper 1e-4, code 5e-5)
+    block: str | None = None # residual block: 'postact' (paper, Fig. 6) or 'preact' (code)
     generator: str = "unrolled" # 'unrolled' (K iterations of DC + prox ResNet) or 'plain' (ResNet + hard DC)
     iterations: int = 3 # K of the unrolled G
     blocks: int = 2 # residual blocks per prox (plain G: 5)
@@ -369,19 +418,30 @@ class ReconConfig(TrainConfig):
     label_mode: str = "disjoint" # unpaired labels: 'disjoint' (seeds 1000 .. 1000+N-1) or 'partial' (the first N input subjects)
     slices_per_subject: int = 8 # axial slices taken from each subject
     deform: bool = True # simulate subjects with random deformations
-    critic_input: str = "complex" # 'complex' (2 ch, Lei's code) or 'magnitude'
-    critic_lr: float = 5e-5 # critic learning rate (Lei's code: 5e-5 both)
-    betas: tuple[float, float] = (0.5, 0.9) # Adam betas (Lei's code)
+    critic_input: str = "auto" # 'magnitude' (1 ch), 'complex' (2 ch) or 'auto': magnitude for disjoint unpaired
+    critic_lr: float | None = None # critic learning rate (paper: the same 1e-4; code 5e-5)
+    betas: tuple[float, float] | None = None # Adam (beta1, beta2): paper (0.9, 0.999), code (0.5, 0.9)
     n_critic: int = 4 # critic updates per G update (Lei: 3 critic-only + 1 joint)
     gp_weight: float = 10.0 # eta of the gradient penalty
     l1_only: int = 500 # hybrid: pure l1 for this many G steps
     ramp_end: int = 1000 # hybrid: l1 weight reaches l1_final here
-    l1_final: float = 0.995 # hybrid: final l1 weight f (paper text 0.99, code 0.995)
+    l1_final: float | None = None # hybrid: final l1 weight f (paper 0.99, code 0.995)
     lr_halve_every: int = 100_000 # both learning rates halve every this many steps
+
+    def __post_init__(self):
+        "Fill the None fields from `recipe`; `critic_input='auto'`: magnitude for disjoint unpaired labels (Sec. IV.C)."
+        _require(self.recipe in RECIPES, "recipe", f"one of {tuple(RECIPES)}", self.recipe)
+        for k, v in RECIPES[self.recipe].items():
+            if getattr(self, k) is None: setattr(self, k, v)
+        if self.critic_input == "auto":
+            disjoint = self.regime == "unpaired" and self.label_mode == "disjoint"
+            self.critic_input = "magnitude" if disjoint else "complex"
+        super().__post_init__()
 
     def validate(self):
         super().validate()
         _require(self.regime in REGIMES, "regime", f"one of {REGIMES}", self.regime)
+        _require(self.block in BLOCKS, "block", f"one of {tuple(BLOCKS)}", self.block)
         _require(self.generator in ("unrolled", "plain"), "generator", "'unrolled' or 'plain'", self.generator)
         _require(self.dc in ("gradient", "soft"), "dc", "'gradient' or 'soft'", self.dc)
         _require(self.iterations >= 1 and self.blocks >= 1 and self.features >= 1, "iterations/blocks/features", "positive ints", (self.iterations, self.blocks, self.features))
@@ -411,8 +471,8 @@ def label_subjects(cfg: ReconConfig) -> list[int]:
 
 def make_generator_net(cfg: ReconConfig) -> nn.Module:
     "The generator a config asks for."
-    if cfg.generator == "plain": return PlainGenerator(cfg.features, cfg.blocks, 3)
-    return UnrolledGenerator(cfg.iterations, cfg.features, cfg.blocks, dc=cfg.dc)
+    if cfg.generator == "plain": return PlainGenerator(cfg.features, cfg.blocks, 3, block=cfg.block)
+    return UnrolledGenerator(cfg.iterations, cfg.features, cfg.blocks, dc=cfg.dc, block=cfg.block)
 
 def _stream(cfg: ReconConfig):
     "Batches {y, mask, maps, target, label}: inputs from the input subjects, labels drawn independently from the label subjects."
@@ -469,8 +529,10 @@ _PRESETS = {
     "demo": dict(steps=400, batch_size=4, shape=(64, 64), coils=4, features=32, input_subjects=7, label_subjects=6,
                  slices_per_subject=8, deform=True, lr=2e-4, critic_lr=2e-4, l1_only=100, ramp_end=200, log_every=20, ckpt_every=200),
     "paper": dict(steps=100_000, batch_size=4, shape=(320, 256), coils=8, features=64, input_subjects=7, label_subjects=6,
-                  slices_per_subject=40, deform=True, lr=5e-5, critic_lr=5e-5, log_every=100, ckpt_every=5000),
+                  slices_per_subject=40, deform=True, log_every=100, ckpt_every=5000),
 }
+PAIRED_SUBJECTS = 6 # Sec. IV.D: "input and label pairs from 6 subjects" (the unpaired run: 7 input + 6 label subjects)
+_PAIRED = {k: dict(v, input_subjects=min(v["input_subjects"], PAIRED_SUBJECTS)) for k, v in _PRESETS.items()}
 
 @register_experiment("recon-unpaired", ReconConfig, description="Lei et al.: unrolled G + WGAN-GP, unpaired (disjoint or partial labels)",
                      presets={k: dict(v, regime="unpaired") for k, v in _PRESETS.items()})
@@ -479,13 +541,13 @@ def build_recon_unpaired(cfg: ReconConfig) -> Task:
     return build_recon(cfg)
 
 @register_experiment("recon-l1", ReconConfig, description="Lei et al.: unrolled G trained with paired l1 (l1-net)",
-                     presets={k: dict(v, regime="l1") for k, v in _PRESETS.items()})
+                     presets={k: dict(v, regime="l1") for k, v in _PAIRED.items()})
 def build_recon_l1(cfg: ReconConfig) -> Task:
     "Paired l1 reconstruction (l1-net)."
     return build_recon(cfg)
 
 @register_experiment("recon-hybrid", ReconConfig, description="Lei et al.: unrolled G trained with paired WGAN-GP + l1 (hybrid)",
-                     presets={k: dict(v, regime="hybrid") for k, v in _PRESETS.items()})
+                     presets={k: dict(v, regime="hybrid") for k, v in _PAIRED.items()})
 def build_recon_hybrid(cfg: ReconConfig) -> Task:
     "Hybrid (1 - f) WGAN + f l1 with Lei's f schedule."
     return build_recon(cfg)
@@ -495,7 +557,7 @@ def table2(accelerations: Sequence[float] = (5.0, 7.0, 10.0), # Poisson-disc R o
            preset: str = "smoke", # engine preset of the three regimes
            out: str | None = None, # run directories go here (default: a temporary folder)
            test_subjects: Sequence[int] = TEST_SUBJECTS[:2], # held-out subjects
-           cs_lam: float = 0.003, # lambda of the CS-wavelet baseline
+           cs_lam: float = CS_LAM, # lambda of the CS-wavelet baseline (tuned on validation slices)
            cs_backend: str = "auto",
            progress: bool = False, **overrides) -> list[dict]:
     "Lei's Table II on held-out subjects: SNR/SSIM and k-space residual of ZF, unpaired WGAN, l1-net, WGAN + l1 and CS per R."

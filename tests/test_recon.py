@@ -22,12 +22,12 @@ def acq():
     return x, recon.measure(x, mask, maps), mask, maps
 
 GENERATORS = [lambda: recon.PlainGenerator(features=4, blocks=2), lambda: recon.UnrolledGenerator(3, 4),
-              lambda: recon.UnrolledGenerator(2, 4, dc="soft")]
+              lambda: recon.UnrolledGenerator(2, 4, dc="soft"), lambda: recon.UnrolledGenerator(2, 4, block="preact")]
 
 
 @pytest.mark.parametrize("G", GENERATORS)
 def test_generator_last_op_is_hard_dc(G, acq):
-    "G(y) = hard_dc(x_pre): the output is Eq. 8 applied to what the last network module produced; misfit drops >= 2.5x."
+    "G(y) = hard_dc(x_pre): the output is Eq. 8 applied to what the last network module produced; misfit drops >= 2x."
     x, y, mask, maps = acq
     torch.manual_seed(0)
     g = G()
@@ -36,7 +36,7 @@ def test_generator_last_op_is_hard_dc(G, acq):
         assert out.shape == (2, 1, 32, 32) and out.is_complex()
         test_allclose(out, hard_dc(pre, y, mask, maps), rtol=0, atol=1e-5)
         r_pre, r_out = kspace_residual(pre, y, mask, maps), kspace_residual(out, y, mask, maps)
-        assert bool((2.5 * r_out <= r_pre).all()), (r_pre, r_out)
+        assert bool((2 * r_out <= r_pre).all()), (r_pre, r_out)
 
 
 @pytest.mark.parametrize("G", GENERATORS)
@@ -99,13 +99,14 @@ def test_cs_beats_zero_filling_and_agrees_with_sigpy():
     x = recon.subject_slices(2000, (64, 64), 1, deform=False)
     y = recon.measure(x, mask, maps)
     zf = recon.recon_scores(zero_filled(y, mask, maps), x)["snr"]
-    f = recon.recon_scores(recon.cs_wavelet_recon(y, mask, maps, 0.003, 30, "fista"), x)["snr"]
-    s = recon.recon_scores(recon.cs_wavelet_recon(y, mask, maps, 0.003, 30, "sigpy"), x)["snr"]
+    f = recon.recon_scores(recon.cs_wavelet_recon(y, mask, maps, recon.CS_LAM, 30, "fista"), x)["snr"]
+    s = recon.recon_scores(recon.cs_wavelet_recon(y, mask, maps, recon.CS_LAM, 30, "sigpy"), x)["snr"]
     assert f > zf + 5 and s > zf + 5 and abs(f - s) < 1.5
 
 def test_hybrid_schedule():
-    assert [recon.hybrid_l1_weight(s) for s in (0, 499, 500, 1000, 10**6)] == [1.0, 1.0, 1.0, 0.995, 0.995]
-    assert math.isclose(recon.hybrid_l1_weight(750), 0.9975)
+    assert [recon.hybrid_l1_weight(s) for s in (0, 499, 500, 1000, 10**6)] == [1.0, 1.0, 1.0, 0.99, 0.99]   # Sec. IV.D
+    assert math.isclose(recon.hybrid_l1_weight(750), 0.995)
+    assert recon.hybrid_l1_weight(1000, final=0.995) == 0.995                                          # the code's
     ws = [recon.hybrid_l1_weight(s, 10, 20, 0.9) for s in range(30)]
     assert all(a >= b for a, b in zip(ws, ws[1:]))
 
@@ -146,7 +147,7 @@ def test_fastmri_h5_into_pipeline():
     with torch.no_grad(): out, pre = recon.final_dc_input(recon.UnrolledGenerator(1, 4), y, mask, maps)
     test_allclose(out, hard_dc(pre, y, mask, maps), rtol=0, atol=1e-5)
     assert float(kspace_residual(out, y, mask, maps)) * 2 < float(kspace_residual(pre, y, mask, maps))
-    cs = recon.cs_wavelet_recon(y, mask, maps, 0.003, 10, "fista")
+    cs = recon.cs_wavelet_recon(y, mask, maps, recon.CS_LAM, 10, "fista")
     assert cs.shape == (1, 1) + tuple(y.shape[-2:])
 
 def test_bad_inputs(acq):
@@ -189,3 +190,153 @@ def test_lei_crop_is_the_centre_272_by_216():
     per = [10 * np.log10((g64[i] ** 2).sum() / ((p64[i] - g64[i]) ** 2).sum()) for i in range(2)]
     assert math.isclose(s, float(np.mean(per)), rel_tol=1e-5)
     assert recon.recon_scores(pred, gt, crop=(23, 20))["snr"] < s - 1 and recon.recon_scores(pred, gt, crop=(24, 19))["snr"] < s - 1
+
+
+def test_recipes_paper_default_code_option():
+    "Paper values (Sec. IV.A/IV.D, Fig. 6) are the defaults; the authors' code's are recipe='code'; explicit values win."
+    from medsynth_nb.train import get_experiment
+    c = recon.ReconConfig()
+    assert (c.lr, c.critic_lr, c.betas, c.l1_final, c.block) == (1e-4, 1e-4, (0.9, 0.999), 0.99, "postact")
+    k = recon.ReconConfig(recipe="code")
+    assert (k.lr, k.critic_lr, k.betas, k.l1_final, k.block) == (5e-5, 5e-5, (0.5, 0.9), 0.995, "preact")
+    assert recon.ReconConfig(recipe="code", lr=1e-3).lr == 1e-3
+    p = get_experiment("recon-unpaired").config("paper")
+    assert (p.lr, p.betas, p.batch_size, p.iterations, p.blocks, p.gp_weight, p.acceleration) == (1e-4, (0.9, 0.999), 4, 3, 2, 10.0, 10.0)
+    assert (p.input_subjects, p.label_subjects, p.label_mode) == (7, 6, "disjoint")                 # Sec. IV.C
+    for name in ("recon-l1", "recon-hybrid"):
+        assert get_experiment(name).config("paper").input_subjects == 6                              # Sec. IV.D
+    with pytest.raises(ValueError, match="recipe"): recon.ReconConfig(recipe="tf")
+    with pytest.raises(ValueError, match="block"): recon.ReconConfig(block="resnext")
+
+
+def test_disjoint_unpaired_critic_sees_magnitudes():
+    "Sec. IV.C: magnitude labels and a 1-channel critic for disjoint unpaired training; paired critics see complex images."
+    from medsynth_nb.train import get_experiment
+    for preset in ("smoke", "demo", "paper"):
+        assert get_experiment("recon-unpaired").config(preset).critic_input == "magnitude"
+        assert get_experiment("recon-hybrid").config(preset).critic_input == "complex"
+    assert recon.ReconConfig(label_mode="partial").critic_input == "complex"
+    assert recon.ReconConfig(critic_input="complex").critic_input == "complex"                      # the option
+    task = recon.build_recon(get_experiment("recon-unpaired").config("smoke"))
+    assert task.models["critic"].in_channels == 1
+
+
+def test_post_activation_block():
+    "Paper block: ReLU(BN(x + conv(ReLU(BN(conv(x)))))): the output is >= 0 and the BN-ReLU come after the sum."
+    torch.manual_seed(0)
+    b = recon.PostActBlock(4).eval()
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = torch.relu(b.post[0](x + b.body(x)))
+        test_allclose(b(x), ref, rtol=0, atol=0)
+        assert float(b(x).min()) >= 0
+    P = recon.ProxResNet(4, 2, 1, "postact")
+    convs = [m for m in P.net if isinstance(m, torch.nn.Conv2d)]
+    assert isinstance(P.net[-1], torch.nn.Conv2d) and convs[-1].out_channels == 2                      # last conv: no BN-ReLU
+    assert isinstance(P.net[1], torch.nn.BatchNorm2d)                                                  # BN-ReLU after conv 1
+    Q = recon.ProxResNet(4, 2, 1, "preact")
+    assert isinstance(Q.net[1], recon.PreActBlock) and isinstance(Q.net[-3], torch.nn.BatchNorm2d)
+
+
+# ---------------------------------------------------------------- GAN wiring
+def _task(name="recon-unpaired", **kw):
+    from medsynth_nb.train import get_experiment
+    cfg = get_experiment(name).config("smoke", **kw)
+    torch.manual_seed(0)
+    task = recon.build_recon(cfg)
+    batch = task.data(4, torch.Generator().manual_seed(1))
+    return cfg, task, batch
+
+
+def _ctx(task, cfg, step=0):
+    from medsynth_nb.train import Context
+    ctx = Context(task.models, task.models, torch.Generator().manual_seed(2), torch.device("cpu"), cfg)
+    ctx.step = step
+    return ctx
+
+
+def _gap(task, cfg, b):
+    "mean D(label) - mean D(G(y)) on the batch, as the critic sees them."
+    G, D = task.models["generator"], task.models["critic"]
+    with torch.no_grad():
+        fake = recon.critic_view(G(b["y"], b["mask"], b.get("maps")), cfg.critic_input)
+        return float(D(recon.critic_view(b["label"], cfg.critic_input)).mean() - D(fake).mean())
+
+
+def _step(task, phase, b, ctx):
+    ph = next(p for p in task.phases if p.name == phase)
+    out = ph.loss(b, ctx)
+    loss = out[0] if isinstance(out, tuple) else out
+    opt = task.optimizers[ph.optimizer]
+    for o in task.optimizers.values(): o.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+
+@pytest.mark.parametrize("name", ["recon-unpaired", "recon-hybrid"])
+def test_one_critic_step_widens_the_gap(name):
+    "(P1.D): the critic ascends E D(y) - E D(G(x_zf)); without the penalty one Adam step must widen that gap."
+    cfg, task, b = _task(name, gp_weight=0.0)
+    before = _gap(task, cfg, b)
+    _step(task, "critic", b, _ctx(task, cfg))
+    assert _gap(task, cfg, b) > before + 1e-6
+
+
+def test_one_generator_step_narrows_the_gap():
+    "(P1.G): the generator descends -E D(G(x_zf)); one step must narrow the critic gap."
+    cfg, task, b = _task("recon-unpaired")
+    before = _gap(task, cfg, b)
+    _step(task, "generator", b, _ctx(task, cfg))
+    assert _gap(task, cfg, b) < before - 1e-6
+
+
+def test_hybrid_generator_loss_is_eq4():
+    "Eq. (4): (1 - f) (-E D(G)) + f E|G - x|_1, with f = 1 before l1_only and 0.99 after ramp_end."
+    cfg, task, b = _task("recon-hybrid", l1_only=5, ramp_end=10)
+    G, D = task.models["generator"], task.models["critic"]
+    ph = next(p for p in task.phases if p.name == "generator")
+    for step, f in ((0, 1.0), (20, 0.99)):
+        torch.manual_seed(3)
+        loss, _ = ph.loss(b, _ctx(task, cfg, step))
+        torch.manual_seed(3)
+        with torch.no_grad():
+            out = G(b["y"], b["mask"], b.get("maps"))
+            adv = -D(recon.critic_view(out, cfg.critic_input)).mean()
+            l1 = (recon.to_channels(out) - recon.to_channels(b["target"])).abs().mean()
+        test_allclose(loss.detach(), (1 - f) * adv + f * l1, rtol=1e-4, atol=1e-6)
+
+
+def test_unpaired_generator_gets_no_paired_gradient():
+    "The unpaired loss is -E D(G) alone: with a critic that outputs a constant, the generator gets zero gradient."
+    cfg, task, b = _task("recon-unpaired")
+    D = task.models["critic"]
+    for p in D.parameters(): torch.nn.init.zeros_(p)
+    ph = next(p for p in task.phases if p.name == "generator")
+    loss, _ = ph.loss(b, _ctx(task, cfg))
+    loss.backward()
+    assert all(p.grad is None or float(p.grad.abs().max()) == 0 for p in task.models["generator"].parameters())
+
+
+class _DeviceRecorder(torch.nn.Module):
+    "A stand-in generator whose parameter lives on the meta device; it records where its inputs arrive."
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1, device="meta"))
+        self.seen = []
+
+    def forward(self, y, mask, maps=None):
+        self.seen.append((y.device, mask.device, None if maps is None else maps.device))
+        return torch.zeros(y.shape[0], 1, *y.shape[-2:], dtype=torch.complex64, device=y.device)
+
+
+def test_reconstruct_moves_inputs_to_the_models_device(acq):
+    "reconstruct sends y, mask and maps to the model's device (here 'meta'), chunk by chunk; no GPU needed."
+    _, y, mask, maps = acq
+    G = _DeviceRecorder()
+    out = recon.reconstruct(G, y, mask, maps, batch_size=1)
+    assert len(G.seen) == 2 and all(d == torch.device("meta") for row in G.seen for d in row)
+    assert out.device.type == "meta"
+    G.seen.clear()
+    recon.reconstruct(G, recon.measure(acq[0], mask, None), mask)
+    assert G.seen[0][:2] == (torch.device("meta"), torch.device("meta")) and G.seen[0][2] is None

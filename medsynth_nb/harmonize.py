@@ -132,8 +132,9 @@ def translate_slices(model: Callable, # ε_θ([b, x_t], t) → ε (or [ε, v])
                      generator: torch.Generator | None = None, # for x_T and the ancestral noise
                      skip_empty: bool = True, # all-zero source slices → zero output, no sampling
                      progress: bool = False,
+                     device=None, # where the network runs (default: its parameters' device); inputs are moved there
                     ) -> Tensor:
-    "Translate source slices to the target contrast: (n, 1, h, w) in [0, 1] (Durrer Fig. 3)."
+    "Translate source slices to the target contrast: (n, 1, h, w) in [0, 1], on `source`'s device (Durrer Fig. 3)."
     check_tensor(source, "source", ndim=4)
     if source.shape[1] != 1: raise ValueError(f"source: expected (n, 1, h, w) single-channel slices, got shape {tuple(source.shape)}")
     if source.min() < 0 or source.max() > 1: raise ValueError(f"source: expected intensities in [0, 1] (durrer_preprocess), got [{float(source.min()):.3g}, {float(source.max()):.3g}]")
@@ -154,10 +155,11 @@ def translate_slices(model: Callable, # ε_θ([b, x_t], t) → ε (or [ε, v])
         shape = (len(j), 1, H, W)
         if sampler == "ddim":
             x = ddim_sample(model, sch, shape, num_inference_steps or sch.num_train_timesteps, eta=eta, generator=generator,
-                            cond=cond, progress=progress)
+                            cond=cond, progress=progress, device=device)
         else:
-            x = ddpm_sample(model, sch, shape, generator=generator, cond=cond, progress=progress, num_inference_steps=num_inference_steps)
-        out[j] = center_crop_or_pad(from_model_range(x), (h, w)).to(out.dtype)
+            x = ddpm_sample(model, sch, shape, generator=generator, cond=cond, progress=progress,
+                            num_inference_steps=num_inference_steps, device=device)
+        out[j] = center_crop_or_pad(from_model_range(x), (h, w)).to(out.device, out.dtype)   # back to source's device
     return out
 
 def translate_volume(model: Callable, scheduler: DDPMScheduler,
@@ -303,7 +305,7 @@ def compare_samplers(model: Callable, scheduler: DDPMScheduler,
                      source: Tensor, # (D, H, W) source volume (or slab) in [0, 1]
                      target: Tensor, # (D, H, W) target scan in [0, 1]
                      samplers: dict | None = None, # name → (sampler, num_inference_steps); default ancestral-1000 and DDIM-50
-                     seed: int = 0, # the same x_T (and ancestral noise stream) for every sampler
+                     seed: int = 0, # the same x_T (and ancestral noise stream) for every sampler, from a CPU generator
                      device=None, # where to sample (default: the model's device)
                      **kw, # passed to `translate_volume` (axis, batch_size, ...)
                     ) -> dict:
@@ -315,8 +317,8 @@ def compare_samplers(model: Callable, scheduler: DDPMScheduler,
     for name, (sampler, steps) in samplers.items():
         if dev.type == "cuda": torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
-        pred = translate_volume(model, scheduler, source.to(dev), sampler=sampler, num_inference_steps=steps,
-                                generator=make_generator(seed, dev), **kw).cpu()
+        pred = translate_volume(model, scheduler, source.cpu(), sampler=sampler, num_inference_steps=steps,
+                                generator=make_generator(seed), device=dev, **kw)
         if dev.type == "cuda": torch.cuda.synchronize(dev)
         out[name] = {"seconds": time.perf_counter() - t0, "pred": pred, **evaluate_harmonization(pred, target.cpu(), tissues=False)}
     return out

@@ -297,3 +297,33 @@ def test_cli_accepts_direction_without_shell_redirection(tmp_path):
     assert (key, value) == ("direction", "1.5T-to-3T")
     from medsynth_nb.train import get_experiment
     assert get_experiment("harmonize").config("paper", **{key: value}).direction == "1.5T-to-3T"
+
+
+class _MetaHarmonizer(torch.nn.Module):
+    "A [source, x_t] → [ε, v] model on the meta device: records where its inputs arrive, then stops the loop."
+    in_channels, out_channels = 2, 2
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1, device="meta"))
+        self.seen = []
+
+    def forward(self, inp, t):
+        self.seen.append((inp.device.type, t.device.type, tuple(inp.shape)))
+        raise StopIteration
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_translate_and_compare_move_inputs_to_the_model_device(sampler):
+    "No GPU needed: CPU source slices and a CPU generator reach a meta-device model as meta tensors."
+    from medsynth_nb.harmonize import compare_samplers
+    sched = harmonization_scheduler()
+    m = _MetaHarmonizer()
+    with pytest.raises(StopIteration):
+        translate_slices(m, sched, _src(2, 8, 8), sampler=sampler, num_inference_steps=3, generator=make_generator(0))
+    assert m.seen == [("meta", "meta", (2, 2, 8, 8))]
+    m.seen.clear()
+    vol = torch.rand(2, 8, 8, generator=make_generator(1))
+    with pytest.raises(StopIteration):
+        compare_samplers(m, sched, vol, vol, samplers={"x": (sampler, 3)})
+    assert m.seen == [("meta", "meta", (2, 2, 8, 8))]

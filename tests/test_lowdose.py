@@ -277,13 +277,16 @@ def _ctx(G, D, cfg, seed):
 
 
 def critic_gap(G, D, batch, cfg, seed=123):
-    "mean f(real, c̃) − mean f(fake, ĉ) with the draws of `seed` (the library's sign: the critic maximises it)."
-    return float(lowdose_critic_loss(batch, _ctx(G, D, cfg, seed), cfg)[1]["wasserstein"])
-
-
-def fake_score(G, D, batch, cfg, seed=321):
-    "mean f(ŷ, ĉ) of the generator's adversarial pass with the draws of `seed` (the generator raises it)."
-    return -float(lowdose_generator_loss(batch, _ctx(G, D, cfg, seed), cfg)[1]["adv"])
+    "mean f(y, c) − mean f(ŷ, ĉ), computed here from the networks (not from the loss's logs), with the fakes and"
+    " doses d̂ that `lowdose_critic_loss` draws from a generator seeded with `seed` (label noise 0 in the toy)."
+    g = make_generator(seed)
+    na, sd, y = batch["x_NA"], batch["x_SD"], batch["y_LD"]
+    c = condition_vector(batch["dose"], batch["field"])
+    d_hat = cfg.dose_min + (cfg.dose_max - cfg.dose_min) * torch.rand(len(y), generator=g)
+    c_hat = torch.stack([d_hat, c[:, 1]], 1)
+    with torch.no_grad():
+        y_hat = generate(G, na, sd, c_hat, g)[0]
+        return float(D(torch.cat([y, na, sd], 1), c).mean() - D(torch.cat([y_hat, na, sd], 1), c_hat).mean())
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -301,13 +304,12 @@ def test_one_critic_step_widens_the_gap(samples, seed):
 def test_one_generator_step_narrows_the_gap(samples, seed):
     "The adversarial step raises the critic's score of the fakes, so the gap real − fake shrinks (content weight 0)."
     cfg, G, D, batch = _toy(samples, seed)
-    s0, g0 = fake_score(G, D, batch, cfg), critic_gap(G, D, batch, cfg)
+    before = critic_gap(G, D, batch, cfg)
     opt = torch.optim.Adam(G.parameters(), lr=1e-3, betas=cfg.betas)
     opt.zero_grad()
     lowdose_generator_loss(batch, _ctx(G, D, cfg, 321), cfg)[0].backward()
     opt.step()
-    assert fake_score(G, D, batch, cfg) > s0 + 1e-6
-    assert critic_gap(G, D, batch, cfg) < g0 - 1e-6        # also for fakes of other draws (z, d̂)
+    assert critic_gap(G, D, batch, cfg) < before - 1e-6     # measured on fakes of other draws (z, d̂) than the step's
 
 
 def test_gradient_penalty_enters_the_critic_loss(samples):
@@ -350,9 +352,10 @@ def test_label_noise_goes_on_the_dose_only_by_default(samples, on):
     assert (c_real[:, 0] - exact[:, 0]).abs().min() > 0                      # the dose is smoothed
     if on == "dose": test_allclose(c_real[:, 1], exact[:, 1], rtol=0, atol=0)  # the paper: the field is exact
     else: assert (c_real[:, 1] - exact[:, 1]).abs().min() > 0               # the code: the field is smoothed too
-    # the fakes carry a random dose in [0.05, 0.5] and the exact field
+    # the fakes carry the random doses d̂ ~ U[0.05, 0.5] (the first draw of the step's generator) and the exact field
+    d_hat = 0.05 + 0.45 * torch.rand(4, generator=make_generator(9))
     c_fake = fake[0]
-    assert ((c_fake[:, 0] >= 0.05) & (c_fake[:, 0] <= 0.5)).all()
+    test_allclose(c_fake[:, 0], d_hat)
     test_allclose(c_fake[:, 1], exact[:, 1], rtol=0, atol=0)
     assert LowDoseConfig().label_noise_on == "dose"
 
@@ -399,3 +402,16 @@ def test_paper_preset_is_the_papers_loss():
     assert (cfg.content_loss, cfg.content_reduction, cfg.patch_size, cfg.label_noise_on, cfg.adv_weight) == \
            ("np", "sum", 4, "dose", 1.0)
     assert (cfg.dose_min, cfg.dose_max, cfg.label_noise) == (0.05, 0.5, 0.05)
+
+
+def test_content_pass_uses_the_real_condition(samples):
+    "Pass 1 of the generator step: ℓ_C of g(z, c) at the REAL dose and field against y_LD (z: the step's first draw)."
+    cfg, G, D, batch = _toy(samples, 0, content_weight=1.0, content_reduction="code")
+    _, logs = lowdose_generator_loss(batch, _ctx(G, D, cfg, 11), cfg)
+    c = condition_vector(batch["dose"], batch["field"])
+    ref = content_loss(generate(G, batch["x_NA"], batch["x_SD"], c, make_generator(11)), batch["y_LD"], "l1", reduction="code")
+    test_allclose(logs["content"], ref.detach())
+    c_other = c.clone(); c_other[:, 0] = 0.45
+    other = content_loss(generate(G, batch["x_NA"], batch["x_SD"], c_other, make_generator(11)), batch["y_LD"], "l1",
+                         reduction="code")
+    assert abs(other.item() - ref.item()) > 1e-6                    # … and the dose does change it

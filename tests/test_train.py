@@ -216,7 +216,7 @@ from medsynth_nb.train import RunSetupError, train
 dist.init_process_group("gloo")        # one group for three runs (fit leaves a group it did not create alone)
 out = sys.argv[1]
 train("toy-regression", "smoke", out=f"{out}/toy-regression", dropout=0.0, progress=False)
-train("toy-regression", "smoke", out=f"{out}/toy-regression-bn", dropout=0.0, batchnorm=True, progress=False)
+train("toy-regression", "smoke", out=f"{out}/toy-regression-bn", steps=10, dropout=0.0, batchnorm=True, progress=False)
 try:
     train("toy-regression", "smoke", out=f"{out}/sync-bn", batchnorm=True, sync_bn=True, progress=False)
     refusal = None
@@ -253,7 +253,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
         assert ck["world_size"] == 2 and len(ck["rng"]) == 2
     # BatchNorm: the running statistics moved (they are saved), and they are the same on both ranks (checked above)
     bn = load_checkpoint(tmp_path / "toy-regression-bn")["models"]["model"]
-    assert int(bn["1.num_batches_tracked"]) == 30 and float(bn["1.running_mean"].abs().max()) > 0.01
+    assert int(bn["1.num_batches_tracked"]) == 10 and float(bn["1.running_mean"].abs().max()) > 0.01
     assert "sync_bn: SyncBatchNorm needs GPU processes (NCCL)" in json.loads((tmp_path / "sync_bn_refusal.json").read_text())
     # 2 processes × 16 samples = 1 process × 32 samples: the same samples, gradients averaged by all_reduce
     one = train("toy-regression", "smoke", out=tmp_path / "one", dropout=0.0, progress=False)

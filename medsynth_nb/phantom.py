@@ -23,15 +23,19 @@ from .data import (array_sha256, decode_file, load_nifti, samples_root, save_fas
 from .utils import atomic_write, numpy_rng, report_result
 
 # %% auto #0
-__all__ = ['ANATOMY_FILES', 'TISSUES', 'LABELS', 'ICBM_NOTICE', 'FIELDS', 'TISSUE_PARAMS', 'RELAXIVITY', 'CONCENTRATION_SD',
-           'MPRAGE_PROTOCOLS', 'SPGR_PROTOCOL', 'SPIN_ECHO_PROTOCOL', 'SEQUENCES', 'SNR', 'SAMPLE_DOSES',
-           'load_anatomy', 'derive_anatomy_from_nilearn', 'relaxation', 'spgr_signal', 'spin_echo_signal',
-           'mprage_signal', 'tissue_signals', 'simulate_image', 'tissue_labels', 'add_lesions', 'bias_field',
-           'add_rician_noise', 'birdcage_maps', 'smooth_phase', 'multicoil_kspace', 'rss', 'deform', 'random_subject',
-           'RandomDoseSeriesDataset', 'build_samples', 'main']
+__all__ = ['ANATOMY_FILES', 'COLIN27_FILES', 'ANATOMIES', 'TISSUES', 'LABELS', 'ICBM_NOTICE', 'COLIN27_NOTICE', 'FIELDS',
+           'TISSUE_PARAMS', 'RELAXIVITY', 'CONCENTRATION_SD', 'MPRAGE_PROTOCOLS', 'SPGR_PROTOCOL', 'SPIN_ECHO_PROTOCOL',
+           'SEQUENCES', 'SNR', 'SAMPLE_DOSES', 'load_anatomy', 'derive_anatomy_from_nilearn',
+           'partial_volume_fractions', 'resample_to_grid', 'derive_anatomy_from_mricron', 'relaxation', 'spgr_signal',
+           'spin_echo_signal', 'mprage_signal', 'tissue_signals', 'simulate_image', 'tissue_labels', 'add_lesions',
+           'bias_field', 'add_rician_noise', 'birdcage_maps', 'smooth_phase', 'multicoil_kspace', 'rss', 'deform',
+           'random_subject', 'RandomDoseSeriesDataset', 'anatomy_dice', 'build_samples', 'main']
 
 # %% ../nbs/02_phantom.ipynb #1812534f
 ANATOMY_FILES = {k: f"icbm152_2009a_2mm_{k}.nii.gz" for k in ("t1", "gm", "wm", "mask")}
+COLIN27_FILES = {k: f"colin27_2mm_{k}.nii.gz" for k in ("t1", "gm", "wm", "mask")}
+# training anatomy (ICBM152, an average of 152 brains) and held-out anatomy (Colin27, one person), same 2 mm MNI grid
+ANATOMIES = dict(icbm152=ANATOMY_FILES, colin27=COLIN27_FILES)
 TISSUES = ("csf", "gm", "wm", "rim", "core", "oedema")
 LABELS = dict(background=0, csf=1, gm=2, wm=3, rim=4, core=5, oedema=6)
 
@@ -63,10 +67,13 @@ References
   structure segmentation. IPMI 1999.
 """
 
-def load_anatomy(root: str | os.PathLike | None = None) -> dict:
-    "The 2 mm ICBM152 maps as float fractions: t1 (0–1), gm, wm, csf, mask (X, Y, Z) and the affine."
+def load_anatomy(root: str | os.PathLike | None = None, # folder holding the maps (default: data_samples/)
+                 name: str = "icbm152", # which anatomy: one of ANATOMIES
+                ) -> dict:
+    "The 2 mm maps of one anatomy as float fractions: t1 (0–1), gm, wm, csf, mask (X, Y, Z) and the affine."
+    if name not in ANATOMIES: raise ValueError(f"name: expected one of {sorted(ANATOMIES)}, got {name!r}")
     root = samples_root(root)
-    maps = {k: load_nifti(root / f, dtype=None) for k, f in ANATOMY_FILES.items()}
+    maps = {k: load_nifti(root / f, dtype=None) for k, f in ANATOMIES[name].items()}
     affine = maps["t1"][1]
     t1, gm, wm, mask = (maps[k][0].astype(np.float64) for k in ("t1", "gm", "wm", "mask"))
     mask = (mask > 0).astype(np.float64)
@@ -98,6 +105,90 @@ def derive_anatomy_from_nilearn(out: str | os.PathLike | None = None, # folder t
     out = samples_root(out)
     paths = [save_nifti(out / ANATOMY_FILES[k], v, aff2, dtype=np.uint8) for k, v in maps.items()]
     with atomic_write(out / "ICBM152_LICENSE.txt") as tmp: Path(tmp).write_text(ICBM_NOTICE, encoding="utf-8")
+    return paths
+
+# %% ../nbs/02_phantom.ipynb #98c1d4e4
+COLIN27_NOTICE = """Colin27 average brain (Holmes et al. 1998), 2 mm derived tissue maps
+====================================================================
+
+The files colin27_2mm_{t1,gm,wm,mask}.nii.gz in this folder are derived from ch2bet.nii.gz (the skull-stripped
+Colin27 average of 27 T1-weighted scans of one subject, in MNI space) as shipped in Debian's package mricron-data
+(/usr/share/mricron/templates/ch2bet.nii.gz). Derivation (medsynth_nb.phantom.derive_anatomy_from_mricron):
+three-class tied-variance Gaussian mixture (EM) on the brain intensities, partial-volume fractions linear between
+adjacent class means, averaged onto the 2 mm ICBM152 grid of this folder, rounded to uint8.
+
+Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute, McGill
+University. Permission to use, copy, modify, and distribute this software and its documentation for any purpose and
+without fee is hereby granted, provided that the above copyright notice appear in all copies. The authors and McGill
+University make no representations about the suitability of this software for any purpose. It is provided "as is"
+without express or implied warranty.
+
+Reference
+- C.J. Holmes, R. Hoge, L. Collins, R. Woods, A.W. Toga, A.C. Evans. Enhancement of MR images using registration for
+  signal averaging. J Comput Assist Tomogr 22(2):324-333, 1998.
+"""
+
+# %% ../nbs/02_phantom.ipynb #85cc77bc
+def partial_volume_fractions(t1: np.ndarray, # (X, Y, Z) skull-stripped T1w intensities, 0 outside the brain
+                             n_iter: int = 200, # EM iterations of the tied-variance mixture
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    "CSF/GM/WM fractions (3, X, Y, Z) of a T1w brain and the three class means (tied-variance Gaussian mixture)."
+    t1 = np.asarray(t1, dtype=np.float64)
+    if t1.ndim != 3: raise ValueError(f"t1: expected a 3-D volume (X, Y, Z), got shape {t1.shape}")
+    if not np.isfinite(t1).all(): raise ValueError("t1: expected finite intensities, got NaN or Inf")
+    brain = t1 > 0
+    if brain.sum() < 3: raise ValueError(f"t1: expected at least 3 brain voxels (> 0), got {int(brain.sum())}")
+    v = t1[brain]
+    mu, var, w = np.percentile(v, [5, 50, 90]), v.var() / 9, np.full(3, 1 / 3)
+    for _ in range(n_iter):
+        ll = -0.5 * (v[:, None] - mu) ** 2 / var + np.log(w)
+        p = np.exp(ll - ll.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        n = p.sum(0)
+        w, mu = n / n.sum(), (p * v[:, None]).sum(0) / n
+        var = (p * (v[:, None] - mu) ** 2).sum() / len(v)
+    c, g, m = np.sort(mu)
+    wm = np.clip((t1 - g) / (m - g), 0, 1)
+    csf = np.clip((g - t1) / (g - c), 0, 1)
+    return np.stack([csf, 1 - wm - csf, wm]) * brain, np.sort(mu)
+
+# %% ../nbs/02_phantom.ipynb #2518fd34
+def resample_to_grid(vol: np.ndarray, # (..., X, Y, Z) source volume(s)
+                     src_affine: np.ndarray, dst_affine: np.ndarray, # 4×4 voxel-to-world matrices
+                     dst_shape: Sequence[int], # (X, Y, Z) of the destination grid
+                     sub: int = 2, # sub-samples per axis and destination voxel (sub³ trilinear samples averaged)
+                    ) -> np.ndarray:
+    "Average `sub`³ trilinear samples of `vol` inside each destination voxel (zero outside the source)."
+    from scipy import ndimage
+    vol = np.asarray(vol, dtype=np.float64)
+    lead, X = vol.shape[:-3], vol.reshape(-1, *vol.shape[-3:])
+    to_src = np.linalg.inv(src_affine) @ dst_affine
+    ii = np.indices(tuple(dst_shape)).reshape(3, -1).astype(np.float64)
+    offs = (np.arange(sub) + 0.5) / sub - 0.5
+    out = np.zeros((X.shape[0], int(np.prod(dst_shape))))
+    for d in np.stack(np.meshgrid(offs, offs, offs, indexing="ij"), -1).reshape(-1, 3):
+        c = to_src[:3, :3] @ (ii + d[:, None]) + to_src[:3, 3:]
+        for k in range(X.shape[0]): out[k] += ndimage.map_coordinates(X[k], c, order=1, mode="constant")
+    return (out / sub ** 3).reshape(*lead, *dst_shape)
+
+# %% ../nbs/02_phantom.ipynb #325bce19
+def derive_anatomy_from_mricron(out: str | os.PathLike | None = None, # folder with the ICBM152 maps; writes colin27_* there
+                                templates: str | os.PathLike = "/usr/share/mricron/templates", # Debian's mricron-data
+                               ) -> list[Path]:
+    "Optional developer step: derive the 2 mm Colin27 maps (held-out anatomy) from Debian's mricron-data."
+    src = Path(templates) / "ch2bet.nii.gz"
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: not found; `apt-get install mricron-data` provides it (only this optional step needs it)")
+    out = samples_root(out)
+    ch2, aff1, _ = load_nifti(src, dtype="float64")
+    ref, aff2, _ = load_nifti(out / ANATOMY_FILES["t1"], dtype=None)
+    fr1, _ = partial_volume_fractions(ch2)
+    csf, gm, wm, t1 = resample_to_grid(np.concatenate([fr1, ch2[None] / ch2.max()]), aff1, aff2, ref.shape)
+    mask = (csf + gm + wm) >= 0.5
+    maps = dict(t1=t1, gm=gm * mask, wm=wm * mask, mask=mask.astype(np.float64))
+    paths = [save_nifti(out / COLIN27_FILES[k], np.round(np.clip(v, 0, 1) * (1 if k == "mask" else 255)), aff2, dtype=np.uint8)
+             for k, v in maps.items()]
+    with atomic_write(out / "COLIN27_LICENSE.txt") as tmp: Path(tmp).write_text(COLIN27_NOTICE, encoding="utf-8")
     return paths
 
 # %% ../nbs/02_phantom.ipynb #1c27aecb
@@ -321,9 +412,9 @@ def rss(coil_images: np.ndarray, axis: int = -3) -> np.ndarray:
 # %% ../nbs/02_phantom.ipynb #1ef5227e
 _ANATOMY_CACHE: dict = {}
 
-def _anatomy(root=None) -> dict:
-    key = str(samples_root(root))
-    if key not in _ANATOMY_CACHE: _ANATOMY_CACHE[key] = load_anatomy(root)
+def _anatomy(root=None, name: str = "icbm152") -> dict:
+    key = (str(samples_root(root)), name)
+    if key not in _ANATOMY_CACHE: _ANATOMY_CACHE[key] = load_anatomy(root, name)
     return _ANATOMY_CACHE[key]
 
 def _smooth_basis(n: int, grid: int) -> np.ndarray:
@@ -357,10 +448,12 @@ def random_subject(seed: int, # subject id: everything random follows from it
                    sequence: str = "spgr", agent: str = "gadobutrol",
                    n_lesions: tuple[int, int] = (1, 3), snr: float = 25.0, # SNR of native white matter
                    bias_strength: float = 0.15, deform_voxels: float = 2.0, t1_jitter: float = 0.10,
-                   masked: bool = True, root=None) -> dict:
+                   masked: bool = True, root=None,
+                   anatomy: str = "icbm152", # "icbm152" (training subjects) or "colin27" (held-out subjects)
+                  ) -> dict:
     "A random subject: images (len(doses), X, Y, Z) float32 tensor (Rician noise), labels, doses, field."
     rng = np.random.default_rng([int(seed), 20260])
-    base = _anatomy(root)
+    base = _anatomy(root, anatomy)
     fr = deform({t: base[t] for t in ("csf", "gm", "wm")}, deform_voxels, seed=rng) if deform_voxels > 0 else {t: base[t] for t in ("csf", "gm", "wm")}
     fr, labels = add_lesions(fr, int(rng.integers(n_lesions[0], n_lesions[1] + 1)), seed=rng)
     t1s = {t: float(rng.uniform(1 - t1_jitter, 1 + t1_jitter)) for t in TISSUES}
@@ -399,6 +492,19 @@ class RandomDoseSeriesDataset(Dataset):
         return dict(x_NA=na[None], x_SD=sd[None], y_LD=(ld - na)[None], x_LD=ld[None],
                     dose=torch.tensor(d, dtype=torch.float32), field=torch.tensor(B, dtype=torch.float32))
 
+# %% ../nbs/02_phantom.ipynb #13b87061
+def anatomy_dice(a: np.ndarray | Tensor, b: np.ndarray | Tensor, # (X, Y, Z) label maps (LABELS) of two subjects
+                ) -> dict:
+    "Dice overlap of GM and WM between two subjects' tissue label maps."
+    a, b = (np.asarray(v) for v in (a, b))
+    if a.shape != b.shape: raise ValueError(f"a, b: expected label maps of one shape, got {a.shape} and {b.shape}")
+    out = {}
+    for t in ("gm", "wm"):
+        x, y = a == LABELS[t], b == LABELS[t]
+        n = x.sum() + y.sum()
+        out[t] = float(2 * (x & y).sum() / n) if n else float("nan")
+    return out
+
 # %% ../nbs/02_phantom.ipynb #7c73e50f
 SNR = {1.5: 25.0, 3.0: 40.0}  # native WM SNR of the samples (assumed: 3 T has more signal)
 SAMPLE_DOSES = (0.0, 0.1, 0.2, 0.33, 1.0)
@@ -410,14 +516,16 @@ def _entry(path: Path, kind: str, meaning: str, **fields) -> dict:
 
 def build_samples(out: str | os.PathLike | None = None, # folder to write (default: data_samples/ beside the package)
                   seed: int = 0, from_nilearn: bool = False, # also re-derive the anatomy from nilearn
+                  from_mricron: bool = False, # also re-derive the held-out Colin27 anatomy from Debian's mricron-data
                   anatomy_root: str | os.PathLike | None = None, # where to read the 2 mm anatomy (default: `out`)
                   verbose: bool = True) -> dict:
     "Simulate every sample file deterministically and write them with `manifest.json`; returns the manifest."
     out = samples_root(out); out.mkdir(parents=True, exist_ok=True)
     if from_nilearn: derive_anatomy_from_nilearn(out)
+    if from_mricron: derive_anatomy_from_mricron(out)
     aroot = out if anatomy_root is None else Path(anatomy_root)
-    if aroot != out:  # copy the shipped anatomy so the folder is self-contained
-        for f in list(ANATOMY_FILES.values()) + ["ICBM152_LICENSE.txt"]:
+    if aroot != out:  # copy the shipped anatomies so the folder is self-contained
+        for f in [*ANATOMY_FILES.values(), *COLIN27_FILES.values(), "ICBM152_LICENSE.txt", "COLIN27_LICENSE.txt"]:
             with atomic_write(out / f) as tmp: Path(tmp).write_bytes((aroot / f).read_bytes())
     anat = load_anatomy(out)
     aff = anat["affine"]
@@ -425,6 +533,8 @@ def build_samples(out: str | os.PathLike | None = None, # folder to write (defau
     rng = lambda *k: np.random.default_rng([seed, *k])
     files = [_entry(out / f, "anatomy", f"ICBM152 2009a 2 mm uint8 {k} map (McGill notice: ICBM152_LICENSE.txt)")
              for k, f in ANATOMY_FILES.items()]
+    files += [_entry(out / f, "anatomy", f"Colin27 2 mm uint8 {k} map, held-out anatomy (MNI notice: COLIN27_LICENSE.txt)")
+              for k, f in COLIN27_FILES.items()]
     normal = {t: anat[t] for t in ("csf", "gm", "wm")}
     fr, labels = add_lesions(normal, n_lesions=2, seed=rng(1))
     mask = labels > 0
@@ -491,13 +601,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--check", action="store_true", help="only compare the folder with its manifest")
     ap.add_argument("--from-nilearn", action="store_true", help="also re-derive the 2 mm anatomy from nilearn (pip install nilearn)")
+    ap.add_argument("--from-mricron", action="store_true",
+                    help="also re-derive the held-out Colin27 anatomy (apt-get install mricron-data)")
     a = ap.parse_args(argv)
     if a.check:
         problems = verify_manifest(a.out)
         print("\n".join(problems) if problems else f"{samples_root(a.out)}: every array matches manifest.json")
         return 1 if problems else 0
     t0 = time.time()
-    man = build_samples(a.out, seed=a.seed, from_nilearn=a.from_nilearn)
+    man = build_samples(a.out, seed=a.seed, from_nilearn=a.from_nilearn, from_mricron=a.from_mricron)
     root = samples_root(a.out)
     size = sum((root / e["path"]).stat().st_size for e in man["files"])
     print(f"wrote {len(man['files'])} files ({size / 2**20:.2f} MiB) to {root} in {time.time() - t0:.1f} s")

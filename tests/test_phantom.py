@@ -24,11 +24,13 @@ def test_rebuild_reproduces_manifest_exactly(tmp_path):
 def test_manifest_covers_folder_and_size():
     man = load_manifest(SAMPLES)
     listed = {e["path"] for e in man["files"]}
-    present = {p.name for p in SAMPLES.iterdir() if p.is_file()} - {"manifest.json", "ICBM152_LICENSE.txt"}
+    present = {p.name for p in SAMPLES.iterdir() if p.is_file()} - {"manifest.json", "ICBM152_LICENSE.txt", "COLIN27_LICENSE.txt"}
     assert listed == present
     assert sum(p.stat().st_size for p in SAMPLES.iterdir()) <= 20 * 2**20
     notice = (SAMPLES / "ICBM152_LICENSE.txt").read_text()
     assert "McConnell Brain Imaging Centre" in notice and "Permission to use, copy, modify" in notice
+    colin = (SAMPLES / "COLIN27_LICENSE.txt").read_text()
+    assert "Holmes" in colin and "Permission to use, copy, modify" in colin and "mricron-data" in colin
     for e in man["files"]:
         assert e["meaning"] and all(len(a["sha256"]) == 64 for a in e["arrays"].values())
 
@@ -110,3 +112,39 @@ def test_random_subject_seeded_and_global_rng_untouched():
     it = ds[999]
     assert len(ds) == 1000 and it["x_NA"].shape == (1, 117, 95)
     with pytest.raises(IndexError): ds[1000]
+
+
+# --- held-out anatomy ------------------------------------------------------------------------------------------
+def _labels(fr): return P.tissue_labels({t: fr[t] for t in ("csf", "gm", "wm")})
+
+def test_heldout_anatomy_is_distinct_from_every_training_subject():
+    icbm, colin = P.load_anatomy(SAMPLES), P.load_anatomy(SAMPLES, "colin27")
+    train = [_labels(P.deform({t: icbm[t] for t in ("csf", "gm", "wm")}, 2.0, seed=s)) for s in range(3)]
+    tpl = _labels(icbm)
+    for l in train:  # training subjects are warps of one template: close to it
+        d = P.anatomy_dice(l, tpl); assert min(d.values()) > 0.7, d
+    held = [_labels(colin)] + [_labels(P.deform({t: colin[t] for t in ("csf", "gm", "wm")}, 2.0, seed=s)) for s in (0, 1)]
+    for h in held:
+        for l in train + [tpl]:
+            d = P.anatomy_dice(h, l); assert max(d.values()) < 0.75, d
+
+def test_random_subject_from_heldout_anatomy():
+    a = P.random_subject(3, field=3.0, doses=(0.0,), anatomy="colin27")
+    b = P.random_subject(3, field=3.0, doses=(0.0,))
+    assert a["images"].shape == b["images"].shape
+    assert max(P.anatomy_dice(a["labels"], b["labels"]).values()) < 0.75
+    with pytest.raises(ValueError, match="expected one of"): P.random_subject(3, anatomy="mni305")
+
+def test_anatomy_dice_hand_computed():
+    a = np.array([[[2, 2, 3, 0]]]); b = np.array([[[2, 3, 3, 3]]])
+    d = P.anatomy_dice(a, b)
+    assert d == {"gm": pytest.approx(2 * 1 / 3), "wm": pytest.approx(2 * 1 / 4)}
+    with pytest.raises(ValueError, match="one shape"): P.anatomy_dice(a, b[..., :2])
+
+@pytest.mark.skipif(not Path("/usr/share/mricron/templates/ch2bet.nii.gz").exists(), reason="optional: apt-get install mricron-data")
+def test_colin27_derivation_reproduces_shipped_maps(tmp_path):
+    for f in P.ANATOMY_FILES.values(): (tmp_path / f).write_bytes((SAMPLES / f).read_bytes())
+    P.derive_anatomy_from_mricron(tmp_path)
+    for f in P.COLIN27_FILES.values():
+        new, old = (P.load_nifti(d / f, dtype=None)[0] for d in (tmp_path, SAMPLES))
+        assert np.abs(new.astype(int) - old.astype(int)).max() <= 1, f  # uint8 rounding of float sums

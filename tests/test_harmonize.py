@@ -327,3 +327,15 @@ def test_translate_and_compare_move_inputs_to_the_model_device(sampler):
     with pytest.raises(StopIteration):
         compare_samplers(m, sched, vol, vol, samplers={"x": (sampler, 3)})
     assert m.seen == [("meta", "meta", (2, 2, 8, 8))]
+
+
+@pytest.mark.parametrize("n", [5, 20, 50, 333, 1000])
+def test_translation_chain_ends_noise_free_at_t0(n):
+    "The harmonization sampler's respaced chain ends at t = 0, so the last ancestral step adds no noise (not 'trailing')."
+    s = harmonization_scheduler()
+    assert s.timestep_spacing == "leading"
+    s.set_timesteps(n)
+    assert int(s.timesteps[-1]) == 0 and len(s.timesteps) == n
+    x, out = torch.randn(1, 1, 4, 4, generator=make_generator(0)), torch.zeros(1, 2, 4, 4)
+    a = s.step(out, 0, x, generator=make_generator(1)).prev_sample
+    assert torch.equal(a, s.step(out, 0, x, generator=make_generator(2)).prev_sample)   # no draw from the generator

@@ -920,7 +920,10 @@ def _check_replicas(raw: dict, info: DistInfo, out: Path):
     same = all(f == fps[0] for f in fps)
     if info.rank == 0:
         with atomic_write(out / "replicas.json") as tmp: tmp.write_text(json.dumps({"world_size": info.world_size, "identical": same, "fingerprints": fps}, indent=1))
-    if not same: raise RuntimeError(f"replicas diverged: the {info.world_size} processes hold different weights ({out / 'replicas.json'})")
+    if not same:
+        bad = sorted({k for f in fps for k in f if f[k] != fps[0].get(k)})
+        raise RuntimeError(f"replicas diverged: the {info.world_size} processes hold different weights in {', '.join(bad)} "
+                           f"(buffers were copied from rank 0 first; {out / 'replicas.json'})")
 
 # %% ../nbs/50_training.ipynb #29727ea2
 def train(experiment: str | Experiment, # a registered name or an Experiment

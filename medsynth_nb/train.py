@@ -548,6 +548,9 @@ def check_compatible(ck: Mapping, experiment: str, config: TrainConfig, path: st
     new = config.to_dict()
     defaults = {f.name: new[f.name] if f.default is dataclasses.MISSING else f.default for f in dataclasses.fields(config)}
     old = {**json.loads(json.dumps(defaults)), **ck.get("config", {})}  # a field added since the save: its default
+    if ck.get("config_class") == type(config).__name__:
+        try: old = type(config).from_dict(old).to_dict()  # the config's own normalisation (e.g. a renamed choice's alias)
+        except (TypeError, ValueError): pass               # unreadable as today's config: compare as stored
     free = {f.name for f in dataclasses.fields(config) if f.metadata.get("resumable")}
     for k in sorted(set(old) | set(new)):
         if k in free: continue

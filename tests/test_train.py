@@ -328,6 +328,17 @@ def test_checkpoint_without_a_newer_field_counts_it_as_default():
         check_compatible(ck, "toy-regression", cfg.replace(sync_bn=True))
 
 
+def test_checkpoint_with_an_old_spelling_compares_after_normalisation():
+    "A checkpoint that stores harmonize's old direction '1.5T->3T' resumes under '1.5T-to-3T'; a real change still refuses."
+    from medsynth_nb.train import check_compatible
+    cfg = get_experiment("harmonize").config("smoke")
+    old = {**cfg.to_dict(), "direction": "1.5T->3T"}
+    ck = {"experiment": "harmonize", "config_class": type(cfg).__name__, "config": old}
+    check_compatible(ck, "harmonize", cfg.replace(direction="1.5T-to-3T"))
+    with pytest.raises(ConfigMismatchError, match="direction: checkpoint '1.5T-to-3T', now '3T-to-1.5T'"):
+        check_compatible(ck, "harmonize", cfg.replace(direction="3T-to-1.5T"))
+
+
 def _scheduled_task(cfg, kind):
     "A linear model whose LR schedule has the run's horizon (cosine, lambda) or none (step)."
     with seeded(0): net = nn.Linear(3, 1)

@@ -19,7 +19,7 @@ from .data import DoseSeriesDataset, center_crop_or_pad, slices_to_volume, volum
 from .layers import CondCritic, CondUNet
 from .metrics import ce_mask, mae_ce, mae_sigma, mae_sigma_noise, psnr, ssim
 from .train import TrainConfig, Task, adversarial, register_experiment, _require
-from .utils import IMAGE_CMAP, check_same_shape, check_tensor, make_generator
+from .utils import IMAGE_CMAP, check_same_shape, check_tensor, make_generator, seeded
 from .wasserstein import gaussian_downsample, wasserstein_patch_loss
 
 # %% auto #0
@@ -28,7 +28,8 @@ __all__ = ['FIELDS', 'DOSE_RANGE', 'CONTENT_LOSSES', 'CONTENT_REDUCTIONS', 'VGG1
            'synthesize', 'synthesize_volume', 'downsampled_targets', 'content_loss', 'VGG16Features',
            'load_vgg16_features', 'LowDoseConfig', 'build_networks', 'training_series', 'smoothed_condition',
            'lowdose_critic_loss', 'lowdose_generator_loss', 'build_lowdose_gan', 'held_out_series', 'lowdose_metrics',
-           'evaluate_lowdose', 'summarize', 'enhancement_curve', 'dose_slider']
+           'evaluate_lowdose', 'summarize', 'enhancement_curve', 'dose_slider', 'with_synthetic_low', 'only_dose',
+           'train_sd_predictor', 'predict_standard', 'sd_prediction_metrics']
 
 # %% ../nbs/12_lowdose_gan.ipynb #b25edd19
 FIELDS = (1.5, 3.0)   # tesla: the scanners of the paper's data (and of the phantom)
@@ -481,3 +482,51 @@ def dose_slider(G: nn.Module, s: dict, # one normalised series
             h = ax.imshow(im.T.numpy(), cmap=IMAGE_CMAP, vmin=0, vmax=vmax, origin="lower"); ax.set_title(t); ax.axis("off")
         fig.colorbar(h, ax=axs, fraction=0.02); plt.show()
     return widgets.interactive(show, dose=widgets.FloatSlider(value=0.33, min=0.0, max=1.0, step=0.01, description="dose d̂"))
+
+# %% ../nbs/12_lowdose_gan.ipynb #a7b10002
+def with_synthetic_low(G: nn.Module, series: Sequence[dict], # normalised series
+                       dose: float = 0.33, seed: int = 0) -> list[dict]:
+    "Copies of `series` whose only low-dose image is x̂_LD synthesised by G at `dose` (synthetic VCM training data)."
+    gen = make_generator(seed)
+    return [dict(s, low={dose: synthesize_volume(G, s, dose, gen).to(s["native"].device)}) for s in series]
+
+def only_dose(series: Sequence[dict], dose: float = 0.33) -> list[dict]:
+    "Copies of `series` keeping only the real low-dose image at `dose` (the VCM's real training data)."
+    return [dict(s, low={dose: s["low"][dose]}) for s in series]
+
+# %% ../nbs/12_lowdose_gan.ipynb #a7b10003
+def train_sd_predictor(series: Sequence[dict], # normalised series, each with the low dose to learn from
+                       steps: int = 300, batch: int = 8, crop: int = 32, lr: float = 1e-3,
+                       base_channels: int = 4, levels: int = 3, seed: int = 0,
+                      ) -> tuple[CondUNet, list[float]]: # the VCM and its ℓ1 loss per step
+    "A virtual-contrast model x̂_SD = x_NA + u([x_NA, x_LD] | d, B), trained with ℓ1 on random 2-D crops (ours)."
+    stream = DoseCropStream(series, dims=2, crop=crop, ce_fraction=0.5)
+    with seeded(seed): net = CondUNet(2, 1, 2, 2, base_channels, (2, 4) + (8,) * (levels - 1), (), 1, out_scales=1)
+    opt, gen, losses = torch.optim.Adam(net.parameters(), lr=lr), make_generator(seed), []
+    for _ in range(steps):
+        b = stream(batch, gen)
+        x = torch.cat([b["x_NA"], b["x_NA"] + b["y_LD"]], 1)
+        loss = (net(x, condition_vector(b["dose"], b["field"]))[0] - (b["x_SD"] - b["x_NA"])).abs().mean()
+        opt.zero_grad(); loss.backward(); opt.step()
+        losses.append(loss.item())
+    return net.eval(), losses
+
+# %% ../nbs/12_lowdose_gan.ipynb #a7b10004
+@torch.no_grad()
+def predict_standard(net: CondUNet, s: dict, # one normalised series with a REAL low dose at `dose`
+                     dose: float = 0.33, slice_axis: int = 2) -> Tensor: # (X, Y, Z) x̂_SD
+    "x̂_SD of a whole volume from its native and real low-dose image, slice by slice (on the VCM's device)."
+    na = volume_to_slices(s["native"], slice_axis).to(_device(net))
+    ld = volume_to_slices(s["low"][dose], slice_axis).to(na.device)
+    (x, shape), cond = _pad_to(torch.cat([na, ld], 1), 2 ** net.levels), condition_vector(dose, s["field"], batch=len(na))
+    out = na + center_crop_or_pad(net(x, cond.to(na.device))[0], shape)
+    return slices_to_volume((out * (na > 0)).cpu(), slice_axis)
+
+def sd_prediction_metrics(net: CondUNet, series: Sequence[dict], dose: float = 0.33) -> dict[str, float]:
+    "Table 1 right: mean PSNR / SSIM of x̂_SD (from the real x_LD) against the real x_SD over the volumes."
+    rows = []
+    for s in series:
+        p, t = predict_standard(net, s, dose)[None, None], s["standard"][None, None]
+        rng = float(t.max() - t.min())
+        rows.append(dict(psnr=float(psnr(p, t, data_range=rng)), ssim=float(ssim(p, t, data_range=rng))))
+    return summarize(rows, ("psnr", "ssim"))

@@ -415,3 +415,25 @@ def test_content_pass_uses_the_real_condition(samples):
     other = content_loss(generate(G, batch["x_NA"], batch["x_SD"], c_other, make_generator(11)), batch["y_LD"], "l1",
                          reduction="code")
     assert abs(other.item() - ref.item()) > 1e-6                    # … and the dose does change it
+
+
+# --- Table 1, right half: the standard-dose predictor (VCM) ----------------------------------------------------------
+def test_sd_predictor_learns_and_is_seeded(samples):
+    from medsynth_nb.lowdose import only_dose, predict_standard, sd_prediction_metrics, train_sd_predictor, with_synthetic_low
+    z = int((samples[1]["standard"] - samples[1]["native"]).clamp_min(0).sum((0, 1)).argmax())
+    cut = lambda v: v[:, :, z - 6:z + 6]
+    slabs = [dict(s, native=cut(s["native"]), standard=cut(s["standard"]), low={d: cut(v) for d, v in s["low"].items()})
+             for s in samples]
+    real = only_dose(slabs)
+    assert all(list(s["low"]) == [0.33] for s in real)
+    a, la = train_sd_predictor(real, steps=30, batch=4, crop=16, levels=2)
+    b, lb = train_sd_predictor(real, steps=30, batch=4, crop=16, levels=2)
+    assert la == lb and np.mean(la[-8:]) < 0.8 * np.mean(la[:8])
+    x = predict_standard(a, slabs[0])
+    assert x.shape == slabs[0]["standard"].shape and (x[slabs[0]["native"] == 0] == 0).all()
+    m = sd_prediction_metrics(a, slabs)
+    assert set(m) == {"psnr", "ssim"} and all(math.isfinite(v) for v in m.values())
+    with seeded(0): G, _ = build_networks(small_cfg())
+    syn = with_synthetic_low(G, slabs[:1])
+    assert list(syn[0]["low"]) == [0.33] and syn[0]["low"][0.33].shape == slabs[0]["native"].shape
+    test_allclose(syn[0]["low"][0.33], with_synthetic_low(G, slabs[:1])[0]["low"][0.33])   # seeded synthesis

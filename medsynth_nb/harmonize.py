@@ -60,11 +60,13 @@ def paired_subject(seed: int, # subject id: anatomy, T1 jitter and noise follow 
                    deform_voxels: float = 2.0, # peak displacement of the random warp (0: the template itself)
                    t1_jitter: float = 0.10, # per-tissue T1 scale drawn from 1 ± t1_jitter
                    snr: dict | None = None, # WM SNR per field (default `phantom.SNR`: 25 at 1.5 T, 40 at 3 T)
-                   root=None) -> dict:
+                   root=None,
+                   anatomy: str = "icbm152", # "icbm152" (training subjects) or "colin27" (held-out anatomy)
+                  ) -> dict:
     "One simulated subject scanned with both MPRAGE protocols: {field: (X, Y, Z) float32 tensor, 'labels': (X, Y, Z) int64}."
     from medsynth_nb import phantom
     rng = np.random.default_rng([int(seed), 2021])
-    base = phantom._anatomy(root)
+    base = phantom._anatomy(root, anatomy)
     fr = {t: base[t] for t in ("csf", "gm", "wm")}
     if deform_voxels > 0: fr = phantom.deform(fr, deform_voxels, seed=rng)
     t1s = {t: float(rng.uniform(1 - t1_jitter, 1 + t1_jitter)) for t in phantom.TISSUES}

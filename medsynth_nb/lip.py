@@ -129,14 +129,15 @@ _SUBJECT_CACHE: dict = {}
 def subject_slices(seed: int, # subject id (the simulator's `random_subject` seed)
                    n_slices: int = 4, # axial slices: half through the lesions, half elsewhere in the brain
                    field: float = 3.0, low_dose: float = 0.2, snr: float = 40.0, size: int = 128,
+                   anatomy: str = "icbm152", # "icbm152" (training subjects) or "colin27" (held-out anatomy)
                   ) -> dict:
     "Un-normalised axial T1w spin-echo slices (pre, low, high: (n, size, size) float32; labels) of one simulated subject (cached)."
-    key = (int(seed), int(n_slices), float(field), float(low_dose), float(snr), int(size))
+    key = (int(seed), int(n_slices), float(field), float(low_dose), float(snr), int(size), anatomy)
     if key in _SUBJECT_CACHE: return _SUBJECT_CACHE[key]
     from medsynth_nb.phantom import LABELS, random_subject
     if n_slices < 1: raise ValueError(f"n_slices: expected a positive number of slices, got {n_slices}")
     if not 0 < low_dose < 1: raise ValueError(f"low_dose: expected a fraction of the full dose in (0, 1), got {low_dose}")
-    s = random_subject(int(seed), field=field, doses=(0.0, low_dose, 1.0), sequence="spin_echo", snr=snr)
+    s = random_subject(int(seed), field=field, doses=(0.0, low_dose, 1.0), sequence="spin_echo", snr=snr, anatomy=anatomy)
     lab = s["labels"].numpy()
     rng = np.random.default_rng([int(seed), 40])
     lesion = (lab >= LABELS["rim"]).sum((0, 1)); brain = (lab > 0).sum((0, 1))

@@ -339,3 +339,12 @@ def test_translation_chain_ends_noise_free_at_t0(n):
     x, out = torch.randn(1, 1, 4, 4, generator=make_generator(0)), torch.zeros(1, 2, 4, 4)
     a = s.step(out, 0, x, generator=make_generator(1)).prev_sample
     assert torch.equal(a, s.step(out, 0, x, generator=make_generator(2)).prev_sample)   # no draw from the generator
+
+
+def test_paired_subject_from_the_heldout_anatomy():
+    "anatomy='colin27' gives another person's brain (GM/WM Dice < 0.75 to a training subject of the same seed)."
+    from medsynth_nb.harmonize import paired_subject
+    from medsynth_nb.phantom import anatomy_dice
+    a, b = paired_subject(5, anatomy="colin27"), paired_subject(5)
+    assert max(anatomy_dice(a["labels"], b["labels"]).values()) < 0.75
+    assert a[1.5].shape == b[1.5].shape and not torch.equal(a[3.0], b[3.0])

@@ -367,3 +367,11 @@ def test_run_methods_projection_switch():
         want = lip_car_solve(nets["PH2L"], batch["low"], x_bar, x_pre=batch["pre"], iters=3, recipe=recipe).x
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     test_allclose(out["NN-PL2H"], x_bar, rtol=0, atol=0)
+
+
+def test_subject_slices_from_the_heldout_anatomy():
+    "anatomy='colin27' reaches the simulator (and the cache key): same seed, another brain."
+    from medsynth_nb.lip import subject_slices
+    a, b = subject_slices(10_000, 2, anatomy="colin27"), subject_slices(10_000, 2)
+    assert a["pre"].shape == b["pre"].shape and not np.array_equal(a["labels"], b["labels"])
+    assert subject_slices(10_000, 2, anatomy="colin27") is a  # cached under its own key

@@ -22,11 +22,11 @@ from .utils import check_same_shape, check_tensor, make_generator, numpy_rng
 # %% auto #0
 __all__ = ['RESIZE_STYLES', 'TF_TABLE_SIZE', 'UAPI_VARIANTS', 'SIGMA_RESAMPLES', 'SIGMA_MAPS', 'SCENARIOS', 'T1W_PROTOCOL',
            'T2W_PROTOCOL', 'TASKS', 'TEST_SUBJECTS', 'METHODS', 'build_patchinv_wgan', 'build_patchinv_pi',
-           'build_patchinv_uapi', 'cubic_kernel', 'resize_matrix', 'patch_op', 'sample_patch_params', 'patch_loss',
-           'robust_rho', 'uapi_loss', 'resample_scale', 'uapi_term', 'perturb', 'subject_slices', 'zero_filled',
-           'task_pairs', 'TwoHeadGenerator', 'PatchInvConfig', 'domains', 'unpaired_stream', 'build_patchinv',
-           'translate', 'scores', 'evaluate_scenarios', 'uncertainty_scores', 'table1', 'format_table1',
-           'show_uncertainty', 'scatter_uncertainty']
+           'build_patchinv_uapi', 'METRIC_RECIPES', 'cubic_kernel', 'resize_matrix', 'patch_op', 'sample_patch_params',
+           'patch_loss', 'robust_rho', 'uapi_loss', 'resample_scale', 'uapi_term', 'perturb', 'subject_slices',
+           'zero_filled', 'task_pairs', 'TwoHeadGenerator', 'PatchInvConfig', 'domains', 'unpaired_stream',
+           'build_patchinv', 'translate', 'scores', 'evaluate_scenarios', 'uncertainty_scores', 'table1',
+           'format_table1', 'show_uncertainty', 'scatter_uncertainty']
 
 # %% ../nbs/13_patch_invariance.ipynb #6356709d
 def cubic_kernel(t: Tensor, # distances (any shape)
@@ -448,23 +448,33 @@ def translate(G: nn.Module, # a TwoHeadGenerator (put in eval mode here)
         return torch.cat([o[0] for o in outs]).cpu(), torch.cat([o[1] for o in outs]).cpu()
     finally: G.train(was)
 
+METRIC_RECIPES = ("paper", "code")
+
 def scores(pred: Tensor, target: Tensor, # (B, 1, d, d) in [-1, 1]
+           recipe: str = "paper", # 'paper': per-slice means; 'code': the authors' evall_2 (3-D SSIM, global PSNR)
           ) -> dict:
-    "Mean SSIM (x100) and PSNR (dB) per image on the [-1, 1] scale (data range 2 = the paper's [0, 255])."
+    "SSIM (x100) and PSNR (dB) on the paper's [0, 255] scale: per-slice means ('paper') or over the whole stack ('code')."
     from medsynth_nb.metrics import psnr, ssim
     check_tensor(pred, "pred", ndim=4); check_tensor(target, "target", ndim=4); check_same_shape(pred, target)
-    return dict(ssim=100 * float(ssim(pred, target, data_range=2.0)), psnr=float(psnr(pred.clamp(-1, 1), target, data_range=2.0)))
+    if recipe not in METRIC_RECIPES: raise ValueError(f"recipe: expected one of {METRIC_RECIPES}, got {recipe!r}")
+    if recipe == "paper":   # data range 2 on [-1, 1] = 255 on [0, 255]
+        return dict(ssim=100 * float(ssim(pred, target, data_range=2.0)), psnr=float(psnr(pred.clamp(-1, 1), target, data_range=2.0)))
+    from skimage.metrics import structural_similarity
+    y, p = [((t[:, 0].double() + 1) * 127.5).numpy() for t in (target, pred)]          # (N, H, W) on [0, 255], as the code
+    return dict(ssim=100 * float(structural_similarity(y, p, data_range=y.max() - y.min())),   # one 3-D SSIM, 7^3 window
+                psnr=float(20 * np.log10(y.max()) - 10 * np.log10(np.mean((y - p) ** 2))))  # global max, global MSE
 
 def evaluate_scenarios(G: nn.Module, x: Tensor, y: Tensor, # test inputs and their paired targets, (B, 1, d, d)
                        scenarios: Sequence[str] = SCENARIOS,
                        seed: int = 0, # perturbations are drawn from make_generator(seed), the same for every model
+                       recipe: str = "paper", # metrics: 'paper' (per slice) or 'code' (3-D SSIM, global PSNR), see `scores`
                       ) -> dict:
     "{scenario: {'ssim', 'psnr'}} of G on perturbed test inputs (Table 1)."
     check_same_shape(x, y, ("x", "y"))
     out = {}
     for sc in scenarios:
         pred, _ = translate(G, perturb(x, sc, make_generator(seed)))
-        out[sc] = scores(pred, y)
+        out[sc] = scores(pred, y, recipe)
     return out
 
 def uncertainty_scores(G: nn.Module, x: Tensor, y: Tensor, # test inputs and paired targets

@@ -409,3 +409,16 @@ def test_evaluation_moves_inputs_to_the_model_device():
     evaluate_scenarios(G, x, x, scenarios=("GN0", "IP5"))
     uncertainty_scores(G, x, x)
     assert G.seen and set(G.seen) == {"meta"}
+
+
+def test_code_metric_recipe_is_the_authors_evall_2():
+    from skimage.metrics import structural_similarity
+    g = make_generator(8)
+    y = torch.rand(9, 1, 16, 16, generator=g) * 2 - 1
+    p = (y + 0.2 * torch.randn(9, 1, 16, 16, generator=g)).clamp(-1, 1)
+    Y, P = [((t.double().permute(0, 2, 3, 1) + 1) * 127.5).numpy() for t in (y, p)]        # N×H×W×1 on [0, 255]
+    s = scores(p, y, "code")
+    assert s["psnr"] == pytest.approx(20 * np.log10(Y.max()) - 10 * np.log10(np.mean((Y - P) ** 2)), rel=1e-12)
+    assert s["ssim"] == pytest.approx(100 * structural_similarity(Y, P, channel_axis=-1, data_range=Y.max() - Y.min()), rel=1e-12)
+    assert abs(s["ssim"] - scores(p, y)["ssim"]) > 1                                          # not the per-slice SSIM
+    with pytest.raises(ValueError, match="recipe: expected one of"): scores(p, y, "tf")

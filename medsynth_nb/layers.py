@@ -442,10 +442,14 @@ def _he_init(m: nn.Module) -> nn.Module:
 def conv_norm_act(in_channels: int, out_channels: int,
                   norm: str = "instance", # 'instance' (affine InstanceNorm2d) or 'none'
                   slope: float = 0.0, # LeakyReLU slope (0: ReLU)
+                  kernel_size: int = 3, # odd: symmetric zero padding; even (stride 1): TF's 'same' (one more after)
+                  stride: int = 1,
                  ) -> nn.Sequential:
-    "3×3 convolution (He init, zero padding) → InstanceNorm or nothing → (Leaky)ReLU."
+    "k×k convolution (He init, zero 'same' padding) → InstanceNorm or nothing → (Leaky)ReLU."
     if norm not in PLAIN_NORMS: raise ValueError(f"norm: expected one of {PLAIN_NORMS}, got {norm!r}")
-    return nn.Sequential(_he_init(nn.Conv2d(in_channels, out_channels, 3, padding=1)),
+    if kernel_size % 2 == 0 and stride != 1: raise ValueError(f"stride: an even kernel_size needs stride 1, got {stride}")
+    pad = kernel_size // 2 if kernel_size % 2 else "same"
+    return nn.Sequential(_he_init(nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=pad)),
                          nn.InstanceNorm2d(out_channels, affine=True) if norm == "instance" else nn.Identity(),
                          nn.LeakyReLU(slope) if slope else nn.ReLU())
 
@@ -456,10 +460,10 @@ def _head_act(kind: str) -> nn.Module:
 # %% ../nbs/04_layers.ipynb #04837112
 class _UpLevel(nn.Module):
     "Nearest ×2 upsampling, conv, concatenation with the skip, two convs (one U-Net decoder level)."
-    def __init__(self, cin: int, cout: int, skip: int, norm: str):
+    def __init__(self, cin: int, cout: int, skip: int, norm: str, up_kernel: int = 3, slope: float = 0.0):
         super().__init__()
-        self.up = conv_norm_act(cin, cout, norm)
-        self.body = nn.Sequential(conv_norm_act(cout + skip, cout, norm), conv_norm_act(cout, cout, norm))
+        self.up = conv_norm_act(cin, cout, norm, slope, up_kernel)
+        self.body = nn.Sequential(conv_norm_act(cout + skip, cout, norm, slope), conv_norm_act(cout, cout, norm, slope))
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         return self.body(torch.cat([self.up(F.interpolate(x, scale_factor=2, mode="nearest")), skip], dim=1))
 
@@ -472,19 +476,24 @@ class SplitHeadUNet(nn.Module):
                  depth: int = 5, # D, max-poolings (Angermann: 5)
                  norm: str = "instance", # 'instance' (Angermann's generator) or 'none'
                  max_channels: int = 512, # channel cap (Angermann's code: 512)
+                 downsample: str = "pool", # 'pool': 2×2 max-pooling; 'conv': stride-2 3×3 conv + norm + ReLU (Angermann's code)
+                 up_kernel: int = 3, # kernel of the conv after each nearest ×2 upsampling (Angermann's code: 4)
+                 decoder_slope: float = 0.0, # LeakyReLU slope in the decoder (0: ReLU; Angermann's code: 0.1)
                 ):
         super().__init__()
         if len(head_channels) != len(head_activations) or not head_channels:
             raise ValueError(f"head_channels and head_activations: expected one activation per head, got {len(head_channels)} and {len(head_activations)}")
         if not (isinstance(depth, int) and depth >= 1): raise ValueError(f"depth: expected an int >= 1, got {depth!r}")
+        if downsample not in ("pool", "conv"): raise ValueError(f"downsample: expected 'pool' or 'conv', got {downsample!r}")
         self.in_channels, self.depth, self.head_channels = in_channels, depth, tuple(head_channels)
         ch = [min(base_channels * 2 ** i, max_channels) for i in range(depth + 1)]
         self.stem = conv_norm_act(in_channels, ch[0], norm)
         self.down = nn.ModuleList([nn.Sequential(conv_norm_act(ch[max(i - 1, 0)], ch[i], norm), conv_norm_act(ch[i], ch[i], norm))
                                    for i in range(depth)])
+        self.pools = nn.ModuleList([conv_norm_act(ch[i], ch[i], norm, stride=2) for i in range(depth)]) if downsample == "conv" else None
         self.bottom = nn.Sequential(conv_norm_act(ch[depth - 1], ch[depth], norm), conv_norm_act(ch[depth], ch[depth], norm))
-        self.up = nn.ModuleList([_UpLevel(ch[i + 1], ch[i], ch[i], norm) for i in range(1, depth)])
-        self.branches = nn.ModuleList([_UpLevel(ch[1], ch[0], ch[0], norm) for _ in head_channels])
+        self.up = nn.ModuleList([_UpLevel(ch[i + 1], ch[i], ch[i], norm, up_kernel, decoder_slope) for i in range(1, depth)])
+        self.branches = nn.ModuleList([_UpLevel(ch[1], ch[0], ch[0], norm, up_kernel, decoder_slope) for _ in head_channels])
         self.heads = nn.ModuleList([nn.Sequential(_he_init(nn.Conv2d(ch[0], c, 3, padding=1)), _head_act(a))
                                     for c, a in zip(head_channels, head_activations)])
 
@@ -497,7 +506,8 @@ class SplitHeadUNet(nn.Module):
             raise ValueError(f"x: H and W must be divisible by 2^depth = {f}, got {tuple(x.shape[-2:])}")
         h, skips = self.stem(x), []
         for blk in self.down:
-            h = blk(h); skips.append(h); h = F.max_pool2d(h, 2)
+            h = blk(h); skips.append(h)
+            h = F.max_pool2d(h, 2) if self.pools is None else self.pools[len(skips) - 1](h)
         h = self.bottom(h)
         for i in reversed(range(1, self.depth)): h = self.up[i - 1](h, skips[i])
         return [head(branch(h, skips[0])) for branch, head in zip(self.branches, self.heads)]

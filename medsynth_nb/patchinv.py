@@ -21,12 +21,12 @@ from .utils import check_same_shape, check_tensor, make_generator, numpy_rng
 
 # %% auto #0
 __all__ = ['RESIZE_STYLES', 'TF_TABLE_SIZE', 'UAPI_VARIANTS', 'SIGMA_RESAMPLES', 'SIGMA_MAPS', 'SCENARIOS', 'T1W_PROTOCOL',
-           'T2W_PROTOCOL', 'TASKS', 'TEST_SUBJECTS', 'METHODS', 'build_patchinv_wgan', 'build_patchinv_pi',
-           'build_patchinv_uapi', 'METRIC_RECIPES', 'cubic_kernel', 'resize_matrix', 'patch_op', 'sample_patch_params',
-           'patch_loss', 'robust_rho', 'uapi_loss', 'resample_scale', 'uapi_term', 'perturb', 'subject_slices',
-           'zero_filled', 'task_pairs', 'TwoHeadGenerator', 'PatchInvConfig', 'domains', 'unpaired_stream',
-           'build_patchinv', 'translate', 'scores', 'evaluate_scenarios', 'uncertainty_scores', 'table1',
-           'format_table1', 'show_uncertainty', 'scatter_uncertainty']
+           'T2W_PROTOCOL', 'TASKS', 'TEST_SUBJECTS', 'GENERATOR_LAYOUTS', 'METHODS', 'build_patchinv_wgan',
+           'build_patchinv_pi', 'build_patchinv_uapi', 'METRIC_RECIPES', 'cubic_kernel', 'resize_matrix', 'patch_op',
+           'sample_patch_params', 'patch_loss', 'robust_rho', 'uapi_loss', 'resample_scale', 'uapi_term', 'perturb',
+           'subject_slices', 'zero_filled', 'task_pairs', 'TwoHeadGenerator', 'PatchInvConfig', 'domains',
+           'unpaired_stream', 'build_patchinv', 'translate', 'scores', 'evaluate_scenarios', 'uncertainty_scores',
+           'table1', 'format_table1', 'show_uncertainty', 'scatter_uncertainty']
 
 # %% ../nbs/13_patch_invariance.ipynb #6356709d
 def cubic_kernel(t: Tensor, # distances (any shape)
@@ -278,14 +278,20 @@ def task_pairs(task: str, # 't1t2' or 'zf'
     return torch.cat(xs) * 2 - 1, torch.cat(ys) * 2 - 1
 
 # %% ../nbs/13_patch_invariance.ipynb #79f906a6
+GENERATOR_LAYOUTS = {"ours": {}, "code": dict(downsample="conv", up_kernel=4, decoder_slope=0.1)}
+
 class TwoHeadGenerator(nn.Module):
     "G(x) = [G^I(x), G^σ(x)]: a split-head U-Net with a tanh image head and a softplus scale head (Angermann Sec. 3.4)."
     def __init__(self, in_channels: int = 1, out_channels: int = 1,
                  base_channels: int = 16, # f (paper: 16)
                  depth: int = 5, # max-poolings (paper: 5)
-                 norm: str = "instance"):
+                 norm: str = "instance",
+                 layout: str = "ours", # 'ours' (max-pool, 3×3 up-conv, ReLU) or 'code' (stride-2 conv, 4×4 up-conv, LeakyReLU 0.1)
+                ):
         super().__init__()
-        self.net = SplitHeadUNet(in_channels, (out_channels, out_channels), ("tanh", "softplus"), base_channels, depth, norm)
+        if layout not in GENERATOR_LAYOUTS: raise ValueError(f"layout: expected one of {tuple(GENERATOR_LAYOUTS)}, got {layout!r}")
+        self.net = SplitHeadUNet(in_channels, (out_channels, out_channels), ("tanh", "softplus"), base_channels, depth, norm,
+                                 **GENERATOR_LAYOUTS[layout])
 
     def forward(self, x: Tensor, # (B, in_channels, H, W) in [-1, 1]
                ) -> tuple[Tensor, Tensor]: # image in (-1, 1) and scale map σ > 0, both (B, out_channels, H, W)
@@ -308,6 +314,7 @@ class PatchInvConfig(TrainConfig):
     lam_warmup: int = 0 # λ ramps linearly from 0 over this many steps (ours; the code keeps λ constant)
     size: int = 256 # d
     base_channels: int = 16 # generator f (paper ≈ 8.7 M parameters; code 16)
+    generator_layout: str = "ours" # 'ours' (max-pool, 3×3 up-conv, ReLU) or 'code' (stride-2 conv, 4×4 up-conv, LeakyReLU 0.1)
     depth: int = 5 # generator poolings
     critic_channels: int = 32 # critic f (32: the paper's ≈ 2.8 M parameters; the code's config: 24)
     critic_downsamplings: int = 5 # critic stride-2 convolutions
@@ -332,6 +339,7 @@ class PatchInvConfig(TrainConfig):
         _require(self.sigma_maps in SIGMA_MAPS, "sigma_maps", f"one of {SIGMA_MAPS}", self.sigma_maps)
         _require(self.sigma_resample in SIGMA_RESAMPLES, "sigma_resample", f"one of {SIGMA_RESAMPLES}", self.sigma_resample)
         _require(self.sigma_floor >= 0, "sigma_floor", "a number >= 0", self.sigma_floor)
+        _require(self.generator_layout in GENERATOR_LAYOUTS, "generator_layout", f"one of {tuple(GENERATOR_LAYOUTS)}", self.generator_layout)
         _require(self.lam >= 0 and self.lam_warmup >= 0, "lam/lam_warmup", "non-negative values", (self.lam, self.lam_warmup))
         _require(self.depth >= 1 and self.size % 2 ** self.depth == 0 and self.size % 2 ** self.critic_downsamplings == 0, "size",
                  f"a multiple of 2^depth = {2 ** self.depth} and of 2^critic_downsamplings = {2 ** self.critic_downsamplings}", self.size)
@@ -371,7 +379,7 @@ def _critic_terms(D, real: Tensor, fake: Tensor, cfg: PatchInvConfig, rng) -> tu
 def build_patchinv(cfg: PatchInvConfig) -> Task:
     "Networks, Adam(0, 0.9) optimizers, the unpaired stream and the critic/generator phases of plain WGAN, PI or UAPI."
     from medsynth_nb import wgan
-    G = TwoHeadGenerator(1, 1, cfg.base_channels, cfg.depth)
+    G = TwoHeadGenerator(1, 1, cfg.base_channels, cfg.depth, layout=cfg.generator_layout)
     D = DCGANCritic(1, cfg.critic_channels, cfg.critic_downsamplings)
     state: dict = {}
     def before_step(ctx):

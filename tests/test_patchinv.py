@@ -422,3 +422,17 @@ def test_code_metric_recipe_is_the_authors_evall_2():
     assert s["ssim"] == pytest.approx(100 * structural_similarity(Y, P, channel_axis=-1, data_range=Y.max() - Y.min()), rel=1e-12)
     assert abs(s["ssim"] - scores(p, y)["ssim"]) > 1                                          # not the per-slice SSIM
     with pytest.raises(ValueError, match="recipe: expected one of"): scores(p, y, "tf")
+
+
+def test_code_generator_layout_is_an_option():
+    with seeded(0): G = TwoHeadGenerator(base_channels=4, depth=2, layout="code")
+    convs = [m for m in G.modules() if isinstance(m, nn.Conv2d)]
+    assert any(m.kernel_size == (4, 4) for m in convs) and any(m.stride == (2, 2) for m in convs)
+    slopes = {m.negative_slope for m in G.net.up.modules() if isinstance(m, nn.LeakyReLU)} | \
+             {m.negative_slope for m in G.net.branches.modules() if isinstance(m, nn.LeakyReLU)}
+    assert slopes == {0.1}
+    with seeded(0): ours = TwoHeadGenerator(base_channels=4, depth=2)
+    assert not any(isinstance(m, nn.LeakyReLU) for m in ours.modules()) and all(m.kernel_size == (3, 3) for m in ours.modules() if isinstance(m, nn.Conv2d))
+    r = train("patchinv-uapi", "smoke", out=tempfile.mkdtemp(), generator_layout="code", progress=False)
+    assert r.step == 2
+    with pytest.raises(ValueError, match="generator_layout: expected one of"): PatchInvConfig(generator_layout="keras")

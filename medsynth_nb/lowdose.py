@@ -417,9 +417,11 @@ def build_lowdose_gan(cfg: LowDoseConfig) -> Task:
 
 # %% ../nbs/12_lowdose_gan.ipynb #6a52f9a2
 def held_out_series(seeds: Sequence[int] = (9000, 9001), # held-out subjects (disjoint from the training seeds)
-                doses: Sequence[float] = (0.1, 0.17, 0.2, 0.33, 0.47)) -> list[dict]:
+                    doses: Sequence[float] = (0.1, 0.17, 0.2, 0.33, 0.47),
+                    anatomy: str = "colin27", # Colin27 (one person), not the ICBM152 average the training subjects warp
+                   ) -> list[dict]:
     "Normalised held-out simulated subjects with real low-dose images at `doses` (incl. the unseen 17 % and 47 %)."
-    return normalized_series(simulate_dose_series(seeds, doses=doses))
+    return normalized_series(simulate_dose_series(seeds, doses=doses, anatomy=anatomy))
 
 def lowdose_metrics(pred: Tensor, target: Tensor, # (X, Y, Z) synthetic and real x_LD
                     native: Tensor, standard: Tensor, # x_NA and x_SD (define CE voxels and the brain)

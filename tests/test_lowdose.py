@@ -437,3 +437,13 @@ def test_sd_predictor_learns_and_is_seeded(samples):
     syn = with_synthetic_low(G, slabs[:1])
     assert list(syn[0]["low"]) == [0.33] and syn[0]["low"][0.33].shape == slabs[0]["native"].shape
     test_allclose(syn[0]["low"][0.33], with_synthetic_low(G, slabs[:1])[0]["low"][0.33])   # seeded synthesis
+
+
+def test_held_out_subjects_are_colin27():
+    "Held-out subjects are built on another anatomy (Colin27) than the ICBM152 the training subjects warp."
+    from medsynth_nb.lowdose import held_out_series
+    from medsynth_nb.phantom import random_subject
+    h = held_out_series(seeds=(9000,), doses=(0.33,))
+    ref = random_subject(9000, field=1.5, doses=(0.0, 0.33, 1.0), anatomy="colin27", snr=25.0)
+    icbm = random_subject(9000, field=1.5, doses=(0.0, 0.33, 1.0), snr=25.0)
+    assert torch.equal(h[0]["labels"], ref["labels"]) and not torch.equal(h[0]["labels"], icbm["labels"])

@@ -21,12 +21,13 @@ from .utils import check_same_shape, check_tensor, make_generator, numpy_rng
 
 # %% auto #0
 __all__ = ['RESIZE_STYLES', 'TF_TABLE_SIZE', 'UAPI_VARIANTS', 'SIGMA_RESAMPLES', 'SIGMA_MAPS', 'SCENARIOS', 'T1W_PROTOCOL',
-           'T2W_PROTOCOL', 'TASKS', 'TEST_SUBJECTS', 'GENERATOR_LAYOUTS', 'METHODS', 'build_patchinv_wgan',
-           'build_patchinv_pi', 'build_patchinv_uapi', 'METRIC_RECIPES', 'cubic_kernel', 'resize_matrix', 'patch_op',
-           'sample_patch_params', 'patch_loss', 'robust_rho', 'uapi_loss', 'resample_scale', 'uapi_term', 'perturb',
-           'subject_slices', 'zero_filled', 'task_pairs', 'TwoHeadGenerator', 'PatchInvConfig', 'domains',
-           'unpaired_stream', 'build_patchinv', 'translate', 'scores', 'evaluate_scenarios', 'uncertainty_scores',
-           'table1', 'format_table1', 'show_uncertainty', 'scatter_uncertainty']
+           'T2W_PROTOCOL', 'TASKS', 'TEST_SUBJECTS', 'TEST_ANATOMY', 'GENERATOR_LAYOUTS', 'METHODS',
+           'build_patchinv_wgan', 'build_patchinv_pi', 'build_patchinv_uapi', 'METRIC_RECIPES', 'cubic_kernel',
+           'resize_matrix', 'patch_op', 'sample_patch_params', 'patch_loss', 'robust_rho', 'uapi_loss',
+           'resample_scale', 'uapi_term', 'perturb', 'subject_slices', 'zero_filled', 'task_pairs', 'TwoHeadGenerator',
+           'PatchInvConfig', 'domains', 'unpaired_stream', 'build_patchinv', 'translate', 'scores',
+           'evaluate_scenarios', 'uncertainty_scores', 'table1', 'format_table1', 'show_uncertainty',
+           'scatter_uncertainty']
 
 # %% ../nbs/13_patch_invariance.ipynb #6356709d
 def cubic_kernel(t: Tensor, # distances (any shape)
@@ -214,6 +215,7 @@ T1W_PROTOCOL = dict(TR=500.0, TE=10.0)     # the simulator's T1w spin echo (ms)
 T2W_PROTOCOL = dict(TR=4000.0, TE=100.0)   # T2w spin echo (ms), our choice
 TASKS = ("t1t2", "zf")
 TEST_SUBJECTS = tuple(range(2000, 2008))
+TEST_ANATOMY = "colin27"   # held-out subjects: another person than the ICBM152 average the training subjects warp
 
 _SUBJECT_CACHE: dict = {}
 
@@ -222,13 +224,15 @@ def subject_slices(seed: int, # subject id
                    n_slices: int = 8, # axial slices over the central 40 % of the brain
                    deform: bool = True, # random smooth deformation and lesions (False: the template, faster)
                    snr: float = 25.0, # white-matter SNR of the T1w image (Rician noise, same σ for T2w)
+                   anatomy: str = "icbm152", # phantom anatomy: 'icbm152' (training subjects) or 'colin27' (held-out)
                   ) -> dict:
-    "T1w and T2w spin-echo slices of one simulated subject, each (n_slices, 1, d, d) float32 in [0, 1] (per-slice max); cached."
-    key = (int(seed), int(size), int(n_slices), bool(deform), float(snr))
+    "Slices of one simulated subject: t1w, t2w (n_slices, 1, d, d) in [0, 1] (per-slice max), labels (X, Y, n_slices); cached."
+    key = (int(seed), int(size), int(n_slices), bool(deform), float(snr), str(anatomy))
     if key in _SUBJECT_CACHE: return _SUBJECT_CACHE[key]
     from medsynth_nb import phantom as P
+    if anatomy not in P.ANATOMIES: raise ValueError(f"anatomy: expected one of {tuple(P.ANATOMIES)}, got {anatomy!r}")
     rng = np.random.default_rng([int(seed), 13013])
-    base = P._anatomy()
+    base = P._anatomy(name=anatomy)
     fr = {t: base[t] for t in ("csf", "gm", "wm")}
     if deform:
         fr = P.deform(fr, 2.0, seed=rng)
@@ -240,7 +244,7 @@ def subject_slices(seed: int, # subject id
     bias = P.bias_field(next(iter(fr.values())).shape, 0.15, seed=rng)
     sigma = P.tissue_signals(1.5, "spin_echo", t1_scale=t1s, protocol=T1W_PROTOCOL)["wm"] / snr
     mask = sum(fr.values()) > 0.5
-    out = {}
+    out = dict(labels=torch.from_numpy(P.tissue_labels(fr).astype(np.int64)))
     for name, prot in (("t1w", T1W_PROTOCOL), ("t2w", T2W_PROTOCOL)):
         img = P.add_rician_noise(P.simulate_image(fr, 1.5, "spin_echo", bias=bias, t1_scale=t1s, protocol=prot), sigma, seed=rng) * mask
         sl = torch.from_numpy(img.astype(np.float32)).permute(2, 1, 0).flip(1)          # (n, Y, X), anterior up
@@ -267,12 +271,13 @@ def zero_filled(x: Tensor, # (n, 1, d, d) fully sampled magnitude images in [0, 
 def task_pairs(task: str, # 't1t2' or 'zf'
                subjects: Sequence[int], size: int = 64, n_slices: int = 8, deform: bool = True,
                acceleration: float = 4.0, center_fraction: float = 0.08,
+               anatomy: str = "icbm152", # phantom anatomy of these subjects (see `subject_slices`)
               ) -> tuple[Tensor, Tensor]:
     "(inputs, targets), each (len(subjects)·n_slices, 1, d, d) in [-1, 1], of the same subjects (paired; use for testing)."
     if task not in TASKS: raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
     xs, ys = [], []
     for s in subjects:
-        d = subject_slices(s, size, n_slices, deform)
+        d = subject_slices(s, size, n_slices, deform, anatomy=anatomy)
         if task == "t1t2": xs.append(d["t1w"]); ys.append(d["t2w"])
         else: xs.append(zero_filled(d["t1w"], int(s), acceleration, center_fraction)); ys.append(d["t1w"])
     return torch.cat(xs) * 2 - 1, torch.cat(ys) * 2 - 1
@@ -501,6 +506,7 @@ def table1(task: str = "t1t2", # 't1t2' or 'zf'
            methods: Sequence[str] = METHODS,
            out: str | Path | None = None, # run directories out/<task>-<method>; finished runs are reused (resume)
            test_subjects: Sequence[int] = TEST_SUBJECTS,
+           test_anatomy: str = TEST_ANATOMY, # held-out subjects' anatomy ('colin27'; training subjects warp ICBM152)
            progress: bool = False,
            **overrides, # config fields for every method (e.g. steps=...)
           ) -> dict:
@@ -513,7 +519,8 @@ def table1(task: str = "t1t2", # 't1t2' or 'zf'
         exp = get_experiment(f"patchinv-{m}")
         cfg = exp.config(preset, task=task, **overrides)
         r = train(exp, preset, out=out / f"{task}-{m}", config=cfg, resume=True, progress=progress)
-        x, y = task_pairs(task, test_subjects, cfg.size, cfg.slices_per_subject, cfg.deform, cfg.acceleration, cfg.center_fraction)
+        x, y = task_pairs(task, test_subjects, cfg.size, cfg.slices_per_subject, cfg.deform, cfg.acceleration, cfg.center_fraction,
+                          test_anatomy)
         G = r.models["generator"].cpu()
         res[m] = dict(scenarios=evaluate_scenarios(G, x, y), seconds=r.seconds, x=x, y=y, generator=G)
         if m == "uapi": res[m]["uncertainty"] = uncertainty_scores(G, x, y)

@@ -1,4 +1,5 @@
 "Patch operator, losses, perturbations, configs and smoke training of medsynth_nb.patchinv (Angermann et al.)."
+import inspect
 import math
 import tempfile
 
@@ -13,7 +14,7 @@ from torch import nn
 from medsynth_nb.patchinv import (METHODS, SCENARIOS, PatchInvConfig, TwoHeadGenerator, cubic_kernel, evaluate_scenarios,
                                   patch_loss, patch_op, perturb, resample_scale, resize_matrix, robust_rho,
                                   sample_patch_params, scores, table1, translate, uapi_loss, uapi_term,
-                                  uncertainty_scores, unpaired_stream, zero_filled)
+                                  task_pairs, uncertainty_scores, unpaired_stream, zero_filled)
 from medsynth_nb.train import Context, get_experiment, train
 from medsynth_nb.utils import make_generator, seeded, test_allclose
 
@@ -241,6 +242,10 @@ def test_smoke_robust_variant_and_zf_task_and_table():
     r = train("patchinv-uapi", "smoke", out=tempfile.mkdtemp(), variant="robust", task="zf", progress=False)
     assert all(math.isfinite(v) for v in r.history[-1].values() if isinstance(v, float))
     res = table1("zf", "smoke", methods=("uapi",), test_subjects=(2000,), out=tempfile.mkdtemp())
+    cfg = get_experiment("patchinv-uapi").config("smoke", task="zf")
+    kw = (cfg.size, cfg.slices_per_subject, cfg.deform, cfg.acceleration, cfg.center_fraction)
+    assert torch.equal(res["uapi"]["y"], task_pairs("zf", (2000,), *kw, anatomy="colin27")[1])   # evaluated on Colin27
+    assert not torch.equal(res["uapi"]["y"], task_pairs("zf", (2000,), *kw)[1])
     u = res["uapi"]["uncertainty"]
     assert set(res["uapi"]["scenarios"]) == set(SCENARIOS)
     want = np.corrcoef(u["mean_sigma"].double().numpy(), (u["pred"] - res["uapi"]["y"]).abs().mean((1, 2, 3)).double().numpy())[0, 1]
@@ -436,3 +441,17 @@ def test_code_generator_layout_is_an_option():
     r = train("patchinv-uapi", "smoke", out=tempfile.mkdtemp(), generator_layout="code", progress=False)
     assert r.step == 2
     with pytest.raises(ValueError, match="generator_layout: expected one of"): PatchInvConfig(generator_layout="keras")
+
+
+def test_held_out_subjects_are_another_anatomy():
+    "Evaluation subjects are Colin27 (another person), far from every training subject; ICBM152 ones would be close."
+    from medsynth_nb.patchinv import TEST_ANATOMY, TEST_SUBJECTS, subject_slices
+    from medsynth_nb.phantom import anatomy_dice
+    assert TEST_ANATOMY == "colin27" and inspect.signature(table1).parameters["test_anatomy"].default == TEST_ANATOMY
+    held = subject_slices(TEST_SUBJECTS[0], 16, 4, anatomy=TEST_ANATOMY)["labels"]
+    for train_seed in (0, 1000):                        # an input-domain and a target-domain training subject
+        train_lab = subject_slices(train_seed, 16, 4)["labels"]
+        assert max(anatomy_dice(held, train_lab).values()) < 0.75
+    same = anatomy_dice(subject_slices(TEST_SUBJECTS[0], 16, 4)["labels"], subject_slices(0, 16, 4)["labels"])
+    assert min(same.values()) > 0.75                    # the test discriminates: two warped ICBM152 subjects overlap more
+    with pytest.raises(ValueError, match="anatomy: expected one of"): subject_slices(TEST_SUBJECTS[0], 16, 4, anatomy="mni305")

@@ -23,13 +23,13 @@ from .train import Task, TrainConfig, _require, adversarial, register_experiment
 from .utils import check_tensor, make_generator, numpy_rng
 
 # %% auto #0
-__all__ = ['BLOCKS', 'CS_GRID', 'CS_LAM', 'VAL_SUBJECTS', 'REGIMES', 'RECIPES', 'TEST_SUBJECTS', 'PAIRED_SUBJECTS', 'to_channels',
-           'to_complex', 'lei_crop', 'lei_calib', 'subject_slices', 'simulate_set', 'measure', 'recon_setup',
-           'reconstruct', 'recon_scores', 'PreActBlock', 'PostActBlock', 'ProxResNet', 'PlainGenerator',
-           'UnrolledGenerator', 'final_dc_input', 'LeiCritic', 'critic_view', 'hybrid_l1_weight', 'haar2', 'ihaar2',
-           'cs_wavelet_fista', 'cs_wavelet_recon', 'tune_cs_lambda', 'ReconConfig', 'input_subjects', 'label_subjects',
-           'make_generator_net', 'build_recon', 'build_recon_unpaired', 'build_recon_l1', 'build_recon_hybrid',
-           'table2', 'format_table2', 'time_per_slice']
+__all__ = ['BLOCKS', 'CS_GRID', 'CS_LAM', 'VAL_SUBJECTS', 'REGIMES', 'RECIPES', 'TEST_SUBJECTS', 'TEST_ANATOMY',
+           'PAIRED_SUBJECTS', 'to_channels', 'to_complex', 'lei_crop', 'lei_calib', 'subject_slices', 'simulate_set',
+           'measure', 'recon_setup', 'reconstruct', 'recon_scores', 'PreActBlock', 'PostActBlock', 'ProxResNet',
+           'PlainGenerator', 'UnrolledGenerator', 'final_dc_input', 'LeiCritic', 'critic_view', 'hybrid_l1_weight',
+           'haar2', 'ihaar2', 'cs_wavelet_fista', 'cs_wavelet_recon', 'tune_cs_lambda', 'ReconConfig', 'input_subjects',
+           'label_subjects', 'make_generator_net', 'build_recon', 'build_recon_unpaired', 'build_recon_l1',
+           'build_recon_hybrid', 'table2', 'format_table2', 'time_per_slice']
 
 # %% ../nbs/31_unrolled_recon.ipynb #e6f14c0e
 def to_channels(x: Tensor, # (B, 1, H, W) complex image
@@ -60,12 +60,13 @@ def subject_slices(seed: int, # subject id (phantom.random_subject)
                    n_slices: int = 8, # axial slices spread over the middle 40 % of the brain
                    deform: bool = True, # random smooth deformation (False: 4x faster, same anatomy)
                    max_phase: float = math.pi / 2, # peak of the smooth random image phase
+                   anatomy: str = "icbm152", # phantom anatomy: 'icbm152' (training) or 'colin27' (test subjects)
                   ) -> Tensor:
     "Complex axial slices (n_slices, 1, H, W) of a simulated subject, magnitude scaled to max 1 (cached)."
-    key = (int(seed), tuple(shape), int(n_slices), bool(deform), float(max_phase))
+    key = (int(seed), tuple(shape), int(n_slices), bool(deform), float(max_phase), str(anatomy))
     if key in _SLICE_CACHE: return _SLICE_CACHE[key]
     from medsynth_nb.phantom import random_subject, smooth_phase
-    vol = random_subject(int(seed), doses=(0.0,), deform_voxels=2.0 if deform else 0.0)["images"][0]  # (X, Y, Z)
+    vol = random_subject(int(seed), doses=(0.0,), deform_voxels=2.0 if deform else 0.0, anatomy=anatomy)["images"][0]
     Z = vol.shape[-1]
     zs = np.linspace(0.4 * Z, 0.75 * Z, n_slices).round().astype(int)
     sl = vol[:, :, zs].permute(2, 1, 0).flip(1)                                  # (n, Y, X), anterior up
@@ -80,9 +81,10 @@ def subject_slices(seed: int, # subject id (phantom.random_subject)
     _SLICE_CACHE[key] = out
     return out
 
-def simulate_set(subjects: Sequence[int], shape=(64, 64), n_slices: int = 8, deform: bool = True) -> Tensor:
+def simulate_set(subjects: Sequence[int], shape=(64, 64), n_slices: int = 8, deform: bool = True,
+                 anatomy: str = "icbm152") -> Tensor:
     "Slices of several subjects stacked, (len(subjects) * n_slices, 1, H, W) complex."
-    return torch.cat([subject_slices(s, shape, n_slices, deform) for s in subjects])
+    return torch.cat([subject_slices(s, shape, n_slices, deform, anatomy=anatomy) for s in subjects])
 
 def measure(x: Tensor, # (B, 1, H, W) complex images
             mask: Tensor, # 0/1 (H, W)
@@ -461,6 +463,7 @@ class ReconConfig(TrainConfig):
         _require(self.lr_halve_every >= 1, "lr_halve_every", "a positive number of steps", self.lr_halve_every)
 
 TEST_SUBJECTS = tuple(range(2000, 2004)) # held-out subjects for evaluation (never used in training)
+TEST_ANATOMY = "colin27" # test subjects warp Colin27 (another person); training and validation subjects warp ICBM152
 
 def input_subjects(cfg: ReconConfig) -> list[int]: return list(range(cfg.input_subjects))
 
@@ -557,25 +560,34 @@ def table2(accelerations: Sequence[float] = (5.0, 7.0, 10.0), # Poisson-disc R o
            preset: str = "smoke", # engine preset of the three regimes
            out: str | None = None, # run directories go here (default: a temporary folder)
            test_subjects: Sequence[int] = TEST_SUBJECTS[:2], # held-out subjects
+           test_anatomy: str = TEST_ANATOMY, # anatomy of the test subjects (training subjects: 'icbm152')
            cs_lam: float = CS_LAM, # lambda of the CS-wavelet baseline (tuned on validation slices)
            cs_backend: str = "auto",
-           progress: bool = False, **overrides) -> list[dict]:
+           progress: bool = False,
+           reuse: bool = False, # evaluate the runs already in `out` when their config matches (else train them)
+           **overrides) -> list[dict]:
     "Lei's Table II on held-out subjects: SNR/SSIM and k-space residual of ZF, unpaired WGAN, l1-net, WGAN + l1 and CS per R."
     import tempfile
     from pathlib import Path
-    from medsynth_nb.train import get_experiment, train
+    from medsynth_nb.train import get_experiment, load_checkpoint, load_models, train
     root = Path(out or tempfile.mkdtemp(prefix="medsynth-table2-"))
     rows = []
     for R in accelerations:
         cfg = get_experiment("recon-unpaired").config(preset, acceleration=float(R), **overrides)
         mask, maps = recon_setup(cfg.shape, R, cfg.coils, cfg.mask_seed)
-        gt = simulate_set(test_subjects, cfg.shape, cfg.slices_per_subject, cfg.deform)
+        gt = simulate_set(test_subjects, cfg.shape, cfg.slices_per_subject, cfg.deform, anatomy=test_anatomy)
         y = measure(gt, mask, maps)
         outs = {"input (ZF)": zero_filled(y, mask, maps)}
         pre = {}
         for name, exp in (("unpaired WGAN", "recon-unpaired"), ("l1-net", "recon-l1"), ("WGAN + l1", "recon-hybrid")):
-            res = train(exp, preset, root / f"{exp}-R{R:g}", acceleration=float(R), progress=progress, **overrides)
-            G = res.models["generator" if "generator" in res.models else "model"]
+            run, want = root / f"{exp}-R{R:g}", get_experiment(exp).config(preset, acceleration=float(R), **overrides)
+            ck = load_checkpoint(run) if reuse and (run / "checkpoint.pt").exists() else None
+            if ck is not None and (ck["experiment"], ck["config"], ck["step"]) != (exp, want.to_dict(), want.steps):
+                raise ValueError(f"out: {run} holds another run ({ck['experiment']}, step {ck['step']}, or other settings) "
+                                 f"than {exp} at {preset}; remove it to retrain, or choose another out")
+            models = load_models(run) if ck is not None else train(exp, preset, run, acceleration=float(R),
+                                                                    progress=progress, **overrides).models
+            G = models["generator" if "generator" in models else "model"]
             outs[name], pre[name] = (t.to(y.device) for t in reconstruct(G, y, mask, maps, pre_dc=True))
         outs["CS-wavelet"] = cs_wavelet_recon(y, mask, maps, cs_lam, 30, cs_backend)
         for name, x in outs.items():

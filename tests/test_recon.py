@@ -340,3 +340,53 @@ def test_reconstruct_moves_inputs_to_the_models_device(acq):
     G.seen.clear()
     recon.reconstruct(G, recon.measure(acq[0], mask, None), mask)
     assert G.seen[0][:2] == (torch.device("meta"), torch.device("meta")) and G.seen[0][2] is None
+
+
+def test_test_subjects_are_colin27():
+    "Table II's test subjects warp Colin27 (another person): GM/WM Dice < 0.75 to every training subject (warped ICBM152)."
+    from medsynth_nb.phantom import anatomy_dice, random_subject
+    from medsynth_nb.train import get_experiment
+    assert recon.TEST_ANATOMY == "colin27"
+    lab = lambda s, a, d=2.0: random_subject(s, doses=(0.0,), anatomy=a, deform_voxels=d)["labels"]   # as subject_slices
+    cfg = get_experiment("recon-unpaired").config("demo")
+    train = [lab(s, "icbm152") for s in recon.input_subjects(cfg)]
+    tpl = lab(0, "icbm152", 0.0)
+    for s in recon.TEST_SUBJECTS[:2]:
+        test = lab(s, recon.TEST_ANATOMY)
+        worst = max(max(anatomy_dice(test, t).values()) for t in train + [tpl])
+        assert worst < 0.75, (s, worst)
+    # the contrast that makes the bound mean something: warped ICBM152 subjects lie above it (to their template)
+    assert min(min(anatomy_dice(t, tpl).values()) for t in train[:2]) > 0.75
+    # subject_slices passes the anatomy through (and caches per anatomy)
+    c = recon.subject_slices(recon.TEST_SUBJECTS[0], (32, 32), 2, deform=False, anatomy="colin27")
+    i = recon.subject_slices(recon.TEST_SUBJECTS[0], (32, 32), 2, deform=False)
+    assert (c.abs() - i.abs()).abs().mean() > 0.02
+    torch.testing.assert_close(recon.simulate_set([recon.TEST_SUBJECTS[0]], (32, 32), 2, False, anatomy="colin27"), c)
+
+def test_table2_evaluates_on_test_anatomy(monkeypatch):
+    "table2 simulates its ground truth from TEST_ANATOMY (Colin27) by default; training streams stay on ICBM152."
+    seen = []
+    class Stop(Exception): pass
+    def fake(subjects, shape, n, deform, anatomy="icbm152"):
+        seen.append((tuple(subjects), anatomy)); raise Stop
+    monkeypatch.setattr(recon, "simulate_set", fake)
+    with pytest.raises(Stop): recon.table2((5.0,), "smoke")
+    assert seen == [(tuple(recon.TEST_SUBJECTS[:2]), "colin27")]
+    from medsynth_nb.train import get_experiment
+    seen.clear()
+    with pytest.raises(Stop): recon.build_recon(get_experiment("recon-l1").config("smoke"))
+    assert seen and all(a == "icbm152" for _, a in seen)
+
+def test_table2_reuse_refuses_another_run(tmp_path):
+    "reuse=True evaluates a finished run of the same config and refuses a run of other settings."
+    from medsynth_nb.train import train
+    with num_threads(1):
+        for exp in ("recon-unpaired", "recon-l1", "recon-hybrid"):
+            train(exp, "smoke", tmp_path / f"{exp}-R5", acceleration=5.0, progress=False)
+        stamp = lambda: sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.rglob("checkpoint.pt"))
+        before = stamp()
+        rows = recon.table2((5.0,), "smoke", out=tmp_path, reuse=True)
+        assert stamp() == before and len(before) == 3 and len(rows) == 5          # evaluated, not retrained
+        fresh = recon.table2((5.0,), "smoke", out=tmp_path / "fresh")             # the same training from scratch
+        for a, b in zip(rows[:4], fresh[:4]): assert math.isclose(a["snr"], b["snr"], abs_tol=1e-3), (a, b)   # ZF, nets
+        with pytest.raises(ValueError, match="out:"): recon.table2((5.0,), "smoke", out=tmp_path, reuse=True, steps=4)

@@ -18,11 +18,11 @@ from .metrics import psnr, rmse, ssim
 from .utils import check_same_shape, check_tensor
 
 # %% auto #0
-__all__ = ['NETWORKS', 'NETWORK_IO', 'TRAIN_FIRST_SEED', 'TEST_FIRST_SEED', 'SOLVER_RECIPES', 'LESION_LABEL', 'LIPCAR_PRESETS',
-           'METHODS', 'LipCarUNet', 'network_io', 'build_networks', 'ssim_loss', 'subject_slices', 'simulate_lipcar',
-           'load_lipcar_samples', 'LipCarSlices', 'gentv', 'SolveResult', 'lip_car_objective', 'lip_car_solve',
-           'image_metrics', 'region_metrics', 'secant_oracle', 'apply_network', 'LipCarConfig', 'lipcar_training_data',
-           'build_lip_car', 'run_methods', 'score_methods']
+__all__ = ['NETWORKS', 'NETWORK_IO', 'TRAIN_FIRST_SEED', 'TEST_FIRST_SEED', 'TEST_ANATOMY', 'SOLVER_RECIPES', 'LESION_LABEL',
+           'LIPCAR_PRESETS', 'METHODS', 'LipCarUNet', 'network_io', 'build_networks', 'ssim_loss', 'subject_slices',
+           'simulate_lipcar', 'load_lipcar_samples', 'LipCarSlices', 'gentv', 'SolveResult', 'lip_car_objective',
+           'lip_car_solve', 'image_metrics', 'region_metrics', 'secant_oracle', 'apply_network', 'LipCarConfig',
+           'lipcar_training_data', 'build_lip_car', 'run_methods', 'score_methods']
 
 # %% ../nbs/40_lip_car.ipynb #7b81bdb6
 class _ResidualStage(nn.Module):
@@ -123,6 +123,7 @@ def _pad_to(v: np.ndarray, size: int) -> np.ndarray:
     return np.pad(v, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)))
 
 TRAIN_FIRST_SEED, TEST_FIRST_SEED = 1000, 10_000  # training subjects 1000, 1001, …; held-out subjects 10000, 10001, …
+TEST_ANATOMY = "colin27"  # held-out subjects are another person (Colin27); training subjects warp ICBM152
 
 _SUBJECT_CACHE: dict = {}
 

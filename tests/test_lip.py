@@ -375,3 +375,21 @@ def test_subject_slices_from_the_heldout_anatomy():
     a, b = subject_slices(10_000, 2, anatomy="colin27"), subject_slices(10_000, 2)
     assert a["pre"].shape == b["pre"].shape and not np.array_equal(a["labels"], b["labels"])
     assert subject_slices(10_000, 2, anatomy="colin27") is a  # cached under its own key
+
+
+def test_heldout_sets_are_colin27_another_person():
+    "Held-out subjects (TEST_FIRST_SEED…, TEST_ANATOMY) are Colin27: GM/WM Dice < 0.75 to a training subject (ICBM152)."
+    from medsynth_nb.lip import TEST_ANATOMY, TEST_FIRST_SEED, TRAIN_FIRST_SEED, _pad_to, simulate_lipcar, subject_slices
+    from medsynth_nb.phantom import anatomy_dice, random_subject
+    assert TEST_ANATOMY == "colin27"
+    labels = lambda seed, anatomy: random_subject(seed, doses=(0.0,), anatomy=anatomy)["labels"].numpy()
+    train, held = labels(TRAIN_FIRST_SEED, "icbm152"), labels(TEST_FIRST_SEED, TEST_ANATOMY)
+    d = anatomy_dice(held, train)
+    assert max(d.values()) < 0.75, d
+    old = anatomy_dice(labels(TEST_FIRST_SEED, "icbm152"), train)  # the old split: a warp of the training template
+    assert min(old.values()) > max(d.values()) + 0.05, (old, d)
+    # the held-out slices are slices of that Colin27 subject (labels are drawn before the doses' noise)
+    s = subject_slices(TEST_FIRST_SEED, 2, anatomy=TEST_ANATOMY)
+    np.testing.assert_array_equal(s["labels"], _pad_to(held[:, :, s["z_index"]].transpose(2, 1, 0), 128))
+    h = simulate_lipcar([TEST_FIRST_SEED], 2, anatomy=TEST_ANATOMY)
+    np.testing.assert_array_equal(h["labels"][:, 0].numpy(), s["labels"])

@@ -9,6 +9,7 @@ from medsynth_nb.ddpm import (DDIMScheduler, DDPMScheduler, PREDICTION_TYPES, TI
                               ddim_sample, ddpm_sample, diffusion_loss, discretized_gaussian_log_likelihood,
                               dummy_model, dummy_sample_deter, make_betas, normal_kl, vb_terms_bpd)
 from medsynth_nb.utils import make_generator, test_allclose
+from meta_device import MetaDeviceModel
 
 torch.set_num_threads(1)
 diffusers = pytest.importorskip("diffusers")
@@ -366,12 +367,8 @@ class _Stop(Exception):
     pass
 
 
-class _MetaRecorder(torch.nn.Module):
+class _MetaRecorder(MetaDeviceModel):
     "A model whose parameters live on the meta device: records where its inputs are, then stops the loop."
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(1, device="meta"))
-        self.seen = []
 
     def forward(self, inp, t):
         self.seen.append((inp.device.type, t.device.type))

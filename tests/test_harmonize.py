@@ -10,6 +10,7 @@ from medsynth_nb.harmonize import (DIRECTIONS, HARMONIZE_PRESETS, HarmonizeConfi
                                    tissue_volumes, to_model_range, translate_slices, translate_volume)
 from medsynth_nb.layers import unet_from_preset
 from medsynth_nb.utils import make_generator, test_allclose
+from meta_device import MetaDeviceModel
 
 torch.set_num_threads(1)
 
@@ -299,14 +300,9 @@ def test_cli_accepts_direction_without_shell_redirection(tmp_path):
     assert get_experiment("harmonize").config("paper", **{key: value}).direction == "1.5T-to-3T"
 
 
-class _MetaHarmonizer(torch.nn.Module):
+class _MetaHarmonizer(MetaDeviceModel):
     "A [source, x_t] → [ε, v] model on the meta device: records where its inputs arrive, then stops the loop."
     in_channels, out_channels = 2, 2
-
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(1, device="meta"))
-        self.seen = []
 
     def forward(self, inp, t):
         self.seen.append((inp.device.type, t.device.type, tuple(inp.shape)))

@@ -14,6 +14,7 @@ from medsynth_nb.lowdose import (DoseCropStream, LowDoseConfig, VGG16Features, b
 from medsynth_nb.train import get_experiment, load_models, train
 from medsynth_nb.utils import make_generator, seeded, test_allclose
 from medsynth_nb.wasserstein import gaussian_downsample, wasserstein_patch_loss
+from meta_device import MetaDeviceModel
 
 torch.set_num_threads(1)
 
@@ -368,14 +369,9 @@ def test_smoothed_condition_values():
     with pytest.raises(ValueError, match="on: expected one of"): smoothed_condition(c, 0.05, "field")
 
 
-class _MetaGenerator(torch.nn.Module):
+class _MetaGenerator(MetaDeviceModel):
     "A stand-in generator whose parameters live on the 'meta' device; records the devices of its inputs."
     levels, dims = 2, 2
-
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.empty(1, device="meta"))
-        self.seen = []
 
     def forward(self, x, cond):
         self.seen.append((x.device.type, cond.device.type))

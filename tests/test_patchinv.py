@@ -17,6 +17,7 @@ from medsynth_nb.patchinv import (METHODS, SCENARIOS, PatchInvConfig, TwoHeadGen
                                   task_pairs, uncertainty_scores, unpaired_stream, zero_filled)
 from medsynth_nb.train import Context, get_experiment, train
 from medsynth_nb.utils import make_generator, seeded, test_allclose
+from meta_device import MetaDeviceModel
 
 torch.set_num_threads(1)
 
@@ -396,12 +397,11 @@ def test_generator_loss_by_hand(method):
 
 # ---- device: evaluation moves inputs to the model's device --------------------------------------------------
 
-class _DeviceRecorder(nn.Module):
+class _DeviceRecorder(MetaDeviceModel):
     "A stand-in generator whose parameters live on the meta device; it records the device of its inputs."
     def __init__(self):
         super().__init__()
-        self.w = nn.Parameter(torch.zeros(1, device="meta"))
-        self.seen, self.g = [], make_generator(0)
+        self.g = make_generator(0)
     def forward(self, x):
         self.seen.append(x.device.type)
         return torch.zeros(x.shape), torch.rand(x.shape, generator=self.g) + 0.1

@@ -11,6 +11,7 @@ from medsynth_nb import recon
 from medsynth_nb.kspace import hard_dc, kspace_residual, poisson_disc_mask, zero_filled
 from medsynth_nb.utils import test_allclose
 from medsynth_nb.utils import num_threads
+from meta_device import MetaDeviceModel
 
 DATA = Path(__file__).resolve().parent.parent / "data_samples"
 
@@ -318,12 +319,8 @@ def test_unpaired_generator_gets_no_paired_gradient():
     assert all(p.grad is None or float(p.grad.abs().max()) == 0 for p in task.models["generator"].parameters())
 
 
-class _DeviceRecorder(torch.nn.Module):
+class _DeviceRecorder(MetaDeviceModel):
     "A stand-in generator whose parameter lives on the meta device; it records where its inputs arrive."
-    def __init__(self):
-        super().__init__()
-        self.p = torch.nn.Parameter(torch.zeros(1, device="meta"))
-        self.seen = []
 
     def forward(self, y, mask, maps=None):
         self.seen.append((y.device, mask.device, None if maps is None else maps.device))

@@ -21,12 +21,13 @@ from .train import TrainConfig, Task, register_experiment, supervised, _require
 from .utils import check_same_shape, check_tensor, make_generator
 
 # %% auto #0
-__all__ = ['DIRECTIONS', 'DIRECTION_ALIASES', 'SAMPLERS', 'TISSUE_CLASSES', 'SEGMENTATION_METHODS', 'HARMONIZE_PRESETS',
-           'PAPER_PRESET_SOURCES', 'normalize_direction', 'parse_direction', 'to_model_range', 'from_model_range',
-           'paired_subject', 'paired_volumes', 'harmonization_scheduler', 'harmonization_unet', 'check_harmonizer',
-           'translate_slices', 'translate_volume', 'brain_mask', 'masked_mse', 'segment_tissues', 'gmm_1d',
-           'tissue_volumes', 'evaluate_harmonization', 'harmonization_table', 'compare_samplers', 'slice_discontinuity',
-           'HarmonizeConfig', 'harmonization_data', 'build_harmonize', 'load_harmonizer']
+__all__ = ['DIRECTIONS', 'DIRECTION_ALIASES', 'TEST_ANATOMY', 'TEST_SEEDS', 'SAMPLERS', 'TISSUE_CLASSES', 'SEGMENTATION_METHODS',
+           'HARMONIZE_PRESETS', 'PAPER_PRESET_SOURCES', 'normalize_direction', 'parse_direction', 'to_model_range',
+           'from_model_range', 'paired_subject', 'paired_volumes', 'heldout_pair', 'harmonization_scheduler',
+           'harmonization_unet', 'check_harmonizer', 'translate_slices', 'translate_volume', 'brain_mask', 'masked_mse',
+           'segment_tissues', 'gmm_1d', 'tissue_volumes', 'evaluate_harmonization', 'harmonization_table',
+           'compare_samplers', 'slice_discontinuity', 'HarmonizeConfig', 'harmonization_data', 'build_harmonize',
+           'load_harmonizer']
 
 # %% ../nbs/21_harmonization.ipynb #c2652984
 DIRECTIONS = {"1.5T-to-3T": (1.5, 3.0), "3T-to-1.5T": (3.0, 1.5)}
@@ -85,6 +86,19 @@ def paired_volumes(n: int, # number of subjects
     s, t = parse_direction(direction)
     subs = [paired_subject(seed + i, fields=(s, t), **kw) for i in range(n)]
     return [d[s] for d in subs], [d[t] for d in subs]
+
+# %% ../nbs/21_harmonization.ipynb #13711b2f
+TEST_ANATOMY = "colin27" # held-out subjects: another person than the ICBM152 average the training subjects warp
+TEST_SEEDS = tuple(range(9000, 9005)) # held-out subject ids (training subjects: subject_seed + i, from 1000)
+
+def heldout_pair(seed: int = TEST_SEEDS[0], # held-out subject id (`TEST_SEEDS`)
+                 direction: str = "1.5T-to-3T", # which scan is the source
+                 root=None) -> tuple[Tensor, Tensor, Tensor]:
+    "A held-out test pair of `TEST_ANATOMY`, preprocessed as Durrer: (source, target, true tissue labels), (X, Y, Z)."
+    s, t = parse_direction(direction)
+    subj = paired_subject(seed, anatomy=TEST_ANATOMY, root=root)    # both fields, so both directions see the same scans
+    return durrer_preprocess(subj[s]), durrer_preprocess(subj[t]), subj["labels"]
+
 
 # %% ../nbs/21_harmonization.ipynb #61990ba4
 def harmonization_scheduler(num_train_timesteps: int = 1000, # T (Durrer: 1000)

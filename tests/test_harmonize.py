@@ -344,3 +344,22 @@ def test_paired_subject_from_the_heldout_anatomy():
     a, b = paired_subject(5, anatomy="colin27"), paired_subject(5)
     assert max(anatomy_dice(a["labels"], b["labels"]).values()) < 0.75
     assert a[1.5].shape == b[1.5].shape and not torch.equal(a[3.0], b[3.0])
+
+
+def test_heldout_pair_is_colin27_and_unseen():
+    "The lesson's test pair: Colin27, Dice < 0.75 to every demo training subject, seeds disjoint, same scans both ways."
+    from medsynth_nb.harmonize import HARMONIZE_PRESETS, TEST_ANATOMY, TEST_SEEDS, HarmonizeConfig, heldout_pair, paired_subject
+    from medsynth_nb.data import durrer_preprocess
+    from medsynth_nb.phantom import anatomy_dice
+    assert TEST_ANATOMY == "colin27"
+    cfg = HarmonizeConfig(**HARMONIZE_PRESETS["demo"])
+    train_seeds = range(cfg.subject_seed, cfg.subject_seed + cfg.n_subjects)
+    assert not set(TEST_SEEDS) & set(train_seeds)
+    src, tgt, lab = heldout_pair(TEST_SEEDS[0], "1.5T-to-3T")
+    subj = paired_subject(TEST_SEEDS[0], anatomy="colin27")
+    assert torch.equal(src, durrer_preprocess(subj[1.5])) and torch.equal(tgt, durrer_preprocess(subj[3.0]))
+    assert torch.equal(lab, subj["labels"])
+    s2, t2, _ = heldout_pair(TEST_SEEDS[0], "3T-to-1.5T")
+    assert torch.equal(s2, tgt) and torch.equal(t2, src)
+    worst = max(max(anatomy_dice(lab, paired_subject(s)["labels"]).values()) for s in train_seeds)
+    assert worst < 0.75, worst

@@ -17,8 +17,8 @@ from .data import PairedContrastDataset, center_crop_or_pad, durrer_preprocess, 
 from .ddpm import PREDICTION_TYPES, DDIMScheduler, DDPMScheduler, ddim_sample, ddpm_sample, diffusion_loss
 from .layers import unet_from_preset
 from .metrics import ahd, dice, hausdorff
-from .train import TrainConfig, Task, register_experiment, supervised, _require
-from .utils import check_same_shape, check_tensor, make_generator
+from .train import TrainConfig, Task, register_experiment, supervised
+from .utils import check_same_shape, check_tensor, make_generator, require
 
 # %% auto #0
 __all__ = ['DIRECTIONS', 'DIRECTION_ALIASES', 'TEST_ANATOMY', 'TEST_SEEDS', 'SAMPLERS', 'TISSUE_CLASSES', 'SEGMENTATION_METHODS',
@@ -378,17 +378,17 @@ class HarmonizeConfig(TrainConfig):
 
     def validate(self):
         super().validate()
-        _require(self.direction in DIRECTIONS, "direction", f"one of {tuple(DIRECTIONS)}", self.direction)
+        require(self.direction in DIRECTIONS, "direction", f"one of {tuple(DIRECTIONS)}", self.direction)
         from medsynth_nb.layers import UNET_PRESETS
-        _require(self.unet in UNET_PRESETS, "unet", f"one of {tuple(UNET_PRESETS)}", self.unet)
-        _require(self.lambda_vb >= 0, "lambda_vb", "a non-negative weight", self.lambda_vb)
-        _require(self.prediction_type in PREDICTION_TYPES, "prediction_type", f"one of {PREDICTION_TYPES}", self.prediction_type)
-        _require(self.num_train_timesteps >= 2, "num_train_timesteps", "at least 2 steps", self.num_train_timesteps)
-        _require(self.n_subjects >= 1, "n_subjects", "at least 1 subject", self.n_subjects)
-        _require(len(self.crop) == 2 and all(c >= 8 for c in self.crop), "crop", "two sizes >= 8", self.crop)
-        _require(self.weight_decay >= 0, "weight_decay", "a non-negative weight decay", self.weight_decay)
-        _require(self.sampler in SAMPLERS, "sampler", f"one of {SAMPLERS}", self.sampler)
-        _require(1 <= self.sample_steps <= self.num_train_timesteps, "sample_steps", f"1..num_train_timesteps ({self.num_train_timesteps})", self.sample_steps)
+        require(self.unet in UNET_PRESETS, "unet", f"one of {tuple(UNET_PRESETS)}", self.unet)
+        require(self.lambda_vb >= 0, "lambda_vb", "a non-negative weight", self.lambda_vb)
+        require(self.prediction_type in PREDICTION_TYPES, "prediction_type", f"one of {PREDICTION_TYPES}", self.prediction_type)
+        require(self.num_train_timesteps >= 2, "num_train_timesteps", "at least 2 steps", self.num_train_timesteps)
+        require(self.n_subjects >= 1, "n_subjects", "at least 1 subject", self.n_subjects)
+        require(len(self.crop) == 2 and all(c >= 8 for c in self.crop), "crop", "two sizes >= 8", self.crop)
+        require(self.weight_decay >= 0, "weight_decay", "a non-negative weight decay", self.weight_decay)
+        require(self.sampler in SAMPLERS, "sampler", f"one of {SAMPLERS}", self.sampler)
+        require(1 <= self.sample_steps <= self.num_train_timesteps, "sample_steps", f"1..num_train_timesteps ({self.num_train_timesteps})", self.sample_steps)
 
     def scheduler(self) -> DDPMScheduler:
         "The run's noise schedule (T and variance type come from the config, so sampling always matches training)."

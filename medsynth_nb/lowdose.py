@@ -18,8 +18,8 @@ from . import wgan
 from .data import DoseSeriesDataset, center_crop_or_pad, slices_to_volume, volume_to_slices
 from .layers import CondCritic, CondUNet
 from .metrics import ce_mask, mae_ce, mae_sigma, mae_sigma_noise, psnr, ssim
-from .train import TrainConfig, Task, adversarial, register_experiment, _require
-from .utils import IMAGE_CMAP, check_same_shape, check_tensor, make_generator, seeded
+from .train import TrainConfig, Task, adversarial, register_experiment
+from .utils import IMAGE_CMAP, check_same_shape, check_tensor, make_generator, require, seeded
 from .wasserstein import gaussian_downsample, wasserstein_patch_loss
 
 # %% auto #0
@@ -308,20 +308,20 @@ class LowDoseConfig(TrainConfig):
 
     def validate(self):
         super().validate()
-        _require(self.dims in (2, 3), "dims", "2 or 3", self.dims)
-        _require(self.content_loss in CONTENT_LOSSES, "content_loss", f"one of {CONTENT_LOSSES}", self.content_loss)
-        _require(self.content_reduction in CONTENT_REDUCTIONS, "content_reduction", f"one of {CONTENT_REDUCTIONS}",
+        require(self.dims in (2, 3), "dims", "2 or 3", self.dims)
+        require(self.content_loss in CONTENT_LOSSES, "content_loss", f"one of {CONTENT_LOSSES}", self.content_loss)
+        require(self.content_reduction in CONTENT_REDUCTIONS, "content_reduction", f"one of {CONTENT_REDUCTIONS}",
                  self.content_reduction)
-        _require(self.label_noise_on in LABEL_NOISE_ON, "label_noise_on", f"one of {LABEL_NOISE_ON}", self.label_noise_on)
+        require(self.label_noise_on in LABEL_NOISE_ON, "label_noise_on", f"one of {LABEL_NOISE_ON}", self.label_noise_on)
         f = 2 ** max(self.levels, self.critic_levels)
-        _require(self.crop >= f and self.crop % f == 0, "crop", f"a multiple of 2^max(levels, critic_levels) = {f}", self.crop)
-        _require(1 <= self.out_scales <= self.levels, "out_scales", f"1..levels ({self.levels})", self.out_scales)
-        _require(self.crop // 2 ** (self.out_scales - 1) >= self.patch_size, "crop", f"at least patch_size at the coarsest output scale", self.crop)
-        _require(0 <= self.ce_fraction <= 1, "ce_fraction", "a share in [0, 1]", self.ce_fraction)
-        _require(0 <= self.dose_min < self.dose_max <= 1, "dose_min/dose_max", "0 <= dose_min < dose_max <= 1", (self.dose_min, self.dose_max))
+        require(self.crop >= f and self.crop % f == 0, "crop", f"a multiple of 2^max(levels, critic_levels) = {f}", self.crop)
+        require(1 <= self.out_scales <= self.levels, "out_scales", f"1..levels ({self.levels})", self.out_scales)
+        require(self.crop // 2 ** (self.out_scales - 1) >= self.patch_size, "crop", f"at least patch_size at the coarsest output scale", self.crop)
+        require(0 <= self.ce_fraction <= 1, "ce_fraction", "a share in [0, 1]", self.ce_fraction)
+        require(0 <= self.dose_min < self.dose_max <= 1, "dose_min/dose_max", "0 <= dose_min < dose_max <= 1", (self.dose_min, self.dose_max))
         for k in ("content_weight", "l1_weight", "np_weight", "adv_weight", "gp_weight", "label_noise"):
-            _require(getattr(self, k) >= 0, k, "a non-negative value", getattr(self, k))
-        _require(self.n_critic >= 1 and self.train_subjects >= 0, "n_critic/train_subjects", "n_critic >= 1, train_subjects >= 0",
+            require(getattr(self, k) >= 0, k, "a non-negative value", getattr(self, k))
+        require(self.n_critic >= 1 and self.train_subjects >= 0, "n_critic/train_subjects", "n_critic >= 1, train_subjects >= 0",
                  (self.n_critic, self.train_subjects))
         if self.content_loss == "vgg" and not self.vgg_weights:
             raise ValueError("vgg_weights: content_loss='vgg' needs a local VGG-16 state dict (torchvision's vgg16-397923af.pth, "

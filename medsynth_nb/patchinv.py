@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import DCGANCritic, SplitHeadUNet
-from .train import Task, TrainConfig, _require, adversarial, register_experiment
-from .utils import check_same_shape, check_tensor, make_generator, numpy_rng
+from .train import Task, TrainConfig, adversarial, register_experiment
+from .utils import check_same_shape, check_tensor, make_generator, numpy_rng, require
 
 # %% auto #0
 __all__ = ['RESIZE_STYLES', 'TF_TABLE_SIZE', 'UAPI_VARIANTS', 'SIGMA_RESAMPLES', 'SIGMA_MAPS', 'SCENARIOS', 'T1W_PROTOCOL',
@@ -338,25 +338,25 @@ class PatchInvConfig(TrainConfig):
 
     def validate(self):
         super().validate()
-        _require(self.task in TASKS, "task", f"one of {TASKS}", self.task)
-        _require(self.method in METHODS, "method", f"one of {METHODS}", self.method)
-        _require(self.variant in UAPI_VARIANTS, "variant", f"one of {UAPI_VARIANTS}", self.variant)
-        _require(self.sigma_maps in SIGMA_MAPS, "sigma_maps", f"one of {SIGMA_MAPS}", self.sigma_maps)
-        _require(self.sigma_resample in SIGMA_RESAMPLES, "sigma_resample", f"one of {SIGMA_RESAMPLES}", self.sigma_resample)
-        _require(self.sigma_floor >= 0, "sigma_floor", "a number >= 0", self.sigma_floor)
-        _require(self.generator_layout in GENERATOR_LAYOUTS, "generator_layout", f"one of {tuple(GENERATOR_LAYOUTS)}", self.generator_layout)
-        _require(self.lam >= 0 and self.lam_warmup >= 0, "lam/lam_warmup", "non-negative values", (self.lam, self.lam_warmup))
-        _require(self.depth >= 1 and self.size % 2 ** self.depth == 0 and self.size % 2 ** self.critic_downsamplings == 0, "size",
+        require(self.task in TASKS, "task", f"one of {TASKS}", self.task)
+        require(self.method in METHODS, "method", f"one of {METHODS}", self.method)
+        require(self.variant in UAPI_VARIANTS, "variant", f"one of {UAPI_VARIANTS}", self.variant)
+        require(self.sigma_maps in SIGMA_MAPS, "sigma_maps", f"one of {SIGMA_MAPS}", self.sigma_maps)
+        require(self.sigma_resample in SIGMA_RESAMPLES, "sigma_resample", f"one of {SIGMA_RESAMPLES}", self.sigma_resample)
+        require(self.sigma_floor >= 0, "sigma_floor", "a number >= 0", self.sigma_floor)
+        require(self.generator_layout in GENERATOR_LAYOUTS, "generator_layout", f"one of {tuple(GENERATOR_LAYOUTS)}", self.generator_layout)
+        require(self.lam >= 0 and self.lam_warmup >= 0, "lam/lam_warmup", "non-negative values", (self.lam, self.lam_warmup))
+        require(self.depth >= 1 and self.size % 2 ** self.depth == 0 and self.size % 2 ** self.critic_downsamplings == 0, "size",
                  f"a multiple of 2^depth = {2 ** self.depth} and of 2^critic_downsamplings = {2 ** self.critic_downsamplings}", self.size)
-        _require(self.size >= 11, "size", "at least 11 (the SSIM window)", self.size)
-        _require(0 < self.min_scale <= 1, "min_scale", "a scale in (0, 1]", self.min_scale)
-        _require(self.critic_lr > 0, "critic_lr", "a positive learning rate", self.critic_lr)
-        _require(self.n_critic >= 1 and self.gp_weight >= 0 and self.drift >= 0, "n_critic/gp_weight/drift",
+        require(self.size >= 11, "size", "at least 11 (the SSIM window)", self.size)
+        require(0 < self.min_scale <= 1, "min_scale", "a scale in (0, 1]", self.min_scale)
+        require(self.critic_lr > 0, "critic_lr", "a positive learning rate", self.critic_lr)
+        require(self.n_critic >= 1 and self.gp_weight >= 0 and self.drift >= 0, "n_critic/gp_weight/drift",
                  "n_critic >= 1 and non-negative weights", (self.n_critic, self.gp_weight, self.drift))
-        _require(self.input_subjects >= 1 and self.target_subjects >= 1 and self.slices_per_subject >= 1,
+        require(self.input_subjects >= 1 and self.target_subjects >= 1 and self.slices_per_subject >= 1,
                  "input_subjects/target_subjects/slices_per_subject", "positive counts",
                  (self.input_subjects, self.target_subjects, self.slices_per_subject))
-        _require(self.acceleration > 1 and 0 < self.center_fraction < 1, "acceleration/center_fraction", "R > 1 and a fraction in (0, 1)",
+        require(self.acceleration > 1 and 0 < self.center_fraction < 1, "acceleration/center_fraction", "R > 1 and a fraction in (0, 1)",
                  (self.acceleration, self.center_fraction))
 
 def domains(cfg: PatchInvConfig) -> tuple[Tensor, Tensor]:

@@ -19,8 +19,8 @@ from .kspace import (SenseOperator, birdcage_maps, complex_to_deepinv, deepinv_t
                                 gradient_dc, hard_dc, hard_dc_kspace, ifft2c, kspace_residual, poisson_disc_mask,
                                 soft_dc, zero_filled)
 from .kspace import _check_dc, _check_mask, _check_maps
-from .train import Task, TrainConfig, _require, adversarial, register_experiment, supervised
-from .utils import check_tensor, make_generator, numpy_rng
+from .train import Task, TrainConfig, adversarial, register_experiment, supervised
+from .utils import check_tensor, make_generator, numpy_rng, require
 
 # %% auto #0
 __all__ = ['BLOCKS', 'CS_GRID', 'CS_LAM', 'VAL_SUBJECTS', 'REGIMES', 'RECIPES', 'TEST_SUBJECTS', 'TEST_ANATOMY',
@@ -432,7 +432,7 @@ class ReconConfig(TrainConfig):
 
     def __post_init__(self):
         "Fill the None fields from `recipe`; `critic_input='auto'`: magnitude for disjoint unpaired labels (Sec. IV.C)."
-        _require(self.recipe in RECIPES, "recipe", f"one of {tuple(RECIPES)}", self.recipe)
+        require(self.recipe in RECIPES, "recipe", f"one of {tuple(RECIPES)}", self.recipe)
         for k, v in RECIPES[self.recipe].items():
             if getattr(self, k) is None: setattr(self, k, v)
         if self.critic_input == "auto":
@@ -442,25 +442,25 @@ class ReconConfig(TrainConfig):
 
     def validate(self):
         super().validate()
-        _require(self.regime in REGIMES, "regime", f"one of {REGIMES}", self.regime)
-        _require(self.block in BLOCKS, "block", f"one of {tuple(BLOCKS)}", self.block)
-        _require(self.generator in ("unrolled", "plain"), "generator", "'unrolled' or 'plain'", self.generator)
-        _require(self.dc in ("gradient", "soft"), "dc", "'gradient' or 'soft'", self.dc)
-        _require(self.iterations >= 1 and self.blocks >= 1 and self.features >= 1, "iterations/blocks/features", "positive ints", (self.iterations, self.blocks, self.features))
-        _require(all(s >= 16 for s in self.shape), "shape", "(H, W) with both sides >= 16", self.shape)
-        _require(self.coils >= 1, "coils", "at least 1 coil", self.coils)
-        _require(self.acceleration > 1, "acceleration", "R > 1", self.acceleration)
-        _require(self.input_subjects >= 1 and self.label_subjects >= 1, "input_subjects/label_subjects", "positive counts", (self.input_subjects, self.label_subjects))
-        _require(self.label_mode in ("disjoint", "partial"), "label_mode", "'disjoint' or 'partial'", self.label_mode)
-        _require(self.label_mode == "disjoint" or self.label_subjects <= self.input_subjects, "label_subjects",
+        require(self.regime in REGIMES, "regime", f"one of {REGIMES}", self.regime)
+        require(self.block in BLOCKS, "block", f"one of {tuple(BLOCKS)}", self.block)
+        require(self.generator in ("unrolled", "plain"), "generator", "'unrolled' or 'plain'", self.generator)
+        require(self.dc in ("gradient", "soft"), "dc", "'gradient' or 'soft'", self.dc)
+        require(self.iterations >= 1 and self.blocks >= 1 and self.features >= 1, "iterations/blocks/features", "positive ints", (self.iterations, self.blocks, self.features))
+        require(all(s >= 16 for s in self.shape), "shape", "(H, W) with both sides >= 16", self.shape)
+        require(self.coils >= 1, "coils", "at least 1 coil", self.coils)
+        require(self.acceleration > 1, "acceleration", "R > 1", self.acceleration)
+        require(self.input_subjects >= 1 and self.label_subjects >= 1, "input_subjects/label_subjects", "positive counts", (self.input_subjects, self.label_subjects))
+        require(self.label_mode in ("disjoint", "partial"), "label_mode", "'disjoint' or 'partial'", self.label_mode)
+        require(self.label_mode == "disjoint" or self.label_subjects <= self.input_subjects, "label_subjects",
                  f"at most input_subjects = {self.input_subjects} for partial labels", self.label_subjects)
-        _require(self.slices_per_subject >= 1, "slices_per_subject", "a positive count", self.slices_per_subject)
-        _require(self.critic_input in ("complex", "magnitude"), "critic_input", "'complex' or 'magnitude'", self.critic_input)
-        _require(self.critic_lr > 0, "critic_lr", "a positive learning rate", self.critic_lr)
-        _require(self.n_critic >= 1 and self.gp_weight >= 0, "n_critic/gp_weight", "n_critic >= 1, gp_weight >= 0", (self.n_critic, self.gp_weight))
-        _require(0 <= self.l1_only <= self.ramp_end, "l1_only/ramp_end", "0 <= l1_only <= ramp_end", (self.l1_only, self.ramp_end))
-        _require(0 <= self.l1_final <= 1, "l1_final", "a weight in [0, 1]", self.l1_final)
-        _require(self.lr_halve_every >= 1, "lr_halve_every", "a positive number of steps", self.lr_halve_every)
+        require(self.slices_per_subject >= 1, "slices_per_subject", "a positive count", self.slices_per_subject)
+        require(self.critic_input in ("complex", "magnitude"), "critic_input", "'complex' or 'magnitude'", self.critic_input)
+        require(self.critic_lr > 0, "critic_lr", "a positive learning rate", self.critic_lr)
+        require(self.n_critic >= 1 and self.gp_weight >= 0, "n_critic/gp_weight", "n_critic >= 1, gp_weight >= 0", (self.n_critic, self.gp_weight))
+        require(0 <= self.l1_only <= self.ramp_end, "l1_only/ramp_end", "0 <= l1_only <= ramp_end", (self.l1_only, self.ramp_end))
+        require(0 <= self.l1_final <= 1, "l1_final", "a weight in [0, 1]", self.l1_final)
+        require(self.lr_halve_every >= 1, "lr_halve_every", "a positive number of steps", self.lr_halve_every)
 
 TEST_SUBJECTS = tuple(range(2000, 2004)) # held-out subjects for evaluation (never used in training)
 TEST_ANATOMY = "colin27" # test subjects warp Colin27 (another person); training and validation subjects warp ICBM152

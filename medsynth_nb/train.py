@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from fastcore.basics import AttrDict
 from torch import Tensor, nn
 
-from .utils import atomic_write, get_device, make_generator, seeded
+from .utils import atomic_write, get_device, make_generator, require, seeded
 
 # %% auto #0
 __all__ = ['AMP_MODES', 'PRESET_NAMES', 'CHECKPOINT', 'resumable', 'TrainConfig', 'Experiment', 'register_experiment',
@@ -98,9 +98,6 @@ def _coerce(value, hint):
         return origin(items)
     return value
 
-def _require(ok: bool, name: str, expected: str, got):
-    if not ok: raise ValueError(f"{name}: expected {expected}, got {got!r}")
-
 # %% ../nbs/50_training.ipynb #27c1b18b
 @dataclass
 class TrainConfig:
@@ -131,18 +128,18 @@ class TrainConfig:
 
     def validate(self):
         "Raise a ValueError naming the field when a value is out of range (subclasses extend it)."
-        _require(self.steps >= 1, "steps", "a positive number of steps", self.steps)
-        _require(self.batch_size >= 1, "batch_size", "a positive batch size", self.batch_size)
-        _require(math.isfinite(self.lr) and self.lr > 0, "lr", "a positive finite learning rate", self.lr)
-        _require(self.seed >= 0, "seed", "a non-negative seed", self.seed)
-        _require(self.grad_accum >= 1, "grad_accum", "at least 1 micro-batch per step", self.grad_accum)
-        _require(self.amp in AMP_MODES, "amp", f"one of {AMP_MODES}", self.amp)
-        _require(0.0 <= self.ema < 1.0, "ema", "a decay in [0, 1) (0 = off)", self.ema)
-        _require(self.grad_clip >= 0, "grad_clip", "a non-negative norm (0 = off)", self.grad_clip)
-        _require(self.log_every >= 1, "log_every", "a positive number of steps", self.log_every)
-        _require(self.ckpt_every >= 0, "ckpt_every", "a non-negative number of steps (0 = only at the end)", self.ckpt_every)
-        _require(self.keep >= 1, "keep", "at least 1 checkpoint", self.keep)
-        _require(self.num_workers >= 0, "num_workers", "a non-negative number of workers", self.num_workers)
+        require(self.steps >= 1, "steps", "a positive number of steps", self.steps)
+        require(self.batch_size >= 1, "batch_size", "a positive batch size", self.batch_size)
+        require(math.isfinite(self.lr) and self.lr > 0, "lr", "a positive finite learning rate", self.lr)
+        require(self.seed >= 0, "seed", "a non-negative seed", self.seed)
+        require(self.grad_accum >= 1, "grad_accum", "at least 1 micro-batch per step", self.grad_accum)
+        require(self.amp in AMP_MODES, "amp", f"one of {AMP_MODES}", self.amp)
+        require(0.0 <= self.ema < 1.0, "ema", "a decay in [0, 1) (0 = off)", self.ema)
+        require(self.grad_clip >= 0, "grad_clip", "a non-negative norm (0 = off)", self.grad_clip)
+        require(self.log_every >= 1, "log_every", "a positive number of steps", self.log_every)
+        require(self.ckpt_every >= 0, "ckpt_every", "a non-negative number of steps (0 = only at the end)", self.ckpt_every)
+        require(self.keep >= 1, "keep", "at least 1 checkpoint", self.keep)
+        require(self.num_workers >= 0, "num_workers", "a non-negative number of workers", self.num_workers)
 
     def replace(self, **changes) -> TrainConfig:
         "A copy with some fields changed (validated); unknown names are an error."
@@ -974,11 +971,11 @@ class ToyRegressionConfig(TrainConfig):
 
     def validate(self):
         super().validate()
-        _require(self.n_samples >= 1, "n_samples", "a positive number of samples", self.n_samples)
-        _require(self.noise >= 0, "noise", "a non-negative noise level", self.noise)
-        _require(self.hidden >= 1, "hidden", "a positive width", self.hidden)
-        _require(self.depth >= 1, "depth", "at least 1 hidden layer", self.depth)
-        _require(0.0 <= self.dropout < 1.0, "dropout", "a probability in [0, 1)", self.dropout)
+        require(self.n_samples >= 1, "n_samples", "a positive number of samples", self.n_samples)
+        require(self.noise >= 0, "noise", "a non-negative noise level", self.noise)
+        require(self.hidden >= 1, "hidden", "a positive width", self.hidden)
+        require(self.depth >= 1, "depth", "at least 1 hidden layer", self.depth)
+        require(0.0 <= self.dropout < 1.0, "dropout", "a probability in [0, 1)", self.dropout)
 
 def sine_dataset(n: int, noise: float = 0.1, generator: torch.Generator | None = None) -> torch.utils.data.TensorDataset:
     "Pairs (x, sin x + noise·ε), x ~ U(−π, π), each of shape (1,)."
@@ -1025,14 +1022,14 @@ class ToyWGANConfig(TrainConfig):
 
     def validate(self):
         super().validate()
-        _require(math.isfinite(self.critic_lr) and self.critic_lr > 0, "critic_lr", "a positive finite learning rate", self.critic_lr)
-        _require(all(0 <= b < 1 for b in self.betas), "betas", "two values in [0, 1)", self.betas)
-        _require(self.n_critic >= 1, "n_critic", "at least 1 critic update per step", self.n_critic)
-        _require(self.gp_weight >= 0, "gp_weight", "a non-negative weight", self.gp_weight)
-        _require(self.hidden >= 1 and self.depth >= 1, "hidden/depth", "positive sizes", (self.hidden, self.depth))
-        _require(self.latent_dim >= 1, "latent_dim", "a positive dimension", self.latent_dim)
-        _require(self.modes >= 1, "modes", "at least 1 mode", self.modes)
-        _require(self.radius > 0 and self.std > 0, "radius/std", "positive values", (self.radius, self.std))
+        require(math.isfinite(self.critic_lr) and self.critic_lr > 0, "critic_lr", "a positive finite learning rate", self.critic_lr)
+        require(all(0 <= b < 1 for b in self.betas), "betas", "two values in [0, 1)", self.betas)
+        require(self.n_critic >= 1, "n_critic", "at least 1 critic update per step", self.n_critic)
+        require(self.gp_weight >= 0, "gp_weight", "a non-negative weight", self.gp_weight)
+        require(self.hidden >= 1 and self.depth >= 1, "hidden/depth", "positive sizes", (self.hidden, self.depth))
+        require(self.latent_dim >= 1, "latent_dim", "a positive dimension", self.latent_dim)
+        require(self.modes >= 1, "modes", "at least 1 mode", self.modes)
+        require(self.radius > 0 and self.std > 0, "radius/std", "positive values", (self.radius, self.std))
 
 @register_experiment("toy-wgan", ToyWGANConfig, description="WGAN-GP on the 8-Gaussian ring (adversarial loop, Gulrajani et al. 2017)", presets={
     "smoke": dict(steps=20, batch_size=64, hidden=32, lr=1e-3, critic_lr=1e-3, ema=0.9, ckpt_every=10),

@@ -19,7 +19,8 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['PRESETS', 'IMAGE_CMAP', 'DIFF_CMAP', 'make_generator', 'numpy_rng', 'seeded', 'num_threads', 'get_device',
-           'size_preset', 'is_smoke', 'check_tensor', 'check_same_shape', 'test_allclose', 'atomic_write',
+           'size_preset', 'is_smoke', 'check_tensor', 'check_same_shape', 'check_int', 'check_number', 'check_positive',
+           'check_choice', 'check_finite', 'check_mask', 'check_same_batch', 'require', 'test_allclose', 'atomic_write',
            'show_slices', 'slice_slider', 'report_result', 'build_tour', 'index_markdown', 'write_readme']
 
 # %% ../nbs/00_utils.ipynb #998771fb
@@ -117,6 +118,90 @@ def check_same_shape(a: Tensor, b: Tensor, names: tuple[str, str] = ("pred", "ta
     "Raise a `ValueError` unless `a` and `b` have the same shape (no silent broadcasting)."
     if a.shape != b.shape:
         raise ValueError(f"{names[0]} and {names[1]}: expected the same shape, got {_shape(a)} and {_shape(b)}")
+
+# %% ../nbs/00_utils.ipynb #444a0749
+def _bounds(lo, hi, lo_open: bool = False, hi_open: bool = False) -> str:
+    if lo is not None and hi is not None: return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if lo is not None: return f"{'>' if lo_open else '>='} {lo}"
+    return f"{'<' if hi_open else '<='} {hi}" if hi is not None else ""
+
+def check_int(x, name: str, # the value and the argument name used in messages
+              min: int | None = None, max: int | None = None, # inclusive bounds (None: unbounded)
+             ) -> int:
+    "An integer argument as `int`: bool and floats are refused (no silent truncation), bounds are inclusive."
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {x!r} ({type(x).__name__})")
+    x = int(x)
+    if (min is not None and x < min) or (max is not None and x > max):
+        raise ValueError(f"{name}: expected an int {_bounds(min, max)}, got {x}")
+    return x
+
+# %% ../nbs/00_utils.ipynb #1fa197b7
+def check_number(x, name: str, # the value and the argument name used in messages
+                 min: float | None = None, max: float | None = None, # bounds (None: unbounded)
+                 min_open: bool = False, max_open: bool = False, # exclude the bound itself
+                ) -> float:
+    "A finite real number as `float`, inside the bounds; bool, complex, strings and NaN/inf are refused."
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a real number, got {x!r} ({type(x).__name__})")
+    x = float(x)
+    if not math.isfinite(x): raise ValueError(f"{name}: expected a finite number, got {x}")
+    low = min is not None and (x <= min if min_open else x < min)
+    high = max is not None and (x >= max if max_open else x > max)
+    if low or high: raise ValueError(f"{name}: expected a number {_bounds(min, max, min_open, max_open)}, got {x:g}")
+    return x
+
+def check_positive(x, name: str) -> float:
+    "A finite real number > 0 as `float` (`check_number` with the open lower bound 0)."
+    return check_number(x, name, min=0, min_open=True)
+
+# %% ../nbs/00_utils.ipynb #48d974b6
+def _same_choice(x, c) -> bool:
+    if x is c: return True
+    if isinstance(x, bool) != isinstance(c, bool): return False      # True == 1, but True is not the choice 1
+    try: return bool(x == c)
+    except (TypeError, ValueError, RuntimeError): return False       # arrays and tensors are never a choice
+
+def check_choice(x, name: str, # the value and the argument name used in messages
+                 choices: Iterable, # the allowed values
+                ):
+    "`x` itself when it is one of `choices`; otherwise a ValueError listing them."
+    choices = tuple(choices)
+    if not any(_same_choice(x, c) for c in choices):
+        raise ValueError(f"{name}: expected one of {choices}, got {x!r}")
+    return x
+
+# %% ../nbs/00_utils.ipynb #92f1970d
+def check_finite(x, name: str):
+    "`x` itself when every entry of the tensor, array or number is finite; otherwise a ValueError counting the bad ones."
+    if isinstance(x, Tensor): bad = int((~torch.isfinite(x)).sum()) if (x.is_floating_point() or x.is_complex()) else 0
+    elif isinstance(x, (np.ndarray, np.number, int, float, complex)): bad = int((~np.isfinite(np.asarray(x))).sum())
+    else: raise TypeError(f"{name}: expected a tensor, array or number, got {type(x).__name__}")
+    if bad: raise ValueError(f"{name}: expected finite values, found {bad} NaN/inf entries")
+    return x
+
+# %% ../nbs/00_utils.ipynb #a99c0e57
+def check_mask(m, name: str, # the value and the argument name used in messages
+               ndim: int | Sequence[int] | None = None, # allowed numbers of dimensions
+              ) -> Tensor:
+    "`m` itself when it is a binary mask: a bool tensor, or a real tensor whose values are all 0 or 1."
+    check_tensor(m, name, ndim=ndim, dtype="any" if m.dtype == torch.bool else "real") if isinstance(m, Tensor) else check_tensor(m, name)
+    if m.dtype != torch.bool and not bool(((m == 0) | (m == 1)).all()):
+        bad = m[(m != 0) & (m != 1)]
+        raise ValueError(f"{name}: expected a binary mask (0 and 1 only), found {bad.numel()} other values, e.g. {float(bad.flatten()[0]):g}")
+    return m
+
+# %% ../nbs/00_utils.ipynb #50342140
+def check_same_batch(a: Tensor, b: Tensor, names: tuple[str, str] = ("x", "y")):
+    "Raise a `ValueError` unless `a` and `b` hold the same number of items (first dimension; no broadcasting)."
+    if a.ndim == 0 or b.ndim == 0 or a.shape[0] != b.shape[0]:
+        raise ValueError(f"{names[0]} and {names[1]}: expected the same batch size, got shapes {_shape(a)} and {_shape(b)}")
+
+# %% ../nbs/00_utils.ipynb #fbcfbe16
+def require(ok: bool, name: str, # the condition, and the argument or field it is about
+            expected: str, got): # what a valid value looks like, and the value that came
+    "Raise `ValueError('<name>: expected <expected>, got <got>')` unless `ok`."
+    if not ok: raise ValueError(f"{name}: expected {expected}, got {got!r}")
 
 # %% ../nbs/00_utils.ipynb #b7e3b644
 def _as_tensor(x) -> Tensor:

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .utils import check_same_shape, check_tensor
+from .utils import (check_choice, check_int, check_mask, check_number, check_positive,
+                              check_same_shape, check_tensor, require)
 
 # %% auto #0
 __all__ = ['mse', 'mae', 'rmse', 'nmse', 'psnr', 'gaussian_window', 'ssim', 'snr_db', 'ce_mask', 'mae_ce', 'mae_sigma',
@@ -30,10 +31,10 @@ def _check_pair(pred: Tensor, target: Tensor, ndim: Sequence[int] = (4, 5)):
         raise TypeError(f"pred and target: expected the same dtype, got {pred.dtype} and {target.dtype}")
 
 def _reduce(values: Tensor, reduction: str) -> Tensor:
+    check_choice(reduction, "reduction", _REDUCTIONS)
     if reduction == "mean": return values.mean()
     if reduction == "sum": return values.sum()
-    if reduction == "none": return values
-    raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
+    return values
 
 def _per_image(x: Tensor) -> Tensor: return x.reshape(x.shape[0], -1)
 
@@ -41,12 +42,17 @@ def _data_range(data_range, target: Tensor) -> Tensor:
     "Per-image dynamic range `(B,)`: the given number/tensor, or max − min of each target image."
     if data_range is None:
         flat = _per_image(target)
-        return (flat.amax(1) - flat.amin(1)).detach()
+        dr = (flat.amax(1) - flat.amin(1)).detach()
+        require(bool((dr > 0).all()), "target", "a non-constant image per batch item (its max − min is the "
+                "data range; pass data_range= otherwise)", f"ranges {dr.tolist()}")
+        return dr
+    if not isinstance(data_range, Tensor): check_positive(data_range, "data_range")
+    else: check_tensor(data_range, "data_range", dtype="real")
     dr = torch.as_tensor(data_range, dtype=target.dtype, device=target.device)
     if dr.ndim == 0: dr = dr.expand(target.shape[0])
     if dr.shape != (target.shape[0],):
         raise ValueError(f"data_range: expected a number or a tensor of shape ({target.shape[0]},), got shape {tuple(dr.shape)}")
-    if not bool((dr > 0).all()): raise ValueError(f"data_range: expected positive values, got {dr.tolist()}")
+    require(bool((dr > 0).all()), "data_range", "values > 0", dr.tolist())
     return dr
 
 # %% ../nbs/03_metrics.ipynb #dae6d5ac
@@ -74,7 +80,7 @@ def nmse(pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
 
 # %% ../nbs/03_metrics.ipynb #025ef296
 def psnr(pred: Tensor, target: Tensor, data_range: float | Tensor | None = None, reduction: str = "mean") -> Tensor:
-    "Peak signal-to-noise ratio in dB per image: 10·log10(L² / MSE), L = `data_range` or target max − min."
+    "PSNR in dB per image: 10·log10(L² / MSE), L = `data_range` or target max − min (+inf when pred equals target)."
     _check_pair(pred, target)
     L = _data_range(data_range, target)
     err = _per_image((pred - target) ** 2).mean(1)
@@ -83,8 +89,8 @@ def psnr(pred: Tensor, target: Tensor, data_range: float | Tensor | None = None,
 # %% ../nbs/03_metrics.ipynb #43f56c26
 def gaussian_window(win_size: int = 11, sigma: float = 1.5, dtype=torch.float32, device=None) -> Tensor:
     "Normalised 1-D Gaussian taps, as scipy's `gaussian_filter(truncate=(win_size//2)/sigma)`."
-    if win_size < 1 or win_size % 2 == 0: raise ValueError(f"win_size: expected a positive odd integer, got {win_size}")
-    if sigma <= 0: raise ValueError(f"sigma: expected a positive number, got {sigma}")
+    check_int(win_size, "win_size", min=1); require(win_size % 2 == 1, "win_size", "an odd int", win_size)
+    check_positive(sigma, "sigma")
     x = torch.arange(win_size, dtype=torch.float64, device=device) - win_size // 2
     w = torch.exp(-0.5 * (x / sigma) ** 2)
     return (w / w.sum()).to(dtype)
@@ -104,6 +110,7 @@ def ssim(pred: Tensor, target: Tensor, data_range: float | Tensor | None = None,
          reduction: str = "mean", full: bool = False):
     "Gaussian-window SSIM per image (mean over valid voxels and channels); with `full`, also the SSIM map."
     _check_pair(pred, target)
+    check_int(win_size, "win_size", min=1); check_positive(k1, "k1"); check_positive(k2, "k2")
     small = [s for s in pred.shape[2:] if s < win_size]
     if small: raise ValueError(f"pred: every spatial size must be at least win_size={win_size}, got shape {tuple(pred.shape)}")
     L = _data_range(data_range, target)
@@ -127,31 +134,33 @@ def snr_db(pred: Tensor, target: Tensor, crop: tuple[int, int] | None = None, re
     "Lei et al.'s SNR in dB per image: 10·log10(Σ target² / Σ (pred − target)²), optionally cropping (rows, cols) from each border."
     _check_pair(pred, target)
     if crop is not None:
-        r, c = crop
+        require(isinstance(crop, (tuple, list)) and len(crop) == 2, "crop", "a pair (rows, cols)", crop)
+        r, c = check_int(crop[0], "crop[0]"), check_int(crop[1], "crop[1]")
         if r < 0 or c < 0 or 2 * r >= pred.shape[-2] or 2 * c >= pred.shape[-1]:
             raise ValueError(f"crop: expected non-negative (rows, cols) leaving a non-empty image of shape {tuple(pred.shape[-2:])}, got {crop}")
         pred, target = pred[..., r:pred.shape[-2] - r, c:pred.shape[-1] - c], target[..., r:target.shape[-2] - r, c:target.shape[-1] - c]
     sig, err = _per_image(target ** 2).sum(1), _per_image((pred - target) ** 2).sum(1)
+    if not bool((sig > 0).all()): raise ValueError("target: SNR is undefined for an all-zero target image")
     return _reduce(10 * torch.log10(sig / err), reduction)
 
 # %% ../nbs/03_metrics.ipynb #59d516c3
 def ce_mask(native: Tensor, standard_dose: Tensor, threshold: float = 1.1, brain_mask: Tensor | None = None) -> Tensor:
     "Contrast-enhanced voxels: x_SD ≥ threshold·x_NA (and inside `brain_mask` when given), as a bool tensor."
-    _check_pair(native, standard_dose)
+    _check_pair(native, standard_dose); check_positive(threshold, "threshold")
     m = (standard_dose >= threshold * native) & (standard_dose > 0)
     if brain_mask is not None:
-        check_same_shape(native, brain_mask, ("native", "brain_mask"))
+        check_mask(brain_mask, "brain_mask"); check_same_shape(native, brain_mask, ("native", "brain_mask"))
         m = m & brain_mask.bool()
     return m
 
-def _check_mask(mask: Tensor, like: Tensor, name: str = "mask"):
-    if not isinstance(mask, Tensor): raise TypeError(f"{name}: expected a torch.Tensor, got {type(mask).__name__}")
-    check_same_shape(like, mask, ("pred", name))
-    if mask.dtype != torch.bool: raise TypeError(f"{name}: expected a bool tensor, got dtype {mask.dtype}")
+def _bool_mask(mask: Tensor, like: Tensor, name: str = "mask", like_name: str = "pred") -> Tensor:
+    "`mask` as a bool tensor after `check_mask` (bool, or 0/1 values) and a shape check against `like`."
+    check_mask(mask, name); check_same_shape(like, mask, (like_name, name))
+    return mask if mask.dtype == torch.bool else mask.bool()
 
 def mae_ce(pred: Tensor, target: Tensor, mask: Tensor, reduction: str = "mean") -> Tensor:
     "Pinetz's MAE_CE: mean |pred − target| over contrast-enhanced voxels (`mask`, see `ce_mask`) per image."
-    _check_pair(pred, target); _check_mask(mask, pred)
+    _check_pair(pred, target); mask = _bool_mask(mask, pred)
     m = _per_image(mask).to(pred.dtype)
     n = m.sum(1)
     if not bool((n > 0).all()): raise ValueError("mask: every image needs at least one CE voxel for MAE_CE")
@@ -164,7 +173,7 @@ def _masked_std(x: Tensor, m: Tensor) -> Tensor:
 
 def mae_sigma(pred: Tensor, target: Tensor, mask: Tensor, reduction: str = "mean") -> Tensor:
     "Pinetz's MAE_σ: |σ(pred) − σ(target)| over the NON-CE voxels (`~mask`) per image (population σ)."
-    _check_pair(pred, target); _check_mask(mask, pred)
+    _check_pair(pred, target); mask = _bool_mask(mask, pred)
     m = (~_per_image(mask)).to(pred.dtype)
     if not bool((m.sum(1) > 1).all()): raise ValueError("mask: every image needs at least two non-CE voxels for MAE_σ")
     return _reduce((_masked_std(_per_image(pred), m) - _masked_std(_per_image(target), m)).abs(), reduction)
@@ -174,7 +183,7 @@ def noise_sigma(x: Tensor, # (B, C, *spatial) image
                 region: Tensor, # bool, same shape: the voxels to estimate σ on
                ) -> Tensor: # (B,) robust noise σ per image
     "Noise σ per image: 1.4826·MAD over `region` of the high-pass r = x − box3 * x, scaled for white noise."
-    check_tensor(x, "x", ndim=(4, 5)); _check_mask(region, x, "region")
+    check_tensor(x, "x", ndim=(4, 5)); region = _bool_mask(region, x, "region", "x")
     d = x.ndim - 2
     pool = F.avg_pool2d if d == 2 else F.avg_pool3d
     flat = x.reshape(-1, 1, *x.shape[2:])
@@ -192,9 +201,10 @@ def noise_region(mask: Tensor, # bool: voxels excluded (CE voxels, outside the b
                  support: Tensor | None = None, # bool: where the image is defined (the brain); None: everywhere
                 ) -> Tensor:
     "Non-CE voxels whose whole 3^d neighbourhood lies inside `support` (the high-pass there sees no background)."
+    check_mask(mask, "mask", ndim=(4, 5)); mask = mask if mask.dtype == torch.bool else mask.bool()
     region = ~mask
     if support is None: return region
-    _check_mask(support, mask, "support")
+    support = _bool_mask(support, mask, "support", "mask")
     d = mask.ndim - 2
     pool = F.max_pool2d if d == 2 else F.max_pool3d
     outside = pool((~support).float().reshape(-1, 1, *mask.shape[2:]), 3, 1, 1).reshape(mask.shape) > 0
@@ -204,7 +214,7 @@ def mae_sigma_noise(pred: Tensor, target: Tensor, mask: Tensor, # bool: excluded
                     support: Tensor | None = None, # bool: the brain (drops its one-voxel rim)
                     reduction: str = "mean") -> Tensor:
     "MAE_σ on noise (ours): |σ̂_n(pred) − σ̂_n(target)|, σ̂_n the robust σ of the high-pass residual (`noise_sigma`)."
-    _check_pair(pred, target); _check_mask(mask, pred)
+    _check_pair(pred, target); mask = _bool_mask(mask, pred)
     region = noise_region(mask, support)
     return _reduce((noise_sigma(pred, region) - noise_sigma(target, region)).abs(), reduction)
 
@@ -213,10 +223,13 @@ def ahd(pred: Tensor, target: Tensor, bins: int = 255, value_range: tuple[float,
         mask: Tensor | None = None, density: bool = False, reduction: str = "mean") -> Tensor:
     "Durrer's absolute histogram difference Σ_bins |h_pred − h_target| per image (counts; `density` normalises)."
     _check_pair(pred, target)
+    pair = isinstance(value_range, (tuple, list)) and len(value_range) == 2
+    require(pair, "value_range", "a pair (lo, hi)", value_range)
     lo, hi = value_range
-    if not hi > lo: raise ValueError(f"value_range: expected lo < hi, got {value_range}")
-    if bins < 1: raise ValueError(f"bins: expected a positive integer, got {bins}")
-    if mask is not None: _check_mask(mask, pred)
+    check_number(lo, "value_range[0]"); check_number(hi, "value_range[1]")
+    require(hi > lo, "value_range", "lo < hi", value_range)
+    check_int(bins, "bins", min=1)
+    if mask is not None: mask = _bool_mask(mask, pred)
     out = []
     for b in range(pred.shape[0]):
         p, t = pred[b].detach().flatten(), target[b].detach().flatten()
@@ -245,7 +258,7 @@ def pcc(pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
 # %% ../nbs/03_metrics.ipynb #450c783c
 def _as_masks(pred: Tensor, target: Tensor, labels: Sequence[int] | None):
     for n, t in (("pred", pred), ("target", target)):
-        if not isinstance(t, Tensor): raise TypeError(f"{n}: expected a torch.Tensor, got {type(t).__name__}")
+        check_tensor(t, n, dtype="any", finite=False)
         if t.is_floating_point() or t.is_complex(): raise TypeError(f"{n}: expected a bool mask or an integer label map, got dtype {t.dtype}")
         if t.ndim < 3: raise ValueError(f"{n}: expected a batch (B, …) of 2-D or 3-D masks, got shape {tuple(t.shape)}")
     check_same_shape(pred, target)
@@ -253,6 +266,8 @@ def _as_masks(pred: Tensor, target: Tensor, labels: Sequence[int] | None):
         if pred.dtype != torch.bool or target.dtype != torch.bool:
             raise TypeError(f"pred/target: expected bool masks (or pass labels= for label maps), got {pred.dtype} and {target.dtype}")
         return pred[:, None], target[:, None]
+    require(isinstance(labels, (tuple, list)) and len(labels) > 0, "labels", "a non-empty list of ints", labels)
+    for i, l in enumerate(labels): check_int(l, f"labels[{i}]")
     return torch.stack([pred == l for l in labels], 1), torch.stack([target == l for l in labels], 1)
 
 def dice(pred: Tensor, target: Tensor, labels: Sequence[int] | None = None, reduction: str = "mean") -> Tensor:
@@ -269,11 +284,12 @@ def _directed(a: np.ndarray, b: np.ndarray, spacing) -> np.ndarray:
 
 def hausdorff(pred: Tensor, target: Tensor, spacing: float | Sequence[float] = 1.0, percentile: float | None = None,
               labels: Sequence[int] | None = None, reduction: str = "mean") -> Tensor:
-    "Symmetric Hausdorff distance (or its `percentile`, e.g. 95) per image and label, in units of `spacing`."
+    "Symmetric Hausdorff distance (or its `percentile`, e.g. 95) per image and label, in `spacing` units (+inf: one empty)."
     p, t = _as_masks(pred, target, labels)
-    if percentile is not None and not 0 < percentile <= 100: raise ValueError(f"percentile: expected a value in (0, 100], got {percentile}")
+    if percentile is not None: check_number(percentile, "percentile", min=0, max=100, min_open=True)
     nd = p.ndim - 2
-    sp = (float(spacing),) * nd if np.isscalar(spacing) else tuple(float(s) for s in spacing)
+    if np.isscalar(spacing): sp = (check_positive(spacing, "spacing"),) * nd
+    else: sp = tuple(check_positive(s, f"spacing[{i}]") for i, s in enumerate(spacing))
     if len(sp) != nd: raise ValueError(f"spacing: expected {nd} values for {nd}-D masks, got {len(sp)}")
     P, T = p.cpu().numpy(), t.cpu().numpy()
     out = np.zeros(P.shape[:2])

@@ -216,9 +216,82 @@ def test_noise_region_drops_the_support_rim_and_masked_voxels():
 
 def test_mae_sigma_noise_bad_inputs():
     p, t = pair((1, 1, 8, 8), 7)
-    with pytest.raises(TypeError, match="mask: expected a bool tensor"):
-        M.mae_sigma_noise(p, t, torch.zeros(p.shape))
+    with pytest.raises(ValueError, match="mask: expected a binary mask"):
+        M.mae_sigma_noise(p, t, torch.full(p.shape, 0.5))
     with pytest.raises(ValueError, match="region: every image needs at least two voxels"):
         M.mae_sigma_noise(p, t, torch.ones(p.shape, dtype=torch.bool))
-    with pytest.raises(TypeError, match="support: expected a bool tensor"):
-        M.mae_sigma_noise(p, t, torch.zeros(p.shape, dtype=torch.bool), support=torch.ones(p.shape))
+    with pytest.raises(ValueError, match="support: expected a binary mask"):
+        M.mae_sigma_noise(p, t, torch.zeros(p.shape, dtype=torch.bool), support=2 * torch.ones(p.shape))
+
+
+def test_binary_float_masks_equal_bool_masks():
+    p, t = pair((2, 1, 8, 8), 8)
+    m = torch.rand(p.shape, generator=make_generator(3)) > 0.5
+    for fn in (M.mae_ce, M.mae_sigma):
+        assert torch.equal(fn(p, t, m.float(), reduction="none"), fn(p, t, m, reduction="none"))
+    sup = torch.ones_like(m)
+    assert torch.equal(M.noise_region(m.float(), sup.long()), M.noise_region(m, sup))
+
+
+_P, _T = pair((2, 1, 16, 16), 11)
+_M = torch.rand(_P.shape, generator=make_generator(12)) > 0.5
+_L = (torch.rand(2, 8, 8, generator=make_generator(13)) * 3).long()
+BAD = [  # (call, exception, message fragment): every refusal at the metrics' boundary
+    (lambda: M.psnr(_P, _T, data_range=0.0), ValueError, "data_range: expected a number > 0, got 0"),
+    (lambda: M.psnr(_P, _T, data_range=True), TypeError, "data_range: expected a real number, got True (bool)"),
+    (lambda: M.psnr(_P, _T, data_range=float("inf")), ValueError, "data_range: expected a finite number, got inf"),
+    (lambda: M.psnr(_P, _T, data_range=torch.tensor([1.0, float("nan")], dtype=torch.float64)), ValueError,
+     "data_range: expected finite values"),
+    (lambda: M.psnr(_P, _T, data_range=torch.tensor([1.0, -1.0], dtype=torch.float64)), ValueError,
+     "data_range: expected values > 0"),
+    (lambda: M.psnr(_P, torch.ones_like(_T)), ValueError, "target: expected a non-constant image per batch item"),
+    (lambda: M.ssim(_P, torch.zeros_like(_T)), ValueError, "target: expected a non-constant image per batch item"),
+    (lambda: M.psnr(_P, _T, reduction="avg"), ValueError, "reduction: expected one of ('mean', 'sum', 'none'), got 'avg'"),
+    (lambda: M.ssim(_P, _T, 1.0, win_size=7.0), TypeError, "win_size: expected an int, got 7.0 (float)"),
+    (lambda: M.ssim(_P, _T, 1.0, win_size=True), TypeError, "win_size: expected an int, got True (bool)"),
+    (lambda: M.ssim(_P, _T, 1.0, win_size=0), ValueError, "win_size: expected an int >= 1, got 0"),
+    (lambda: M.ssim(_P, _T, 1.0, win_size=4), ValueError, "win_size: expected an odd int, got 4"),
+    (lambda: M.ssim(_P, _T, 1.0, sigma=0), ValueError, "sigma: expected a number > 0, got 0"),
+    (lambda: M.ssim(_P, _T, 1.0, k1=-0.01), ValueError, "k1: expected a number > 0, got -0.01"),
+    (lambda: M.ssim(_P, _T, 1.0, k2=float("nan")), ValueError, "k2: expected a finite number, got nan"),
+    (lambda: M.gaussian_window(11, sigma=-1.0), ValueError, "sigma: expected a number > 0, got -1"),
+    (lambda: M.snr_db(_P, _T, crop=(2.5, 0)), TypeError, "crop[0]: expected an int, got 2.5 (float)"),
+    (lambda: M.snr_db(_P, _T, crop=(0, True)), TypeError, "crop[1]: expected an int, got True (bool)"),
+    (lambda: M.snr_db(_P, _T, crop=3), ValueError, "crop: expected a pair (rows, cols), got 3"),
+    (lambda: M.snr_db(_P, _T, crop=(-1, 0)), ValueError, "crop: expected non-negative"),
+    (lambda: M.snr_db(_P, torch.zeros_like(_T)), ValueError, "target: SNR is undefined for an all-zero target"),
+    (lambda: M.ce_mask(_P, _T, threshold=0), ValueError, "threshold: expected a number > 0, got 0"),
+    (lambda: M.ce_mask(_P, _T, brain_mask=_P), ValueError, "brain_mask: expected a binary mask"),
+    (lambda: M.ce_mask(_P, _T, brain_mask=_M[:1]), ValueError, "native and brain_mask: expected the same shape"),
+    (lambda: M.mae_ce(_P, _T, _M.float() * 0.5), ValueError, "mask: expected a binary mask (0 and 1 only)"),
+    (lambda: M.mae_ce(_P, _T, _M.tolist()), TypeError, "mask: expected a torch.Tensor, got list"),
+    (lambda: M.mae_sigma(_P, _T, torch.full(_P.shape, float("nan"))), ValueError, "mask: expected finite values"),
+    (lambda: M.noise_sigma(_P, _M[:, :, :8]), ValueError, "x and region: expected the same shape"),
+    (lambda: M.noise_region(_M.float() + 1), ValueError, "mask: expected a binary mask"),
+    (lambda: M.noise_region(_M[0]), ValueError, "mask: expected 4 or 5 dimensions"),
+    (lambda: M.noise_region(_M, _M[:1]), ValueError, "mask and support: expected the same shape"),
+    (lambda: M.ahd(_P, _T, bins=2.5), TypeError, "bins: expected an int, got 2.5 (float)"),
+    (lambda: M.ahd(_P, _T, bins=True), TypeError, "bins: expected an int, got True (bool)"),
+    (lambda: M.ahd(_P, _T, bins=0), ValueError, "bins: expected an int >= 1, got 0"),
+    (lambda: M.ahd(_P, _T, value_range=(1.0, 0.0)), ValueError, "value_range: expected lo < hi, got (1.0, 0.0)"),
+    (lambda: M.ahd(_P, _T, value_range=(0.0, float("nan"))), ValueError, "value_range[1]: expected a finite number"),
+    (lambda: M.ahd(_P, _T, value_range=1.0), ValueError, "value_range: expected a pair (lo, hi), got 1.0"),
+    (lambda: M.ahd(_P, _T, mask=_P), ValueError, "mask: expected a binary mask"),
+    (lambda: M.pcc(_P[0, 0, 0], _T[0, 0, 0] * float("inf")), ValueError, "target: expected finite values"),
+    (lambda: M.dice(_L, _L, labels=[1.5]), TypeError, "labels[0]: expected an int, got 1.5 (float)"),
+    (lambda: M.dice(_L, _L, labels=[True]), TypeError, "labels[0]: expected an int, got True (bool)"),
+    (lambda: M.dice(_L, _L, labels=[]), ValueError, "labels: expected a non-empty list of ints, got []"),
+    (lambda: M.dice(_L.tolist(), _L), TypeError, "pred: expected a torch.Tensor, got list"),
+    (lambda: M.hausdorff(_M[:, 0], _M[:, 0], percentile=0), ValueError, "percentile: expected a number in (0, 100], got 0"),
+    (lambda: M.hausdorff(_M[:, 0], _M[:, 0], percentile=101), ValueError, "percentile: expected a number in (0, 100]"),
+    (lambda: M.hausdorff(_M[:, 0], _M[:, 0], spacing=0.0), ValueError, "spacing: expected a number > 0, got 0"),
+    (lambda: M.hausdorff(_M[:, 0], _M[:, 0], spacing=(1.0, -2.0)), ValueError, "spacing[1]: expected a number > 0, got -2"),
+    (lambda: M.hausdorff(_M[:, 0], _M[:, 0], spacing=(1.0, float("nan"))), ValueError, "spacing[1]: expected a finite"),
+]
+
+
+@pytest.mark.parametrize("call,exc,fragment", BAD, ids=[f"bad{i}" for i in range(len(BAD))])
+def test_bad_input_matrix(call, exc, fragment):
+    with pytest.raises(exc) as e:
+        call()
+    assert fragment in str(e.value), str(e.value)

@@ -12,13 +12,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .utils import check_tensor
+from .utils import check_choice, check_int, check_number, check_positive, check_tensor, require, seeded
 
 # %% auto #0
-__all__ = ['UNET_PRESETS', 'NORMS', 'ACTIVATIONS', 'PLAIN_NORMS', 'HEAD_ACTIVATIONS', 'timestep_embedding', 'GroupNorm32',
-           'normalization', 'zero_module', 'Downsample', 'Upsample', 'ResBlock', 'AttentionBlock', 'TimestepSequential',
-           'UNet', 'count_parameters', 'unet_from_preset', 'conv_nd', 'norm_nd', 'activation', 'condition_mlp',
-           'CondResBlock', 'LocalAttention', 'CondUNet', 'CondCritic', 'conv_norm_act', 'SplitHeadUNet', 'DCGANCritic']
+__all__ = ['UNET_PRESETS', 'NORMS', 'PADDING_MODES', 'ACTIVATIONS', 'PLAIN_NORMS', 'HEAD_ACTIVATIONS', 'timestep_embedding',
+           'GroupNorm32', 'normalization', 'zero_module', 'Downsample', 'Upsample', 'ResBlock', 'AttentionBlock',
+           'TimestepSequential', 'UNet', 'count_parameters', 'unet_from_preset', 'conv_nd', 'norm_nd', 'activation',
+           'condition_mlp', 'CondResBlock', 'LocalAttention', 'CondUNet', 'CondCritic', 'conv_norm_act',
+           'SplitHeadUNet', 'DCGANCritic']
+
+# %% ../nbs/04_layers.ipynb #d4f17ae5
+def _check_ints(min: int = 1, **values) -> None:
+    "check_int(v, name, min=min) for every keyword: channel counts, heads, levels (bool and floats refused)."
+    for name, v in values.items(): check_int(v, name, min=min)
+
+def _check_int_seq(xs, name: str, min: int = 1, empty: bool = False) -> tuple[int, ...]:
+    "A sequence of ints >= min (channel multipliers, levels) as a tuple; non-empty unless `empty`."
+    want = "a tuple of ints" if empty else "a non-empty tuple of ints"
+    require(isinstance(xs, (tuple, list)) and (empty or len(xs) > 0), name, want, xs)
+    return tuple(check_int(v, f"{name}[{i}]", min=min) for i, v in enumerate(xs))
+
 
 # %% ../nbs/04_layers.ipynb #23186af9
 def timestep_embedding(t: Tensor, # (B,) timesteps (integers or floats)
@@ -26,8 +39,8 @@ def timestep_embedding(t: Tensor, # (B,) timesteps (integers or floats)
                        max_period: float = 10000.0, # P, the slowest period
                       ) -> Tensor:
     "Sinusoidal embedding (B, dim) of timesteps t: [cos(t ω_k), sin(t ω_k)], ω_k = P^(-k/(d/2)) (improved-diffusion)."
-    check_tensor(t, "t", ndim=1, dtype="real")
-    if dim < 1: raise ValueError(f"dim: expected a positive embedding size, got {dim}")
+    check_tensor(t, "t", ndim=1, dtype="real")   # (B,) only: a scan this small costs nothing per step
+    dim, max_period = check_int(dim, "dim", min=1), check_positive(max_period, "max_period")
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t[:, None].float() * freqs[None]
@@ -44,6 +57,7 @@ def normalization(channels: int, # channels to normalise
                   groups: int = 32, # number of groups (must divide `channels`)
                  ) -> GroupNorm32:
     "GroupNorm32 with `groups` groups over `channels` channels, with a clear error when they do not divide."
+    _check_ints(channels=channels, groups=groups)
     if channels % groups:
         raise ValueError(f"normalization: channels ({channels}) must be divisible by the number of groups ({groups}); "
                          f"choose num_groups dividing every channel count")
@@ -58,6 +72,7 @@ class Downsample(nn.Module):
     "Halve H and W: a stride-2 3×3 convolution (`use_conv`) or 2×2 average pooling."
     def __init__(self, channels: int, use_conv: bool = True):
         super().__init__()
+        _check_ints(channels=channels)
         self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if use_conv else nn.AvgPool2d(2)
     def forward(self, x: Tensor) -> Tensor: return self.op(x)
 
@@ -65,6 +80,7 @@ class Upsample(nn.Module):
     "Double H and W: nearest-neighbour upsampling, then a 3×3 convolution when `use_conv`."
     def __init__(self, channels: int, use_conv: bool = True):
         super().__init__()
+        _check_ints(channels=channels)
         self.conv = nn.Conv2d(channels, channels, 3, padding=1) if use_conv else None
     def forward(self, x: Tensor) -> Tensor:
         x = F.interpolate(x, scale_factor=2, mode="nearest")
@@ -80,7 +96,9 @@ class ResBlock(nn.Module):
                  use_scale_shift_norm: bool = False, # FiLM conditioning instead of adding the embedding
                  num_groups: int = 32):
         super().__init__()
-        out_channels = out_channels or channels
+        out_channels = channels if out_channels is None else out_channels
+        _check_ints(channels=channels, emb_channels=emb_channels, out_channels=out_channels, num_groups=num_groups)
+        check_number(dropout, "dropout", min=0, max=1, max_open=True)
         self.channels, self.out_channels, self.use_scale_shift_norm = channels, out_channels, use_scale_shift_norm
         self.in_layers = nn.Sequential(normalization(channels, num_groups), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels))
@@ -106,6 +124,7 @@ class AttentionBlock(nn.Module):
     "Multi-head self-attention over the H·W positions, with GN, a zero-initialised output projection and a residual."
     def __init__(self, channels: int, num_heads: int = 1, num_groups: int = 32):
         super().__init__()
+        _check_ints(channels=channels, num_heads=num_heads)
         if channels % num_heads:
             raise ValueError(f"num_heads: {num_heads} heads must divide the {channels} channels")
         self.channels, self.num_heads = channels, num_heads
@@ -148,6 +167,12 @@ class UNet(nn.Module):
                  num_cond: int = 0, # size of an optional vector condition (dose, field strength) added to the time embedding
                 ):
         super().__init__()
+        _check_ints(in_channels=in_channels, model_channels=model_channels, out_channels=out_channels,
+                    num_heads=num_heads, num_groups=num_groups)
+        _check_ints(min=0, num_res_blocks=num_res_blocks, num_cond=num_cond)
+        _check_int_seq(channel_mult, "channel_mult")
+        _check_int_seq(attention_resolutions, "attention_resolutions", empty=True)
+        check_number(dropout, "dropout", min=0, max=1, max_open=True)
         self.in_channels, self.out_channels, self.model_channels = in_channels, out_channels, model_channels
         self.channel_mult, self.num_cond = tuple(channel_mult), num_cond
         ted = 4 * model_channels
@@ -178,7 +203,7 @@ class UNet(nn.Module):
                 t: Tensor, # (B,) timesteps, or a scalar / int broadcast to the batch
                 cond: Tensor | None = None, # (B, num_cond) vector condition, when num_cond > 0
                ) -> Tensor:
-        check_tensor(x, "x", ndim=4)
+        check_tensor(x, "x", ndim=4, finite=False)   # no NaN scan per sampler step: samplers check at their entry
         if x.shape[1] != self.in_channels:
             raise ValueError(f"x: expected {self.in_channels} channels, got {x.shape[1]} with shape {tuple(x.shape)}")
         f = 2 ** (len(self.channel_mult) - 1)
@@ -190,8 +215,12 @@ class UNet(nn.Module):
         emb = self.time_embed(timestep_embedding(t.to(x.device), self.model_channels))
         if self.cond_embed is not None:
             if cond is None: raise ValueError(f"cond: this UNet expects a (B, {self.num_cond}) condition vector, got None")
-            check_tensor(cond, "cond", ndim=2)
+            check_tensor(cond, "cond", ndim=2, finite=False)
+            want = (x.shape[0], self.num_cond)
+            require(tuple(cond.shape) == want, "cond", f"shape {want}", tuple(cond.shape))
             emb = emb + self.cond_embed(cond)
+        elif cond is not None:
+            raise ValueError(f"cond: this UNet has no vector condition (num_cond=0), got shape {tuple(cond.shape)}")
         hs, h = [], x
         for block in self.input_blocks: h = block(h, emb); hs.append(h)
         h = self.middle_block(h, emb)
@@ -215,16 +244,12 @@ def unet_from_preset(preset: str = "smoke", # 'smoke', 'bench' or 'paper'
                      seed: int | None = 0, # initialise under `seeded(seed)` (None: the global RNG)
                      **overrides) -> UNet:
     "A `UNet` with the hyperparameters of a preset (see `UNET_PRESETS`), optionally overridden."
-    if preset not in UNET_PRESETS: raise ValueError(f"preset: expected one of {tuple(UNET_PRESETS)}, got {preset!r}")
-    kw = {**UNET_PRESETS[preset], **overrides}
+    kw = {**UNET_PRESETS[check_choice(preset, "preset", UNET_PRESETS)], **overrides}
     if seed is None: return UNet(in_channels, out_channels=out_channels, **kw)
-    from medsynth_nb.utils import seeded
-    with seeded(seed): return UNet(in_channels, out_channels=out_channels, **kw)
+    with seeded(check_int(seed, "seed")): return UNet(in_channels, out_channels=out_channels, **kw)
 
 # %% ../nbs/04_layers.ipynb #27bdd11e
-def _check_dims(dims) -> int:
-    if dims not in (2, 3): raise ValueError(f"dims: expected 2 (images) or 3 (volumes), got {dims!r}")
-    return dims
+def _check_dims(dims) -> int: return check_int(dims, "dims", min=2, max=3)   # 2: images, 3: volumes
 
 def conv_nd(dims: int, # 2 → nn.Conv2d, 3 → nn.Conv3d
             *args, **kwargs) -> nn.Module:
@@ -232,12 +257,13 @@ def conv_nd(dims: int, # 2 → nn.Conv2d, 3 → nn.Conv3d
     return (nn.Conv2d if _check_dims(dims) == 2 else nn.Conv3d)(*args, **kwargs)
 
 NORMS = ("batch", "group", "none")
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")   # torch's padding_mode of a convolution
 ACTIVATIONS = ("relu", "lrelu", "silu")
 
 def norm_nd(kind: str, # 'batch' (Pinetz's generator), 'group' (8 groups) or 'none' (critics)
             dims: int, channels: int) -> nn.Module:
     "BatchNorm2d/3d, GroupNorm(8) or Identity over `channels`."
-    if kind not in NORMS: raise ValueError(f"norm: expected one of {NORMS}, got {kind!r}")
+    check_choice(kind, "norm", NORMS); _check_ints(channels=channels)
     if kind == "none": return nn.Identity()
     if kind == "group": return normalization(channels, math.gcd(8, channels))
     return (nn.BatchNorm2d if _check_dims(dims) == 2 else nn.BatchNorm3d)(channels)
@@ -245,7 +271,7 @@ def norm_nd(kind: str, # 'batch' (Pinetz's generator), 'group' (8 groups) or 'no
 def activation(kind: str # 'relu', 'lrelu' (slope 0.1, Pinetz's critic) or 'silu'
               ) -> nn.Module:
     "The named activation module."
-    if kind not in ACTIVATIONS: raise ValueError(f"act: expected one of {ACTIVATIONS}, got {kind!r}")
+    check_choice(kind, "act", ACTIVATIONS)
     return dict(relu=nn.ReLU, silu=nn.SiLU)[kind]() if kind != "lrelu" else nn.LeakyReLU(0.1)
 
 def condition_mlp(cond_dim: int, # k, the length of the condition vector (Pinetz: 2, dose and field)
@@ -253,8 +279,7 @@ def condition_mlp(cond_dim: int, # k, the length of the condition vector (Pinetz
                   depth: int = 3, # Linear layers (Pinetz: k → 128 → 128 → 128)
                  ) -> nn.Sequential:
     "Condition embedding MLP k → emb → … → emb with ReLU between the layers (no activation at the end)."
-    if not (isinstance(cond_dim, int) and cond_dim >= 1): raise ValueError(f"cond_dim: expected an int >= 1, got {cond_dim!r}")
-    if not (isinstance(depth, int) and depth >= 1): raise ValueError(f"depth: expected an int >= 1, got {depth!r}")
+    _check_ints(cond_dim=cond_dim, emb_dim=emb_dim, depth=depth)
     layers, d = [], cond_dim
     for i in range(depth):
         layers += [nn.Linear(d, emb_dim)] + ([nn.ReLU()] if i < depth - 1 else [])
@@ -272,6 +297,8 @@ class CondResBlock(nn.Module):
                  padding_mode: str = "replicate", # padding of the 3×3(×3) convolutions (Pinetz: replicate)
                 ):
         super().__init__()
+        _check_ints(in_channels=in_channels, out_channels=out_channels); _check_ints(min=0, emb_dim=emb_dim)
+        check_choice(padding_mode, "padding_mode", PADDING_MODES)
         self.dims, self.in_channels, self.out_channels, self.emb_dim = _check_dims(dims), in_channels, out_channels, emb_dim
         self.norm1, self.act1 = norm_nd(norm, dims, in_channels), activation(act)
         self.conv1 = conv_nd(dims, in_channels, out_channels, 3, padding=1, padding_mode=padding_mode)
@@ -296,8 +323,9 @@ class LocalAttention(nn.Module):
                  window: int = 3, # odd neighbourhood side k (Pinetz: 3×3×3)
                  dims: int = 2, norm: str = "batch"):
         super().__init__()
+        _check_ints(channels=channels, num_heads=num_heads, window=window)
         if channels % num_heads: raise ValueError(f"num_heads: {num_heads} heads must divide the {channels} channels")
-        if not (isinstance(window, int) and window >= 1 and window % 2): raise ValueError(f"window: expected an odd int >= 1, got {window!r}")
+        require(window % 2 == 1, "window", "an odd int >= 1", window)
         self.channels, self.num_heads, self.window, self.dims = channels, num_heads, window, _check_dims(dims)
         self.norm = norm_nd(norm, dims, channels)
         self.qkv = conv_nd(dims, channels, 3 * channels, 1)
@@ -342,14 +370,15 @@ class _Level(nn.Module):
         return self.attn(h) if self.attn is not None else h
 
 def _check_input(x: Tensor, dims: int, channels: int, levels: int, cond: Tensor | None, cond_dim: int):
-    check_tensor(x, "x", ndim=dims + 2)
+    "Shapes only: no NaN scan in a network's forward (training loops and samplers check their data at their entry)."
+    check_tensor(x, "x", ndim=dims + 2, finite=False)
     if x.shape[1] != channels: raise ValueError(f"x: expected {channels} channels, got {x.shape[1]} with shape {tuple(x.shape)}")
     f = 2 ** levels
     if any(s % f for s in x.shape[2:]):
         raise ValueError(f"x: every spatial size must be divisible by {f} for {levels} poolings, got {tuple(x.shape[2:])}")
     if cond_dim:
         if cond is None: raise ValueError(f"cond: expected a (B, {cond_dim}) condition vector, got None")
-        check_tensor(cond, "cond", ndim=2)
+        check_tensor(cond, "cond", ndim=2, finite=False)
         if tuple(cond.shape) != (x.shape[0], cond_dim):
             raise ValueError(f"cond: expected shape ({x.shape[0]}, {cond_dim}), got {tuple(cond.shape)}")
 
@@ -368,10 +397,15 @@ class CondUNet(nn.Module):
                  out_scales: int = 3, # output heads at full, ½, ¼ … resolution
                 ):
         super().__init__()
+        _check_ints(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
+                    num_heads=num_heads, emb_dim=emb_dim)
+        _check_ints(min=0, cond_dim=cond_dim)
+        _check_int_seq(channel_mult, "channel_mult")
+        _check_int_seq(attention_levels, "attention_levels", min=0, empty=True)
         self.in_channels, self.out_channels, self.cond_dim, self.dims = in_channels, out_channels, cond_dim, _check_dims(dims)
         self.levels = len(channel_mult) - 1
         if self.levels < 1: raise ValueError(f"channel_mult: expected at least 2 levels, got {tuple(channel_mult)}")
-        if not 1 <= out_scales <= self.levels: raise ValueError(f"out_scales: expected 1..{self.levels}, got {out_scales}")
+        check_int(out_scales, "out_scales", min=1, max=self.levels)
         chs = [base_channels * m for m in channel_mult]
         self.embed = condition_mlp(cond_dim, emb_dim) if cond_dim else None
         e = emb_dim if cond_dim else 0
@@ -408,6 +442,9 @@ class CondCritic(nn.Module):
                  channel_mult: Sequence[int] = (1, 2, 4, 8, 8), # len − 1 poolings (Pinetz: 4)
                  emb_dim: int = 128, norm: str = "none", act: str = "lrelu", padding_mode: str = "replicate"):
         super().__init__()
+        _check_ints(in_channels=in_channels, base_channels=base_channels, emb_dim=emb_dim)
+        _check_ints(min=0, cond_dim=cond_dim)
+        _check_int_seq(channel_mult, "channel_mult")
         self.in_channels, self.cond_dim, self.dims = in_channels, cond_dim, _check_dims(dims)
         self.levels = len(channel_mult) - 1
         chs = [base_channels * m for m in channel_mult]
@@ -446,7 +483,9 @@ def conv_norm_act(in_channels: int, out_channels: int,
                   stride: int = 1,
                  ) -> nn.Sequential:
     "k×k convolution (He init, zero 'same' padding) → InstanceNorm or nothing → (Leaky)ReLU."
-    if norm not in PLAIN_NORMS: raise ValueError(f"norm: expected one of {PLAIN_NORMS}, got {norm!r}")
+    check_choice(norm, "norm", PLAIN_NORMS)
+    _check_ints(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size, stride=stride)
+    check_number(slope, "slope", min=0)
     if kernel_size % 2 == 0 and stride != 1: raise ValueError(f"stride: an even kernel_size needs stride 1, got {stride}")
     pad = kernel_size // 2 if kernel_size % 2 else "same"
     return nn.Sequential(_he_init(nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=pad)),
@@ -454,7 +493,7 @@ def conv_norm_act(in_channels: int, out_channels: int,
                          nn.LeakyReLU(slope) if slope else nn.ReLU())
 
 def _head_act(kind: str) -> nn.Module:
-    if kind not in HEAD_ACTIVATIONS: raise ValueError(f"head_activations: expected names from {HEAD_ACTIVATIONS}, got {kind!r}")
+    check_choice(kind, "head_activations", HEAD_ACTIVATIONS)
     return dict(tanh=nn.Tanh, softplus=nn.Softplus, sigmoid=nn.Sigmoid, none=nn.Identity)[kind]()
 
 # %% ../nbs/04_layers.ipynb #04837112
@@ -483,8 +522,10 @@ class SplitHeadUNet(nn.Module):
         super().__init__()
         if len(head_channels) != len(head_activations) or not head_channels:
             raise ValueError(f"head_channels and head_activations: expected one activation per head, got {len(head_channels)} and {len(head_activations)}")
-        if not (isinstance(depth, int) and depth >= 1): raise ValueError(f"depth: expected an int >= 1, got {depth!r}")
-        if downsample not in ("pool", "conv"): raise ValueError(f"downsample: expected 'pool' or 'conv', got {downsample!r}")
+        _check_ints(in_channels=in_channels, base_channels=base_channels, depth=depth, max_channels=max_channels,
+                    up_kernel=up_kernel)
+        _check_int_seq(head_channels, "head_channels"); check_choice(norm, "norm", PLAIN_NORMS)
+        check_choice(downsample, "downsample", ("pool", "conv")); check_number(decoder_slope, "decoder_slope", min=0)
         self.in_channels, self.depth, self.head_channels = in_channels, depth, tuple(head_channels)
         ch = [min(base_channels * 2 ** i, max_channels) for i in range(depth + 1)]
         self.stem = conv_norm_act(in_channels, ch[0], norm)
@@ -499,7 +540,7 @@ class SplitHeadUNet(nn.Module):
 
     def forward(self, x: Tensor, # (B, in_channels, H, W), H and W divisible by 2^depth
                ) -> list[Tensor]: # one (B, head_channels[k], H, W) tensor per head
-        check_tensor(x, "x", ndim=4)
+        check_tensor(x, "x", ndim=4, finite=False)   # shapes only: no NaN scan per training step
         if x.shape[1] != self.in_channels: raise ValueError(f"x: expected {self.in_channels} channels, got {x.shape[1]} with shape {tuple(x.shape)}")
         f = 2 ** self.depth
         if x.shape[-2] % f or x.shape[-1] % f:
@@ -522,7 +563,9 @@ class DCGANCritic(nn.Module):
                  max_mult: int = 8, # channels f·min(2^i, max_mult)
                 ):
         super().__init__()
-        if not (isinstance(downsamplings, int) and downsamplings >= 1): raise ValueError(f"downsamplings: expected an int >= 1, got {downsamplings!r}")
+        _check_ints(in_channels=in_channels, base_channels=base_channels, downsamplings=downsamplings,
+                    kernel_size=kernel_size, max_mult=max_mult)
+        check_number(slope, "slope", min=0)
         self.in_channels, self.downsamplings = in_channels, downsamplings
         ch = [base_channels * min(2 ** i, max_mult) for i in range(downsamplings)]
         layers, c = [], in_channels
@@ -537,7 +580,7 @@ class DCGANCritic(nn.Module):
 
     def forward(self, x: Tensor, # (B, in_channels, H, W), H and W divisible by 2^downsamplings
                ) -> Tensor: # (B,) scores
-        check_tensor(x, "x", ndim=4)
+        check_tensor(x, "x", ndim=4, finite=False)   # shapes only: no NaN scan per training step
         if x.shape[1] != self.in_channels: raise ValueError(f"x: expected {self.in_channels} channels, got {x.shape[1]} with shape {tuple(x.shape)}")
         f = 2 ** self.downsamplings
         if x.shape[-2] % f or x.shape[-1] % f:

@@ -77,18 +77,24 @@ def test_attention_is_permutation_equivariant():
     (lambda n: n(torch.randn(2, 1, 15, 16), torch.tensor([1, 2])), "H and W must be divisible by 2"),
     (lambda n: n(torch.randn(2, 1, 16, 16), torch.tensor([1, 2, 3])), "t: expected shape (2,)"),
     (lambda n: n(torch.randn(2, 1, 16, 16).long(), torch.tensor([1, 2])), "x: expected a real floating-point tensor"),
-    (lambda n: n(torch.full((1, 1, 16, 16), float("nan")), 1), "x: expected finite values"),
+    (lambda n: n(torch.randn(2, 1, 16, 16), 1, torch.zeros(2, 3)), "cond: this UNet has no vector condition"),
 ])
 def test_unet_bad_inputs(call, msg):
     with pytest.raises((ValueError, TypeError), match=None) as e: call(unet_from_preset("smoke", 1, 1))
     assert msg in str(e.value)
 
 
+def test_unet_forward_does_not_scan_for_nan():
+    "forward runs once per sampler step: it checks shapes only; a NaN input gives NaN out (samplers check once)."
+    net, x = unet_from_preset("smoke", 1, 1), torch.full((1, 1, 16, 16), float("nan"))
+    with torch.no_grad(): assert net(x, 1).isnan().all()
+
+
 def test_bad_construction():
     with pytest.raises(ValueError, match="divisible by the number of groups"): normalization(24, 32)
     with pytest.raises(ValueError, match="heads must divide"): AttentionBlock(16, num_heads=3, num_groups=8)
     with pytest.raises(ValueError, match="preset: expected one of"): unet_from_preset("tiny")
-    with pytest.raises(ValueError, match="dim: expected a positive"): timestep_embedding(torch.tensor([1]), 0)
+    with pytest.raises(ValueError, match="dim: expected an int >= 1, got 0"): timestep_embedding(torch.tensor([1]), 0)
 
 
 # ---- plain U-Net with split heads and DCGAN critic (Angermann et al.) ------------------------------------------------
@@ -120,7 +126,7 @@ def test_dcgan_critic_is_per_sample_and_unnormalised():
 
 @pytest.mark.parametrize("call,msg", [
     (lambda: SplitHeadUNet(depth=0), "depth: expected an int >= 1"),
-    (lambda: SplitHeadUNet(head_activations=("tanh", "relu")), "head_activations: expected names from"),
+    (lambda: SplitHeadUNet(head_activations=("tanh", "relu")), "head_activations: expected one of"),
     (lambda: conv_norm_act(1, 2, norm="batch"), "norm: expected one of"),
     (lambda: DCGANCritic(downsamplings=0), "downsamplings: expected an int >= 1"),
     (lambda: SplitHeadUNet(1, depth=2)(torch.randn(1, 1, 10, 10)), "divisible by 2\\^depth = 4"),
@@ -129,3 +135,69 @@ def test_dcgan_critic_is_per_sample_and_unnormalised():
 ])
 def test_plain_blocks_bad_inputs(call, msg):
     with pytest.raises(ValueError, match=msg): call()
+
+
+# ---- one validation vocabulary (issue 18): every constructor refuses bool/float ints, sizes < 1, unknown choices -----
+from medsynth_nb.layers import (CondCritic, CondResBlock, CondUNet, Downsample, LocalAttention, Upsample, activation,
+                                condition_mlp, conv_nd, norm_nd)
+
+BAD_LAYER_INPUTS = [
+    (lambda: timestep_embedding(torch.tensor([1]), True), TypeError, "dim: expected an int, got True (bool)"),
+    (lambda: timestep_embedding(torch.tensor([1]), 8.0), TypeError, "dim: expected an int, got 8.0 (float)"),
+    (lambda: timestep_embedding(torch.tensor([1]), 8, max_period=0), ValueError,
+     "max_period: expected a number > 0, got 0"),
+    (lambda: timestep_embedding(torch.tensor([float("nan")]), 8), ValueError, "t: expected finite values"),
+    (lambda: normalization(16, 0), ValueError, "groups: expected an int >= 1, got 0"),
+    (lambda: Downsample(0), ValueError, "channels: expected an int >= 1, got 0"),
+    (lambda: Upsample(4.0), TypeError, "channels: expected an int, got 4.0 (float)"),
+    (lambda: ResBlock(16, 8, dropout=1.0, num_groups=8), ValueError, "dropout: expected a number in [0, 1), got 1"),
+    (lambda: ResBlock(16, 8, out_channels=0, num_groups=8), ValueError, "out_channels: expected an int >= 1, got 0"),
+    (lambda: AttentionBlock(16, num_heads=0, num_groups=8), ValueError, "num_heads: expected an int >= 1, got 0"),
+    (lambda: UNet(in_channels=True), TypeError, "in_channels: expected an int, got True (bool)"),
+    (lambda: UNet(num_res_blocks=-1), ValueError, "num_res_blocks: expected an int >= 0, got -1"),
+    (lambda: UNet(channel_mult=()), ValueError, "channel_mult: expected a non-empty tuple of ints"),
+    (lambda: UNet(channel_mult=(1, 2.5)), TypeError, "channel_mult[1]: expected an int, got 2.5 (float)"),
+    (lambda: UNet(num_cond=1.0), TypeError, "num_cond: expected an int, got 1.0 (float)"),
+    (lambda: unet_from_preset("smoke", seed=1.5), TypeError, "seed: expected an int, got 1.5 (float)"),
+    (lambda: unet_from_preset("smoke", num_cond=2)(torch.randn(2, 1, 16, 16), 1, torch.zeros(1, 2)), ValueError,
+     "cond: expected shape (2, 2), got (1, 2)"),
+    (lambda: conv_nd(True, 1, 1, 3), TypeError, "dims: expected an int, got True (bool)"),
+    (lambda: conv_nd(2.0, 1, 1, 3), TypeError, "dims: expected an int, got 2.0 (float)"),
+    (lambda: conv_nd(4, 1, 1, 3), ValueError, "dims: expected an int in [2, 3], got 4"),
+    (lambda: norm_nd("layer", 2, 8), ValueError, "norm: expected one of ('batch', 'group', 'none'), got 'layer'"),
+    (lambda: norm_nd("batch", 2, 0), ValueError, "channels: expected an int >= 1, got 0"),
+    (lambda: activation("gelu"), ValueError, "act: expected one of ('relu', 'lrelu', 'silu'), got 'gelu'"),
+    (lambda: condition_mlp(True), TypeError, "cond_dim: expected an int, got True (bool)"),
+    (lambda: condition_mlp(2, depth=True), TypeError, "depth: expected an int, got True (bool)"),
+    (lambda: condition_mlp(2, depth=2.0), TypeError, "depth: expected an int, got 2.0 (float)"),
+    (lambda: condition_mlp(2, emb_dim=0), ValueError, "emb_dim: expected an int >= 1, got 0"),
+    (lambda: CondResBlock(4, 4, padding_mode="mirror"), ValueError, "padding_mode: expected one of"),
+    (lambda: CondResBlock(4, 4, emb_dim=-1), ValueError, "emb_dim: expected an int >= 0, got -1"),
+    (lambda: LocalAttention(8, 2, window=True), TypeError, "window: expected an int, got True (bool)"),
+    (lambda: LocalAttention(8, 2, window=3.0), TypeError, "window: expected an int, got 3.0 (float)"),
+    (lambda: LocalAttention(8, 2, window=4), ValueError, "window: expected an odd int >= 1, got 4"),
+    (lambda: CondUNet(cond_dim=True), TypeError, "cond_dim: expected an int, got True (bool)"),
+    (lambda: CondUNet(out_scales=4), ValueError, "out_scales: expected an int in [1, 3], got 4"),
+    (lambda: CondUNet(out_scales=2.0), TypeError, "out_scales: expected an int, got 2.0 (float)"),
+    (lambda: CondUNet(window=2), ValueError, "window: expected an odd int >= 1, got 2"),
+    (lambda: CondCritic(base_channels=0), ValueError, "base_channels: expected an int >= 1, got 0"),
+    (lambda: CondCritic(dims=2, base_channels=4)(torch.randn(2, 3, 16, 16), torch.zeros(1, 2)), ValueError,
+     "cond: expected shape (2, 2), got (1, 2)"),
+    (lambda: conv_norm_act(1, 2, slope=-0.1), ValueError, "slope: expected a number >= 0, got -0.1"),
+    (lambda: conv_norm_act(1, 2, kernel_size=3.0), TypeError, "kernel_size: expected an int, got 3.0 (float)"),
+    (lambda: SplitHeadUNet(depth=True), TypeError, "depth: expected an int, got True (bool)"),
+    (lambda: SplitHeadUNet(depth=2.0), TypeError, "depth: expected an int, got 2.0 (float)"),
+    (lambda: SplitHeadUNet(head_channels=(1, 0)), ValueError, "head_channels[1]: expected an int >= 1, got 0"),
+    (lambda: SplitHeadUNet(downsample="stride"), ValueError,
+     "downsample: expected one of ('pool', 'conv'), got 'stride'"),
+    (lambda: SplitHeadUNet(decoder_slope=float("nan")), ValueError, "decoder_slope: expected a finite number"),
+    (lambda: DCGANCritic(downsamplings=True), TypeError, "downsamplings: expected an int, got True (bool)"),
+    (lambda: DCGANCritic(downsamplings=3.0), TypeError, "downsamplings: expected an int, got 3.0 (float)"),
+    (lambda: DCGANCritic(max_mult=0), ValueError, "max_mult: expected an int >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("call,exc,msg", BAD_LAYER_INPUTS)
+def test_layers_refuse_bad_input(call, exc, msg):
+    with pytest.raises(exc) as e: call()
+    assert msg in str(e.value), str(e.value)

@@ -13,15 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .utils import check_tensor, check_same_shape
+from .utils import check_choice, check_int, check_positive, check_same_shape, check_tensor, require
 
 # %% auto #0
-__all__ = ['METHODS', 'REDUCTIONS', 'OFFSET_RANGES', 'draw_offset', 'patch_grid', 'extract_patches', 'w1_sorted', 'sorted_plan',
-           'wasserstein_patch_loss', 'ipot_w1', 'sinkhorn_w1', 'gaussian_downsample',
+__all__ = ['METHODS', 'BACKENDS', 'REDUCTIONS', 'OFFSET_RANGES', 'draw_offset', 'patch_grid', 'extract_patches', 'w1_sorted',
+           'sorted_plan', 'wasserstein_patch_loss', 'ipot_w1', 'sinkhorn_w1', 'gaussian_downsample',
            'multiscale_wasserstein_patch_loss']
 
 # %% ../nbs/10_wasserstein.ipynb #465e9173
 METHODS = ("exact", "ipot", "sinkhorn")
+BACKENDS = ("auto", "numpy", "torch")
 REDUCTIONS = ("sum", "mean", "none")
 OFFSET_RANGES = ("code", "paper")
 
@@ -36,12 +37,21 @@ def _check_images(pred, target):
         raise ValueError(f"pred and target: expected the same device, got {pred.device} and {target.device}")
 
 def _check_patch_size(patch_size, spatial: Sequence[int]) -> int:
-    if not isinstance(patch_size, (int, np.integer)) or isinstance(patch_size, bool) or patch_size < 1:
-        raise ValueError(f"patch_size: expected a positive int, got {patch_size!r}")
-    if patch_size > min(spatial):
-        raise ValueError(f"patch_size: expected at most the smallest spatial size {min(spatial)} "
-                         f"(spatial shape {tuple(spatial)}), got {patch_size}")
-    return int(patch_size)
+    n = check_int(patch_size, "patch_size", min=1)
+    require(n <= min(spatial), "patch_size",
+            f"at most the smallest spatial size {min(spatial)} (spatial shape {tuple(spatial)})", n)
+    return n
+
+def _check_rows(x, y):
+    "Validate paired rows of samples: finite real float tensors (R, m), same shape, dtype and device."
+    check_tensor(x, "x", ndim=2); check_tensor(y, "y", ndim=2); check_same_shape(x, y, ("x", "y"))
+    if x.dtype != y.dtype: raise TypeError(f"x and y: expected the same dtype, got {x.dtype} and {y.dtype}")
+    if x.device != y.device: raise ValueError(f"x and y: expected the same device, got {x.device} and {y.device}")
+    require(x.shape[1] >= 1, "x", "at least one sample per row", f"shape {tuple(x.shape)}")
+
+def _check_solver(n_iter, scale_name: str, scale, chunk):
+    "Validate the iterative solvers' settings (IPOT's beta or Sinkhorn's eps is `scale`)."
+    check_int(n_iter, "n_iter", min=1); check_positive(scale, scale_name); check_int(chunk, "chunk", min=1)
 
 # %% ../nbs/10_wasserstein.ipynb #10f3e6da
 def draw_offset(ndim: int, # number of spatial dimensions (2 or 3)
@@ -50,8 +60,8 @@ def draw_offset(ndim: int, # number of spatial dimensions (2 or 3)
                 offset_range: str = "code", # 'code': o ∈ {0..⌊n/2⌋} (Pinetz's code); 'paper': o ∈ {0..⌈n/2⌉} (§2.2 text)
                ) -> tuple[int, ...]:
     "One random patch-grid offset o per spatial axis, drawn uniformly."
-    if offset_range not in OFFSET_RANGES:
-        raise ValueError(f"offset_range: expected one of {OFFSET_RANGES}, got {offset_range!r}")
+    check_int(ndim, "ndim", min=1); check_int(patch_size, "patch_size", min=1)
+    check_choice(offset_range, "offset_range", OFFSET_RANGES)
     hi = patch_size // 2 if offset_range == "code" else math.ceil(patch_size / 2)
     dev = generator.device if generator is not None else "cpu"
     return tuple(int(v) for v in torch.randint(0, hi + 1, (ndim,), generator=generator, device=dev).cpu())
@@ -64,17 +74,15 @@ def _resolve_offset(offset, spatial: Sequence[int], patch_size: int, generator, 
             raise ValueError(f"offset: expected None, 'random' or a tuple of {d} ints, got {offset!r}")
         return tuple(o % s for o, s in zip(draw_offset(d, patch_size, generator, offset_range), spatial))
     if isinstance(offset, (int, np.integer)) and not isinstance(offset, bool): offset = (int(offset),) * d
-    if not isinstance(offset, (tuple, list)) or len(offset) != d or \
-       not all(isinstance(o, (int, np.integer)) and not isinstance(o, bool) for o in offset):
-        raise ValueError(f"offset: expected None, 'random' or a tuple of {d} ints, got {offset!r}")
-    for k, (o, s) in enumerate(zip(offset, spatial)):
-        if not 0 <= o < s:
-            raise ValueError(f"offset: expected 0 <= offset[{k}] < {s} (the axis size), got {o}")
-    return tuple(int(o) for o in offset)
+    require(isinstance(offset, (tuple, list)) and len(offset) == d, "offset", f"None, 'random' or a tuple of {d} ints",
+            offset)
+    return tuple(check_int(o, f"offset[{k}]", min=0, max=s - 1) for k, (o, s) in enumerate(zip(offset, spatial)))
 
 # %% ../nbs/10_wasserstein.ipynb #0f2da38a
 def patch_grid(spatial: Sequence[int], patch_size: int) -> tuple[int, ...]:
     "Number of n-patches per axis: ⌈S/n⌉ (the last patch wraps round periodically)."
+    check_int(patch_size, "patch_size", min=1)
+    for k, s in enumerate(spatial): check_int(s, f"spatial[{k}]", min=1)
     return tuple(math.ceil(s / patch_size) for s in spatial)
 
 def extract_patches(x: Tensor, # (B, C, H, W) or (B, C, D, H, W) image
@@ -148,8 +156,11 @@ def w1_sorted(x: Tensor, # (R, m) samples, one empirical distribution per row
               backend: str = "auto", # 'numpy' (CPU: numpy's SIMD sort), 'torch' (torch.sort, any device), 'auto'
              ) -> Tensor: # (R,) W1 per row (W_1, not squared)
     "Exact W1 between uniform empirical distributions of equal size: mean_k |x_(k) − y_(k)| of the sorted rows."
-    if backend not in ("auto", "numpy", "torch"):
-        raise ValueError(f"backend: expected 'auto', 'numpy' or 'torch', got {backend!r}")
+    _check_rows(x, y); check_choice(backend, "backend", BACKENDS)
+    return _w1_sorted(x, y, backend)
+
+def _w1_sorted(x: Tensor, y: Tensor, backend: str) -> Tensor:
+    "`w1_sorted` on checked inputs."
     if backend == "auto":
         backend = "numpy" if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) else "torch"
     if backend == "numpy":
@@ -160,6 +171,7 @@ def w1_sorted(x: Tensor, # (R, m) samples, one empirical distribution per row
 # %% ../nbs/10_wasserstein.ipynb #04b082b8
 def sorted_plan(x: Tensor, y: Tensor) -> Tensor: # (R, m, m) optimal plans, T[r, i, j] = 1/m when x_i is sent to y_j
     "The optimal 1-D transport plan of each row: the k-th smallest x goes to the k-th smallest y."
+    _check_rows(x, y)
     R, m = x.shape
     px, py = torch.argsort(x, dim=-1), torch.argsort(y, dim=-1)
     T = torch.zeros(R, m, m, dtype=x.dtype, device=x.device)
@@ -191,20 +203,16 @@ def wasserstein_patch_loss(pred: Tensor, # (B, C, H, W) or (B, C, D, H, W) synth
     _check_images(pred, target)
     spatial = tuple(pred.shape[2:])
     n = _check_patch_size(patch_size, spatial)
-    if method not in METHODS: raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
-    if reduction not in REDUCTIONS: raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
-    if method != "exact":
-        if not isinstance(n_iter, int) or n_iter < 1: raise ValueError(f"n_iter: expected a positive int, got {n_iter!r}")
-        if not isinstance(chunk, int) or chunk < 1: raise ValueError(f"chunk: expected a positive int, got {chunk!r}")
-        for name, v in (("beta", beta), ("eps", eps)):
-            if not (isinstance(v, (int, float)) and v > 0): raise ValueError(f"{name}: expected a positive number, got {v!r}")
+    check_choice(method, "method", METHODS); check_choice(reduction, "reduction", REDUCTIONS)
+    if method == "exact": check_choice(backend, "backend", BACKENDS)
+    else: _check_solver(n_iter, "beta", beta, chunk); check_positive(eps, "eps")
     off = _resolve_offset(offset, spatial, n, generator, offset_range)
     x, y = _patches(pred, n, off), _patches(target, n, off)
     shape = x.shape[:2] + patch_grid(spatial, n)
     x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-    if method == "exact": w = w1_sorted(x, y, backend)
-    elif method == "ipot": w = ipot_w1(x, y, n_iter, beta, chunk)
-    else: w = sinkhorn_w1(x, y, n_iter, eps, chunk)
+    if method == "exact": w = _w1_sorted(x, y, backend)
+    elif method == "ipot": w = _PlanCost.apply(x, y, n_iter, beta, "ipot", chunk)
+    else: w = _PlanCost.apply(x, y, n_iter, eps, "sinkhorn", chunk)
     return _reduce(w, reduction, shape)
 
 # %% ../nbs/10_wasserstein.ipynb #c388d6a0
@@ -265,6 +273,7 @@ def ipot_w1(x: Tensor, y: Tensor, # (R, m) paired rows of samples
             chunk: int = 1024, # rows per chunk (memory ≈ 6·chunk·m² numbers)
            ) -> Tensor: # (R,) ⟨T, C⟩, an estimate of W1 (≥ W1)
     "W1 per row by the inexact proximal point method (IPOT, Xie et al.) exactly as in Pinetz et al.'s code."
+    _check_rows(x, y); _check_solver(n_iter, "beta", beta, chunk)
     return _PlanCost.apply(x, y, n_iter, beta, "ipot", chunk)
 
 def sinkhorn_w1(x: Tensor, y: Tensor, # (R, m) paired rows of samples
@@ -273,6 +282,7 @@ def sinkhorn_w1(x: Tensor, y: Tensor, # (R, m) paired rows of samples
                 chunk: int = 1024, # rows per chunk
                ) -> Tensor: # (R,) ⟨T_ε, C⟩ of the entropic plan, an estimate of W1 (≥ W1)
     "W1 per row from the log-domain Sinkhorn plan T_ε (transport cost of the entropic plan, no entropy term)."
+    _check_rows(x, y); _check_solver(n_iter, "eps", eps, chunk)
     return _PlanCost.apply(x, y, n_iter, eps, "sinkhorn", chunk)
 
 # %% ../nbs/10_wasserstein.ipynb #8be40a93
@@ -283,6 +293,7 @@ def gaussian_downsample(x: Tensor, # (B, C, H, W) or (B, C, D, H, W)
                        ) -> Tensor: # (B, C, ⌈H/2⌉, …) for the defaults
     "Blur with a normalised size^d Gaussian (zero padding size//2) and subsample by `stride`, per channel, as Pinetz's code."
     check_tensor(x, "x", ndim=(4, 5))
+    check_positive(sigma, "sigma"); check_int(size, "size", min=1); check_int(stride, "stride", min=1)
     d, C = x.ndim - 2, x.shape[1]
     t = torch.arange(size, dtype=x.dtype, device=x.device) - (size - 1) / 2
     g = torch.exp(-t ** 2 / (2 * sigma ** 2)); g = g / g.sum()
@@ -298,7 +309,7 @@ def multiscale_wasserstein_patch_loss(preds, # a tensor, or a sequence of `scale
                                       **kwargs, # passed to `wasserstein_patch_loss` (one offset draw per scale)
                                      ) -> Tensor:
     "Σ_s ℓ_NP(ŷ_s, G^s y): the NP loss at `scales` resolutions, targets Gaussian-downsampled (Pinetz's code)."
-    if not isinstance(scales, int) or scales < 1: raise ValueError(f"scales: expected a positive int, got {scales!r}")
+    check_int(scales, "scales", min=1)
     targets = [target]
     for _ in range(scales - 1): targets.append(gaussian_downsample(targets[-1]))
     if isinstance(preds, Tensor):

@@ -9,7 +9,7 @@ from hypothesis.extra.numpy import arrays
 
 from medsynth_nb.utils import make_generator, test_allclose
 from medsynth_nb.wasserstein import (draw_offset, extract_patches, gaussian_downsample, ipot_w1,
-                                     multiscale_wasserstein_patch_loss, sinkhorn_w1, sorted_plan, w1_sorted,
+                                     multiscale_wasserstein_patch_loss, patch_grid, sinkhorn_w1, sorted_plan, w1_sorted,
                                      wasserstein_patch_loss)
 
 ot = pytest.importorskip("ot")
@@ -238,8 +238,9 @@ X = torch.rand(1, 1, 8, 8)
 BAD = [
     (dict(pred=X, target=torch.rand(1, 1, 8, 9)), ValueError, "pred and target: expected the same shape"),
     (dict(pred=X, target=X, patch_size=9), ValueError, "patch_size: expected at most the smallest spatial size 8"),
-    (dict(pred=X, target=X, patch_size=0), ValueError, "patch_size: expected a positive int"),
-    (dict(pred=X, target=X, patch_size=2.0), ValueError, "patch_size: expected a positive int"),
+    (dict(pred=X, target=X, patch_size=0), ValueError, "patch_size: expected an int >= 1, got 0"),
+    (dict(pred=X, target=X, patch_size=2.0), TypeError, "patch_size: expected an int, got 2.0 (float)"),
+    (dict(pred=X, target=X, patch_size=True), TypeError, "patch_size: expected an int, got True (bool)"),
     (dict(pred=(X * 9).long(), target=(X * 9).long()), TypeError, "pred: expected a real floating-point tensor"),
     (dict(pred=X, target=(X * 9).int()), TypeError, "target: expected a real floating-point tensor"),
     (dict(pred=X, target=X.double()), TypeError, "pred and target: expected the same dtype"),
@@ -247,17 +248,23 @@ BAD = [
     (dict(pred=X[0], target=X[0]), ValueError, "pred: expected 4 or 5 dimensions"),
     (dict(pred=X.to(torch.complex64), target=X.to(torch.complex64)), TypeError, "pred: expected a real floating-point tensor"),
     (dict(pred=X, target=X, offset=(1,)), ValueError, "offset: expected None, 'random' or a tuple of 2 ints"),
-    (dict(pred=X, target=X, offset=(1, 2.0)), ValueError, "offset: expected None, 'random' or a tuple of 2 ints"),
-    (dict(pred=X, target=X, offset=(-1, 0)), ValueError, "offset: expected 0 <= offset[0] < 8"),
+    (dict(pred=X, target=X, offset=(1, 2.0)), TypeError, "offset[1]: expected an int, got 2.0 (float)"),
+    (dict(pred=X, target=X, offset=(True, 0)), TypeError, "offset[0]: expected an int, got True (bool)"),
+    (dict(pred=X, target=X, offset=(0, 8)), ValueError, "offset[1]: expected an int in [0, 7], got 8"),
+    (dict(pred=X, target=X, offset=(-1, 0)), ValueError, "offset[0]: expected an int in [0, 7], got -1"),
     (dict(pred=X, target=X, offset="rand"), ValueError, "offset: expected None, 'random'"),
     (dict(pred=X, target=X, offset="random", offset_range="text"), ValueError, "offset_range: expected one of"),
     (dict(pred=X, target=X, method="emd"), ValueError, "method: expected one of"),
     (dict(pred=X, target=X, reduction="max"), ValueError, "reduction: expected one of"),
-    (dict(pred=X, target=X, method="ipot", n_iter=0), ValueError, "n_iter: expected a positive int"),
-    (dict(pred=X, target=X, method="sinkhorn", eps=0.0), ValueError, "eps: expected a positive number"),
-    (dict(pred=X, target=X, method="ipot", beta=-1.0), ValueError, "beta: expected a positive number"),
-    (dict(pred=X, target=X, method="ipot", chunk=0), ValueError, "chunk: expected a positive int"),
-    (dict(pred=X, target=X, backend="cupy"), ValueError, "backend: expected 'auto', 'numpy' or 'torch'"),
+    (dict(pred=X, target=X, method="ipot", n_iter=0), ValueError, "n_iter: expected an int >= 1, got 0"),
+    (dict(pred=X, target=X, method="ipot", n_iter=10.0), TypeError, "n_iter: expected an int, got 10.0 (float)"),
+    (dict(pred=X, target=X, method="sinkhorn", n_iter=True), TypeError, "n_iter: expected an int, got True (bool)"),
+    (dict(pred=X, target=X, method="sinkhorn", eps=0.0), ValueError, "eps: expected a number > 0, got 0"),
+    (dict(pred=X, target=X, method="sinkhorn", eps=float("nan")), ValueError, "eps: expected a finite number, got nan"),
+    (dict(pred=X, target=X, method="ipot", beta=-1.0), ValueError, "beta: expected a number > 0, got -1"),
+    (dict(pred=X, target=X, method="ipot", chunk=0), ValueError, "chunk: expected an int >= 1, got 0"),
+    (dict(pred=X, target=X, method="ipot", chunk=2.5), TypeError, "chunk: expected an int, got 2.5 (float)"),
+    (dict(pred=X, target=X, backend="cupy"), ValueError, "backend: expected one of ('auto', 'numpy', 'torch'), got 'cupy'"),
     (dict(pred=X * float("inf"), target=X), ValueError, "pred: expected finite values"),
 ]
 
@@ -271,4 +278,41 @@ def test_bad_inputs(kwargs, exc, msg):
 def test_extract_patches_bad_inputs():
     with pytest.raises(ValueError, match="x: expected 4 or 5 dimensions"): extract_patches(torch.rand(8, 8), 2)
     with pytest.raises(ValueError, match="patch_size: expected at most"): extract_patches(torch.rand(1, 1, 3, 8), 4)
-    with pytest.raises(ValueError, match="scales: expected a positive int"): multiscale_wasserstein_patch_loss(X, X, scales=0)
+    with pytest.raises(ValueError, match="scales: expected an int >= 1, got 0"): multiscale_wasserstein_patch_loss(X, X, scales=0)
+
+
+R = torch.rand(3, 16, dtype=torch.float64)
+BAD_OTHER = [  # (call, exception, message fragment): the other public functions' refusals
+    (lambda: w1_sorted(R, R[:2]), ValueError, "x and y: expected the same shape"),
+    (lambda: w1_sorted(R[0], R[0]), ValueError, "x: expected 2 dimensions"),
+    (lambda: w1_sorted(R, R * float("nan")), ValueError, "y: expected finite values"),
+    (lambda: w1_sorted(R, R.float()), TypeError, "x and y: expected the same dtype"),
+    (lambda: w1_sorted(R, R, backend="cupy"), ValueError, "backend: expected one of"),
+    (lambda: w1_sorted(R[:, :0], R[:, :0]), ValueError, "x: expected at least one sample per row"),
+    (lambda: sorted_plan(R, R[:, :8]), ValueError, "x and y: expected the same shape"),
+    (lambda: ipot_w1(R, R, n_iter=0), ValueError, "n_iter: expected an int >= 1, got 0"),
+    (lambda: ipot_w1(R, R, n_iter=5.0), TypeError, "n_iter: expected an int, got 5.0 (float)"),
+    (lambda: ipot_w1(R, R, beta=0), ValueError, "beta: expected a number > 0, got 0"),
+    (lambda: ipot_w1(R.float(), R.float(), chunk=True), TypeError, "chunk: expected an int, got True (bool)"),
+    (lambda: sinkhorn_w1(R, R, eps=-0.1), ValueError, "eps: expected a number > 0, got -0.1"),
+    (lambda: sinkhorn_w1(R * float("inf"), R), ValueError, "x: expected finite values"),
+    (lambda: draw_offset(2, 0), ValueError, "patch_size: expected an int >= 1, got 0"),
+    (lambda: draw_offset(2.0, 4), TypeError, "ndim: expected an int, got 2.0 (float)"),
+    (lambda: draw_offset(2, 4, offset_range="text"), ValueError, "offset_range: expected one of ('code', 'paper')"),
+    (lambda: patch_grid((8, 8), 2.0), TypeError, "patch_size: expected an int, got 2.0 (float)"),
+    (lambda: patch_grid((8, 0), 2), ValueError, "spatial[1]: expected an int >= 1, got 0"),
+    (lambda: extract_patches(X, 2, offset=(0, 1.5)), TypeError, "offset[1]: expected an int, got 1.5 (float)"),
+    (lambda: extract_patches(X, True), TypeError, "patch_size: expected an int, got True (bool)"),
+    (lambda: gaussian_downsample(X, sigma=0.0), ValueError, "sigma: expected a number > 0, got 0"),
+    (lambda: gaussian_downsample(X, size=9.0), TypeError, "size: expected an int, got 9.0 (float)"),
+    (lambda: gaussian_downsample(X, stride=0), ValueError, "stride: expected an int >= 1, got 0"),
+    (lambda: multiscale_wasserstein_patch_loss(X, X, scales=2.0), TypeError, "scales: expected an int, got 2.0 (float)"),
+    (lambda: multiscale_wasserstein_patch_loss(X, X, scales=True), TypeError, "scales: expected an int, got True (bool)"),
+]
+
+
+@pytest.mark.parametrize("call,exc,fragment", BAD_OTHER, ids=[f"bad{i}" for i in range(len(BAD_OTHER))])
+def test_bad_inputs_other_functions(call, exc, fragment):
+    with pytest.raises(exc) as e:
+        call()
+    assert fragment in str(e.value), str(e.value)

@@ -13,7 +13,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .utils import check_same_shape, check_tensor, make_generator, seeded, num_threads as _threads
+from .utils import (check_choice, check_int, check_number, check_positive, check_same_batch, check_same_shape,
+                              check_tensor, make_generator, seeded, num_threads as _threads)
 
 # %% auto #0
 __all__ = ['critic_loss', 'generator_loss', 'gradient_penalty', 'drift_penalty', 'clip_weights', 'ring_centres',
@@ -30,7 +31,8 @@ def critic_loss(d_real: Tensor, # critic scores f(x) of real samples, any shape 
                 d_fake: Tensor, # critic scores f(x̃) of generated samples
                 pinetz_sign: bool = False, # Pinetz et al.'s code: real low, fake high (the loss with f → -f)
                ) -> Tensor:
-    "Wasserstein critic loss mean f(x̃) - mean f(x), which the critic minimises; `-critic_loss` estimates W1."
+    """Wasserstein critic loss mean f(x̃) - mean f(x), which the critic minimises; `-critic_loss` estimates W1.
+    Non-finite scores pass through (no per-step scan in the training loop): `fit` refuses a non-finite logged loss."""
     _check_scores(d_real, "d_real"); _check_scores(d_fake, "d_fake")
     loss = d_fake.mean() - d_real.mean()
     return -loss if pinetz_sign else loss
@@ -38,7 +40,8 @@ def critic_loss(d_real: Tensor, # critic scores f(x) of real samples, any shape 
 def generator_loss(d_fake: Tensor, # critic scores f(G(z)) of generated samples
                    pinetz_sign: bool = False, # Pinetz et al.'s code: the generator minimises +mean f(G(z))
                   ) -> Tensor:
-    "Wasserstein generator loss -mean f(G(z)) (the only term of the critic loss that depends on G)."
+    """Wasserstein generator loss -mean f(G(z)) (the only term of the critic loss that depends on G).
+    Non-finite scores pass through, as in `critic_loss`."""
     _check_scores(d_fake, "d_fake")
     return d_fake.mean() if pinetz_sign else -d_fake.mean()
 
@@ -68,7 +71,8 @@ def gradient_penalty(critic: Callable, # f: called as critic(x) or critic(x, con
                      generator: torch.Generator | None = None, # draws α; the global RNG is used only when None
                      eps: float = 0.0, # added inside the square root of the norm (Pinetz's code: 1e-6)
                     ) -> Tensor:
-    "Unweighted WGAN-GP penalty mean_i (‖∇f(x̂_i, ĉ_i)‖ - 1)², x̂ = x + α(x̃ - x), α ~ U[0, 1] per sample; in fp32 or fp64."
+    """Unweighted WGAN-GP penalty mean_i (‖∇f(x̂_i, ĉ_i)‖ - 1)², x̂ = x + α(x̃ - x), α ~ U[0, 1] per sample, in fp32/fp64.
+    Called every critic step: samples are not scanned for NaN/inf (a non-finite penalty shows in the logged loss)."""
     if not callable(critic): raise TypeError(f"critic: expected a callable (an nn.Module or function), got {type(critic).__name__}")
     _check_pair(real, fake, ("real", "fake"))
     if (cond_real is None) != (cond_fake is None):
@@ -78,12 +82,10 @@ def gradient_penalty(critic: Callable, # f: called as critic(x) or critic(x, con
     B = real.shape[0]
     if conditional:
         _check_pair(cond_real, cond_fake, ("cond_real", "cond_fake"))
-        if cond_real.shape[0] != B:
-            raise ValueError(f"cond_real: expected batch size {B} (that of real), got shape {tuple(cond_real.shape)}")
+        check_same_batch(real, cond_real, ("real", "cond_real"))
         if cond_real.device != real.device:
             raise ValueError(f"cond_real: expected device {real.device} (that of real), got {cond_real.device}")
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps: expected a finite number >= 0, got {eps!r}")
+    check_number(eps, "eps", min=0)
     if _has_batchnorm(critic):
         warnings.warn("gradient_penalty: the critic contains BatchNorm layers, which couple the samples of a batch; "
                       "the per-sample penalty is then not what WGAN-GP assumes (use LayerNorm/GroupNorm or none)",
@@ -119,7 +121,8 @@ def _penalty(critic, real, fake, cond_real, cond_fake, one_sided, generator, eps
 def drift_penalty(d_real: Tensor, # critic scores of real samples
                   d_fake: Tensor, # critic scores of generated samples
                  ) -> Tensor:
-    "Drift penalty mean f(x)² + mean f(x̃)² (unweighted; Angermann's code and Karras et al. use 5e-4)."
+    """Drift penalty mean f(x)² + mean f(x̃)² (unweighted; Angermann's code and Karras et al. use 5e-4).
+    Non-finite scores pass through, as in `critic_loss`."""
     _check_scores(d_real, "d_real"); _check_scores(d_fake, "d_fake")
     return d_real.pow(2).mean() + d_fake.pow(2).mean()
 
@@ -129,7 +132,7 @@ def clip_weights(module: nn.Module, # the critic
                 ) -> nn.Module:
     "Clamp every parameter of `module` in place to [-c, c] (the original WGAN's Lipschitz constraint)."
     if not isinstance(module, nn.Module): raise TypeError(f"module: expected an nn.Module, got {type(module).__name__}")
-    if not (isinstance(c, (int, float)) and math.isfinite(c) and c > 0): raise ValueError(f"c: expected a finite number > 0, got {c!r}")
+    check_positive(c, "c")
     for p in module.parameters(): p.clamp_(-c, c)
     return module
 
@@ -138,7 +141,7 @@ def ring_centres(modes: int = 8, # number of Gaussians on the circle
                  radius: float = 2.0, # circle radius
                 ) -> Tensor:
     "(modes, 2) float32 centres r·(cos 2πk/m, sin 2πk/m) of the ring's Gaussians."
-    if not (isinstance(modes, int) and modes >= 1): raise ValueError(f"modes: expected an int >= 1, got {modes!r}")
+    check_int(modes, "modes", min=1); check_positive(radius, "radius")
     ang = 2 * math.pi * torch.arange(modes, dtype=torch.float64) / modes
     return (radius * torch.stack([ang.cos(), ang.sin()], dim=1)).float()
 
@@ -149,8 +152,7 @@ def ring_of_gaussians(n: int, # number of samples
                       device: str | torch.device | None = None, # default: the generator's device, else CPU
                      ) -> Tensor:
     "(n, 2) float32 samples of an equal-weight mixture of `modes` isotropic Gaussians on a circle."
-    if not (isinstance(n, int) and n >= 1): raise ValueError(f"n: expected an int >= 1, got {n!r}")
-    if not (isinstance(std, (int, float)) and std >= 0): raise ValueError(f"std: expected a number >= 0, got {std!r}")
+    check_int(n, "n", min=1); check_number(std, "std", min=0)
     if device is None: device = generator.device if generator is not None else "cpu"
     centres = ring_centres(modes, radius).to(device=device, dtype=torch.float64)
     k = torch.randint(0, modes, (n,), generator=generator, device=device)
@@ -164,6 +166,7 @@ def mode_coverage(samples: Tensor, # (n, 2) generated samples
                  ) -> dict:
     "Fraction of samples within n_std·std of a mode, the number of modes covered, and the mean distance to the nearest mode."
     check_tensor(samples, "samples", ndim=2)
+    check_positive(std, "std"); check_positive(n_std, "n_std"); check_number(min_share, "min_share", min=0)
     if samples.shape[1] != 2: raise ValueError(f"samples: expected shape (n, 2), got {tuple(samples.shape)}")
     d, k = torch.cdist(samples.detach().float(), ring_centres(modes, radius).to(samples.device)).min(dim=1)
     good = d <= n_std * std
@@ -174,8 +177,7 @@ def mode_coverage(samples: Tensor, # (n, 2) generated samples
 
 # %% ../nbs/11_wgan_gp.ipynb #66ab247a
 def _mlp(n_in: int, n_out: int, hidden: int, depth: int, batchnorm: bool = False) -> nn.Sequential:
-    if not (isinstance(hidden, int) and hidden >= 1): raise ValueError(f"hidden: expected an int >= 1, got {hidden!r}")
-    if not (isinstance(depth, int) and depth >= 1): raise ValueError(f"depth: expected an int >= 1, got {depth!r}")
+    check_int(hidden, "hidden", min=1); check_int(depth, "depth", min=1)
     layers, d = [], n_in
     for _ in range(depth):
         layers += [nn.Linear(d, hidden)] + ([nn.BatchNorm1d(hidden)] if batchnorm else []) + [nn.ReLU()]
@@ -186,12 +188,13 @@ class ToyGenerator(nn.Module):
     "MLP G: R^latent_dim → R^2 for the 2-D toy."
     def __init__(self, latent_dim: int = 2, hidden: int = 256, depth: int = 3):
         super().__init__()
-        self.latent_dim = latent_dim
+        self.latent_dim = check_int(latent_dim, "latent_dim", min=1)
         self.net = _mlp(latent_dim, 2, hidden, depth)
     def forward(self, z: Tensor) -> Tensor: # (B, latent_dim) → (B, 2)
         return self.net(z)
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         "n samples G(z), z ~ N(0, I) drawn with `generator` (no gradient)."
+        check_int(n, "n", min=1)
         p = next(self.parameters())
         z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
         with torch.no_grad(): return self(z)
@@ -215,6 +218,10 @@ def toy_critic_step(G: nn.Module, D: nn.Module, opt_d: torch.optim.Optimizer,
                     clip: float | None = None, # clip D's weights to [-clip, clip] after the step (original WGAN)
                    ) -> dict:
     "One critic update on L_D = f̄(x̃) - f̄(x) + λ·GP + drift·(f(x)² + f(x̃)²); returns the terms as floats."
+    check_tensor(real, "real", finite=False); check_tensor(z, "z", finite=False)
+    check_same_batch(real, z, ("real", "z"))
+    check_number(lambda_gp, "lambda_gp", min=0); check_number(drift, "drift", min=0)
+    if clip is not None: check_positive(clip, "clip")
     with torch.no_grad(): fake = G(z)
     d_real, d_fake = D(real), D(fake)
     w_loss = critic_loss(d_real, d_fake)
@@ -267,9 +274,11 @@ def train_toy(method: str = "gp", # 'gp' (WGAN-GP, Adam) or 'clip' (weight clipp
               num_threads: int | None = 1, # CPU threads while training (restored after); None leaves torch's setting
              ) -> tuple[ToyGenerator, ToyCritic, dict]:
     "Train the 8-Gaussian-ring toy; returns (G, D, history of per-generator-step floats)."
-    if method not in ("gp", "clip"): raise ValueError(f"method: expected 'gp' or 'clip', got {method!r}")
-    for name, v in (("steps", steps), ("n_critic", n_critic), ("batch", batch)):
-        if not (isinstance(v, int) and v >= 1): raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+    check_choice(method, "method", ("gp", "clip"))
+    for name, v in (("steps", steps), ("n_critic", n_critic), ("batch", batch)): check_int(v, name, min=1)
+    if lr is not None: check_positive(lr, "lr")
+    check_number(lambda_gp, "lambda_gp", min=0); check_positive(clip, "clip")
+    check_int(modes, "modes", min=1); check_positive(radius, "radius"); check_number(std, "std", min=0)
     with seeded(seed):
         G, D = ToyGenerator(2, hidden, depth).to(device), ToyCritic(hidden, depth).to(device)
     if method == "gp":

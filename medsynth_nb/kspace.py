@@ -13,13 +13,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .utils import check_tensor, numpy_rng
+from .utils import (check_choice, check_finite, check_int, check_mask, check_number, check_positive,
+                               check_same_batch, check_same_shape, check_tensor, numpy_rng, require)
 
 # %% auto #0
-__all__ = ['shepp_logan', 'fft2c', 'ifft2c', 'complex_to_fastmri', 'fastmri_to_complex', 'complex_to_deepinv',
+__all__ = ['FFT_METHODS', 'shepp_logan', 'fft2c', 'ifft2c', 'complex_to_fastmri', 'fastmri_to_complex', 'complex_to_deepinv',
            'deepinv_to_complex', 'lei_fft2', 'lei_ifft2', 'random_line_mask', 'equispaced_line_mask',
-           'achieved_acceleration', 'poisson_disc_mask', 'birdcage_maps', 'SenseOperator', 'zero_filled', 'rss',
-           'espirit_maps', 'hard_dc_kspace', 'hard_dc', 'kspace_residual', 'soft_dc', 'gradient_dc', 'varnet_dc']
+           'achieved_acceleration', 'poisson_disc_mask', 'birdcage_maps', 'check_measurement', 'SenseOperator',
+           'zero_filled', 'rss', 'espirit_maps', 'hard_dc_kspace', 'hard_dc', 'kspace_residual', 'soft_dc',
+           'gradient_dc', 'varnet_dc']
 
 # %% ../nbs/30_kspace.ipynb #d946ad39
 _SHEPP_LOGAN = ( # (A, a, b, x0, y0, phi in degrees): Toft's modified Shepp-Logan phantom
@@ -44,10 +46,10 @@ def shepp_logan(shape: tuple[int, int] = (320, 256), # (H, W) in pixels
     return img.to(dtype)
 
 def _check_hw(shape, name: str) -> tuple[int, int]:
-    "Validate a 2-D size (H, W) of positive ints."
-    if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in shape):
-        raise ValueError(f"{name}: expected a pair of positive ints (H, W), got {shape!r}")
-    return int(shape[0]), int(shape[1])
+    "Validate a 2-D size (H, W) of positive ints (bool and floats refused)."
+    pair = isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 2
+    require(pair, name, "a pair of positive ints (H, W)", shape)
+    return check_int(shape[0], f"{name}[0]", min=1), check_int(shape[1], f"{name}[1]", min=1)
 
 # %% ../nbs/30_kspace.ipynb #6bb562c7
 @functools.lru_cache(maxsize=32)
@@ -62,10 +64,11 @@ def _modulate(t: Tensor, sign: int = 1) -> Tensor:
 
 def _real_dtype(x: Tensor) -> torch.dtype: return x.real.dtype
 
+FFT_METHODS = ("auto", "shift", "checkerboard")
+
 def _method(x: Tensor, method: str) -> str:
     "Resolve 'auto' to 'checkerboard' (even H and W) or 'shift'."
-    if method not in ("auto", "shift", "checkerboard"):
-        raise ValueError(f"method: expected 'auto', 'shift' or 'checkerboard', got {method!r}")
+    check_choice(method, "method", FFT_METHODS)
     even = x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0
     if method == "checkerboard" and not even:
         raise ValueError(f"method='checkerboard': needs even H and W, got {tuple(x.shape[-2:])}")
@@ -78,7 +81,8 @@ def _sigma(x: Tensor) -> int:
 def fft2c(x: Tensor, # complex, (..., H, W) image(s)
           method: str = "auto", # 'shift' (fastMRI's formula), 'checkerboard' (even sizes) or 'auto'
          ) -> Tensor:
-    "Centred orthonormal 2-D FFT over the last two dims: fftshift(FFT_ortho(ifftshift(x)))."
+    "Centred orthonormal 2-D FFT over the last two dims: fftshift(FFT_ortho(ifftshift(x))). NaN/inf pass through."
+    # no finiteness scan: a transform called inside DC steps and solver loops; their public entries check the data
     check_tensor(x, "x", dtype="complex", finite=False)
     if x.ndim < 2: raise ValueError(f"x: expected at least 2 dimensions (..., H, W), got shape {tuple(x.shape)}")
     if _method(x, method) == "shift":
@@ -88,7 +92,7 @@ def fft2c(x: Tensor, # complex, (..., H, W) image(s)
 def ifft2c(k: Tensor, # complex, (..., H, W) centred k-space
            method: str = "auto", # 'shift', 'checkerboard' or 'auto'
           ) -> Tensor:
-    "Centred orthonormal 2-D inverse FFT over the last two dims: fftshift(IFFT_ortho(ifftshift(k)))."
+    "Centred orthonormal 2-D inverse FFT, last two dims: fftshift(IFFT_ortho(ifftshift(k))). NaN/inf pass through."
     check_tensor(k, "k", dtype="complex", finite=False)
     if k.ndim < 2: raise ValueError(f"k: expected at least 2 dimensions (..., H, W), got shape {tuple(k.shape)}")
     if _method(k, method) == "shift":
@@ -139,14 +143,18 @@ def lei_ifft2(k: Tensor, # complex (..., H, W)
 def _line_setup(shape, center_fractions, accelerations, seed):
     "Validate line-mask arguments; pick (center fraction, acceleration) as fastMRI does."
     H, W = _check_hw(shape, "shape")
+    for name, v in (("center_fractions", center_fractions), ("accelerations", accelerations)):
+        require(isinstance(v, (list, tuple, np.ndarray)), name, "a list of numbers", v)
     if len(center_fractions) != len(accelerations) or len(accelerations) == 0:
         raise ValueError(f"center_fractions and accelerations: expected non-empty lists of the same length, got {len(center_fractions)} and {len(accelerations)}")
+    for cf, acc in zip(center_fractions, accelerations):   # every choice, not only the one drawn
+        check_number(acc, "accelerations", min=1, min_open=True)
+        check_number(cf, "center_fractions", min=0, max=1, min_open=True, max_open=True)
+        if cf * acc > 1:
+            raise ValueError(f"center_fractions: a centre of {cf} of the lines already exceeds 1/acceleration = {1 / acc:.3f}")
     rng = numpy_rng(seed)
     i = int(rng.integers(len(accelerations)))
     cf, acc = float(center_fractions[i]), float(accelerations[i])
-    if not acc > 1: raise ValueError(f"accelerations: expected values > 1, got {acc}")
-    if not 0 < cf < 1: raise ValueError(f"center_fractions: expected values in (0, 1), got {cf}")
-    if cf * acc > 1: raise ValueError(f"center_fractions: a centre of {cf} of the lines already exceeds 1/acceleration = {1 / acc:.3f}")
     n_low = int(round(W * cf))
     centre = np.zeros(W, dtype=bool)
     pad = (W - n_low + 1) // 2
@@ -182,7 +190,7 @@ def equispaced_line_mask(shape: tuple[int, int], # (H, W) of the k-space; lines 
 def achieved_acceleration(mask: Tensor, # (..., H, W) 0/1 mask
                          ) -> float:
     "R = (number of k-space samples) / (number acquired) of one mask."
-    check_tensor(mask, "mask", dtype="any")
+    check_mask(mask, "mask")
     return mask.numel() / max(float(mask.float().sum()), 1.0)
 
 # %% ../nbs/30_kspace.ipynb #83d8a085
@@ -233,8 +241,8 @@ def poisson_disc_mask(shape: tuple[int, int], # (H, W) of the k-space (both phas
                      ) -> Tensor:
     "Lei's 2-D variable-density Poisson-disc mask (H, W) with a fully sampled calibration centre."
     H, W = _check_hw(shape, "shape")
-    if isinstance(acceleration, bool) or not isinstance(acceleration, (int, float, np.number)) or not acceleration > 1:
-        raise ValueError(f"acceleration: expected a number > 1, got {acceleration!r}")
+    check_number(acceleration, "acceleration", min=1, min_open=True)
+    check_number(tol, "tol", min=0, max=1, min_open=True, max_open=True); check_int(max_trials, "max_trials", min=2)
     cy, cx = _check_hw(calib, "calib") if tuple(calib) != (0, 0) else (0, 0)
     if cy > H or cx > W: raise ValueError(f"calib: expected a block inside the k-space {(H, W)}, got {tuple(calib)}")
     rng = numpy_rng(seed)
@@ -283,8 +291,7 @@ def birdcage_maps(shape: tuple[int, int], # (H, W)
                   device: str | torch.device | None = None) -> Tensor:
     "Simulated birdcage coil sensitivities (coils, H, W), as sigpy.mri.birdcage_maps."
     H, W = _check_hw(shape, "shape")
-    if isinstance(num_coils, bool) or not isinstance(num_coils, (int, np.integer)) or num_coils < 1:
-        raise ValueError(f"num_coils: expected a positive int, got {num_coils!r}")
+    num_coils, _ = check_int(num_coils, "num_coils", min=1), check_positive(radius, "radius")
     c = torch.arange(num_coils, dtype=torch.float64, device=device)[:, None, None]
     y = torch.arange(H, dtype=torch.float64, device=device)[None, :, None]
     x = torch.arange(W, dtype=torch.float64, device=device)[None, None, :]
@@ -297,25 +304,40 @@ def birdcage_maps(shape: tuple[int, int], # (H, W)
 
 # %% ../nbs/30_kspace.ipynb #dc5485c6
 def _check_mask(mask: Tensor, h: int, w: int, name: str = "mask") -> Tensor:
-    "A real 0/1 mask whose last two dims broadcast to (h, w)."
-    check_tensor(mask, name, dtype="any", finite=False)
-    if mask.is_complex(): raise TypeError(f"{name}: expected a real 0/1 mask, got dtype {mask.dtype}")
-    if mask.ndim < 2 or mask.shape[-2] not in (1, h) or mask.shape[-1] not in (1, w):
-        raise ValueError(f"{name}: expected a shape broadcasting to (..., {h}, {w}), got {tuple(mask.shape)}")
-    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()): raise ValueError(f"{name}: expected values 0 or 1")
+    "A binary mask (bool or 0/1) of at most 4 dims whose last two dims broadcast to (h, w)."
+    check_mask(mask, name)
+    if not 2 <= mask.ndim <= 4 or mask.shape[-2] not in (1, h) or mask.shape[-1] not in (1, w):
+        raise ValueError(f"{name}: expected a shape broadcasting to (B, coils, {h}, {w}), got {tuple(mask.shape)}")
     return mask
 
+def _check_batch(t: Tensor, name: str, batch: int, of: str):
+    "A (B', ..., H, W) operand with 4 dims must have B' = 1 or the batch of `of` (no silent broadcast)."
+    if t.ndim == 4 and t.shape[0] not in (1, batch):
+        raise ValueError(f"{name}: expected batch 1 or {batch} (the batch of {of}), got shape {tuple(t.shape)}")
+
 def _check_maps(maps: Tensor, h: int, w: int, coils: int | None = None) -> Tensor:
-    "Coil maps (coils, H, W) or (B, coils, H, W), complex."
-    check_tensor(maps, "maps", ndim=(3, 4), dtype="complex", finite=False)
+    "Coil maps (coils, H, W) or (B, coils, H, W), complex and finite."
+    check_tensor(maps, "maps", ndim=(3, 4), dtype="complex")
     if tuple(maps.shape[-2:]) != (h, w):
         raise ValueError(f"maps: expected spatial size ({h}, {w}), got shape {tuple(maps.shape)}")
     if coils is not None and maps.shape[-3] != coils:
         raise ValueError(f"maps: expected {coils} coils to match the k-space, got shape {tuple(maps.shape)}")
     return maps
 
+def check_measurement(y: Tensor, # (B, coils, H, W) complex measured k-space
+                      mask: Tensor, # bool or 0/1, broadcasting to (B, coils, H, W)
+                      maps: Tensor | None = None, # (coils, H, W) or (B, coils, H, W); None = single coil
+                      finite: bool = True, # also scan y for NaN/inf (False: shapes only, e.g. in a network's forward)
+                     ):
+    "Validate a measurement (y, mask, maps) together: dtypes, shapes, coils, batches, a binary mask, finite values."
+    check_tensor(y, "y", ndim=4, dtype="complex", finite=finite)
+    _check_mask(mask, *y.shape[-2:]); _check_batch(mask, "mask", y.shape[0], "y")
+    if maps is None and y.shape[1] != 1:
+        raise ValueError(f"maps: needed for multi-coil y with {y.shape[1]} coils (maps=None means single-coil y (B, 1, H, W))")
+    if maps is not None: _check_maps(maps, *y.shape[-2:], coils=y.shape[1]); _check_batch(maps, "maps", y.shape[0], "y")
+
 def _check_image(x: Tensor, name: str = "x") -> Tensor:
-    check_tensor(x, name, ndim=4, dtype="complex", finite=False)
+    check_tensor(x, name, ndim=4, dtype="complex")
     if x.shape[1] != 1: raise ValueError(f"{name}: expected an image (B, 1, H, W), got shape {tuple(x.shape)}")
     return x
 
@@ -324,12 +346,14 @@ class SenseOperator:
     def __init__(self, maps: Tensor | None, # (coils, H, W) or (B, coils, H, W) complex; None = one coil, s = 1
                  mask: Tensor, # 0/1, broadcasting to (H, W)
                  method: str = "auto", # FFT path (see `fft2c`)
+                 check: bool = True, # validate maps and mask (False: the caller already did, e.g. once per batch)
                 ):
-        check_tensor(mask, "mask", dtype="any")
-        if mask.ndim < 2: raise ValueError(f"mask: expected at least 2 dimensions (..., H, W), got shape {tuple(mask.shape)}")
-        self.maps = None if maps is None else _check_maps(maps, maps.shape[-2], maps.shape[-1])
-        h, w = (self.maps.shape[-2:] if maps is not None else mask.shape[-2:])
-        self.mask, self.method, self.shape = _check_mask(mask, h, w), method, (int(h), int(w))
+        if check:
+            check_mask(mask, "mask", ndim=(2, 3, 4)); check_choice(method, "method", FFT_METHODS)
+            if maps is not None: _check_maps(maps, maps.shape[-2], maps.shape[-1])
+        self.maps = maps
+        h, w = (maps.shape[-2:] if maps is not None else mask.shape[-2:])
+        self.mask, self.method, self.shape = _check_mask(mask, h, w) if check else mask, method, (int(h), int(w))
         self.num_coils = 1 if maps is None else maps.shape[-3]
 
     def _ops(self, t: Tensor):
@@ -342,26 +366,32 @@ class SenseOperator:
             ok = all(m in (1, s) for m, s in zip(self.mask.shape[-2:], t.shape[-2:]))
         else: ok = tuple(t.shape[-2:]) == self.shape
         if not ok: raise ValueError(f"{name}: expected spatial size {self.shape}, got shape {tuple(t.shape)}")
+        for op_name, op in (("maps", self.maps), ("mask", self.mask)):
+            if op is not None: _check_batch(op, op_name, t.shape[0], name)
 
     def A(self, x: Tensor, # (B, 1, H, W) complex image
+          check: bool = True, # validate x (False inside solver loops, after one check at their entry)
          ) -> Tensor:
         "y = M F(S x), (B, coils, H, W)."
-        _check_image(x); self._check_hw(x, "x")
+        if check: _check_image(x); self._check_hw(x, "x")
         maps, mask = self._ops(x)
         return mask * fft2c(x if maps is None else maps * x, self.method)
 
     def A_adjoint(self, y: Tensor, # (B, coils, H, W) complex k-space
+                  check: bool = True, # validate y (False inside solver loops)
                  ) -> Tensor:
         "x = sum_i conj(s_i) F^H(M y_i), (B, 1, H, W)."
-        check_tensor(y, "y", ndim=4, dtype="complex", finite=False); self._check_hw(y, "y")
-        if y.shape[1] != self.num_coils: raise ValueError(f"y: expected {self.num_coils} coils, got shape {tuple(y.shape)}")
+        if check:
+            check_tensor(y, "y", ndim=4, dtype="complex"); self._check_hw(y, "y")
+            if y.shape[1] != self.num_coils:
+                raise ValueError(f"y: expected {self.num_coils} coils, got shape {tuple(y.shape)}")
         maps, mask = self._ops(y)
         z = ifft2c(mask * y, self.method)
         return z if maps is None else (maps.conj() * z).sum(1, keepdim=True)
 
-    def normal(self, x: Tensor) -> Tensor:
-        "A^H A x."
-        return self.A_adjoint(self.A(x))
+    def normal(self, x: Tensor, check: bool = True) -> Tensor:
+        "A^H A x (x checked once, not again between A and A^H)."
+        return self.A_adjoint(self.A(x, check), check=False)
 
     __call__ = A
 
@@ -371,12 +401,14 @@ class SenseOperator:
              seed: int = 0, # seed of the random start
              dtype: torch.dtype = torch.complex64) -> float:
         "Operator norm ||A||_2 = sqrt(lambda_max(A^H A)) by the power method."
+        check_int(num_iter, "num_iter", min=1); check_number(tol, "tol", min=0)
+        if x0 is not None: _check_image(x0, "x0"); self._check_hw(x0, "x0")
         if x0 is None:
             dev = self.mask.device if self.maps is None else self.maps.device
             x0 = torch.randn((1, 1) + self.shape, dtype=dtype, generator=torch.Generator(device="cpu").manual_seed(seed)).to(dev)
         x, lam = x0 / torch.linalg.vector_norm(x0), 0.0
         for _ in range(num_iter):
-            z = self.normal(x)
+            z = self.normal(x, check=False)
             new = torch.vdot(x.flatten(), z.flatten()).real.item()
             x = z / torch.linalg.vector_norm(z)
             if abs(new - lam) <= tol * abs(new): lam = new; break
@@ -387,14 +419,16 @@ class SenseOperator:
 def zero_filled(y: Tensor, # (B, coils, H, W) measured (masked) k-space
                 mask: Tensor | None = None, # 0/1 (H, W); None = use y as given
                 maps: Tensor | None = None, # (coils, H, W) or (B, coils, H, W); needed when coils > 1
+                check: bool = True, # validate (y, mask, maps) (False: the caller did, e.g. a network's forward)
                ) -> Tensor:
     "Zero-filled image x_zf = A^H y = sum_i conj(s_i) F^H(M y_i), (B, 1, H, W)."
-    check_tensor(y, "y", ndim=4, dtype="complex")
-    if maps is None and y.shape[1] != 1:
-        raise ValueError(f"maps: needed to combine {y.shape[1]} coils (or use rss(ifft2c(y)) for a magnitude image)")
+    if check:
+        check_tensor(y, "y", ndim=4, dtype="complex")
+        if maps is None and y.shape[1] != 1:
+            raise ValueError(f"maps: needed to combine {y.shape[1]} coils (or rss(ifft2c(y)) for a magnitude image)")
     if mask is None: mask = torch.ones(y.shape[-2:], dtype=_real_dtype(y), device=y.device)
-    if maps is not None: _check_maps(maps, *y.shape[-2:], coils=y.shape[1])
-    return SenseOperator(maps, _check_mask(mask, *y.shape[-2:])).A_adjoint(y)
+    if check: check_measurement(y, mask, maps)
+    return SenseOperator(maps, mask, check=False).A_adjoint(y, check=False)
 
 def rss(x: Tensor, # (B, coils, H, W) coil images, complex or real
         dim: int = 1) -> Tensor:
@@ -411,6 +445,8 @@ def espirit_maps(kspace: Tensor, # (coils, H, W) or (B, coils, H, W) complex, wi
                 ) -> Tensor:
     "ESPIRiT coil maps (one set): calibration-matrix SVD, then the top eigenvector per pixel; phase relative to coil 0."
     check_tensor(kspace, "kspace", ndim=(3, 4), dtype="complex")
+    check_int(calib_width, "calib_width", min=1); check_int(kernel_width, "kernel_width", min=1)
+    check_number(thresh, "thresh", min=0, max=1, max_open=True); check_number(crop, "crop", min=0)
     if kspace.ndim == 4: return torch.stack([espirit_maps(k, calib_width, kernel_width, thresh, crop) for k in kspace])
     C, H, W = kspace.shape
     if not 0 < kernel_width <= calib_width <= min(H, W):
@@ -436,24 +472,21 @@ def espirit_maps(kspace: Tensor, # (coils, H, W) or (B, coils, H, W) complex, wi
 
 # %% ../nbs/30_kspace.ipynb #406ce9a4
 def _check_dc(x: Tensor, y: Tensor, mask: Tensor, maps: Tensor | None):
-    "Validate (x, y, mask, maps) for the DC layers."
-    _check_image(x, "x"); check_tensor(y, "y", ndim=4, dtype="complex", finite=False)
+    "Validate (x, y, mask, maps) for the DC layers: all finite, one batch, one grid, a binary mask."
+    _check_image(x, "x"); check_tensor(y, "y", ndim=4, dtype="complex")
     if x.shape[0] != y.shape[0] or x.shape[-2:] != y.shape[-2:]:
         raise ValueError(f"x and y: expected the same batch and spatial size, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if maps is None and y.shape[1] != 1:
-        raise ValueError(f"maps: needed for multi-coil y with {y.shape[1]} coils (maps=None means single-coil y (B, 1, H, W))")
-    if maps is not None:
-        _check_maps(maps, *y.shape[-2:], coils=y.shape[1])
-        if maps.ndim == 4 and maps.shape[0] not in (1, y.shape[0]): raise ValueError(f"maps: expected batch 1 or {y.shape[0]}, got shape {tuple(maps.shape)}")
-    _check_mask(mask, *y.shape[-2:])
+    check_measurement(y, mask, maps)
 
 def hard_dc_kspace(x: Tensor, # (B, 1, H, W) complex estimate
                    y: Tensor, # (B, coils, H, W) measured k-space (entries outside the mask are ignored)
                    mask: Tensor, # 0/1 broadcasting to (H, W)
                    maps: Tensor | None = None, # (coils, H, W) or (B, coils, H, W); None = single coil
-                   method: str = "auto") -> Tensor:
+                   method: str = "auto",
+                   check: bool = True, # validate the inputs (False: the caller did, once, before its loop)
+                  ) -> Tensor:
     "Per-coil k-space after hard DC, k_i = M y_i + (1 - M) F(s_i x): equal to y on every sampled location."
-    _check_dc(x, y, mask, maps)
+    if check: _check_dc(x, y, mask, maps)
     z = x if maps is None else maps.to(x.dtype) * x
     return torch.where(mask.to(x.device).bool(), y, fft2c(z, method))
 
@@ -461,9 +494,11 @@ def hard_dc(x: Tensor, # (B, 1, H, W) complex estimate
             y: Tensor, # (B, coils, H, W) measured k-space (entries outside the mask are ignored)
             mask: Tensor, # 0/1 broadcasting to (H, W)
             maps: Tensor | None = None, # (coils, H, W) or (B, coils, H, W); None = single coil
-            method: str = "auto") -> Tensor:
+            method: str = "auto",
+            check: bool = True, # validate the inputs (False: the caller did, once, before its loop)
+           ) -> Tensor:
     "Lei's Eq. 8: g(x) = sum_i conj(s_i) F^H(M y_i + (1 - M) F(s_i x)); the exact projection for one coil."
-    _check_dc(x, y, mask, maps)
+    if check: _check_dc(x, y, mask, maps)
     m = mask.to(x.device).bool()
     z = x if maps is None else maps.to(x.dtype) * x
     if _method(z, method) == "checkerboard":  # C IFFT(M (sigma C y) + (1-M) FFT(C z)): the inner sigma C . sigma C = 1 cancels
@@ -480,7 +515,7 @@ def kspace_residual(x: Tensor, # (B, 1, H, W) complex image
     "Relative misfit on sampled locations per batch item, ||M(F S x - y)|| / ||M y||, (B,)."
     _check_dc(x, y, mask, maps)
     m = mask.to(device=x.device, dtype=_real_dtype(x))
-    r = m * (SenseOperator(maps, mask).A(x) - y)
+    r = m * (SenseOperator(maps, mask, check=False).A(x, check=False) - y)
     return torch.linalg.vector_norm(r.flatten(1), dim=1) / torch.linalg.vector_norm((m * y).flatten(1), dim=1).clamp_min(1e-30)
 
 # %% ../nbs/30_kspace.ipynb #2f975ee8
@@ -494,9 +529,11 @@ def soft_dc(x: Tensor, # (B, 1, H, W) complex estimate
             lam: float | Tensor, # data weight lambda >= 0 (scalar or per sample (B, 1, 1, 1)); inf = hard DC
             maps: Tensor | None = None, # None = single coil (closed form); else CG on (I + lam A^H A) z = x + lam A^H y
             num_iter: int = 20, # CG iterations (multi-coil)
-            method: str = "auto") -> Tensor:
+            method: str = "auto",
+            check: bool = True, # validate the inputs (False: the caller did, once, before its loop)
+           ) -> Tensor:
     "Proximal DC argmin_z ||z - x||^2 + lam ||M F S z - y||^2; closed form for one coil, CG for several."
-    _check_dc(x, y, mask, maps)
+    if check: _check_dc(x, y, mask, maps); check_int(num_iter, "num_iter", min=1)
     lam_t = torch.as_tensor(lam, dtype=_real_dtype(x), device=x.device)
     if bool((lam_t < 0).any()) or bool(torch.isnan(lam_t).any()): raise ValueError(f"lam: expected values >= 0, got {lam}")
     if maps is None:
@@ -505,9 +542,9 @@ def soft_dc(x: Tensor, # (B, 1, H, W) complex estimate
         m = mask.to(device=x.device, dtype=_real_dtype(x))
         return ifft2c(k + m * w * (y - k), method)
     if bool(torch.isinf(lam_t).any()): raise ValueError("lam: inf is hard DC; use hard_dc for multi-coil data")
-    op = SenseOperator(maps, mask, method)
-    apply = lambda z: z + lam_t * op.normal(z)
-    b = x + lam_t * op.A_adjoint(y)
+    op = SenseOperator(maps, mask, method, check=False)
+    apply = lambda z: z + lam_t * op.normal(z, check=False)
+    b = x + lam_t * op.A_adjoint(y, check=False)
     z = x
     r = b - apply(z); p = r; rr = _batch_dot(r, r)
     for _ in range(num_iter):
@@ -525,21 +562,29 @@ def gradient_dc(x: Tensor, # (B, 1, H, W) complex estimate x_k
                 step: float | Tensor = 2.0, # mu (descent sign); Lei's code: t = -mu, initialised at -2
                 maps: Tensor | None = None, # None = single coil
                 x_zf: Tensor | None = None, # precomputed A^H y (Lei's x0), to save one FFT per call
-                method: str = "auto") -> Tensor:
+                method: str = "auto",
+                check: bool = True, # validate the inputs (False: the caller did, once, before its loop)
+               ) -> Tensor:
     "Lei's Eq. 7 soft DC: x - mu (A^H A x - A^H y), one gradient step on 0.5 ||M F S x - y||^2."
-    _check_dc(x, y, mask, maps)
-    op = SenseOperator(maps, mask, method)
-    if x_zf is None: x_zf = op.A_adjoint(y)
-    else: _check_image(x_zf, "x_zf")
-    return x - step * (op.normal(x) - x_zf)
+    if check:
+        _check_dc(x, y, mask, maps)
+        check_finite(step, "step") if isinstance(step, Tensor) else check_number(step, "step")
+        if x_zf is not None: _check_image(x_zf, "x_zf"); check_same_shape(x_zf, x, ("x_zf", "x"))
+    op = SenseOperator(maps, mask, method, check=False)
+    if x_zf is None: x_zf = op.A_adjoint(y, check=False)
+    return x - step * (op.normal(x, check=False) - x_zf)
 
 def varnet_dc(k: Tensor, # (B, coils, H, W) current k-space estimate
               y: Tensor, # (B, coils, H, W) measured k-space
               mask: Tensor, # 0/1 broadcasting to (H, W)
               weight: float | Tensor = 1.0, # eta (learnable in VarNet); 1 = replace the sampled entries
+              check: bool = True, # validate the inputs (False: the caller did, once, before its loop)
              ) -> Tensor:
     "fastMRI VarNet soft DC in k-space: k - eta M (k - y)."
-    check_tensor(k, "k", ndim=4, dtype="complex", finite=False); check_tensor(y, "y", ndim=4, dtype="complex", finite=False)
-    if k.shape != y.shape: raise ValueError(f"k and y: expected the same shape, got {tuple(k.shape)} and {tuple(y.shape)}")
-    m = _check_mask(mask, *k.shape[-2:]).to(device=k.device, dtype=_real_dtype(k))
+    if check:
+        check_tensor(k, "k", ndim=4, dtype="complex"); check_tensor(y, "y", ndim=4, dtype="complex")
+        check_same_shape(k, y, ("k", "y"))
+        _check_mask(mask, *k.shape[-2:]); _check_batch(mask, "mask", k.shape[0], "k")
+        check_finite(weight, "weight") if isinstance(weight, Tensor) else check_number(weight, "weight")
+    m = mask.to(device=k.device, dtype=_real_dtype(k))
     return k - weight * m * (k - y)

@@ -325,20 +325,20 @@ BAD = [
     (lambda: fastmri_to_complex(crandn(3, 2)), TypeError, "x: expected a real floating-point tensor"),
     (lambda: deepinv_to_complex(torch.randn(1, 3, 4, 4)), ValueError, "expected 2 channels"),
     (lambda: complex_to_deepinv(crandn(4, 4)), ValueError, "x: expected 4 dimensions"),
-    (lambda: random_line_mask((8, 64), [0.08], [0.5]), ValueError, "accelerations: expected values > 1"),
+    (lambda: random_line_mask((8, 64), [0.08], [0.5]), ValueError, "accelerations: expected a number > 1, got 0.5"),
     (lambda: random_line_mask((8, 64), [0.08, 0.1], [4]), ValueError, "the same length"),
-    (lambda: random_line_mask((8, 64), [1.5], [4]), ValueError, "center_fractions: expected values in (0, 1)"),
+    (lambda: random_line_mask((8, 64), [1.5], [4]), ValueError, "center_fractions: expected a number in (0, 1), got 1.5"),
     (lambda: equispaced_line_mask((8, 64), [0.5], [4]), ValueError, "already exceeds"),
     (lambda: random_line_mask((64,), [0.08], [4]), ValueError, "shape: expected a pair"),
     (lambda: poisson_disc_mask((32, 32), 0.5), ValueError, "acceleration: expected a number > 1"),
     (lambda: poisson_disc_mask((32, 32), 1.0), ValueError, "acceleration: expected a number > 1"),
-    (lambda: poisson_disc_mask((32, 32), "4"), ValueError, "acceleration: expected a number > 1"),
+    (lambda: poisson_disc_mask((32, 32), "4"), TypeError, "acceleration: expected a real number, got '4' (str)"),
     (lambda: poisson_disc_mask((32, 32), 4, calib=(40, 8)), ValueError, "calib: expected a block inside"),
     (lambda: poisson_disc_mask((16, 16), 30, calib=(8, 8)), ValueError, "above the most"),
-    (lambda: birdcage_maps((8, 8), 0), ValueError, "num_coils: expected a positive int"),
+    (lambda: birdcage_maps((8, 8), 0), ValueError, "num_coils: expected an int >= 1, got 0"),
     (lambda: SenseOperator(MAPS, torch.ones(7, 8)), ValueError, "mask: expected a shape broadcasting to"),
-    (lambda: SenseOperator(MAPS, 0.5 * torch.ones(8, 8)), ValueError, "mask: expected values 0 or 1"),
-    (lambda: SenseOperator(MAPS, torch.ones(8, 8, dtype=torch.complex64)), TypeError, "mask: expected a real 0/1 mask"),
+    (lambda: SenseOperator(MAPS, 0.5 * torch.ones(8, 8)), ValueError, "mask: expected a binary mask (0 and 1 only)"),
+    (lambda: SenseOperator(MAPS, torch.ones(8, 8, dtype=torch.complex64)), TypeError, "mask: expected a real tensor, got dtype torch.complex64"),
     (lambda: SenseOperator(MAPS.abs(), MASK), TypeError, "maps: expected a complex tensor"),
     (lambda: SenseOperator(MAPS, MASK).A(X.real), TypeError, "x: expected a complex tensor"),
     (lambda: SenseOperator(MAPS, MASK).A(Y8), ValueError, "x: expected an image (B, 1, H, W)"),
@@ -352,17 +352,70 @@ BAD = [
     (lambda: hard_dc(X, Y8, torch.ones(6, 8), MAPS), ValueError, "mask: expected a shape broadcasting to"),
     (lambda: hard_dc(X, Y8[..., :6], MASK, MAPS), ValueError, "x and y: expected the same batch and spatial size"),
     (lambda: hard_dc(X, crandn(2, 4, 8, 8), MASK, MAPS), ValueError, "x and y: expected the same batch"),
-    (lambda: hard_dc(X, Y8, MASK, MAPS.expand(3, -1, -1, -1)), ValueError, "maps: expected batch 1 or 1"),
+    (lambda: hard_dc(X, Y8, MASK, MAPS.expand(3, -1, -1, -1)), ValueError, "maps: expected batch 1 or 1 (the batch of y)"),
     (lambda: soft_dc(X, Y8[:, :1], MASK, -1.0), ValueError, "lam: expected values >= 0"),
     (lambda: soft_dc(X, Y8, MASK, float("inf"), MAPS), ValueError, "lam: inf is hard DC"),
     (lambda: varnet_dc(Y8, Y8[:, :2], MASK), ValueError, "k and y: expected the same shape"),
     (lambda: zero_filled(Y8), ValueError, "maps: needed to combine 4 coils"),
     (lambda: espirit_maps(Y8[0], calib_width=4, kernel_width=6), ValueError, "kernel_width <= calib_width"),
-    (lambda: shepp_logan((0, 8)), ValueError, "shape: expected a pair of positive ints"),
+    (lambda: shepp_logan((0, 8)), ValueError, "shape[0]: expected an int >= 1, got 0"),
+    # one validation vocabulary (issue 18): bool/float ints, non-finite data, non-binary masks, silent broadcasts
+    (lambda: shepp_logan((True, 8)), TypeError, "shape[0]: expected an int, got True (bool)"),
+    (lambda: shepp_logan((8.0, 8)), TypeError, "shape[0]: expected an int, got 8.0 (float)"),
+    (lambda: birdcage_maps((8, 8), True), TypeError, "num_coils: expected an int, got True (bool)"),
+    (lambda: birdcage_maps((8, 8), 4.0), TypeError, "num_coils: expected an int, got 4.0 (float)"),
+    (lambda: birdcage_maps((8, 8), 4, radius=0), ValueError, "radius: expected a number > 0, got 0"),
+    (lambda: random_line_mask((8, 64), 0.08, [4]), ValueError, "center_fractions: expected a list of numbers"),
+    (lambda: random_line_mask((8, 64), [0.08, 0.08], [4, float("nan")]), ValueError, "accelerations: expected a finite number"),
+    (lambda: poisson_disc_mask((32, 32), True), TypeError, "acceleration: expected a real number, got True (bool)"),
+    (lambda: poisson_disc_mask((32, 32), float("inf")), ValueError, "acceleration: expected a finite number"),
+    (lambda: poisson_disc_mask((32, 32), 4, tol=0), ValueError, "tol: expected a number in (0, 1), got 0"),
+    (lambda: poisson_disc_mask((32, 32), 4, max_trials=5.0), TypeError, "max_trials: expected an int, got 5.0 (float)"),
+    (lambda: poisson_disc_mask((32, 32), 4, calib=(8.0, 8)), TypeError, "calib[0]: expected an int, got 8.0 (float)"),
+    (lambda: achieved_acceleration(0.5 * torch.ones(4, 4)), ValueError, "mask: expected a binary mask"),
+    (lambda: SenseOperator(MAPS, MASK, method="roll"), ValueError, "method: expected one of"),
+    (lambda: SenseOperator(MAPS * float("nan"), MASK), ValueError, "maps: expected finite values"),
+    (lambda: SenseOperator(MAPS, MASK).A(X * float("nan")), ValueError, "x: expected finite values"),
+    (lambda: SenseOperator(MAPS, MASK).A_adjoint(Y8 * float("inf")), ValueError, "y: expected finite values"),
+    (lambda: SenseOperator(MAPS.expand(2, -1, -1, -1), MASK).A(crandn(3, 1, 8, 8)), ValueError,
+     "maps: expected batch 1 or 3 (the batch of x)"),
+    (lambda: SenseOperator(MAPS, MASK).norm(num_iter=0), ValueError, "num_iter: expected an int >= 1, got 0"),
+    (lambda: zero_filled(Y8 * float("nan"), MASK, MAPS), ValueError, "y: expected finite values"),
+    (lambda: zero_filled(Y8, 0.5 * MASK, MAPS), ValueError, "mask: expected a binary mask"),
+    (lambda: zero_filled(Y8, MASK, MAPS.expand(2, -1, -1, -1)), ValueError, "maps: expected batch 1 or 1 (the batch of y)"),
+    (lambda: hard_dc(X * float("nan"), Y8, MASK, MAPS), ValueError, "x: expected finite values"),
+    (lambda: hard_dc(X, Y8 * float("inf"), MASK, MAPS), ValueError, "y: expected finite values"),
+    (lambda: hard_dc(X, Y8, 0.5 * MASK, MAPS), ValueError, "mask: expected a binary mask"),
+    (lambda: hard_dc(X, Y8, MASK.expand(2, 1, 8, 8), MAPS), ValueError, "mask: expected batch 1 or 1 (the batch of y)"),
+    (lambda: hard_dc_kspace(X, Y8, MASK, MAPS * float("nan")), ValueError, "maps: expected finite values"),
+    (lambda: kspace_residual(X * float("nan"), Y8, MASK, MAPS), ValueError, "x: expected finite values"),
+    (lambda: soft_dc(X, Y8, MASK, 1.0, MAPS, num_iter=2.0), TypeError, "num_iter: expected an int, got 2.0 (float)"),
+    (lambda: soft_dc(X, Y8[:, :1], MASK, float("nan")), ValueError, "lam: expected values >= 0"),
+    (lambda: gradient_dc(X, Y8, MASK, float("nan"), MAPS), ValueError, "step: expected a finite number"),
+    (lambda: gradient_dc(X, Y8, MASK, torch.tensor(float("inf")), MAPS), ValueError, "step: expected finite values"),
+    (lambda: gradient_dc(X, Y8, MASK, 1.0, MAPS, x_zf=crandn(1, 1, 8, 6)), ValueError, "x_zf and x: expected the same shape"),
+    (lambda: varnet_dc(Y8, Y8 * float("nan"), MASK), ValueError, "y: expected finite values"),
+    (lambda: varnet_dc(Y8, Y8, MASK, float("inf")), ValueError, "weight: expected a finite number"),
+    (lambda: varnet_dc(Y8, Y8, 2 * MASK), ValueError, "mask: expected a binary mask"),
+    (lambda: espirit_maps(Y8[0], calib_width=8.0, kernel_width=4), TypeError, "calib_width: expected an int, got 8.0 (float)"),
+    (lambda: espirit_maps(Y8[0], calib_width=8, kernel_width=4, thresh=-1), ValueError, "thresh: expected a number in [0, 1)"),
+    (lambda: espirit_maps(Y8[0] * float("nan")), ValueError, "kspace: expected finite values"),
 ]
 
 
-@pytest.mark.parametrize("fn, exc, match", BAD, ids=[b[2][:40] for b in BAD])
+@pytest.mark.parametrize("fn, exc, match", BAD, ids=[f"{i}-{b[2][:40]}" for i, b in enumerate(BAD)])
 def test_bad_inputs(fn, exc, match):
     with pytest.raises(exc, match=__import__("re").escape(match)):
         fn()
+
+
+def test_check_false_skips_validation_but_not_the_arithmetic():
+    "check=False (used once per batch by the unrolled networks) gives bit-identical results on valid input."
+    x, y, m, s = X, Y8, MASK, MAPS
+    for f, args in ((hard_dc, (x, y, m, s)), (hard_dc_kspace, (x, y, m, s)), (gradient_dc, (x, y, m, 2.0, s)),
+                    (soft_dc, (x, y, m, 0.5, s))):
+        assert torch.equal(f(*args), f(*args, check=False))
+    assert torch.equal(varnet_dc(y, y * 0.5, m, 0.3), varnet_dc(y, y * 0.5, m, 0.3, check=False))
+    assert torch.equal(zero_filled(y, m, s), zero_filled(y, m, s, check=False))
+    op = SenseOperator(s, m)
+    assert torch.equal(op.normal(x), op.A_adjoint(op.A(x)))

@@ -155,7 +155,7 @@ def test_bad_inputs(acq):
     x, y, mask, maps = acq
     G = recon.UnrolledGenerator(1, 4)
     cases = [((y, torch.ones(31, 32), maps), ValueError, "mask"),
-             ((y, torch.full((32, 32), 0.5), maps), ValueError, "mask: expected values 0 or 1"),
+             ((y, torch.full((32, 32), 0.5), maps), ValueError, "mask: expected a binary mask"),
              ((y.abs(), mask, maps), TypeError, "y"),
              ((y[:, 0], mask, maps), ValueError, "y"),
              ((y, mask, maps[:3]), ValueError, "maps: expected 4 coils"),

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .utils import check_tensor, check_same_shape
+from .utils import (check_choice, check_int, check_number, check_positive, check_same_batch, check_same_shape,
+                              check_tensor, require)
 
 # %% auto #0
 __all__ = ['BETA_SCHEDULES', 'VARIANCE_TYPES', 'PREDICTION_TYPES', 'TIMESTEP_SPACINGS', 'make_betas', 'SchedulerOutput',
@@ -31,15 +32,15 @@ def make_betas(num_train_timesteps: int = 1000, # T
                max_beta: float = 0.999, # cap of the cosine schedule
               ) -> Tensor:
     "The noise schedule β_1..β_T, shape (T,)."
-    if not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
-        raise ValueError(f"num_train_timesteps: expected a positive int, got {num_train_timesteps!r}")
-    T = num_train_timesteps
+    T = check_int(num_train_timesteps, "num_train_timesteps", min=1)
+    check_choice(beta_schedule, "beta_schedule", BETA_SCHEDULES)
+    for name, b in (("beta_start", beta_start), ("beta_end", beta_end), ("max_beta", max_beta)):
+        check_number(b, name, min=0, max=1, min_open=True, max_open=True)
     if beta_schedule == "linear": return torch.linspace(beta_start, beta_end, T, dtype=dtype)
     if beta_schedule == "scaled_linear": return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, T, dtype=dtype) ** 2
     if beta_schedule in ("cosine", "squaredcos_cap_v2"):
         f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
         return torch.tensor([min(1 - f((i + 1) / T) / f(i / T), max_beta) for i in range(T)], dtype=torch.float64).to(dtype)
-    raise ValueError(f"beta_schedule: expected one of {BETA_SCHEDULES}, got {beta_schedule!r}")
 
 # %% ../nbs/20_ddpm.ipynb #7470c9d7
 VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
@@ -57,19 +58,18 @@ def _randn(shape, generator: torch.Generator | None, dtype, device) -> Tensor:
     gdev = generator.device if generator is not None else device
     return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=gdev).to(device)
 
-def _check_choice(value, name, choices):
-    if value not in choices: raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
-
 class _Scheduler:
     "Shared tables, validation, `add_noise`, respacing and x0 prediction of the DDPM and DDIM schedulers."
     def __init__(self, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
                  clip_sample=True, clip_sample_range=1.0, prediction_type="epsilon", timestep_spacing="leading",
                  steps_offset=0, dtype=torch.float64):
-        _check_choice(beta_schedule, "beta_schedule", BETA_SCHEDULES)
-        _check_choice(prediction_type, "prediction_type", PREDICTION_TYPES)
-        _check_choice(timestep_spacing, "timestep_spacing", TIMESTEP_SPACINGS)
-        if dtype not in (torch.float32, torch.float64): raise ValueError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
-        if clip_sample_range <= 0: raise ValueError(f"clip_sample_range: expected > 0, got {clip_sample_range}")
+        check_int(num_train_timesteps, "num_train_timesteps", min=1)
+        check_choice(beta_schedule, "beta_schedule", BETA_SCHEDULES)
+        check_choice(prediction_type, "prediction_type", PREDICTION_TYPES)
+        check_choice(timestep_spacing, "timestep_spacing", TIMESTEP_SPACINGS)
+        check_choice(dtype, "dtype", (torch.float32, torch.float64))
+        check_choice(clip_sample, "clip_sample", (True, False)); check_positive(clip_sample_range, "clip_sample_range")
+        check_int(steps_offset, "steps_offset", min=0)
         self.num_train_timesteps, self.beta_start, self.beta_end, self.beta_schedule = num_train_timesteps, beta_start, beta_end, beta_schedule
         self.clip_sample, self.clip_sample_range, self.prediction_type = clip_sample, clip_sample_range, prediction_type
         self.timestep_spacing, self.steps_offset, self.dtype = timestep_spacing, steps_offset, dtype
@@ -98,31 +98,26 @@ class _Scheduler:
     def __repr__(self) -> str: return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"
 
     def _check_timestep(self, timestep) -> int:
+        "The step's timestep as an int in [0, T-1]: an int, or a one-element integer tensor (a float is refused)."
         if isinstance(timestep, Tensor):
             if timestep.numel() != 1: raise ValueError(f"timestep: expected a single timestep, got a tensor of shape {tuple(timestep.shape)}")
             timestep = timestep.item()
-        if isinstance(timestep, float) and timestep.is_integer(): timestep = int(timestep)
-        if not isinstance(timestep, (int, np.integer)) or isinstance(timestep, bool):
-            raise TypeError(f"timestep: expected an int, got {type(timestep).__name__}")
-        if not 0 <= timestep < self.num_train_timesteps:
-            raise ValueError(f"timestep: expected 0 <= timestep < {self.num_train_timesteps}, got {timestep}")
-        return int(timestep)
+        return check_int(timestep, "timestep", min=0, max=self.num_train_timesteps - 1)
 
     def set_timesteps(self, num_inference_steps: int, # number of sampling steps
                       device: str | torch.device | None = None):
         "Choose the `num_inference_steps` timesteps used for sampling (respacing), as diffusers."
         T = self.num_train_timesteps
-        if not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps: expected a positive int, got {num_inference_steps!r}")
-        if num_inference_steps > T:
-            raise ValueError(f"num_inference_steps: {num_inference_steps} cannot be larger than num_train_timesteps = {T}")
-        self.num_inference_steps = n = int(num_inference_steps)
+        n = check_int(num_inference_steps, "num_inference_steps", min=1, max=T)   # at most num_train_timesteps
         if self.timestep_spacing == "linspace":
             ts = np.linspace(0, T - 1, n).round()[::-1].copy().astype(np.int64)
         elif self.timestep_spacing == "leading":
             ts = (np.arange(0, n) * (T // n)).round()[::-1].copy().astype(np.int64) + self.steps_offset
         else:  # trailing
             ts = np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
+        require(int(ts.max()) < T, "steps_offset", f"an offset keeping the timesteps below num_train_timesteps = {T}",
+                self.steps_offset)
+        self.num_inference_steps = n
         self.timesteps = torch.from_numpy(ts).to(device)
 
     def _bcast(self, values: Tensor, timesteps: Tensor, like: Tensor) -> Tensor:
@@ -154,6 +149,7 @@ class _Scheduler:
 
     def get_velocity(self, sample: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         "The v-prediction target v = √ᾱ_t ε − √(1-ᾱ_t) x_0 (Salimans & Ho 2022)."
+        check_tensor(sample, "sample"); check_tensor(noise, "noise")
         check_same_shape(sample, noise, ("sample", "noise"))
         t = self._check_batch_timesteps(timesteps, sample)
         ab = self._bcast(self.alphas_cumprod, t, sample)
@@ -174,7 +170,9 @@ class _Scheduler:
         return x0, eps
 
     def _check_step_inputs(self, model_output: Tensor, sample: Tensor, n_out: int):
-        check_tensor(sample, "sample", ndim=(2, 3, 4, 5)); check_tensor(model_output, "model_output", ndim=sample.ndim)
+        "Types and shapes only: `step` runs at every timestep, so no tensor is scanned for NaN here (as diffusers)."
+        check_tensor(sample, "sample", ndim=(2, 3, 4, 5), finite=False)
+        check_tensor(model_output, "model_output", ndim=sample.ndim, finite=False)
         want = (sample.shape[0], n_out, *sample.shape[2:])
         if tuple(model_output.shape) != want:
             raise ValueError(f"model_output: expected shape {want} for sample of shape {tuple(sample.shape)}"
@@ -196,7 +194,7 @@ class DDPMScheduler(_Scheduler):
                  steps_offset: int = 0, # added to 'leading' timesteps
                  dtype: torch.dtype = torch.float64, # tables and step coefficients; float32 = diffusers' arithmetic
                 ):
-        _check_choice(variance_type, "variance_type", VARIANCE_TYPES)
+        check_choice(variance_type, "variance_type", VARIANCE_TYPES)
         super().__init__(num_train_timesteps, beta_start, beta_end, beta_schedule, clip_sample, clip_sample_range,
                          prediction_type, timestep_spacing, steps_offset, dtype)
         self.variance_type = variance_type
@@ -209,6 +207,7 @@ class DDPMScheduler(_Scheduler):
 
     def previous_timestep(self, timestep: int) -> int:
         "The timestep after `timestep` in the sampling chain (t-1, or the next kept one after `set_timesteps`); -1 at the end."
+        timestep = self._check_timestep(timestep)
         if self.num_inference_steps is None: return timestep - 1
         idx = (self.timesteps == timestep).nonzero()
         if len(idx) == 0:
@@ -222,7 +221,8 @@ class DDPMScheduler(_Scheduler):
              sample: Tensor, # x_t (B, C, …)
              generator: torch.Generator | None = None, # for the step's noise z
             ) -> SchedulerOutput:
-        "One ancestral step x_t → x_{t'} ~ N(μ̃(x̂_0, x_t), σ_t²) (Durrer Eq. 4 for ε-prediction)."
+        """One ancestral step x_t → x_{t'} ~ N(μ̃(x̂_0, x_t), σ_t²) (Durrer Eq. 4 for ε-prediction).
+        Shapes and the timestep are checked, no tensor is scanned for NaN (the hot path; `ddpm_sample` checks once)."""
         t = self._check_timestep(timestep)
         c = sample.shape[1] if isinstance(sample, Tensor) and sample.ndim > 1 else 0
         learned = self.variance_type == "learned_range"
@@ -261,6 +261,8 @@ def dummy_model(sample: Tensor, t) -> Tensor:
 
 def dummy_sample_deter(batch_size: int = 4, num_channels: int = 3, height: int = 8, width: int = 8) -> Tensor:
     "diffusers' deterministic test sample: a reversed ramp in [0, 1), shape (B, C, H, W)."
+    for name, v in (("batch_size", batch_size), ("num_channels", num_channels), ("height", height), ("width", width)):
+        check_int(v, name, min=1)
     n = batch_size * num_channels * height * width
     x = torch.arange(n).flip(-1).reshape(num_channels, height, width, batch_size) / n
     return x.permute(3, 0, 1, 2)
@@ -279,7 +281,7 @@ class DDIMScheduler(_Scheduler):
                  dtype: torch.dtype = torch.float64):
         super().__init__(num_train_timesteps, beta_start, beta_end, beta_schedule, clip_sample, clip_sample_range,
                          prediction_type, timestep_spacing, steps_offset, dtype)
-        self.set_alpha_to_one = set_alpha_to_one
+        self.set_alpha_to_one = check_choice(set_alpha_to_one, "set_alpha_to_one", (True, False))
         self.final_alpha_cumprod = self.one if set_alpha_to_one else self.alphas_cumprod[0]
 
     def step(self, model_output: Tensor, # network output (B, C, …) (ε, x_0 or v)
@@ -289,11 +291,12 @@ class DDIMScheduler(_Scheduler):
              generator: torch.Generator | None = None,
              use_clipped_model_output: bool = False, # recompute ε̂ from the clipped x̂_0
             ) -> SchedulerOutput:
-        "One DDIM step x_t → x_{t'}, t' = t − T/n."
+        """One DDIM step x_t → x_{t'}, t' = t − T/n.
+        Shapes, timestep and eta are checked, no tensor is scanned for NaN (the hot path; `ddim_sample` checks once)."""
         if self.num_inference_steps is None:
             raise ValueError("set_timesteps: call scheduler.set_timesteps(num_inference_steps) before step")
         t = self._check_timestep(timestep)
-        if eta < 0: raise ValueError(f"eta: expected >= 0, got {eta}")
+        check_number(eta, "eta", min=0)
         c = sample.shape[1] if isinstance(sample, Tensor) and sample.ndim > 1 else 0
         self._check_step_inputs(model_output, sample, c)
         prev_t = t - self.num_train_timesteps // self.num_inference_steps
@@ -321,8 +324,17 @@ def _model_device(model, cond, device):
     if p is not None: return p.device
     return cond.device if cond is not None else torch.device("cpu")
 
+def _check_sampler_args(model, shape, callback):
+    "The samplers' boundary: a callable model, a shape of >= 2 ints >= 1 (B, C, …), an optional callable callback."
+    if not callable(model): raise TypeError(f"model: expected a callable, got {type(model).__name__}")
+    require(isinstance(shape, (tuple, list, torch.Size)) and len(shape) >= 2, "shape", "(B, C, ...)", shape)
+    for i, s in enumerate(shape): check_int(s, f"shape[{i}]", min=1)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback: expected a callable or None, got {type(callback).__name__}")
+
 def _denoise_loop(model, scheduler, shape, generator, cond, progress, callback, device, split_eps, **step_kw) -> Tensor:
-    if len(shape) < 2: raise ValueError(f"shape: expected (B, C, ...), got {tuple(shape)}")
+    "x_T ~ N(0, I), then `scheduler.step` at every timestep; the user's inputs are checked once, here, not per step."
+    _check_sampler_args(model, shape, callback)
     device = _model_device(model, cond, device)
     if cond is not None:
         check_tensor(cond, "cond")
@@ -352,6 +364,7 @@ def ddpm_sample(model: Callable, # ε_θ: model(x_t, t) or model(cat([cond, x_t]
                ) -> Tensor:
     "Ancestral sampling x_T → x_0 with `scheduler.step` at every timestep (Durrer Fig. 3)."
     if not isinstance(scheduler, DDPMScheduler): raise TypeError(f"scheduler: expected a DDPMScheduler, got {type(scheduler).__name__}")
+    _check_sampler_args(model, shape, callback)
     if num_inference_steps is not None: scheduler.set_timesteps(num_inference_steps)
     return _denoise_loop(model, scheduler, shape, generator, cond, progress, callback, device, split_eps=False)
 
@@ -363,12 +376,13 @@ def ddim_sample(model: Callable, scheduler: DDIMScheduler | DDPMScheduler, shape
     "DDIM sampling with `num_inference_steps` steps (a DDPMScheduler is converted; learned-variance channels dropped)."
     if isinstance(scheduler, DDPMScheduler): scheduler = DDIMScheduler.from_config(scheduler.config)
     if not isinstance(scheduler, DDIMScheduler): raise TypeError(f"scheduler: expected a DDIMScheduler or DDPMScheduler, got {type(scheduler).__name__}")
+    _check_sampler_args(model, shape, callback); check_number(eta, "eta", min=0)
     scheduler.set_timesteps(num_inference_steps)
     return _denoise_loop(model, scheduler, shape, generator, cond, progress, callback, device, split_eps=True, eta=eta)
 
 # %% ../nbs/20_ddpm.ipynb #2e9302b7
 def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
-    "KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)) elementwise, in nats."
+    "KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)) elementwise (broadcasting), in nats; `diffusion_loss` checks inputs."
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 def approx_standard_normal_cdf(x: Tensor) -> Tensor:
@@ -391,16 +405,25 @@ def discretized_gaussian_log_likelihood(x: Tensor, # data in [-1, 1] on a grid o
 # %% ../nbs/20_ddpm.ipynb #55d8e4c6
 def uniform_timesteps(batch_size: int, num_train_timesteps: int, generator: torch.Generator | None = None, device=None) -> Tensor:
     "t ~ U{0, …, T-1}, shape (batch_size,), drawn with `generator`."
+    check_int(batch_size, "batch_size", min=1); check_int(num_train_timesteps, "num_train_timesteps", min=1)
     gdev = generator.device if generator is not None else device
     return torch.randint(0, num_train_timesteps, (batch_size,), generator=generator, device=gdev).to(device)
 
 def _mean_flat(x: Tensor) -> Tensor: return x.mean(dim=tuple(range(1, x.ndim)))
+
+def _check_ddpm(scheduler):
+    if not isinstance(scheduler, DDPMScheduler):
+        raise TypeError(f"scheduler: expected a DDPMScheduler, got {type(scheduler).__name__}")
 
 def vb_terms_bpd(scheduler: DDPMScheduler, x0: Tensor, x_t: Tensor, t: Tensor, # (B,) timesteps
                  pred_x0: Tensor, # the model's x̂_0 (clipped or not)
                  model_log_variance: Tensor, # log σ_t² (B, C, …) or broadcastable
                 ) -> Tensor:
     "L_t per sample in bits/dim: KL(q(x_{t-1}|x_t,x_0) ‖ p_θ) for t > 0, decoder NLL at t = 0 (Nichol & Dhariwal)."
+    _check_ddpm(scheduler)
+    check_same_shape(x0, x_t, ("x0", "x_t")); check_same_shape(pred_x0, x_t, ("pred_x0", "x_t"))
+    require(isinstance(t, Tensor) and t.shape == (x_t.shape[0],), "t", f"a tensor of shape ({x_t.shape[0]},)",
+            tuple(t.shape) if isinstance(t, Tensor) else t)
     bc = lambda v: scheduler._bcast(v, t, x_t)
     true_mean = bc(scheduler.posterior_mean_coef1) * x0 + bc(scheduler.posterior_mean_coef2) * x_t
     true_logvar = bc(scheduler.posterior_log_variance_clipped)
@@ -419,18 +442,25 @@ def diffusion_loss(model: Callable, # network, called as model(x_t, t) or model(
                    noise: Tensor | None = None, # fixed ε (default: standard normal)
                   ) -> dict:
     "Simple loss (MSE to ε / x_0 / v), plus λ·T·L_vlb for a learned_range variance; returns loss, mse, vb (per batch)."
-    check_tensor(x0, "x0")
+    _check_ddpm(scheduler)
+    check_tensor(x0, "x0", ndim=(2, 3, 4, 5)); check_number(lambda_vb, "lambda_vb", min=0)
     B, C = x0.shape[:2]
+    if cond is not None:
+        check_tensor(cond, "cond", ndim=x0.ndim)
+        if cond.shape[0] != B or cond.shape[2:] != x0.shape[2:]:
+            want = f"({B}, C_cond, {', '.join(map(str, x0.shape[2:]))})"
+            raise ValueError(f"cond: expected shape {want} to match x0 of shape {tuple(x0.shape)}, "
+                             f"got {tuple(cond.shape)}")
     t = uniform_timesteps(B, scheduler.num_train_timesteps, generator, x0.device) if timesteps is None else scheduler._check_batch_timesteps(timesteps, x0).to(x0.device)
     if noise is None: noise = _randn(x0.shape, generator, x0.dtype, x0.device)
     x_t = scheduler.add_noise(x0, noise, t)
     inp = x_t if cond is None else torch.cat([cond.to(x_t.dtype), x_t], dim=1)
     out = model(inp, t)
     learned = scheduler.variance_type == "learned_range"
-    want = 2 * C if learned else C
-    if out.shape[1] != want:
-        raise ValueError(f"model output: expected {want} channels" + (" (ε and v for learned_range)" if learned else "")
-                         + f", got {out.shape[1]}")
+    want = (B, 2 * C if learned else C, *x0.shape[2:])
+    if not isinstance(out, Tensor) or tuple(out.shape) != want:
+        raise ValueError(f"model output: expected shape {want}" + (" (ε and v for learned_range)" if learned else "")
+                         + f", got {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}")
     pred, v = (out[:, :C], out[:, C:]) if learned else (out, None)
     target = {"epsilon": noise, "sample": x0, "v_prediction": scheduler.get_velocity(x0, noise, t) if scheduler.prediction_type == "v_prediction" else None}[scheduler.prediction_type]
     mse = _mean_flat((target - pred) ** 2)
@@ -448,6 +478,7 @@ class PointDenoiser(torch.nn.Module):
     "A small MLP ε_θ(x_t, t) for 2-D points (B, 2): the lesson's toy denoiser."
     def __init__(self, dim: int = 2, hidden: int = 128, emb_dim: int = 32):
         super().__init__()
+        for name, v in (("dim", dim), ("hidden", hidden), ("emb_dim", emb_dim)): check_int(v, name, min=1)
         self.emb_dim = emb_dim
         self.net = torch.nn.Sequential(torch.nn.Linear(dim + emb_dim, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, hidden),
                                        torch.nn.SiLU(), torch.nn.Linear(hidden, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, dim))

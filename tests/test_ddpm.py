@@ -7,7 +7,8 @@ from hypothesis import given, settings, strategies as st
 
 from medsynth_nb.ddpm import (DDIMScheduler, DDPMScheduler, PREDICTION_TYPES, TIMESTEP_SPACINGS, VARIANCE_TYPES,
                               ddim_sample, ddpm_sample, diffusion_loss, discretized_gaussian_log_likelihood,
-                              dummy_model, dummy_sample_deter, make_betas, normal_kl, vb_terms_bpd)
+                              dummy_model, dummy_sample_deter, make_betas, normal_kl, PointDenoiser, uniform_timesteps,
+                              vb_terms_bpd)
 from medsynth_nb.utils import make_generator, test_allclose
 from meta_device import MetaDeviceModel
 
@@ -164,24 +165,108 @@ def test_ddim_eta1_noise_matches_ddpm_respaced_variance():
 
 
 @pytest.mark.parametrize("call,exc,msg", [
-    (lambda: DDPMScheduler().step(torch.zeros(1, 1, 2, 2), 1000, torch.zeros(1, 1, 2, 2)), ValueError, "timestep: expected 0 <= timestep < 1000"),
+    (lambda: DDPMScheduler().step(torch.zeros(1, 1, 2, 2), 1000, torch.zeros(1, 1, 2, 2)), ValueError, "timestep: expected an int in [0, 999], got 1000"),
     (lambda: DDPMScheduler().step(torch.zeros(1, 1, 2, 2), -3, torch.zeros(1, 1, 2, 2)), ValueError, "got -3"),
     (lambda: DDPMScheduler().step(torch.zeros(1, 1, 2, 2), "5", torch.zeros(1, 1, 2, 2)), TypeError, "timestep: expected an int"),
     (lambda: DDPMScheduler(variance_type="learned_range").step(torch.zeros(1, 1, 2, 2), 5, torch.zeros(1, 1, 2, 2)), ValueError, "learned_range needs 2×"),
     (lambda: DDIMScheduler().step(torch.zeros(1, 1, 2, 2), 5, torch.zeros(1, 1, 2, 2)), ValueError, "call scheduler.set_timesteps"),
-    (lambda: DDPMScheduler().set_timesteps(1001), ValueError, "cannot be larger than num_train_timesteps"),
-    (lambda: DDIMScheduler().set_timesteps(1001), ValueError, "cannot be larger than num_train_timesteps"),
+    (lambda: DDPMScheduler().set_timesteps(1001), ValueError, "num_inference_steps: expected an int in [1, 1000], got 1001"),
+    (lambda: DDIMScheduler().set_timesteps(1001), ValueError, "num_inference_steps: expected an int in [1, 1000], got 1001"),
     (lambda: DDPMScheduler(beta_schedule="sigmoid"), ValueError, "beta_schedule: expected one of"),
     (lambda: DDPMScheduler(variance_type="fixed_small_log"), ValueError, "variance_type: expected one of"),
     (lambda: DDPMScheduler(prediction_type="x0"), ValueError, "prediction_type: expected one of"),
     (lambda: DDPMScheduler().add_noise(torch.zeros(2, 1), torch.zeros(2, 1), torch.tensor([0, 1000])), ValueError, "timesteps: expected values in [0, 999]"),
-    (lambda: DDPMScheduler().step(torch.zeros(1, 1, 2, 2), 5, torch.full((1, 1, 2, 2), float("nan"))), ValueError, "sample: expected finite values"),
     (lambda: ddim_sample(lambda x, t: x, DDPMScheduler(), (2, 1, 4, 4), 5, cond=torch.zeros(1, 1, 4, 4), progress=False), ValueError, "cond: expected shape"),
     (lambda: ddpm_sample(lambda x, t: x, DDIMScheduler(), (2, 1, 4, 4), progress=False), TypeError, "expected a DDPMScheduler"),
 ])
 def test_bad_inputs(call, exc, msg):
     with pytest.raises(exc) as e: call()
     assert msg in str(e.value)
+
+
+_X = torch.zeros(2, 1, 4, 4)
+_NAN = torch.full((2, 1, 4, 4), float("nan"))
+_ID = lambda x, t: x
+BAD_BOUNDARY = [  # (call, exception, message fragment): one refusal per argument at the public boundary
+    (lambda: make_betas(10.0), TypeError, "num_train_timesteps: expected an int, got 10.0 (float)"),
+    (lambda: make_betas(True), TypeError, "num_train_timesteps: expected an int, got True (bool)"),
+    (lambda: make_betas(0), ValueError, "num_train_timesteps: expected an int >= 1, got 0"),
+    (lambda: make_betas(10, beta_start=0.0), ValueError, "beta_start: expected a number in (0, 1), got 0"),
+    (lambda: make_betas(10, beta_end=1.5), ValueError, "beta_end: expected a number in (0, 1), got 1.5"),
+    (lambda: make_betas(10, beta_end=float("nan")), ValueError, "beta_end: expected a finite number, got nan"),
+    (lambda: make_betas(10, beta_schedule="cosine", max_beta=1.0), ValueError, "max_beta: expected a number in (0, 1), got 1"),
+    (lambda: DDPMScheduler(num_train_timesteps=True), TypeError, "num_train_timesteps: expected an int, got True (bool)"),
+    (lambda: DDPMScheduler(num_train_timesteps=100.0), TypeError, "num_train_timesteps: expected an int, got 100.0 (float)"),
+    (lambda: DDIMScheduler(num_train_timesteps=0), ValueError, "num_train_timesteps: expected an int >= 1, got 0"),
+    (lambda: DDPMScheduler(clip_sample_range=0.0), ValueError, "clip_sample_range: expected a number > 0, got 0"),
+    (lambda: DDPMScheduler(clip_sample=1), ValueError, "clip_sample: expected one of (True, False), got 1"),
+    (lambda: DDPMScheduler(steps_offset=-1), ValueError, "steps_offset: expected an int >= 0, got -1"),
+    (lambda: DDPMScheduler(steps_offset=1.0), TypeError, "steps_offset: expected an int, got 1.0 (float)"),
+    (lambda: DDPMScheduler(dtype=torch.float16), ValueError, "dtype: expected one of (torch.float32, torch.float64)"),
+    (lambda: DDIMScheduler(set_alpha_to_one=0), ValueError, "set_alpha_to_one: expected one of (True, False), got 0"),
+    (lambda: DDPMScheduler().set_timesteps(True), TypeError, "num_inference_steps: expected an int, got True (bool)"),
+    (lambda: DDPMScheduler().set_timesteps(50.0), TypeError, "num_inference_steps: expected an int, got 50.0 (float)"),
+    (lambda: DDIMScheduler().set_timesteps(0), ValueError, "num_inference_steps: expected an int in [1, 1000], got 0"),
+    (lambda: DDPMScheduler(steps_offset=100).set_timesteps(10), ValueError, "steps_offset: expected an offset keeping"),
+    (lambda: DDPMScheduler().step(_X, 5.0, _X), TypeError, "timestep: expected an int, got 5.0 (float)"),
+    (lambda: DDPMScheduler().step(_X, True, _X), TypeError, "timestep: expected an int, got True (bool)"),
+    (lambda: DDPMScheduler().step(_X, torch.tensor(5.0), _X), TypeError, "timestep: expected an int, got 5.0 (float)"),
+    (lambda: DDPMScheduler().previous_timestep(1000), ValueError, "timestep: expected an int in [0, 999], got 1000"),
+    (lambda: _ddim(10).step(_X, 900, _X, eta=-0.5), ValueError, "eta: expected a number >= 0, got -0.5"),
+    (lambda: _ddim(10).step(_X, 900, _X, eta=True), TypeError, "eta: expected a real number, got True (bool)"),
+    (lambda: DDPMScheduler().add_noise(_NAN, _X, torch.tensor([1, 2])), ValueError, "original_samples: expected finite values"),
+    (lambda: DDPMScheduler().add_noise(_X, _NAN, torch.tensor([1, 2])), ValueError, "noise: expected finite values"),
+    (lambda: DDPMScheduler().add_noise(_X, _X, torch.tensor([1, 2, 3])), ValueError, "timesteps: expected 1 or 2 (batch) values, got 3"),
+    (lambda: DDPMScheduler().get_velocity(_NAN, _X, torch.tensor([1, 2])), ValueError, "sample: expected finite values"),
+    (lambda: DDPMScheduler().get_velocity(_X, _X[:1], torch.tensor([1, 2])), ValueError, "sample and noise: expected the same shape"),
+    (lambda: ddpm_sample(_ID, DDPMScheduler(), (2, 1, 4.0, 4), progress=False), TypeError, "shape[2]: expected an int, got 4.0"),
+    (lambda: ddpm_sample(_ID, DDPMScheduler(), (2, 0, 4, 4), progress=False), ValueError, "shape[1]: expected an int >= 1, got 0"),
+    (lambda: ddpm_sample(_ID, DDPMScheduler(), (2,), progress=False), ValueError, "shape: expected (B, C, ...), got (2,)"),
+    (lambda: ddpm_sample("net", DDPMScheduler(), (2, 1, 4, 4), progress=False), TypeError, "model: expected a callable, got str"),
+    (lambda: ddpm_sample(_ID, DDPMScheduler(), (2, 1, 4, 4), cond=_NAN, progress=False), ValueError, "cond: expected finite values"),
+    (lambda: ddpm_sample(_ID, DDPMScheduler(), (2, 1, 4, 4), progress=False, callback=3), TypeError, "callback: expected a callable"),
+    (lambda: ddpm_sample(_ID, DDPMScheduler(), (2, 1, 4, 4), progress=False, num_inference_steps=True), TypeError,
+     "num_inference_steps: expected an int, got True (bool)"),
+    (lambda: ddim_sample(_ID, DDIMScheduler(), (2, 1, 4, 4), 5.0, progress=False), TypeError,
+     "num_inference_steps: expected an int, got 5.0 (float)"),
+    (lambda: ddim_sample(_ID, DDIMScheduler(), (2, 1, 4, 4), 5, eta=-1.0, progress=False), ValueError, "eta: expected a number >= 0, got -1"),
+    (lambda: uniform_timesteps(2.0, 10), TypeError, "batch_size: expected an int, got 2.0 (float)"),
+    (lambda: uniform_timesteps(2, True), TypeError, "num_train_timesteps: expected an int, got True (bool)"),
+    (lambda: diffusion_loss(_ID, DDPMScheduler(), _NAN), ValueError, "x0: expected finite values"),
+    (lambda: diffusion_loss(_ID, DDPMScheduler(), _X, cond=_X[:1]), ValueError, "cond: expected shape (2, C_cond, 4, 4)"),
+    (lambda: diffusion_loss(_ID, DDPMScheduler(), _X, cond=_NAN), ValueError, "cond: expected finite values"),
+    (lambda: diffusion_loss(_ID, DDPMScheduler(), _X, lambda_vb=-1.0), ValueError, "lambda_vb: expected a number >= 0, got -1"),
+    (lambda: diffusion_loss(_ID, DDPMScheduler(), _X, noise=_X[:1]), ValueError, "original_samples and noise: expected the same shape"),
+    (lambda: diffusion_loss(_ID, DDPMScheduler(), _X, timesteps=torch.tensor([0.5, 1.0])), TypeError,
+     "timesteps: expected an integer tensor"),
+    (lambda: diffusion_loss(lambda x, t: x[:1], DDPMScheduler(), _X), ValueError, "model output: expected shape (2, 1, 4, 4), got (1, 1, 4, 4)"),
+    (lambda: diffusion_loss(_ID, DDPMScheduler(variance_type="learned_range"), _X), ValueError,
+     "model output: expected shape (2, 2, 4, 4) (ε and v for learned_range), got (2, 1, 4, 4)"),
+    (lambda: diffusion_loss(_ID, DDIMScheduler(), _X), TypeError, "scheduler: expected a DDPMScheduler, got DDIMScheduler"),
+    (lambda: vb_terms_bpd(DDPMScheduler(), _X, _X, torch.tensor([1]), _X, _X), ValueError, "t: expected a tensor of shape (2,)"),
+    (lambda: vb_terms_bpd(DDPMScheduler(), _X, _X, torch.tensor([1, 2]), _X[:1], _X), ValueError,
+     "pred_x0 and x_t: expected the same shape"),
+    (lambda: dummy_sample_deter(batch_size=0), ValueError, "batch_size: expected an int >= 1, got 0"),
+    (lambda: PointDenoiser(hidden=64.0), TypeError, "hidden: expected an int, got 64.0 (float)"),
+]
+
+
+def _ddim(n):
+    s = DDIMScheduler(); s.set_timesteps(n)
+    return s
+
+
+@pytest.mark.parametrize("call,exc,fragment", BAD_BOUNDARY, ids=[f"bad{i}" for i in range(len(BAD_BOUNDARY))])
+def test_bad_inputs_at_the_boundary(call, exc, fragment):
+    with pytest.raises(exc) as e:
+        call()
+    assert fragment in str(e.value), str(e.value)
+
+
+def test_step_does_not_scan_for_nan():
+    "The hot path: step checks shapes and the timestep only, so a NaN passes through (the sampler checks its inputs once)."
+    out = DDPMScheduler().step(_X, 5, _NAN, generator=make_generator(0)).prev_sample
+    assert torch.isnan(out).all()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ def gradient_penalty(critic: Callable, # f: called as critic(x) or critic(x, con
                      generator: torch.Generator | None = None, # draws α; the global RNG is used only when None
                      eps: float = 0.0, # added inside the square root of the norm (Pinetz's code: 1e-6)
                     ) -> Tensor:
-    """Unweighted WGAN-GP penalty mean_i (‖∇f(x̂_i, ĉ_i)‖ - 1)², x̂ = x + α(x̃ - x), α ~ U[0, 1] per sample, in fp32/fp64.
+    """Unweighted WGAN-GP penalty mean_i (‖∇f(x̂_i, ĉ_i)‖ - 1)², x̂ = x + α(x̃ - x), α ~ U[0, 1] per sample (fp32/64).
     Called every critic step: samples are not scanned for NaN/inf (a non-finite penalty shows in the logged loss)."""
     if not callable(critic): raise TypeError(f"critic: expected a callable (an nn.Module or function), got {type(critic).__name__}")
     _check_pair(real, fake, ("real", "fake"))

@@ -18,7 +18,8 @@ from .ddpm import PREDICTION_TYPES, DDIMScheduler, DDPMScheduler, ddim_sample, d
 from .layers import unet_from_preset
 from .metrics import ahd, dice, hausdorff
 from .train import TrainConfig, Task, register_experiment, supervised
-from .utils import check_same_shape, check_tensor, make_generator, require
+from .utils import (check_choice, check_int, check_mask, check_number, check_positive, check_same_shape,
+                               check_tensor, make_generator, require)
 
 # %% auto #0
 __all__ = ['DIRECTIONS', 'DIRECTION_ALIASES', 'TEST_ANATOMY', 'TEST_SEEDS', 'SAMPLERS', 'TISSUE_CLASSES', 'SEGMENTATION_METHODS',
@@ -66,7 +67,10 @@ def paired_subject(seed: int, # subject id: anatomy, T1 jitter and noise follow 
                   ) -> dict:
     "One simulated subject scanned with both MPRAGE protocols: {field: (X, Y, Z) float32 tensor, 'labels': (X, Y, Z) int64}."
     from medsynth_nb import phantom
-    rng = np.random.default_rng([int(seed), 2021])
+    seed = check_int(seed, "seed", min=0)
+    check_number(deform_voxels, "deform_voxels", min=0); check_number(t1_jitter, "t1_jitter", 0, 1, max_open=True)
+    for B in fields: check_choice(check_number(B, "fields"), "fields", tuple(phantom.SNR))
+    rng = np.random.default_rng([seed, 2021])
     base = phantom._anatomy(root, anatomy)
     fr = {t: base[t] for t in ("csf", "gm", "wm")}
     if deform_voxels > 0: fr = phantom.deform(fr, deform_voxels, seed=rng)
@@ -84,6 +88,7 @@ def paired_volumes(n: int, # number of subjects
                    direction: str = "1.5T-to-3T", **kw) -> tuple[list[Tensor], list[Tensor]]:
     "Source and target volume lists (raw intensities) of `n` simulated subjects for a direction."
     s, t = parse_direction(direction)
+    n, seed = check_int(n, "n", min=1), check_int(seed, "seed", min=0)
     subs = [paired_subject(seed + i, fields=(s, t), **kw) for i in range(n)]
     return [d[s] for d in subs], [d[t] for d in subs]
 
@@ -154,9 +159,10 @@ def translate_slices(model: Callable, # ε_θ([b, x_t], t) → ε (or [ε, v])
     check_tensor(source, "source", ndim=4)
     if source.shape[1] != 1: raise ValueError(f"source: expected (n, 1, h, w) single-channel slices, got shape {tuple(source.shape)}")
     if source.min() < 0 or source.max() > 1: raise ValueError(f"source: expected intensities in [0, 1] (durrer_preprocess), got [{float(source.min()):.3g}, {float(source.max()):.3g}]")
-    if sampler not in SAMPLERS: raise ValueError(f"sampler: expected one of {SAMPLERS}, got {sampler!r}")
-    if not isinstance(batch_size, int) or batch_size < 1: raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    check_choice(sampler, "sampler", SAMPLERS); check_int(batch_size, "batch_size", min=1)
+    check_number(eta, "eta", min=0)
     if not isinstance(scheduler, DDPMScheduler): raise TypeError(f"scheduler: expected the training DDPMScheduler, got {type(scheduler).__name__}")
+    if num_inference_steps is not None: check_int(num_inference_steps, "num_inference_steps", 1, scheduler.num_train_timesteps)
     check_harmonizer(model, scheduler)
     sch = DDPMScheduler.from_config(scheduler.config)   # a fresh copy: set_timesteps never leaks between calls
     n, _, h, w = source.shape
@@ -194,7 +200,7 @@ def brain_mask(volume: Tensor, # (D, H, W) or (H, W) image, background ≈ 0
     "Threshold, then flood-fill the background from the border: foreground plus enclosed holes (bool)."
     from scipy.ndimage import binary_fill_holes
     check_tensor(volume, "volume", ndim=(2, 3))
-    if not 0 <= threshold < 1: raise ValueError(f"threshold: expected a fraction of the maximum in [0, 1), got {threshold}")
+    check_number(threshold, "threshold", 0, 1, max_open=True)
     v = volume.detach().cpu().double().numpy()
     fg = v > threshold * v.max()
     return torch.from_numpy(binary_fill_holes(fg)).to(volume.device)
@@ -204,7 +210,7 @@ def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     check_tensor(pred, "pred"); check_tensor(target, "target"); check_same_shape(pred, target)
     check_same_shape(mask, pred, ("mask", "pred"))
     if mask.dtype != torch.bool: raise TypeError(f"mask: expected a bool tensor, got {mask.dtype}")
-    if not mask.any(): raise ValueError("mask: is empty; nothing to average over")
+    require(bool(mask.any()), "mask", "at least one voxel to average over", "an empty mask")
     return ((pred - target)[mask].double() ** 2).mean().to(pred.dtype)
 
 # %% ../nbs/21_harmonization.ipynb #921ee4aa
@@ -222,7 +228,8 @@ def segment_tissues(volume: Tensor, # (D, H, W) T1-weighted image
     "3-class 1-D k-means (or a Gaussian mixture fitted by EM from it) on the masked intensities, a FAST stand-in: int64 labels 0 background, 1 CSF, 2 GM, 3 WM."
     check_tensor(volume, "volume", ndim=3); check_same_shape(mask, volume, ("mask", "volume"))
     if mask.dtype != torch.bool: raise TypeError(f"mask: expected a bool tensor, got {mask.dtype}")
-    if method not in SEGMENTATION_METHODS: raise ValueError(f"method: expected one of {SEGMENTATION_METHODS}, got {method!r}")
+    check_choice(method, "method", SEGMENTATION_METHODS); check_int(n_iter, "n_iter", min=1)
+    check_int(em_iter, "em_iter", min=0); check_number(tol, "tol", min=0)
     v = volume[mask].double()
     if v.numel() < 3: raise ValueError(f"mask: expected at least 3 voxels to form 3 classes, got {v.numel()}")
     # 1-D Lloyd on sorted values: each class is a contiguous run, so an iteration is two searchsorted calls and cumsums
@@ -250,7 +257,13 @@ def gmm_1d(v: Tensor, # (N,) float64 values
            tol: float = 1e-10, # stop when the mean log-likelihood gains less than this
           ) -> dict:
     "EM for a 1-D Gaussian mixture: {'weights', 'means', 'variances' (K,), 'labels' (N,) by largest posterior, 'loglik' per iteration}."
+    check_tensor(v, "v", ndim=1); check_int(n_iter, "n_iter", min=0); check_number(tol, "tol", min=0)
+    if not isinstance(init, Tensor) or init.dtype != torch.int64 or init.shape != v.shape:
+        raise ValueError(f"init: expected an int64 tensor of v's shape {tuple(v.shape)}, got {getattr(init, 'dtype', type(init).__name__)} "
+                         f"{tuple(getattr(init, 'shape', ()))}")
     K = int(init.max()) + 1
+    counts = torch.bincount(init, minlength=K)
+    require(int(init.min()) >= 0 and bool((counts > 0).all()), "init", f"labels 0..K-1 with every class present", counts.tolist())
     r = torch.nn.functional.one_hot(init, K).double()
     floor = 1e-12 * float(v.var()) + 1e-300                       # a class collapsing onto one value keeps a tiny variance
     hist = []
@@ -271,6 +284,7 @@ def tissue_volumes(labels: Tensor, # label map from `segment_tissues`
                    voxel_volume: float = 1.0, # mm³ per voxel (8 for our 2 mm grid)
                   ) -> dict[str, float]:
     "Volume of CSF, GM and WM in mm³ (voxel count × voxel volume; Durrer Table 2)."
+    check_tensor(labels, "labels", dtype="real"); check_positive(voxel_volume, "voxel_volume")
     return {k: float((labels == v).sum()) * voxel_volume for k, v in TISSUE_CLASSES.items()}
 
 # %% ../nbs/21_harmonization.ipynb #58f3ba2e
@@ -291,9 +305,12 @@ def evaluate_harmonization(pred: Tensor, # (D, H, W) translated volume B_transfo
     "Durrer's Tables 1–3 for one volume: MSE and AHD in the mask, |Δ volume| (mm³), Dice and HD (mm) per tissue."
     check_tensor(pred, "pred", ndim=3); check_tensor(target, "target", ndim=3); check_same_shape(pred, target)
     if target.min() < 0 or target.max() > 1: raise ValueError("target: expected intensities in [0, 1] (durrer_preprocess)")
+    check_positive(spacing, "spacing"); check_choice(segmentation, "segmentation", SEGMENTATION_METHODS)
+    if mask is not None: check_mask(mask, "mask", ndim=3); check_same_shape(mask, target, ("mask", "target"))
+    if target_labels is not None: check_same_shape(target_labels, target, ("target_labels", "target"))
     p = _rescale(pred.float()) if rescale else pred.float()
     t = target.float()
-    m = brain_mask(t) if mask is None else mask
+    m = brain_mask(t) if mask is None else mask.bool()
     out = {"mse": float(masked_mse(p, t, m)), "ahd": float(ahd(p[None, None], t[None, None], bins=255, mask=m[None, None]))}
     if not tissues: return out
     lt = segment_tissues(t, m, method=segmentation) if target_labels is None else target_labels
@@ -311,6 +328,10 @@ def harmonization_table(rows: dict, # method name → result of `evaluate_harmon
                                                "dice_wm", "hd_csf", "hd_gm", "hd_wm"),
                        ) -> str:
     "A markdown table, one row per method (Durrer Tables 1–3 side by side)."
+    require(len(rows) > 0, "rows", "at least one method", rows)
+    for name, r in rows.items():
+        missing = [k for k in keys if k not in r]
+        require(not missing, f"rows[{name!r}]", f"the keys {tuple(keys)} (tissues=True for the segmentation ones)", f"no {missing}")
     fmt = lambda k, v: f"{v:.3g}" if k in ("mse", "ahd") or k.startswith("dvol") else f"{v:.3f}" if k.startswith("dice") else f"{v:.2f}"
     lines = ["| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(fmt(k, r[k]) for k in keys) + " |" for name, r in rows.items()]
@@ -328,6 +349,8 @@ def compare_samplers(model: Callable, scheduler: DDPMScheduler,
     "Translate with each sampler, timed: name → {'seconds', 'pred', and the `evaluate_harmonization` metrics (MSE, AHD)}."
     import time
     samplers = samplers or {"ancestral-1000": ("ddpm", None), "DDIM-50": ("ddim", 50)}
+    check_int(seed, "seed", min=0); check_tensor(source, "source", ndim=3); check_tensor(target, "target", ndim=3)
+    check_same_shape(source, target, ("source", "target"))
     dev = device or next(model.parameters()).device
     out = {}
     for name, (sampler, steps) in samplers.items():
@@ -346,8 +369,9 @@ def slice_discontinuity(volume: Tensor, # (D, H, W)
                        ) -> float:
     "mean |Δ| between neighbouring slices along `axis` / mean |Δ| along the next axis (stripe index)."
     check_tensor(volume, "volume", ndim=3)
-    if axis not in (0, 1, 2): raise ValueError(f"axis: expected 0, 1 or 2, got {axis}")
-    m = torch.ones_like(volume, dtype=torch.bool) if mask is None else mask
+    check_choice(axis, "axis", (0, 1, 2))
+    if mask is not None: check_mask(mask, "mask", ndim=3); check_same_shape(mask, volume, ("mask", "volume"))
+    m = torch.ones_like(volume, dtype=torch.bool) if mask is None else mask.bool()
     def mean_diff(ax):
         d = volume.diff(dim=ax).abs()
         mm = m.narrow(ax, 1, volume.shape[ax] - 1) & m.narrow(ax, 0, volume.shape[ax] - 1)

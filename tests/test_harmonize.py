@@ -1,4 +1,5 @@
 "Harmonization (Durrer et al.): shapes, stacking, condition handling, channels, smoke training, evaluation vs references, bad inputs."
+import re
 import numpy as np
 import pytest
 import torch
@@ -107,7 +108,7 @@ def test_bad_inputs():
              (lambda: translate_slices(m, sched, src[0]), ValueError, "expected 4 dimensions"),
              (lambda: translate_slices(m, sched, src, sampler="pndm"), ValueError, "sampler: expected one of"),
              (lambda: translate_slices(m, sched, src, batch_size=0), ValueError, "batch_size"),
-             (lambda: translate_slices(m, sched, src, num_inference_steps=1001), ValueError, "cannot be larger than"),
+             (lambda: translate_slices(m, sched, src, num_inference_steps=1001), ValueError, "num_inference_steps: expected an int in [1, 1000], got 1001"),
              (lambda: translate_slices(m, "ddpm", src), TypeError, "scheduler: expected the training DDPMScheduler"),
              (lambda: translate_volume(m, sched, src), ValueError, "expected 3 dimensions"),
              (lambda: parse_direction("3T->7T"), ValueError, "direction: expected one of"),
@@ -363,3 +364,48 @@ def test_heldout_pair_is_colin27_and_unseen():
     assert torch.equal(s2, tgt) and torch.equal(t2, src)
     worst = max(max(anatomy_dice(lab, paired_subject(s)["labels"]).values()) for s in train_seeds)
     assert worst < 0.75, worst
+
+
+@pytest.mark.parametrize("call, exc, msg", [
+    (lambda h: h.paired_subject(True), TypeError, "seed: expected an int, got True (bool)"),
+    (lambda h: h.paired_subject(1.0), TypeError, "seed: expected an int, got 1.0 (float)"),
+    (lambda h: h.paired_subject(1, deform_voxels=-1), ValueError, "deform_voxels: expected a number >= 0"),
+    (lambda h: h.paired_subject(1, t1_jitter=1.0), ValueError, "t1_jitter: expected a number in [0, 1)"),
+    (lambda h: h.paired_subject(1, fields=(1.5, 7.0)), ValueError, "fields: expected one of (1.5, 3.0), got 7.0"),
+    (lambda h: h.paired_volumes(0), ValueError, "n: expected an int >= 1, got 0"),
+    (lambda h: h.heldout_pair(9000.0), TypeError, "seed: expected an int, got 9000.0 (float)"),
+    (lambda h: h.brain_mask(torch.rand(4, 4, 4), threshold=1.0), ValueError, "threshold: expected a number in [0, 1), got 1"),
+    (lambda h: h.brain_mask(torch.full((4, 4, 4), float("nan"))), ValueError, "volume: expected finite values"),
+    (lambda h: h.masked_mse(torch.rand(3), torch.rand(3), torch.zeros(3, dtype=torch.bool)), ValueError, "mask: expected at least one voxel"),
+    (lambda h: h.segment_tissues(torch.rand(4, 4, 4), torch.ones(4, 4, 4, dtype=torch.bool), n_iter=0), ValueError, "n_iter: expected an int >= 1"),
+    (lambda h: h.segment_tissues(torch.rand(4, 4, 4), torch.ones(4, 4, 4, dtype=torch.bool), method="fast"), ValueError, "method: expected one of ('kmeans', 'gmm')"),
+    (lambda h: h.gmm_1d(torch.rand(6, dtype=torch.float64), torch.tensor([0, 0, 2, 2, 2, 2])), ValueError, "init: expected labels 0..K-1 with every class present"),
+    (lambda h: h.gmm_1d(torch.rand(6, dtype=torch.float64), torch.zeros(5, dtype=torch.int64)), ValueError, "init: expected an int64 tensor of v's shape (6,)"),
+    (lambda h: h.tissue_volumes(torch.zeros(2, 2, 2), voxel_volume=0), ValueError, "voxel_volume: expected a number > 0, got 0"),
+    (lambda h: h.evaluate_harmonization(torch.rand(4, 8, 8), torch.rand(4, 8, 8), spacing=-2), ValueError, "spacing: expected a number > 0"),
+    (lambda h: h.evaluate_harmonization(torch.rand(4, 8, 8), torch.rand(4, 8, 8), mask=torch.full((4, 8, 8), 0.5)), ValueError, "mask: expected a binary mask"),
+    (lambda h: h.evaluate_harmonization(torch.rand(4, 8, 8), torch.rand(4, 8, 8), segmentation="fsl"), ValueError, "segmentation: expected one of"),
+    (lambda h: h.harmonization_table({}), ValueError, "rows: expected at least one method"),
+    (lambda h: h.harmonization_table({"DM": {"mse": 1.0, "ahd": 2.0}}), ValueError, "rows['DM']: expected the keys"),
+    (lambda h: h.slice_discontinuity(torch.rand(4, 4, 4), axis=3), ValueError, "axis: expected one of (0, 1, 2), got 3"),
+    (lambda h: h.slice_discontinuity(torch.rand(4, 4, 4), mask=torch.ones(4, 4, 5, dtype=torch.bool)), ValueError, "mask and volume: expected the same shape"),
+])
+def test_bad_input_is_refused_at_the_boundary(call, exc, msg):
+    "Each public function names the argument, what it expected and what came (issue 18's validation vocabulary)."
+    from medsynth_nb import harmonize as h
+    with pytest.raises(exc, match=re.escape(msg)): call(h)
+
+
+@pytest.mark.parametrize("kw, exc, msg", [
+    (dict(batch_size=True), TypeError, "batch_size: expected an int, got True (bool)"),
+    (dict(batch_size=2.0), TypeError, "batch_size: expected an int, got 2.0 (float)"),
+    (dict(sampler="DDIM"), ValueError, "sampler: expected one of ('ddpm', 'ddim'), got 'DDIM'"),
+    (dict(num_inference_steps=0), ValueError, "num_inference_steps: expected an int in [1, 1000], got 0"),
+    (dict(num_inference_steps=1001), ValueError, "num_inference_steps: expected an int in [1, 1000], got 1001"),
+    (dict(eta=-0.1), ValueError, "eta: expected a number >= 0"),
+])
+def test_translate_slices_refuses_bad_settings(kw, exc, msg):
+    from medsynth_nb.harmonize import harmonization_scheduler, harmonization_unet, translate_slices
+    s = harmonization_scheduler()
+    with pytest.raises(exc, match=re.escape(msg)):
+        translate_slices(harmonization_unet("smoke", s), s, torch.rand(1, 1, 16, 16), **kw)

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .kspace import (SenseOperator, birdcage_maps, complex_to_deepinv, deepinv_to_complex, fft2c,
-                                gradient_dc, hard_dc, hard_dc_kspace, ifft2c, kspace_residual, poisson_disc_mask,
-                                soft_dc, zero_filled)
-from .kspace import _check_dc, _check_mask, _check_maps
+from .kspace import (SenseOperator, birdcage_maps, check_measurement, complex_to_deepinv,
+                                deepinv_to_complex, fft2c, gradient_dc, hard_dc, hard_dc_kspace, ifft2c,
+                                kspace_residual, poisson_disc_mask, soft_dc, zero_filled)
 from .train import Task, TrainConfig, adversarial, register_experiment, supervised
-from .utils import check_tensor, make_generator, numpy_rng, require
+from .utils import (check_choice, check_int, check_number, check_same_shape, check_tensor, make_generator,
+                               numpy_rng, require)
 
 # %% auto #0
 __all__ = ['BLOCKS', 'CS_GRID', 'CS_LAM', 'VAL_SUBJECTS', 'REGIMES', 'RECIPES', 'TEST_SUBJECTS', 'TEST_ANATOMY',
@@ -43,13 +43,20 @@ def to_complex(x: Tensor, # (B, 2, H, W) real (real, imag)
     return deepinv_to_complex(x)
 
 # %% ../nbs/31_unrolled_recon.ipynb #6f6a9a6f
+def _check_shape(shape, name: str = "shape") -> tuple[int, int]:
+    "A size (H, W) of two ints >= 1 (bool and floats refused)."
+    require(isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 2, name, "a pair of ints (H, W)", shape)
+    return check_int(shape[0], f"{name}[0]", min=1), check_int(shape[1], f"{name}[1]", min=1)
+
 def lei_crop(shape: tuple[int, int], # (H, W) of the images
             ) -> tuple[int, int]:
     "(rows, cols) off each border for Lei's centre 272 x 216 of 320 x 256 (Sec. IV.C): (24, 20), scaled to (H, W)."
+    _check_shape(shape)
     return round(24 * shape[0] / 320), round(20 * shape[1] / 256)
 
 def lei_calib(shape: tuple[int, int]) -> tuple[int, int]:
     "Lei's fully sampled 20 x 20 Poisson-disc centre, scaled with min(H, W) / 256 (at least 4 x 4)."
+    _check_shape(shape)
     c = max(4, round(20 * min(shape) / 256))
     return c, c
 
@@ -63,6 +70,8 @@ def subject_slices(seed: int, # subject id (phantom.random_subject)
                    anatomy: str = "icbm152", # phantom anatomy: 'icbm152' (training) or 'colin27' (test subjects)
                   ) -> Tensor:
     "Complex axial slices (n_slices, 1, H, W) of a simulated subject, magnitude scaled to max 1 (cached)."
+    check_int(seed, "seed"); _check_shape(shape); check_int(n_slices, "n_slices", min=1)
+    check_number(max_phase, "max_phase", min=0)
     key = (int(seed), tuple(shape), int(n_slices), bool(deform), float(max_phase), str(anatomy))
     if key in _SLICE_CACHE: return _SLICE_CACHE[key]
     from medsynth_nb.phantom import random_subject, smooth_phase
@@ -84,13 +93,14 @@ def subject_slices(seed: int, # subject id (phantom.random_subject)
 def simulate_set(subjects: Sequence[int], shape=(64, 64), n_slices: int = 8, deform: bool = True,
                  anatomy: str = "icbm152") -> Tensor:
     "Slices of several subjects stacked, (len(subjects) * n_slices, 1, H, W) complex."
+    require(len(subjects) > 0, "subjects", "at least one subject id", subjects)
     return torch.cat([subject_slices(s, shape, n_slices, deform, anatomy=anatomy) for s in subjects])
 
 def measure(x: Tensor, # (B, 1, H, W) complex images
             mask: Tensor, # 0/1 (H, W)
             maps: Tensor | None = None, # (coils, H, W) or None = single coil
            ) -> Tensor:
-    "Undersampled k-space y = M F S x, (B, coils, H, W)."
+    "Undersampled k-space y = M F S x, (B, coils, H, W); x finite, mask binary (checked by `SenseOperator`)."
     return SenseOperator(maps, mask).A(x)
 
 def recon_setup(shape: tuple[int, int] = (64, 64), # (H, W)
@@ -99,6 +109,7 @@ def recon_setup(shape: tuple[int, int] = (64, 64), # (H, W)
                 seed: int = 0, # mask seed
                ) -> tuple[Tensor, Tensor | None]:
     "Lei's acquisition at size (H, W): a Poisson-disc mask (scaled calibration) and birdcage maps (None for one coil)."
+    check_int(coils, "coils", min=1)
     mask = poisson_disc_mask(tuple(shape), acceleration, calib=lei_calib(shape), seed=seed)
     maps = birdcage_maps(tuple(shape), coils) if coils > 1 else None
     return mask, maps
@@ -117,6 +128,7 @@ def reconstruct(G: nn.Module, # a trained generator (put in eval mode here)
                 pre_dc: bool = False, # also return the input of the final DC (`final_dc_input`)
                ) -> Tensor | tuple[Tensor, Tensor]:
     "G's reconstructions of (B, coils, H, W) k-space in eval mode on G's device, in chunks; (B, 1, H, W) there."
+    check_measurement(y, mask, maps); check_int(batch_size, "batch_size", min=1)   # once: G's forward scans no NaN
     dev = _model_device(G)
     mask = mask.to(dev)
     maps = None if maps is None else maps.to(dev)
@@ -134,6 +146,8 @@ def recon_scores(pred: Tensor, # (B, 1, H, W) complex reconstructions (any devic
     "Lei's Table II metrics on cropped magnitudes: mean per-image SNR (dB, `metrics.snr_db`) and SSIM (max_val 1)."
     from medsynth_nb.metrics import snr_db, ssim
     check_tensor(pred, "pred", ndim=4, dtype="complex"); check_tensor(target, "target", ndim=4, dtype="complex")
+    check_same_shape(pred, target)
+    if crop is not None: check_int(crop[0], "crop[0]", min=0); check_int(crop[1], "crop[1]", min=0)
     r, c = lei_crop(tuple(target.shape[-2:])) if crop is None else crop
     p, t = pred.to(target.device).abs(), target.abs()
     pc, tc = p[..., r:p.shape[-2] - r, c:p.shape[-1] - c], t[..., r:t.shape[-2] - r, c:t.shape[-1] - c]
@@ -150,6 +164,7 @@ class PreActBlock(nn.Module):
     def __init__(self, features: int = 64, # channels in and out
                 ):
         super().__init__()
+        check_int(features, "features", min=1)
         self.body = nn.Sequential(nn.BatchNorm2d(features), nn.ReLU(), _conv(features, features),
                                   nn.BatchNorm2d(features), nn.ReLU(), _conv(features, features))
     def forward(self, x: Tensor) -> Tensor: return x + self.body(x)
@@ -159,6 +174,7 @@ class PostActBlock(nn.Module):
     def __init__(self, features: int = 64, # channels in and out
                 ):
         super().__init__()
+        check_int(features, "features", min=1)
         self.body = nn.Sequential(_conv(features, features), nn.BatchNorm2d(features), nn.ReLU(),
                                   _conv(features, features))
         self.post = nn.Sequential(nn.BatchNorm2d(features), nn.ReLU())
@@ -174,7 +190,8 @@ class ProxResNet(nn.Module):
                  block: str = "postact", # 'postact' (paper: BN-ReLU after each conv but the last) or 'preact' (code)
                 ):
         super().__init__()
-        if block not in BLOCKS: raise ValueError(f"block: expected one of {tuple(BLOCKS)}, got {block!r}")
+        check_choice(block, "block", BLOCKS); check_int(features, "features", min=1)
+        check_int(blocks, "blocks", min=0); check_int(out_convs, "out_convs", min=1)
         post = block == "postact"
         layers: list = [_conv(2, features)] + ([nn.BatchNorm2d(features), nn.ReLU()] if post else [])
         layers += [BLOCKS[block](features) for _ in range(blocks)]
@@ -188,14 +205,6 @@ class ProxResNet(nn.Module):
                ) -> Tensor: return x + self.net(x)
 
 # %% ../nbs/31_unrolled_recon.ipynb #84d8c241
-def _check_inputs(y: Tensor, mask: Tensor, maps: Tensor | None):
-    "Validate measured k-space, mask and maps for a generator."
-    check_tensor(y, "y", ndim=4, dtype="complex", finite=False)
-    _check_mask(mask, *y.shape[-2:])
-    if maps is None and y.shape[1] != 1:
-        raise ValueError(f"maps: needed for multi-coil y with {y.shape[1]} coils (maps=None means single-coil y (B, 1, H, W))")
-    if maps is not None: _check_maps(maps, *y.shape[-2:], coils=y.shape[1])
-
 class PlainGenerator(nn.Module):
     "Lei's plain G: ResNet (5 residual blocks + 3 convs) on the zero-filled image x_zf = A^H y, then hard DC (Eq. 8)."
     def __init__(self, features: int = 64, blocks: int = 5, out_convs: int = 3,
@@ -209,9 +218,9 @@ class PlainGenerator(nn.Module):
                 mask: Tensor, # 0/1 broadcasting to (H, W)
                 maps: Tensor | None = None, # (coils, H, W) or (B, coils, H, W); None = single coil
                ) -> Tensor: # (B, 1, H, W) complex image
-        _check_inputs(y, mask, maps)
-        x = zero_filled(y, mask, maps)
-        return hard_dc(to_complex(self.net(to_channels(x))), y, mask, maps)
+        check_measurement(y, mask, maps, finite=False)   # shapes only: no NaN scan per training step
+        x = zero_filled(y, mask, maps, check=False)
+        return hard_dc(to_complex(self.net(to_channels(x))), y, mask, maps, check=False)
 
 class UnrolledGenerator(nn.Module):
     "Lei's unrolled G (Eqs. 5-7): x_0 = A^H y; K times x <- prox_k(x - mu_k (A^H A x - x_0)); final hard DC (Eq. 8)."
@@ -223,8 +232,8 @@ class UnrolledGenerator(nn.Module):
                  block: str = "postact", # residual block: 'postact' (paper, Fig. 6) or 'preact' (code)
                 ):
         super().__init__()
-        if dc not in ("gradient", "soft"): raise ValueError(f"dc: expected 'gradient' or 'soft', got {dc!r}")
-        if not (isinstance(iterations, int) and iterations >= 1): raise ValueError(f"iterations: expected a positive int, got {iterations!r}")
+        check_choice(dc, "dc", ("gradient", "soft")); check_int(iterations, "iterations", min=1)
+        check_number(step, "step")
         self.dc, self.final_dc = dc, final_dc
         self.steps = nn.Parameter(torch.full((iterations,), float(step)))
         self.prox = nn.ModuleList([ProxResNet(features, blocks, 1, block) for _ in range(iterations)])
@@ -234,14 +243,14 @@ class UnrolledGenerator(nn.Module):
                 mask: Tensor, # 0/1 broadcasting to (H, W)
                 maps: Tensor | None = None, # (coils, H, W) or (B, coils, H, W); None = single coil
                ) -> Tensor: # (B, 1, H, W) complex image
-        _check_inputs(y, mask, maps)
-        x0 = zero_filled(y, mask, maps)
+        check_measurement(y, mask, maps, finite=False)   # once, shapes only; the K DC steps below trust it
+        x0 = zero_filled(y, mask, maps, check=False)
         x = x0
         for k, prox in enumerate(self.prox):
-            if self.dc == "gradient": x = gradient_dc(x, y, mask, self.steps[k], maps, x_zf=x0)
-            else: x = soft_dc(x, y, mask, self.steps[k].abs(), maps, num_iter=5)
+            if self.dc == "gradient": x = gradient_dc(x, y, mask, self.steps[k], maps, x_zf=x0, check=False)
+            else: x = soft_dc(x, y, mask, self.steps[k].abs(), maps, num_iter=5, check=False)
             x = to_complex(prox(to_channels(x)))
-        return hard_dc(x, y, mask, maps) if self.final_dc else x
+        return hard_dc(x, y, mask, maps, check=False) if self.final_dc else x
 
 # %% ../nbs/31_unrolled_recon.ipynb #4004a8cb
 def final_dc_input(G: nn.Module, # a generator with a `pre_dc` module (PlainGenerator, UnrolledGenerator)
@@ -262,6 +271,10 @@ class LeiCritic(nn.Module):
                  negative_slope: float = 0.2, # LeakyReLU slope (0 = ReLU)
                 ):
         super().__init__()
+        check_int(in_channels, "in_channels", min=1); check_number(negative_slope, "negative_slope", min=0)
+        ok = isinstance(features, (tuple, list)) and len(features) > 0
+        require(ok, "features", "a non-empty tuple of ints", features)
+        for i, f in enumerate(features): check_int(f, f"features[{i}]", min=1)
         act = lambda: nn.LeakyReLU(negative_slope) if negative_slope > 0 else nn.ReLU()
         layers, c = [], in_channels
         for f in features: layers += [nn.Conv2d(c, f, 3, stride=2, padding=1), act()]; c = f
@@ -277,9 +290,8 @@ def critic_view(x: Tensor, # (B, 1, H, W) complex image
                 mode: str = "complex", # 'complex' -> (B, 2, H, W) real/imag; 'magnitude' -> (B, 1, H, W) |x|
                ) -> Tensor:
     "What the critic sees of a complex image."
-    if mode == "complex": return to_channels(x)
-    if mode == "magnitude": return x.abs()
-    raise ValueError(f"mode: expected 'complex' or 'magnitude', got {mode!r}")
+    check_choice(mode, "mode", ("complex", "magnitude"))
+    return to_channels(x) if mode == "complex" else x.abs()
 
 # %% ../nbs/31_unrolled_recon.ipynb #ff8e05e8
 def hybrid_l1_weight(step: int, # batches seen (0-based)
@@ -288,8 +300,10 @@ def hybrid_l1_weight(step: int, # batches seen (0-based)
                      final: float = 0.99, # paper (Sec. IV.A, IV.D): 0.99; Lei's code: 0.995
                     ) -> float:
     "Lei's hybrid weight f of l1 in (1 - f) WGAN + f l1: 1 up to `l1_only`, linear to `final` at `ramp_end`, then `final`."
-    if not 0 <= l1_only <= ramp_end: raise ValueError(f"l1_only, ramp_end: expected 0 <= l1_only <= ramp_end, got {l1_only}, {ramp_end}")
-    if not 0 <= final <= 1: raise ValueError(f"final: expected a weight in [0, 1], got {final}")
+    check_int(step, "step", min=0); check_int(l1_only, "l1_only", min=0); check_int(ramp_end, "ramp_end", min=0)
+    if not l1_only <= ramp_end:
+        raise ValueError(f"l1_only, ramp_end: expected 0 <= l1_only <= ramp_end, got {l1_only}, {ramp_end}")
+    check_number(final, "final", min=0, max=1)
     if step < l1_only: return 1.0
     if step >= ramp_end: return float(final)
     return 1.0 + (final - 1.0) * (step - l1_only) / (ramp_end - l1_only)
@@ -298,9 +312,16 @@ def hybrid_l1_weight(step: int, # batches seen (0-based)
 CS_GRID = tuple(float(v) for v in np.geomspace(1e-4, 1e-1, 13)) # the lambdas `tune_cs_lambda` tries, 4 per decade
 CS_LAM = CS_GRID[5] # 1.78e-3: the CS-wavelet lambda, argmax of `tune_cs_lambda()` on validation slices (run once)
 
+def _check_levels(x: Tensor, levels: int, name: str):
+    "levels >= 0 and H, W of x divisible by 2**levels (shapes only: FISTA calls this every step)."
+    check_int(levels, "levels", min=0); check_tensor(x, name, dtype="any", finite=False)
+    if x.ndim < 2 or x.shape[-2] % (1 << levels) or x.shape[-1] % (1 << levels):
+        raise ValueError(f"levels: H and W must be divisible by 2**levels = {1 << levels}, got shape {tuple(x.shape)}")
+
 def haar2(x: Tensor, # (..., H, W), H and W divisible by 2**levels
           levels: int = 3) -> Tensor:
     "Orthonormal 2-D Haar wavelet transform, coefficients in place (approximation top-left), (..., H, W)."
+    _check_levels(x, levels, "x")
     out = x.clone()
     h, w = x.shape[-2:]
     for _ in range(levels):
@@ -315,6 +336,7 @@ def haar2(x: Tensor, # (..., H, W), H and W divisible by 2**levels
 def ihaar2(c: Tensor, # (..., H, W) coefficients from `haar2`
            levels: int = 3) -> Tensor:
     "Inverse of `haar2` (its adjoint: the transform is orthonormal)."
+    _check_levels(c, levels, "c")
     out = c.clone()
     H, W = c.shape[-2:]
     for lev in reversed(range(levels)):
@@ -338,14 +360,13 @@ def cs_wavelet_fista(y: Tensor, # (B, coils, H, W) measured k-space
                      levels: int = 3, # Haar levels
                     ) -> Tensor:
     "CS-wavelet: argmin_x 0.5 ||M F S x - y||^2 + lam ||W x||_1 by FISTA (step 1/||A||^2), orthonormal Haar W; (B, 1, H, W)."
-    _check_inputs(y, mask, maps)
-    H, W = y.shape[-2:]
-    if H % (1 << levels) or W % (1 << levels): raise ValueError(f"levels: H and W must be divisible by 2**levels = {1 << levels}, got {(H, W)}")
-    op = SenseOperator(maps, mask)
+    check_measurement(y, mask, maps)   # once, with the NaN scan; the loop below trusts it
+    check_number(lam, "lam", min=0); check_int(iterations, "iterations", min=0); _check_levels(y, levels, "y")
+    op = SenseOperator(maps, mask, check=False)
     L = op.norm(num_iter=30) ** 2 * 1.01
-    x = z = op.A_adjoint(y); t = 1.0
+    x = z = op.A_adjoint(y, check=False); t = 1.0
     for _ in range(iterations):
-        g = z - op.A_adjoint(op.A(z) - y) / L
+        g = z - op.A_adjoint(op.A(z, check=False) - y, check=False) / L
         x_new = ihaar2(_soft(haar2(g, levels), lam / L), levels)
         t_new = (1 + math.sqrt(1 + 4 * t * t)) / 2
         z, x, t = x_new + (t - 1) / t_new * (x_new - x), x_new, t_new
@@ -359,8 +380,8 @@ def cs_wavelet_recon(y: Tensor, # (B, coils, H, W) measured k-space
                      backend: str = "auto", # 'sigpy' (L1WaveletRecon, db4), 'fista' (Haar, ours) or 'auto' (sigpy when installed)
                     ) -> Tensor:
     "CS-wavelet baseline (Lei's BART CS-Wavelet): sigpy's L1WaveletRecon per slice, or our Haar FISTA; (B, 1, H, W)."
-    if backend not in ("auto", "sigpy", "fista"): raise ValueError(f"backend: expected 'auto', 'sigpy' or 'fista', got {backend!r}")
-    _check_inputs(y, mask, maps)
+    check_choice(backend, "backend", ("auto", "sigpy", "fista"))
+    check_measurement(y, mask, maps); check_number(lam, "lam", min=0); check_int(iterations, "iterations", min=0)
     if backend == "auto":
         try: import sigpy.mri  # noqa: F401
         except ImportError: backend = "fista"
@@ -432,7 +453,7 @@ class ReconConfig(TrainConfig):
 
     def __post_init__(self):
         "Fill the None fields from `recipe`; `critic_input='auto'`: magnitude for disjoint unpaired labels (Sec. IV.C)."
-        require(self.recipe in RECIPES, "recipe", f"one of {tuple(RECIPES)}", self.recipe)
+        check_choice(self.recipe, "recipe", RECIPES)
         for k, v in RECIPES[self.recipe].items():
             if getattr(self, k) is None: setattr(self, k, v)
         if self.critic_input == "auto":
@@ -442,25 +463,25 @@ class ReconConfig(TrainConfig):
 
     def validate(self):
         super().validate()
-        require(self.regime in REGIMES, "regime", f"one of {REGIMES}", self.regime)
-        require(self.block in BLOCKS, "block", f"one of {tuple(BLOCKS)}", self.block)
-        require(self.generator in ("unrolled", "plain"), "generator", "'unrolled' or 'plain'", self.generator)
-        require(self.dc in ("gradient", "soft"), "dc", "'gradient' or 'soft'", self.dc)
-        require(self.iterations >= 1 and self.blocks >= 1 and self.features >= 1, "iterations/blocks/features", "positive ints", (self.iterations, self.blocks, self.features))
-        require(all(s >= 16 for s in self.shape), "shape", "(H, W) with both sides >= 16", self.shape)
-        require(self.coils >= 1, "coils", "at least 1 coil", self.coils)
-        require(self.acceleration > 1, "acceleration", "R > 1", self.acceleration)
-        require(self.input_subjects >= 1 and self.label_subjects >= 1, "input_subjects/label_subjects", "positive counts", (self.input_subjects, self.label_subjects))
-        require(self.label_mode in ("disjoint", "partial"), "label_mode", "'disjoint' or 'partial'", self.label_mode)
+        check_choice(self.regime, "regime", REGIMES); check_choice(self.block, "block", BLOCKS)
+        check_choice(self.generator, "generator", ("unrolled", "plain"))
+        check_choice(self.dc, "dc", ("gradient", "soft"))
+        for k in ("iterations", "blocks", "features", "coils", "input_subjects", "label_subjects", "slices_per_subject",
+                  "n_critic", "lr_halve_every"):
+            check_int(getattr(self, k), k, min=1)
+        check_int(self.mask_seed, "mask_seed")
+        check_int(self.l1_only, "l1_only", min=0); check_int(self.ramp_end, "ramp_end", min=0)
+        h, w = _check_shape(self.shape)
+        require(min(h, w) >= 16, "shape", "(H, W) with both sides >= 16", self.shape)
+        check_number(self.acceleration, "acceleration", min=1, min_open=True)
+        check_choice(self.label_mode, "label_mode", ("disjoint", "partial"))
         require(self.label_mode == "disjoint" or self.label_subjects <= self.input_subjects, "label_subjects",
                  f"at most input_subjects = {self.input_subjects} for partial labels", self.label_subjects)
-        require(self.slices_per_subject >= 1, "slices_per_subject", "a positive count", self.slices_per_subject)
-        require(self.critic_input in ("complex", "magnitude"), "critic_input", "'complex' or 'magnitude'", self.critic_input)
-        require(self.critic_lr > 0, "critic_lr", "a positive learning rate", self.critic_lr)
-        require(self.n_critic >= 1 and self.gp_weight >= 0, "n_critic/gp_weight", "n_critic >= 1, gp_weight >= 0", (self.n_critic, self.gp_weight))
-        require(0 <= self.l1_only <= self.ramp_end, "l1_only/ramp_end", "0 <= l1_only <= ramp_end", (self.l1_only, self.ramp_end))
-        require(0 <= self.l1_final <= 1, "l1_final", "a weight in [0, 1]", self.l1_final)
-        require(self.lr_halve_every >= 1, "lr_halve_every", "a positive number of steps", self.lr_halve_every)
+        check_choice(self.critic_input, "critic_input", ("complex", "magnitude"))
+        check_number(self.critic_lr, "critic_lr", min=0, min_open=True)
+        check_number(self.gp_weight, "gp_weight", min=0)
+        require(self.l1_only <= self.ramp_end, "l1_only/ramp_end", "l1_only <= ramp_end", (self.l1_only, self.ramp_end))
+        check_number(self.l1_final, "l1_final", min=0, max=1)
 
 TEST_SUBJECTS = tuple(range(2000, 2004)) # held-out subjects for evaluation (never used in training)
 TEST_ANATOMY = "colin27" # test subjects warp Colin27 (another person); training and validation subjects warp ICBM152

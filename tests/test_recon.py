@@ -387,3 +387,78 @@ def test_table2_reuse_refuses_another_run(tmp_path):
         fresh = recon.table2((5.0,), "smoke", out=tmp_path / "fresh")             # the same training from scratch
         for a, b in zip(rows[:4], fresh[:4]): assert math.isclose(a["snr"], b["snr"], abs_tol=1e-3), (a, b)   # ZF, nets
         with pytest.raises(ValueError, match="out:"): recon.table2((5.0,), "smoke", out=tmp_path, reuse=True, steps=4)
+
+
+# ---- one validation vocabulary (issue 18): refusals at the public entries, none per step inside the networks ----------
+BAD_RECON = [
+    (lambda a: recon.UnrolledGenerator(iterations=True), TypeError, "iterations: expected an int, got True (bool)"),
+    (lambda a: recon.UnrolledGenerator(iterations=2.0), TypeError, "iterations: expected an int, got 2.0 (float)"),
+    (lambda a: recon.UnrolledGenerator(iterations=0), ValueError, "iterations: expected an int >= 1, got 0"),
+    (lambda a: recon.UnrolledGenerator(step=float("nan")), ValueError, "step: expected a finite number"),
+    (lambda a: recon.UnrolledGenerator(dc="hard"), ValueError, "dc: expected one of ('gradient', 'soft'), got 'hard'"),
+    (lambda a: recon.PlainGenerator(features=0), ValueError, "features: expected an int >= 1, got 0"),
+    (lambda a: recon.ProxResNet(4, blocks=1.0), TypeError, "blocks: expected an int, got 1.0 (float)"),
+    (lambda a: recon.ProxResNet(4, block="post"), ValueError, "block: expected one of"),
+    (lambda a: recon.LeiCritic(features=(4, 0)), ValueError, "features[1]: expected an int >= 1, got 0"),
+    (lambda a: recon.LeiCritic(negative_slope=-1), ValueError, "negative_slope: expected a number >= 0, got -1"),
+    (lambda a: recon.critic_view(a[0], "phase"), ValueError, "mode: expected one of ('complex', 'magnitude')"),
+    (lambda a: recon.hybrid_l1_weight(1.5), TypeError, "step: expected an int, got 1.5 (float)"),
+    (lambda a: recon.hybrid_l1_weight(0, final=1.5), ValueError, "final: expected a number in [0, 1], got 1.5"),
+    (lambda a: recon.lei_crop((320,)), ValueError, "shape: expected a pair of ints (H, W)"),
+    (lambda a: recon.lei_calib((64.0, 64)), TypeError, "shape[0]: expected an int, got 64.0 (float)"),
+    (lambda a: recon.subject_slices(1.5), TypeError, "seed: expected an int, got 1.5 (float)"),
+    (lambda a: recon.subject_slices(0, n_slices=0), ValueError, "n_slices: expected an int >= 1, got 0"),
+    (lambda a: recon.simulate_set([]), ValueError, "subjects: expected at least one subject id"),
+    (lambda a: recon.recon_setup((32, 32), 5.0, coils=True), TypeError, "coils: expected an int, got True (bool)"),
+    (lambda a: recon.measure(a[0] * float("nan"), a[2], a[3]), ValueError, "x: expected finite values"),
+    (lambda a: recon.measure(a[0], 0.5 * a[2], a[3]), ValueError, "mask: expected a binary mask"),
+    (lambda a: recon.reconstruct(recon.UnrolledGenerator(1, 4), a[1] * float("nan"), a[2], a[3]), ValueError,
+     "y: expected finite values"),
+    (lambda a: recon.reconstruct(recon.UnrolledGenerator(1, 4), a[1], a[2], a[3], batch_size=0), ValueError,
+     "batch_size: expected an int >= 1, got 0"),
+    (lambda a: recon.reconstruct(recon.UnrolledGenerator(1, 4), a[1], a[2], a[3].expand(3, -1, -1, -1)), ValueError,
+     "maps: expected batch 1 or 2 (the batch of y)"),
+    (lambda a: recon.UnrolledGenerator(1, 4)(a[1], a[2].expand(3, 1, -1, -1), a[3]), ValueError,
+     "mask: expected batch 1 or 2 (the batch of y)"),
+    (lambda a: recon.recon_scores(a[0], a[0][:1]), ValueError, "pred and target: expected the same shape"),
+    (lambda a: recon.recon_scores(a[0], a[0], crop=(2.0, 2)), TypeError, "crop[0]: expected an int, got 2.0 (float)"),
+    (lambda a: recon.haar2(torch.zeros(1, 1, 12, 12), 3), ValueError, "levels: H and W must be divisible by 2**levels = 8"),
+    (lambda a: recon.haar2(torch.zeros(1, 1, 8, 8), -1), ValueError, "levels: expected an int >= 0, got -1"),
+    (lambda a: recon.cs_wavelet_fista(a[1] * float("inf"), a[2], a[3]), ValueError, "y: expected finite values"),
+    (lambda a: recon.cs_wavelet_fista(a[1], a[2], a[3], lam=-1.0), ValueError, "lam: expected a number >= 0, got -1"),
+    (lambda a: recon.cs_wavelet_recon(a[1], a[2], a[3], iterations=2.5, backend="fista"), TypeError,
+     "iterations: expected an int, got 2.5 (float)"),
+    (lambda a: recon.cs_wavelet_recon(a[1], a[2], a[3], backend="bart"), ValueError, "backend: expected one of"),
+]
+
+
+@pytest.mark.parametrize("call,exc,msg", BAD_RECON, ids=[f"{i}-{b[2][:40]}" for i, b in enumerate(BAD_RECON)])
+def test_recon_refuses_bad_input(acq, call, exc, msg):
+    with pytest.raises(exc) as e: call(acq)
+    assert msg in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("bad,exc,msg", [
+    (dict(iterations=True), TypeError, ("iterations: expected", "got True (bool)")),   # the engine's type check
+    (dict(coils=2.0), TypeError, ("coils: expected", "got 2.0 (float)")),
+    (dict(acceleration=1.0), ValueError, "acceleration: expected a number > 1, got 1"),
+    (dict(shape=(8, 64)), ValueError, "shape: expected (H, W) with both sides >= 16"),
+    (dict(shape=(32.0, 32)), TypeError, ("shape", "expected", "32.0")),
+    (dict(l1_final=1.5), ValueError, "l1_final: expected a number in [0, 1], got 1.5"),
+    (dict(critic_lr=0.0), ValueError, "critic_lr: expected a number > 0, got 0"),
+    (dict(regime="gan"), ValueError, "regime: expected one of ('unpaired', 'l1', 'hybrid'), got 'gan'"),
+])
+def test_recon_config_refuses(bad, exc, msg):
+    from medsynth_nb.train import get_experiment
+    with pytest.raises(exc) as e: get_experiment("recon-unpaired").config("smoke", **bad)
+    assert all(m in str(e.value) for m in ((msg,) if isinstance(msg, str) else msg)), str(e.value)
+
+
+def test_generators_check_once_not_per_step(acq, monkeypatch):
+    "The K DC steps inside the unrolled G run with check=False: no NaN scan per step, and the same numbers."
+    from medsynth_nb import kspace
+    x, y, mask, maps = acq
+    torch.manual_seed(0); G = recon.UnrolledGenerator(3, 4).eval()
+    with torch.no_grad(): ref = G(y, mask, maps)
+    monkeypatch.setattr(kspace, "_check_dc", lambda *a, **k: (_ for _ in ()).throw(AssertionError("per-step check")))
+    with torch.no_grad(): assert torch.equal(G(y, mask, maps), ref)

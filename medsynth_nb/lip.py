@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .metrics import psnr, rmse, ssim
-from .utils import check_same_shape, check_tensor
+from .utils import (check_choice, check_finite, check_int, check_number, check_positive, check_same_batch,
+                               check_same_shape, check_tensor, require)
 
 # %% auto #0
 __all__ = ['NETWORKS', 'NETWORK_IO', 'TRAIN_FIRST_SEED', 'TEST_FIRST_SEED', 'TEST_ANATOMY', 'SOLVER_RECIPES', 'LESION_LABEL',
@@ -48,7 +49,8 @@ class LipCarUNet(nn.Module):
                 ):
         super().__init__()
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("base", base), ("levels", levels)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{name}: expected a positive int, got {v!r}")
+            check_int(v, name, min=1)
+        check_number(negative_slope, "negative_slope", min=0)
         self.in_channels, self.levels = in_channels, levels
         ch = [base * 2 ** l for l in range(levels + 1)]
         self.stem = nn.Conv2d(in_channels, base, 1)
@@ -91,9 +93,7 @@ NETWORKS = ("H2L", "PH2L", "L2H", "PL2H")
 NETWORK_IO = {"H2L": (("high",), "low"), "PH2L": (("high", "pre"), "low"),
               "L2H": (("low",), "high"), "PL2H": (("low", "pre"), "high")}
 
-def _check_name(name: str) -> str:
-    if name not in NETWORK_IO: raise ValueError(f"name: expected one of {NETWORKS}, got {name!r}")
-    return name
+def _check_name(name: str) -> str: return check_choice(name, "name", NETWORKS)
 
 def network_io(name: str, # 'H2L', 'PH2L' (forward operators Ψ) or 'L2H', 'PL2H' (end-to-end)
                batch: dict, # holds 'pre' (x_P), 'low' (x_L), 'high' (x_H), each (B, 1, H, W)
@@ -101,9 +101,12 @@ def network_io(name: str, # 'H2L', 'PH2L' (forward operators Ψ) or 'L2H', 'PL2H
               ) -> tuple[Tensor, Tensor | None]:
     "The input (B, 1|2, H, W) and the target (B, 1, H, W) of network Ψ_name on a batch."
     ins, out = NETWORK_IO[_check_name(name)]
-    for k in ins + ((out,) if target else ()):
+    require(isinstance(batch, dict), "batch", "a dict of (B, 1, H, W) images", type(batch).__name__)
+    keys = ins + ((out,) if target else ())
+    for k in keys:
         if k not in batch: raise ValueError(f"batch: network {name} needs {k!r}, got keys {sorted(batch)}")
-        check_tensor(batch[k], f"batch[{k!r}]", ndim=4)
+        check_tensor(batch[k], f"batch[{k!r}]", ndim=4, finite=False)   # shapes only: called every training step
+    for k in keys[1:]: check_same_shape(batch[k], batch[keys[0]], (f"batch[{k!r}]", f"batch[{keys[0]!r}]"))
     return torch.cat([batch[k] for k in ins], 1), batch[out] if target else None
 
 def build_networks(base: int = 12, levels: int = 4, names: Sequence[str] = NETWORKS) -> nn.ModuleDict:
@@ -117,6 +120,7 @@ def ssim_loss(pred: Tensor, target: Tensor) -> Tensor:
 # %% ../nbs/40_lip_car.ipynb #61a7649d
 def _pad_to(v: np.ndarray, size: int) -> np.ndarray:
     "Zero-pad (N, h, w) centrally to (N, size, size) (as `build_samples` does for the sample slices)."
+    check_int(size, "size", min=1)
     h, w = v.shape[-2:]
     if h > size or w > size: raise ValueError(f"size: expected at least the slice size {(h, w)}, got {size}")
     ph, pw = size - h, size - w
@@ -133,11 +137,13 @@ def subject_slices(seed: int, # subject id (the simulator's `random_subject` see
                    anatomy: str = "icbm152", # "icbm152" (training subjects) or "colin27" (held-out anatomy)
                   ) -> dict:
     "Un-normalised axial T1w spin-echo slices (pre, low, high: (n, size, size) float32; labels) of one simulated subject (cached)."
+    check_int(seed, "seed"); check_int(n_slices, "n_slices", min=1); check_int(size, "size", min=1)
+    check_number(low_dose, "low_dose", min=0, max=1, min_open=True, max_open=True)   # a fraction of the full dose
+    check_positive(field, "field")
+    if snr != math.inf: check_positive(snr, "snr")   # inf: noise-free slices
     key = (int(seed), int(n_slices), float(field), float(low_dose), float(snr), int(size), anatomy)
     if key in _SUBJECT_CACHE: return _SUBJECT_CACHE[key]
     from medsynth_nb.phantom import LABELS, random_subject
-    if n_slices < 1: raise ValueError(f"n_slices: expected a positive number of slices, got {n_slices}")
-    if not 0 < low_dose < 1: raise ValueError(f"low_dose: expected a fraction of the full dose in (0, 1), got {low_dose}")
     s = random_subject(int(seed), field=field, doses=(0.0, low_dose, 1.0), sequence="spin_echo", snr=snr, anatomy=anatomy)
     lab = s["labels"].numpy()
     rng = np.random.default_rng([int(seed), 40])
@@ -161,6 +167,10 @@ def simulate_lipcar(seeds: Sequence[int], # subject seeds (held-out subjects: se
                    ) -> dict:
     "LIP-CAR triples from simulated subjects: pre/low/high (N, 1, H, W) float32 mapped by one global min-max, labels, subject."
     if len(seeds) == 0: raise ValueError("seeds: expected at least one subject seed, got none")
+    check_int(slices_per_subject, "slices_per_subject", min=1)
+    if scale is not None:
+        require(isinstance(scale, (tuple, list)) and len(scale) == 2, "scale", "a pair (lo, hi) or None", scale)
+        check_number(scale[0], "scale[0]"); check_number(scale[1], "scale[1]")
     parts = [subject_slices(s, slices_per_subject, **kw) for s in seeds]
     cat = lambda k: np.concatenate([p[k] for p in parts])
     raw = {k: cat(k) for k in ("pre", "low", "high")}
@@ -186,6 +196,9 @@ class LipCarSlices(torch.utils.data.Dataset):
     def __init__(self, data: dict, crop: int = 0, # crop side (0: whole slices)
                  crops_per_slice: int = 1, seed: int = 0):
         self.keys = ("pre", "low", "high")
+        missing = [k for k in self.keys if not (isinstance(data, dict) and k in data)]
+        require(not missing, "data", "a dict with 'pre', 'low' and 'high' (simulate_lipcar's layout)", missing)
+        check_int(crop, "crop", min=0); check_int(crops_per_slice, "crops_per_slice", min=1); check_int(seed, "seed")
         t = {k: data[k] for k in self.keys}
         if crop:
             H, W = t["pre"].shape[-2:]
@@ -219,7 +232,7 @@ def gentv(x: Tensor, # (B, C, H, W) image
     check_tensor(x, "x", ndim=4)
     if x_bar is not None:
         check_tensor(x_bar, "x_bar", ndim=4); check_same_shape(x, x_bar, ("x", "x_bar"))
-    if not (isinstance(eps, (int, float)) and eps >= 0): raise ValueError(f"eps: expected a non-negative number, got {eps!r}")
+    check_number(eps, "eps", min=0)
     return _gentv(x, x_bar, eps, isotropic)
 
 # %% ../nbs/40_lip_car.ipynb #ea8bce10
@@ -288,7 +301,7 @@ def lip_car_objective(forward_op: Callable, # Ψ: (B, 1|2, H, W) -> (B, C, H, W)
 
 # %% ../nbs/40_lip_car.ipynb #a1c0e5b3
 def _solver_settings(recipe: str, **given) -> dict:
-    if recipe not in SOLVER_RECIPES: raise ValueError(f"recipe: expected one of {tuple(SOLVER_RECIPES)}, got {recipe!r}")
+    check_choice(recipe, "recipe", SOLVER_RECIPES)
     return {**SOLVER_RECIPES[recipe], **{k: v for k, v in given.items() if v is not None}, "recipe": recipe}
 
 def lip_car_solve(forward_op: Callable, # Ψ: (B, 1|2, H, W) -> (B, C, H, W), e.g. a trained Ψ_PH2L (frozen during the solve)
@@ -309,11 +322,11 @@ def lip_car_solve(forward_op: Callable, # Ψ: (B, 1|2, H, W) -> (B, C, H, W), e.
     if x_pre is not None: _check_image(x_pre, "x_pre", y)
     if x0 is not None: check_tensor(x0, "x0", ndim=4); check_same_shape(x0, y, ("x0", "y"))
     if not callable(forward_op): raise TypeError(f"forward_op: expected a callable (e.g. an nn.Module), got {type(forward_op).__name__}")
-    if not isinstance(s["iters"], int) or isinstance(s["iters"], bool) or s["iters"] < 0:
-        raise ValueError(f"iters: expected a non-negative int, got {s['iters']!r}")
-    if not (isinstance(s["lr"], (int, float)) and math.isfinite(s["lr"]) and s["lr"] > 0):
-        raise ValueError(f"lr: expected a positive finite step size, got {s['lr']!r}")
-    if not (isinstance(eps, (int, float)) and eps >= 0): raise ValueError(f"eps: expected a non-negative number, got {eps!r}")
+    check_int(s["iters"], "iters", min=0); check_positive(s["lr"], "lr"); check_number(eps, "eps", min=0)
+    n_in, want = y.shape[1] + (x_pre.shape[1] if x_pre is not None else 0), getattr(forward_op, "in_channels", None)
+    if isinstance(want, int) and want != n_in:   # a LipCarUNet: say which input is missing, not torch's conv error
+        given = "y and x_pre give" if x_pre is not None else "y gives"
+        raise ValueError(f"x_pre: forward_op takes {want} input channels, {given} {n_in} (Ψ_PH2L needs x_pre, Ψ_H2L not)")
     a = torch.as_tensor(alpha, dtype=y.dtype).detach().cpu()
     if a.ndim == 0: a = a.expand(y.shape[0])
     if a.shape != (y.shape[0],): raise ValueError(f"alpha: expected a number or a tensor of shape ({y.shape[0]},), got shape {tuple(a.shape)}")
@@ -345,6 +358,7 @@ def lip_car_solve(forward_op: Callable, # Ψ: (B, 1|2, H, W) -> (B, C, H, W), e.
 # %% ../nbs/40_lip_car.ipynb #bb9312e1
 def image_metrics(pred: Tensor, target: Tensor) -> dict[str, Tensor]:
     "SSIM, PSNR (max 1) and RMSE of each image against the target: {name: (B,)} (the paper's Fig. 3 metrics)."
+    check_same_shape(pred, target, ("pred", "target"))
     pred = pred.float()
     return dict(ssim=ssim(pred, target, data_range=1.0, reduction="none"),
                 psnr=psnr(pred, target, data_range=1.0, reduction="none"),
@@ -358,6 +372,7 @@ def region_metrics(pred: Tensor, target: Tensor, # (B, 1, H, W) candidate and x_
                   ) -> dict[str, Tensor]:
     "Extra metrics inside regions, per image (B,): RMSE in the brain and in the lesion, SSIM averaged over the lesion (NaN without one)."
     check_same_shape(pred, target, ("pred", "target")); check_same_shape(labels, target, ("labels", "target"))
+    check_int(win_size, "win_size", min=3); require(win_size % 2 == 1, "win_size", "an odd int >= 3", win_size)
     pred = pred.float()
     brain, les = labels > 0, labels >= LESION_LABEL
     e2 = (pred - target.float()) ** 2
@@ -373,6 +388,7 @@ def secant_oracle(pre: Tensor, low: Tensor, high: Tensor, # NOISE-FREE x_P, x_L,
     "The exact forward map of the simulator, linear along each pixel's enhancement: F(x) = x_P + k (x − x_P), F(x_H) = x_L."
     for t, n in ((pre, "pre"), (low, "low"), (high, "high")): check_tensor(t, n, ndim=4)
     check_same_shape(low, pre, ("low", "pre")); check_same_shape(high, pre, ("high", "pre"))
+    check_number(dose, "dose", min=0, max=1, min_open=True); check_number(tol, "tol", min=0)
     den = high - pre
     ok = den.abs() > tol
     k = torch.where(ok, (low - pre) / torch.where(ok, den, torch.ones_like(den)), torch.full_like(den, float(dose)))
@@ -383,7 +399,9 @@ def secant_oracle(pre: Tensor, low: Tensor, high: Tensor, # NOISE-FREE x_P, x_L,
 @torch.no_grad()
 def apply_network(net: nn.Module, name: str, batch: dict, chunk: int = 16) -> Tensor:
     "Ψ_name on a batch in eval mode, in chunks (the output (B, 1, H, W) on the batch's device)."
+    check_int(chunk, "chunk", min=1)
     inp, _ = network_io(name, batch, target=False)  # inference: x_H is not needed
+    check_finite(inp, "batch")   # once per call (network_io, called every training step, checks shapes only)
     was = net.training; net.eval()
     try:
         dev = next(net.parameters()).device
@@ -409,12 +427,12 @@ class LipCarConfig(TrainConfig):
     def validate(self):
         super().validate()
         bad = [n for n in self.networks if n not in NETWORKS]
-        if bad or not self.networks: raise ValueError(f"networks: expected a non-empty subset of {NETWORKS}, got {self.networks!r}")
-        if self.data not in ("simulate", "samples"): raise ValueError(f"data: expected 'simulate' or 'samples', got {self.data!r}")
+        require(not bad and len(self.networks) > 0, "networks", f"a non-empty subset of {NETWORKS}", self.networks)
+        check_choice(self.data, "data", ("simulate", "samples"))
         for k in ("base", "levels", "subjects", "slices_per_subject", "crops_per_slice"):
-            if getattr(self, k) < 1: raise ValueError(f"{k}: expected a positive int, got {getattr(self, k)!r}")
-        if not 0 < self.low_dose < 1: raise ValueError(f"low_dose: expected a fraction in (0, 1), got {self.low_dose!r}")
-        if self.crop < 0 or (self.crop and self.crop % 2 ** self.levels):
+            check_int(getattr(self, k), k, min=1)
+        check_number(self.low_dose, "low_dose", min=0, max=1, min_open=True, max_open=True)
+        if check_int(self.crop, "crop", min=0) and self.crop % 2 ** self.levels:
             raise ValueError(f"crop: expected 0 or a multiple of 2^levels = {2 ** self.levels}, got {self.crop!r}")
 
 def lipcar_training_data(cfg: LipCarConfig) -> dict:
@@ -463,7 +481,10 @@ def run_methods(nets: dict, # trained networks with at least 'L2H', 'PL2H' and t
                 recipe: str = "paper", # solver settings: 'paper' (Adam lr 1e-3, x ≥ 0) or 'code' (lr 1e-2, no projection)
                ) -> dict[str, Tensor]:
     "The paper's five candidates for x_H on a batch: x_P, x_L, NN-L2H, NN-PL2H and LIP-CAR {method: (B, 1, H, W)}."
-    if forward not in ("PH2L", "H2L"): raise ValueError(f"forward: expected 'PH2L' or 'H2L', got {forward!r}")
+    check_choice(forward, "forward", ("PH2L", "H2L")); check_choice(guess, "guess", ("PL2H", "L2H"))
+    missing = [n for n in {"L2H", "PL2H", forward, guess} if n not in nets]
+    require(not missing, "nets", f"trained networks L2H, PL2H and {forward}", f"missing {sorted(missing)}")
+    for k in ("pre", "low"): require(k in batch, "batch", "a dict with 'pre' and 'low'", sorted(batch))
     out = {"x_P": batch["pre"], "x_L": batch["low"],
            "NN-L2H": apply_network(nets["L2H"], "L2H", batch), "NN-PL2H": apply_network(nets["PL2H"], "PL2H", batch)}
     x_bar = out["NN-PL2H"] if guess == "PL2H" else apply_network(nets[guess], guess, batch)

@@ -286,7 +286,7 @@ def test_bad_inputs():
         (lambda: gentv(torch.rand(8, 8)), ValueError, "x: expected 4 dimensions"),
         (lambda: gentv(torch.ones(1, 1, 4, 4, dtype=torch.int64)), TypeError, "x: expected a real floating-point tensor"),
         (lambda: gentv(torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 5)), ValueError, "x and x_bar: expected the same shape"),
-        (lambda: gentv(torch.rand(1, 1, 4, 4), eps=-1.0), ValueError, "eps: expected a non-negative number"),
+        (lambda: gentv(torch.rand(1, 1, 4, 4), eps=-1.0), ValueError, "eps: expected a number >= 0, got -1"),
         (lambda: lip_car_solve(op, y - 1, None, x_pre=xp), ValueError, "y: expected non-negative images"),
         (lambda: lip_car_solve(op, y, None, x_pre=xp[:1]), ValueError, "x_pre and y: expected the same shape"),
         (lambda: lip_car_solve(op, y, torch.rand(2, 1, 8, 8), x_pre=xp), ValueError, "x_bar and y: expected the same shape"),
@@ -294,17 +294,17 @@ def test_bad_inputs():
         (lambda: lip_car_solve(op, y * float("nan"), None, x_pre=xp), ValueError, "y: expected finite values"),
         (lambda: lip_car_solve(op, y, None, alpha=float("inf"), x_pre=xp), ValueError, "alpha: expected non-negative finite"),
         (lambda: lip_car_solve(op, y, None, alpha=torch.ones(3), x_pre=xp), ValueError, "alpha: expected a number or a tensor of shape (2,)"),
-        (lambda: lip_car_solve(op, y, None, iters=-1, x_pre=xp), ValueError, "iters: expected a non-negative int"),
-        (lambda: lip_car_solve(op, y, None, lr=0.0, x_pre=xp), ValueError, "lr: expected a positive finite step size"),
+        (lambda: lip_car_solve(op, y, None, iters=-1, x_pre=xp), ValueError, "iters: expected an int >= 0, got -1"),
+        (lambda: lip_car_solve(op, y, None, lr=0.0, x_pre=xp), ValueError, "lr: expected a number > 0, got 0"),
         (lambda: lip_car_solve(op, y, None, x0=torch.rand(1, 1, 16, 16), x_pre=xp), ValueError, "x0 and y: expected the same shape"),
         (lambda: lip_car_solve(42, y, None), TypeError, "forward_op: expected a callable"),
         (lambda: lip_car_solve(op, y, None, x_pre=xp, recipe="keras"), ValueError, "recipe: expected one of ('paper', 'code')"),
         (lambda: lip_car_solve(lambda t: t[:, :, :8], y, None), ValueError, "forward_op: expected an output of shape"),
-        (lambda: LipCarUNet(0), ValueError, "in_channels: expected a positive int"),
+        (lambda: LipCarUNet(0), ValueError, "in_channels: expected an int >= 1, got 0"),
         (lambda: LipCarUNet(1, levels=3)(torch.rand(1, 1, 20, 20)), ValueError, "divisible by 2^levels = 8"),
         (lambda: network_io("X", {}), ValueError, "name: expected one of"),
-        (lambda: LipCarConfig(data="mri"), ValueError, "data: expected 'simulate' or 'samples'"),
-        (lambda: LipCarConfig(low_dose=1.5), ValueError, "low_dose: expected a fraction in (0, 1)"),
+        (lambda: LipCarConfig(data="mri"), ValueError, "data: expected one of ('simulate', 'samples'), got 'mri'"),
+        (lambda: LipCarConfig(low_dose=1.5), ValueError, "low_dose: expected a number in (0, 1), got 1.5"),
     ]
     for fn, exc, msg in cases:
         with pytest.raises(exc, match=None) as e: fn()
@@ -393,3 +393,67 @@ def test_heldout_sets_are_colin27_another_person():
     np.testing.assert_array_equal(s["labels"], _pad_to(held[:, :, s["z_index"]].transpose(2, 1, 0), 128))
     h = simulate_lipcar([TEST_FIRST_SEED], 2, anatomy=TEST_ANATOMY)
     np.testing.assert_array_equal(h["labels"][:, 0].numpy(), s["labels"])
+
+
+# ---- one validation vocabulary (issue 18): bool/float ints, non-finite data, raw torch errors turned into messages ----
+from medsynth_nb.lip import (LipCarSlices, image_metrics, load_lipcar_samples, network_io, region_metrics, run_methods,
+                             secant_oracle, simulate_lipcar, subject_slices)
+
+
+def _bad_lip_cases():
+    op, y, xp = _linear_op(), torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    net2 = LipCarUNet(2, base=2, levels=1)
+    b = {"pre": xp, "low": y, "high": y}
+    return [
+        (lambda: LipCarUNet(True), TypeError, "in_channels: expected an int, got True (bool)"),
+        (lambda: LipCarUNet(1, levels=2.0), TypeError, "levels: expected an int, got 2.0 (float)"),
+        (lambda: LipCarUNet(1, base=True), TypeError, "base: expected an int, got True (bool)"),
+        (lambda: LipCarUNet(1, negative_slope=-0.2), ValueError, "negative_slope: expected a number >= 0, got -0.2"),
+        (lambda: build_networks(names=("H2L", "X")), ValueError, "name: expected one of"),
+        (lambda: network_io("PH2L", [y, xp]), ValueError, "batch: expected a dict of (B, 1, H, W) images"),
+        (lambda: network_io("PH2L", {"high": y, "pre": xp[:1], "low": y}), ValueError,
+         "batch['pre'] and batch['high']: expected the same shape"),
+        (lambda: gentv(torch.rand(1, 1, 4, 4), eps=float("nan")), ValueError, "eps: expected a finite number"),
+        (lambda: gentv(torch.rand(1, 1, 4, 4) * float("inf")), ValueError, "x: expected finite values"),
+        (lambda: lip_car_solve(op, y, None, iters=True, x_pre=xp), TypeError, "iters: expected an int, got True (bool)"),
+        (lambda: lip_car_solve(op, y, None, iters=2.0, x_pre=xp), TypeError, "iters: expected an int, got 2.0 (float)"),
+        (lambda: lip_car_solve(op, y, None, lr=float("inf"), x_pre=xp), ValueError, "lr: expected a finite number"),
+        (lambda: lip_car_solve(op, y, None, eps=-1, x_pre=xp), ValueError, "eps: expected a number >= 0, got -1"),
+        (lambda: lip_car_solve(op, y, y * float("nan"), x_pre=xp), ValueError, "x_bar: expected finite values"),
+        (lambda: lip_car_solve(op, y, None, x_pre=xp * float("nan")), ValueError, "x_pre: expected finite values"),
+        (lambda: lip_car_solve(net2, y, None), ValueError, "x_pre: forward_op takes 2 input channels, y gives 1"),
+        (lambda: image_metrics(y, y[:1]), ValueError, "pred and target: expected the same shape"),
+        (lambda: region_metrics(y, y, torch.ones_like(y).long(), win_size=4), ValueError,
+         "win_size: expected an odd int >= 3, got 4"),
+        (lambda: region_metrics(y, y, torch.ones_like(y).long(), win_size=11.0), TypeError,
+         "win_size: expected an int, got 11.0 (float)"),
+        (lambda: secant_oracle(xp, y, y, dose=0), ValueError, "dose: expected a number in (0, 1], got 0"),
+        (lambda: secant_oracle(xp * float("nan"), y, y), ValueError, "pre: expected finite values"),
+        (lambda: apply_network(net2, "PL2H", {"low": y * float("nan"), "pre": xp}), ValueError, "batch: expected finite values"),
+        (lambda: apply_network(net2, "PL2H", b, chunk=0), ValueError, "chunk: expected an int >= 1, got 0"),
+        (lambda: run_methods({"L2H": op}, b, iters=1), ValueError, "nets: expected trained networks L2H, PL2H and PH2L"),
+        (lambda: run_methods({}, b, guess="X"), ValueError, "guess: expected one of ('PL2H', 'L2H'), got 'X'"),
+        (lambda: run_methods({}, b, forward="L2H"), ValueError, "forward: expected one of ('PH2L', 'H2L'), got 'L2H'"),
+        (lambda: subject_slices(1.5), TypeError, "seed: expected an int, got 1.5 (float)"),
+        (lambda: subject_slices(0, n_slices=True), TypeError, "n_slices: expected an int, got True (bool)"),
+        (lambda: subject_slices(0, low_dose=1.0), ValueError, "low_dose: expected a number in (0, 1), got 1"),
+        (lambda: subject_slices(0, size=0), ValueError, "size: expected an int >= 1, got 0"),
+        (lambda: subject_slices(0, snr=0), ValueError, "snr: expected a number > 0, got 0"),
+        (lambda: simulate_lipcar([0], slices_per_subject=0), ValueError, "slices_per_subject: expected an int >= 1, got 0"),
+        (lambda: simulate_lipcar([0], scale=(0, float("nan"))), ValueError, "scale[1]: expected a finite number"),
+        (lambda: LipCarSlices({"pre": y}), ValueError, "data: expected a dict with 'pre', 'low' and 'high'"),
+        (lambda: LipCarSlices(b, crop=8.0), TypeError, "crop: expected an int, got 8.0 (float)"),
+        (lambda: LipCarSlices(b, crop=8, crops_per_slice=0), ValueError, "crops_per_slice: expected an int >= 1, got 0"),
+        (lambda: LipCarConfig(crop=-16), ValueError, "crop: expected an int >= 0, got -16"),
+        (lambda: LipCarConfig(networks=()), ValueError, "networks: expected a non-empty subset of"),
+        (lambda: LipCarConfig(levels=0), ValueError, "levels: expected an int >= 1, got 0"),
+    ]
+
+
+@pytest.mark.parametrize("i", range(39))
+def test_lip_refuses_bad_input(i):
+    cases = _bad_lip_cases()
+    assert len(cases) == 39
+    fn, exc, msg = cases[i]
+    with pytest.raises(exc) as e: fn()
+    assert msg in str(e.value), (msg, str(e.value))

@@ -44,10 +44,10 @@ __all__ = ['AMP_MODES', 'PRESET_NAMES', 'CHECKPOINT', 'resumable', 'TrainConfig'
            'discover_experiments', 'list_experiments', 'get_experiment', 'Phase', 'Task', 'supervised', 'adversarial',
            'Context', 'EMA', 'capture_rng_state', 'restore_rng_state', 'derive_seed', 'DataStream', 'DistInfo',
            'init_distributed', 'all_reduce_mean', 'state_fingerprint', 'resolve_amp', 'RunSetupError',
-           'ConfigMismatchError', 'save_checkpoint', 'load_checkpoint', 'check_compatible', 'check_schedule_horizon',
-           'broadcast_buffers', 'sync_batchnorm', 'RunLog', 'read_log', 'plot_losses', 'git_revision', 'write_run_info',
-           'TrainResult', 'fit', 'train', 'load_models', 'ToyRegressionConfig', 'sine_dataset', 'mlp',
-           'build_toy_regression', 'ToyWGANConfig', 'build_toy_wgan']
+           'ConfigMismatchError', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'check_compatible',
+           'check_schedule_horizon', 'broadcast_buffers', 'sync_batchnorm', 'RunLog', 'read_log', 'plot_losses',
+           'git_revision', 'write_run_info', 'TrainResult', 'fit', 'train', 'load_models', 'ToyRegressionConfig',
+           'sine_dataset', 'mlp', 'build_toy_regression', 'ToyWGANConfig', 'build_toy_wgan']
 
 # %% ../nbs/50_training.ipynb #1b07fc0e
 AMP_MODES = ("auto", "off", "bf16", "fp16")  # mixed precision: auto = bf16 on CUDA (fp16 where bf16 is missing), off on CPU
@@ -510,6 +510,9 @@ class RunSetupError(ValueError):
 class ConfigMismatchError(RunSetupError):
     "A checkpoint written by a different experiment or config."
 
+class CheckpointError(RunSetupError):
+    "A file that is not a readable medsynth checkpoint (its message names the path)."
+
 def save_checkpoint(state: Mapping, # what to save (must hold 'step')
                     out: str | os.PathLike, # run directory
                     keep: int = 3, # step checkpoints to keep
@@ -532,9 +535,9 @@ def load_checkpoint(path: str | os.PathLike, # a checkpoint file or a run direct
     if path.is_dir(): path = path / CHECKPOINT
     if not path.exists(): raise FileNotFoundError(f"path: no checkpoint at {path}")
     try: ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e: raise RuntimeError(f"path: {path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
+    except Exception as e: raise CheckpointError(f"path: {path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(ck, dict) or "step" not in ck or "models" not in ck:
-        raise RuntimeError(f"path: {path} is not a medsynth checkpoint (no 'step' and 'models')")
+        raise CheckpointError(f"path: {path} is not a medsynth checkpoint (no 'step' and 'models')")
     return ck
 
 def check_compatible(ck: Mapping, experiment: str, config: TrainConfig, path: str | os.PathLike = "checkpoint"):

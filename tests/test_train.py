@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medsynth_nb import cli
-from medsynth_nb.train import (ConfigMismatchError, RunSetupError, Phase, Task, TrainConfig, fit, get_experiment,
+from medsynth_nb.train import (CheckpointError, ConfigMismatchError, RunSetupError, Phase, Task, TrainConfig, fit, get_experiment,
                                list_experiments, load_checkpoint, load_models, read_log, state_fingerprint, supervised, train)
 from medsynth_nb.utils import make_generator, seeded
 
@@ -381,7 +381,7 @@ def test_run_setup_and_loss_errors(tmp_path):
         fit(task(lambda b, ctx: ctx.models.m(b[0])), TrainConfig(steps=2, batch_size=4), tmp_path / "b", progress=False)
     with pytest.raises(FloatingPointError, match=r"fit/loss is nan at step 1"):
         fit(task(lambda b, ctx: ctx.models.m(b[0]).mean() * float("nan")), TrainConfig(steps=2, batch_size=4), tmp_path / "c", progress=False)
-    with pytest.raises(RuntimeError, match="is not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a readable checkpoint"):
         (tmp_path / "d").mkdir(); (tmp_path / "d" / "checkpoint.pt").write_bytes(b"\x80\x02half"); load_checkpoint(tmp_path / "d")
 
 
@@ -406,6 +406,20 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys, argv, msg):
     err = capsys.readouterr().err.strip()
     assert err.startswith("medsynth: error:") and msg in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_cli_file_and_device_errors_exit_2(tmp_path, capsys):
+    "A corrupt checkpoint, an --out that is a file and a device this machine lacks: one line each, exit 2."
+    run = tmp_path / "run"; run.mkdir(); (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    a_file = tmp_path / "a_file"; a_file.write_text("keep me")
+    cases = [(["--out", str(run), "--resume"], f"path: {run / 'checkpoint.pt'} is not a readable checkpoint"),
+             (["--out", str(a_file)], "--out: expected a run directory"),
+             (["--out", str(tmp_path / "r2"), "--device", "cuda:99" if torch.cuda.is_available() else "cuda"], "--device: ")]
+    for extra, msg in cases:
+        assert cli.main(["train", "toy-wgan", "--preset", "smoke", "--steps", "1", "--no-progress"] + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("medsynth: error:") and msg in err and "Traceback" not in err, err
+    assert a_file.read_text() == "keep me" and (run / "checkpoint.pt").read_bytes() == b"not a checkpoint"
 
 
 from dataclasses import dataclass as _dataclass

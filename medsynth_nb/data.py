@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .utils import atomic_write, check_tensor, make_generator
+from .utils import (atomic_write, check_choice, check_finite, check_int, check_mask, check_number,
+                               check_positive, check_same_shape, check_tensor, make_generator, require)
 
 # %% auto #0
 __all__ = ['FASTMRI_KEYS', 'samples_root', 'load_manifest', 'find_samples', 'load_nifti', 'save_nifti', 'ismrmrd_header',
@@ -38,7 +39,12 @@ def load_manifest(root: str | os.PathLike | None = None) -> dict:
     "The parsed `manifest.json` of a samples folder."
     path = samples_root(root) / "manifest.json"
     if not path.exists(): raise FileNotFoundError(f"{path}: no manifest; build the samples with `python -m medsynth_nb.phantom`")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try: man = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{path}: not a JSON manifest ({type(e).__name__}: {e})") from e
+    files = man.get("files") if isinstance(man, dict) else None
+    ok = isinstance(files, list) and all(isinstance(f, dict) and {"kind", "path"} <= set(f) for f in files)
+    if not ok: raise ValueError(f"{path}: expected {{'files': [{{'kind': ..., 'path': ..., ...}}, ...]}}, got a malformed manifest")
+    return man
 
 def find_samples(kind: str, root: str | os.PathLike | None = None, **match) -> list[dict]:
     "Manifest entries of one `kind` whose fields equal `match` (e.g. `field=1.5`), in manifest order."
@@ -78,9 +84,7 @@ def _as_numpy(x, name: str) -> np.ndarray:
     if not isinstance(x, np.ndarray): raise TypeError(f"{name}: expected a numpy array or torch.Tensor, got {type(x).__name__}")
     if np.iscomplexobj(x): raise TypeError(f"{name}: expected a real array, got dtype {x.dtype}")
     if x.dtype.kind not in "fiub": raise TypeError(f"{name}: expected a numeric array, got dtype {x.dtype}")
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise ValueError(f"{name}: expected finite values, found {int((~np.isfinite(x)).sum())} NaN/inf entries")
-    return x
+    return check_finite(x, name)
 
 def save_nifti(path: str | os.PathLike, # destination .nii or .nii.gz (written atomically)
                data, # (X, Y, Z) or (X, Y, Z, T) real array or tensor
@@ -94,7 +98,7 @@ def save_nifti(path: str | os.PathLike, # destination .nii or .nii.gz (written a
     if data.ndim not in (2, 3, 4): raise ValueError(f"data: expected 2, 3 or 4 dimensions, got {data.ndim} with shape {data.shape}")
     if affine is None: affine = header.get_best_affine() if header is not None else np.eye(4)
     affine = np.asarray(affine, dtype=np.float64)
-    if affine.shape != (4, 4) or not np.isfinite(affine).all(): raise ValueError(f"affine: expected a finite 4x4 matrix, got shape {affine.shape}")
+    require(affine.shape == (4, 4), "affine", "a finite 4x4 matrix", affine.shape); check_finite(affine, "affine")
     slope = None
     if dtype is not None and np.dtype(dtype) == np.int16 and data.dtype.kind == "f":
         m = float(np.abs(data).max())
@@ -117,7 +121,11 @@ def ismrmrd_header(matrix: tuple[int, int], # (H, W) encoded matrix
                    slice_mm: float = 2.0, field_t: float = 3.0, coils: int = 8,
                    protocol: str = "AXT1_MEDSYNTH") -> bytes:
     "A minimal ISMRMRD XML header (encoded/recon space, encoding limits, field strength, coils), as fastMRI stores it."
-    h, w = matrix
+    require(isinstance(matrix, (tuple, list)) and len(matrix) == 2, "matrix", "a pair (H, W)", matrix)
+    require(isinstance(fov_mm, (tuple, list)) and len(fov_mm) == 2, "fov_mm", "a pair (H, W) in mm", fov_mm)
+    h, w = (check_int(v, f"matrix[{i}]", min=1) for i, v in enumerate(matrix))
+    for i, v in enumerate(fov_mm): check_positive(v, f"fov_mm[{i}]")
+    check_positive(slice_mm, "slice_mm"); check_positive(field_t, "field_t"); check_int(coils, "coils", min=1)
     enc = (f"<encodedSpace><matrixSize><x>{h}</x><y>{w}</y><z>1</z></matrixSize><fieldOfView_mm><x>{fov_mm[0]}</x>"
            f"<y>{fov_mm[1]}</y><z>{slice_mm}</z></fieldOfView_mm></encodedSpace>")
     rec = enc.replace("encodedSpace", "reconSpace")
@@ -132,7 +140,8 @@ def ismrmrd_header(matrix: tuple[int, int], # (H, W) encoded matrix
 
 def parse_ismrmrd_header(xml: bytes | str) -> dict:
     "Matrix, FOV, field strength and coil count from an ISMRMRD XML header."
-    root = ET.fromstring(xml)
+    try: root = ET.fromstring(xml)
+    except ET.ParseError as e: raise ValueError(f"xml: expected an ISMRMRD XML header, got unparsable text ({e})") from e
     ns = {"i": _ISMRMRD_NS}
     def get(p, f=float): 
         e = root.find(p, ns)
@@ -157,14 +166,14 @@ def save_fastmri_h5(path: str | os.PathLike, # destination .h5 (written atomical
     if isinstance(kspace, Tensor): kspace = kspace.detach().cpu().numpy()
     if not isinstance(kspace, np.ndarray): raise TypeError(f"kspace: expected a complex array or tensor, got {type(kspace).__name__}")
     if not np.iscomplexobj(kspace): raise TypeError(f"kspace: expected a complex array, got dtype {kspace.dtype}")
-    if kspace.ndim not in (3, 4): raise ValueError(f"kspace: expected (slices, coils, H, W) or (slices, H, W), got shape {kspace.shape}")
-    if not np.isfinite(kspace).all(): raise ValueError(f"kspace: expected finite values, found {int((~np.isfinite(kspace)).sum())} NaN/inf entries")
+    require(kspace.ndim in (3, 4), "kspace", "(slices, coils, H, W) or (slices, H, W)", kspace.shape)
+    check_finite(kspace, "kspace")
     if reconstruction_rss is None:
         img = np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(kspace, axes=(-2, -1)), axes=(-2, -1), norm="ortho"), axes=(-2, -1))
         reconstruction_rss = np.sqrt((np.abs(img) ** 2).sum(1)) if kspace.ndim == 4 else np.abs(img)
     rss = _as_numpy(reconstruction_rss, "reconstruction_rss").astype(np.float32)
     want = (kspace.shape[0],) + kspace.shape[-2:]
-    if rss.shape != want: raise ValueError(f"reconstruction_rss: expected shape {want}, got {rss.shape}")
+    require(rss.shape == want, "reconstruction_rss", f"shape {want}", rss.shape)
     header = header if header is not None else ismrmrd_header(kspace.shape[-2:], coils=kspace.shape[1] if kspace.ndim == 4 else 1)
     path = Path(path)
     with atomic_write(path, suffix=".h5") as tmp:
@@ -182,13 +191,14 @@ def load_fastmri_h5(path: str | os.PathLike, # a fastMRI-layout .h5 file
                    ) -> dict:
     "Read a fastMRI-layout HDF5 file: the requested datasets plus `attrs`; clear errors for bad files and missing keys."
     import h5py
+    if slices is not None and not isinstance(slices, slice): check_int(slices, "slices")
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"{path}: no such HDF5 file")
     try: f = h5py.File(path, "r")
     except Exception as e: raise ValueError(f"{path}: cannot read as HDF5 ({type(e).__name__}: {e})") from e
     with f:
         missing = [k for k in keys if k not in f]
-        if missing: raise KeyError(f"{path}: missing HDF5 dataset(s) {missing}; found {sorted(f.keys())}")
+        if missing: raise ValueError(f"{path}: missing HDF5 dataset(s) {missing}; found {sorted(f.keys())}")
         out = {}
         try:
             for k in keys:
@@ -198,22 +208,33 @@ def load_fastmri_h5(path: str | os.PathLike, # a fastMRI-layout .h5 file
             raise ValueError(f"{path}: dataset {k!r} is truncated or corrupt ({type(e).__name__}: {e})") from e
         out["attrs"] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
     if "kspace" in out and not np.iscomplexobj(out["kspace"]):
-        raise TypeError(f"{path}: 'kspace' must be complex, got dtype {out['kspace'].dtype}")
+        raise ValueError(f"{path}: 'kspace' must be complex, got dtype {out['kspace'].dtype}")
     return out
 
 # %% ../nbs/01_data.ipynb #d1345b53
 def _check_image(x, name: str) -> Tensor:
+    "A real floating-point image (arrays become tensors), finite: `check_tensor`'s wording."
     if isinstance(x, np.ndarray): x = torch.from_numpy(np.ascontiguousarray(x))
     return check_tensor(x, name, dtype="float")
+
+def _check_q(q, name: str = "q"):
+    "Percentile(s) in [0, 100], each a finite real number (bool refused)."
+    qs = list(q) if isinstance(q, (list, tuple)) else [q]
+    require(len(qs) > 0, name, "at least one percentile", q)
+    for i, v in enumerate(qs): check_number(v, name if len(qs) == 1 and not isinstance(q, (list, tuple)) else f"{name}[{i}]", 0, 100)
+
+def _check_voxel_mask(mask, x: Tensor, name: str = "mask"):
+    "`mask` is None, or a binary mask of `x`'s shape (no broadcasting)."
+    if mask is None: return
+    check_mask(mask, name); check_same_shape(x, mask, ("x", name))
 
 def percentile(x: Tensor, # real tensor, any shape
                q: float | Sequence[float], # percentile(s) in [0, 100]
                mask: Tensor | None = None, # optional boolean mask: only these voxels count
               ) -> Tensor:
     "The q-th percentile(s) of `x` (numpy's linear interpolation), over all voxels or those in `mask`."
-    x = _check_image(x, "x")
+    x = _check_image(x, "x"); _check_q(q); _check_voxel_mask(mask, x)
     qs = torch.as_tensor(q, dtype=torch.float64)
-    if ((qs < 0) | (qs > 100)).any(): raise ValueError(f"q: expected percentiles in [0, 100], got {q}")
     v = x[mask.bool()] if mask is not None else x.reshape(-1)
     if v.numel() == 0: raise ValueError("x: no voxels to take a percentile of (empty tensor or empty mask)")
     v = v.sort().values.double()
@@ -224,12 +245,14 @@ def percentile(x: Tensor, # real tensor, any shape
 
 def percentile_clip(x: Tensor, lower: float = 0.1, upper: float = 99.9, mask: Tensor | None = None) -> Tensor:
     "Clip `x` to its [lower, upper] percentiles (Durrer: 0.1 and 99.9)."
+    lower, upper = check_number(lower, "lower", 0, 100), check_number(upper, "upper", 0, 100)
+    require(lower <= upper, "lower/upper", "lower <= upper", (lower, upper))
     lo, hi = percentile(x, [lower, upper], mask)
     return x.clamp(lo.item(), hi.item())
 
 def minmax_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
     "Rescale `x` linearly to [0, 1]; a constant image raises (there is no scale to find)."
-    x = _check_image(x, "x")
+    x = _check_image(x, "x"); check_number(eps, "eps", min=0)
     lo, hi = x.min(), x.max()
     if (hi - lo) <= eps: raise ValueError(f"x: constant image (min = max = {lo.item():.4g}); min-max normalisation is undefined")
     return (x - lo) / (hi - lo)
@@ -239,6 +262,7 @@ def percentile_normalize(x: Tensor, # the image to scale
                          q: float = 95.0, mask: Tensor | None = None) -> Tensor:
     "x / q-th percentile of `reference` (default `x` itself): Pinetz's 'divide by the 95th percentile of the native'."
     x = _check_image(x, "x")
+    if reference is not None: check_same_shape(x, _check_image(reference, "reference"), ("x", "reference"))
     s = percentile(x if reference is None else reference, q, mask)
     if s.abs() <= 0: raise ValueError(f"reference: its {q}th percentile is {s.item()}; cannot divide by it (use a mask of the foreground)")
     return x / s
@@ -249,9 +273,9 @@ def center_crop_or_pad(x: Tensor, # (..., *shape) tensor, real or complex
                       ) -> Tensor:
     "Centre-crop or zero-pad the last `len(shape)` dims of `x` to `shape`."
     if not isinstance(x, Tensor): raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
-    shape = tuple(int(s) for s in shape)
-    if len(shape) > x.ndim: raise ValueError(f"shape: {shape} has more dims than x with shape {tuple(x.shape)}")
-    if any(s <= 0 for s in shape): raise ValueError(f"shape: expected positive sizes, got {shape}")
+    require(isinstance(shape, (tuple, list, torch.Size)), "shape", "a sequence of sizes", shape)
+    shape = tuple(check_int(s, f"shape[{i}]", min=1) for i, s in enumerate(shape))
+    require(len(shape) <= x.ndim, "shape", f"at most x.ndim = {x.ndim} sizes (x has shape {tuple(x.shape)})", shape)
     k = len(shape)
     idx, pad = [], []
     for n, s in zip(x.shape[-k:], shape):
@@ -262,12 +286,16 @@ def center_crop_or_pad(x: Tensor, # (..., *shape) tensor, real or complex
     return torch.nn.functional.pad(x, flat) if any(flat) else x
 
 # %% ../nbs/01_data.ipynb #73e59d5d
+def _check_axis(axis, name: str = "axis") -> int:
+    "A spatial axis of a (D, H, W) volume: an int in 0..2, or -3..-1 counting from the end (bool refused)."
+    check_int(axis, name); require(-3 <= axis <= 2, name, "a spatial axis in (0, 1, 2)", axis)
+    return axis
+
 def volume_to_slices(vol: Tensor, # (D, H, W) volume or (C, D, H, W) multi-channel volume
                      axis: int = 0, # spatial axis to slice along (0, 1 or 2; negative counts from the end)
                     ) -> Tensor:
     "Cut a volume into 2-D slices `(n, C, h, w)` along a spatial `axis`."
-    check_tensor(vol, "vol", ndim=(3, 4), dtype="any")
-    if axis not in (-3, -2, -1, 0, 1, 2): raise ValueError(f"axis: expected a spatial axis in (0, 1, 2), got {axis}")
+    check_tensor(vol, "vol", ndim=(3, 4), dtype="any"); _check_axis(axis)
     v = vol if vol.ndim == 4 else vol.unsqueeze(0)
     return torch.movedim(v, 1 + axis % 3, 0)
 
@@ -276,8 +304,7 @@ def slices_to_volume(slices: Tensor, # (n, C, h, w) from `volume_to_slices`
                      channels: bool = False, # True: return (C, D, H, W); False: drop a single channel
                     ) -> Tensor:
     "Stack 2-D slices `(n, C, h, w)` back into the volume they were cut from."
-    check_tensor(slices, "slices", ndim=4, dtype="any")
-    if axis not in (-3, -2, -1, 0, 1, 2): raise ValueError(f"axis: expected a spatial axis in (0, 1, 2), got {axis}")
+    check_tensor(slices, "slices", ndim=4, dtype="any"); _check_axis(axis)
     v = torch.movedim(slices, 0, 1 + axis % 3)
     if channels: return v
     if v.shape[0] != 1: raise ValueError(f"slices: {v.shape[0]} channels; pass channels=True to keep them")
@@ -298,18 +325,26 @@ class DoseSeriesDataset(Dataset):
                  normalize: bool = True, # divide every image by the 95th percentile of its native image
                  q: float = 95.0, skip_empty: bool = True, # in slice mode, drop slices where x_NA is all zero
                 ):
+        if slice_axis is not None: _check_axis(slice_axis, "slice_axis")
+        check_number(q, "q", 0, 100, min_open=True)
         self.series, self.slice_axis = [], slice_axis
         for i, s in enumerate(series):
+            require(isinstance(s, dict), f"series[{i}]", "a dict", type(s).__name__)
             missing = {"native", "standard", "low", "field"} - set(s)
             if missing: raise ValueError(f"series[{i}]: missing {sorted(missing)}")
+            require(isinstance(s["low"], dict) and len(s["low"]) > 0, f"series[{i}]['low']", "a non-empty dict {dose: volume}",
+                    s["low"] if not isinstance(s["low"], dict) else {})
+            for d in s["low"]: check_number(d, f"series[{i}]['low'] dose", 0, 1)
+            check_positive(s["field"], f"series[{i}]['field']")
             na = _real(s["native"], f"series[{i}]['native']")
             if na.ndim != 3: raise ValueError(f"series[{i}]['native']: expected a (D, H, W) volume, got shape {tuple(na.shape)}")
             imgs = {"standard": s["standard"], **{float(d): v for d, v in s["low"].items()}}
             imgs = {k: _real(v, f"series[{i}][{k!r}]") for k, v in imgs.items()}
             for k, v in imgs.items():
-                if v.shape != na.shape: raise ValueError(f"series[{i}][{k!r}]: expected the native's shape {tuple(na.shape)}, got {tuple(v.shape)}")
+                require(v.shape == na.shape, f"series[{i}][{k!r}]", f"the native's shape {tuple(na.shape)}", tuple(v.shape))
             if normalize:
                 scale = percentile(na, q, na > 0 if (na > 0).any() else None)
+                require(scale > 0, f"series[{i}]['native']", f"a positive {q:g}th percentile to divide by", scale.item())
                 na = na / scale; imgs = {k: v / scale for k, v in imgs.items()}
             self.series.append(dict(native=na, standard=imgs.pop("standard"), low=imgs, field=float(s["field"])))
         self.index = []
@@ -340,6 +375,10 @@ class DoseSeriesDataset(Dataset):
             entries = find_samples("dose_series", root, field=B)
             vols = {e["dose"]: load_nifti(samples_root(root) / e["path"])[0] for e in entries}
             low = {d: v for d, v in vols.items() if 0 < d < 1 and (doses is None or d in doses)}
+            have = sorted(d for d in vols if 0 < d < 1)
+            for d in doses or ():
+                require(d in have, "doses", f"doses of the {B:g} T samples {have}", d)
+            require(0.0 in vols and 1.0 in vols, "root", f"native (0) and standard (1) dose files at {B:g} T", sorted(vols))
             series.append(dict(native=vols[0.0], standard=vols[1.0], low=low, field=B))
         return cls(series, **kw)
 
@@ -356,6 +395,11 @@ class PairedContrastDataset(Dataset):
                  crop: Sequence[int] | None = None, # centre crop/pad each slice to this (h, w)
                  transform: Callable | None = None, # applied to each whole volume/stack before slicing (e.g. `durrer_preprocess`)
                  skip_empty: bool = True): # drop slices where the source is all zero
+        _check_axis(slice_axis, "slice_axis")
+        if crop is not None:
+            require(isinstance(crop, (tuple, list)) and len(crop) == 2, "crop", "a pair (h, w)", crop)
+            for i, c in enumerate(crop): check_int(c, f"crop[{i}]", min=1)
+        require(transform is None or callable(transform), "transform", "a callable or None", transform)
         if isinstance(source, (np.ndarray, Tensor)): source, target = [source], [target]
         if condition is not None and isinstance(condition, (np.ndarray, Tensor)): condition = [condition]
         if len(source) != len(target): raise ValueError(f"source and target: expected the same number of volumes, got {len(source)} and {len(target)}")
@@ -366,8 +410,8 @@ class PairedContrastDataset(Dataset):
             if condition is not None: vs["condition"] = condition[i]
             vs = {k: _real(v, f"{k}[{i}]") for k, v in vs.items()}
             for k, v in vs.items():
-                if v.ndim != 3: raise ValueError(f"{k}[{i}]: expected a 3-D volume or (N, H, W) stack, got shape {tuple(v.shape)}")
-                if v.shape != vs["source"].shape: raise ValueError(f"source[{i}] and {k}[{i}]: expected the same shape, got {tuple(vs['source'].shape)} and {tuple(v.shape)}")
+                require(v.ndim == 3, f"{k}[{i}]", "a 3-D volume or (N, H, W) stack", tuple(v.shape))
+                check_same_shape(vs["source"], v, (f"source[{i}]", f"{k}[{i}]"))
             if transform is not None: vs = {k: transform(v) for k, v in vs.items()}
             sl = {k: volume_to_slices(v, slice_axis)[:, 0] for k, v in vs.items()}
             for j in range(sl["source"].shape[0]):
@@ -385,7 +429,9 @@ class PairedContrastDataset(Dataset):
     @classmethod
     def from_samples(cls, root=None, kind: str = "mprage", source: str = "1.5T", target: str = "3T", **kw):
         "Durrer pairs (kind='mprage', source/target '1.5T'/'3T', Durrer preprocessing) or LIP-CAR (kind='lipcar')."
+        check_choice(kind, "kind", ("mprage", "lipcar"))
         if kind == "mprage":
+            check_choice(source, "source", ("1.5T", "3T")); check_choice(target, "target", ("1.5T", "3T"))
             f = {e["field"]: samples_root(root) / e["path"] for e in find_samples("mprage", root)}
             sB, tB = float(source.rstrip("T")), float(target.rstrip("T"))
             kw.setdefault("transform", durrer_preprocess)
@@ -394,7 +440,6 @@ class PairedContrastDataset(Dataset):
             z = np.load(samples_root(root) / find_samples("lipcar", root)[0]["path"])
             kw.setdefault("slice_axis", 0)
             return cls([z["low"]], [z["high"]], condition=[z["pre"]], **kw)
-        raise ValueError(f"kind: expected 'mprage' or 'lipcar', got {kind!r}")
 
 # %% ../nbs/01_data.ipynb #9d0bc1ac
 class KSpaceSliceDataset(Dataset):
@@ -402,14 +447,17 @@ class KSpaceSliceDataset(Dataset):
     def __init__(self, paths: str | os.PathLike | Sequence, # one or more .h5 files
                  mask_func: Callable | None = None, # mask_func((H, W), generator) -> mask or (mask, num_low_frequencies)
                  seed: int = 0):
+        check_int(seed, "seed", min=0)
+        require(mask_func is None or callable(mask_func), "mask_func", "a callable or None", mask_func)
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        require(len(paths) > 0, "paths", "at least one .h5 file", paths)
         self.paths, self.mask_func, self.seed, self.index = [Path(p) for p in paths], mask_func, seed, []
         for p in self.paths:
             import h5py
             info = load_fastmri_h5(p, keys=("ismrmrd_header",))  # validates the file and its keys early
             with h5py.File(p, "r") as f:
                 missing = [k for k in ("kspace", "reconstruction_rss") if k not in f]
-                if missing: raise KeyError(f"{p}: missing HDF5 dataset(s) {missing}; found {sorted(f.keys())}")
+                if missing: raise ValueError(f"{p}: missing HDF5 dataset(s) {missing}; found {sorted(f.keys())}")
                 if f["kspace"].ndim != 4: raise ValueError(f"{p}: 'kspace' expected (slices, coils, H, W), got shape {f['kspace'].shape}")
                 n = f["kspace"].shape[0]
             self.index += [(p, j) for j in range(n)]
@@ -425,6 +473,7 @@ class KSpaceSliceDataset(Dataset):
         else:
             r = self.mask_func((H, W), make_generator(self.seed + k))
             mask, nlow = (r if isinstance(r, tuple) else (r, 0))
+            check_mask(torch.as_tensor(mask), "mask_func(...)"); check_int(nlow, "mask_func(...) num_low_frequencies", min=0)
             mask = torch.as_tensor(mask, dtype=torch.float32)
             mask = torch.broadcast_to(mask.reshape((1,) * (3 - mask.ndim) + tuple(mask.shape)), (1, H, W)).contiguous()
         return dict(kspace=ks * mask, mask=mask, target=tgt[None], max=torch.tensor(float(d["attrs"]["max"])),
@@ -443,15 +492,19 @@ def decode_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     "The arrays a sample file holds, decoded: NIfTI -> data (stored dtype), scale, affine; HDF5 -> datasets; npz -> arrays."
     path = Path(path)
     name = path.name
+    if not path.is_file(): raise FileNotFoundError(f"{path}: no such sample file")
     if name.endswith((".nii", ".nii.gz")):
         nib = _nib()
-        img = nib.load(str(path))
+        try: img = nib.load(str(path))
+        except Exception as e: raise ValueError(f"{path}: cannot read as NIfTI ({type(e).__name__}: {e})") from e
         try: raw = np.asarray(img.dataobj.get_unscaled())
         except Exception as e: raise ValueError(f"{path}: the voxel data is truncated or corrupt ({type(e).__name__}: {e})") from e
         return dict(data=raw, scale=np.array([img.dataobj.slope, img.dataobj.inter], np.float64), affine=np.asarray(img.affine, np.float64))
     if name.endswith((".h5", ".hdf5")):
         import h5py
-        with h5py.File(path, "r") as f:
+        try: f = h5py.File(path, "r")
+        except Exception as e: raise ValueError(f"{path}: cannot read as HDF5 ({type(e).__name__}: {e})") from e
+        with f:
             return {k: (np.frombuffer(f[k][()], np.uint8) if f[k].dtype.kind in "SO" else f[k][()]) for k in sorted(f.keys())}
     if name.endswith(".npz"):
         with np.load(path) as z: return {k: z[k] for k in sorted(z.files)}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from medsynth_nb.data import (DoseSeriesDataset, KSpaceSliceDataset, PairedContrastDataset, array_sha256,
+from medsynth_nb.data import (DoseSeriesDataset, decode_file, ismrmrd_header, load_manifest, parse_ismrmrd_header, KSpaceSliceDataset, PairedContrastDataset, array_sha256,
                               center_crop_or_pad, find_samples, load_fastmri_h5, load_nifti, percentile,
                               percentile_clip, percentile_normalize, minmax_normalize, save_fastmri_h5, save_nifti,
                               samples_root, slices_to_volume, verify_manifest, volume_to_slices)
@@ -110,7 +110,7 @@ def test_h5_single_coil(tmp_path):
 def test_h5_missing_keys(tmp_path, drop):
     p = save_fastmri_h5(tmp_path / "k.h5", _ks())
     with h5py.File(p, "a") as f: del f[drop]
-    with pytest.raises(KeyError, match=f"missing HDF5 dataset.*{drop}"): load_fastmri_h5(p)
+    with pytest.raises(ValueError, match=f"missing HDF5 dataset.*{drop}"): load_fastmri_h5(p)
 
 def test_h5_bad_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such HDF5"): load_fastmri_h5(tmp_path / "none.h5")
@@ -121,7 +121,7 @@ def test_h5_bad_files(tmp_path):
     with pytest.raises(ValueError, match="cut.h5"): load_fastmri_h5(tmp_path / "cut.h5")
     with h5py.File(tmp_path / "real.h5", "w") as f:
         f["kspace"] = np.zeros((1, 2, 4, 4), np.float32); f["reconstruction_rss"] = np.zeros((1, 4, 4), np.float32); f["ismrmrd_header"] = b"<x/>"
-    with pytest.raises(TypeError, match="'kspace' must be complex"): load_fastmri_h5(tmp_path / "real.h5")
+    with pytest.raises(ValueError, match="'kspace' must be complex"): load_fastmri_h5(tmp_path / "real.h5")
 
 @pytest.mark.parametrize("bad,err,msg", [
     (lambda k: k.real.copy(), TypeError, "kspace: expected a complex array"),
@@ -228,7 +228,7 @@ def test_dataset_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="expected the native's shape"):
         DoseSeriesDataset([dict(native=z, standard=z, low={0.1: z[:1]}, field=1.5)])
     with pytest.raises(ValueError, match="NaN/inf"):
-        DoseSeriesDataset([dict(native=np.full((2, 2, 2), np.nan, np.float32), standard=z, low={}, field=1.5)])
+        DoseSeriesDataset([dict(native=np.full((2, 2, 2), np.nan, np.float32), standard=z, low={0.1: z}, field=1.5)])
     with pytest.raises(TypeError, match="source\\[0\\]: expected a real tensor"):
         PairedContrastDataset([torch.zeros(2, 3, 4, dtype=torch.complex64)], [torch.zeros(2, 3, 4)])
     assert len(PairedContrastDataset([torch.ones(2, 3, 4, dtype=torch.int16)], [torch.ones(2, 3, 4, dtype=torch.int16)])) == 2  # integer images are fine
@@ -242,3 +242,92 @@ def test_array_sha256_sensitive():
     assert array_sha256(a) == array_sha256(a.copy())
     assert array_sha256(a) != array_sha256(a.reshape(2, 3)) != array_sha256(a.astype(np.int32))
     assert array_sha256(a.astype(">i2")) == array_sha256(a)
+
+
+# ---------- one validation vocabulary: every refusal at the boundary ----------
+_X = torch.rand(4, 5, 6, generator=torch.Generator().manual_seed(0))
+_V = _X.numpy()
+_S = dict(native=_V + 0.1, standard=_V + 0.2, low={0.1: _V + 0.15}, field=1.5)
+BAD = [  # (call, exception, message fragment)
+    (lambda: percentile(_X, 101), ValueError, "q: expected a number in [0, 100], got 101"),
+    (lambda: percentile(_X, [50, float("nan")]), ValueError, "q[1]: expected a finite number, got nan"),
+    (lambda: percentile(_X, True), TypeError, "q: expected a real number, got True (bool)"),
+    (lambda: percentile(_X, []), ValueError, "q: expected at least one percentile"),
+    (lambda: percentile(_X, 50, mask=torch.full(_X.shape, 0.5)), ValueError, "mask: expected a binary mask"),
+    (lambda: percentile(_X, 50, mask=torch.ones(4, dtype=torch.bool)), ValueError, "x and mask: expected the same shape"),
+    (lambda: percentile_clip(_X, 99.0, 1.0), ValueError, "lower/upper: expected lower <= upper"),
+    (lambda: percentile_clip(_X, -1.0), ValueError, "lower: expected a number in [0, 100], got -1"),
+    (lambda: minmax_normalize(_X, eps=-1.0), ValueError, "eps: expected a number >= 0, got -1"),
+    (lambda: percentile_normalize(_X, _X[0]), ValueError, "x and reference: expected the same shape"),
+    (lambda: percentile_normalize(_X, _X * float("nan")), ValueError, "reference: expected finite values"),
+    (lambda: center_crop_or_pad(_X, (2.5, 3)), TypeError, "shape[0]: expected an int, got 2.5 (float)"),
+    (lambda: center_crop_or_pad(_X, (True, 3)), TypeError, "shape[0]: expected an int, got True (bool)"),
+    (lambda: center_crop_or_pad(_X, (0, 3)), ValueError, "shape[0]: expected an int >= 1, got 0"),
+    (lambda: center_crop_or_pad(_X, (1, 1, 1, 1)), ValueError, "shape: expected at most x.ndim = 3 sizes"),
+    (lambda: center_crop_or_pad(_X, 3), ValueError, "shape: expected a sequence of sizes, got 3"),
+    (lambda: volume_to_slices(_X, 1.0), TypeError, "axis: expected an int, got 1.0 (float)"),
+    (lambda: volume_to_slices(_X, True), TypeError, "axis: expected an int, got True (bool)"),
+    (lambda: volume_to_slices(_X, 3), ValueError, "axis: expected a spatial axis in (0, 1, 2), got 3"),
+    (lambda: slices_to_volume(volume_to_slices(_X), -4), ValueError, "axis: expected a spatial axis in (0, 1, 2)"),
+    (lambda: DoseSeriesDataset([_S], slice_axis=2.0), TypeError, "slice_axis: expected an int, got 2.0 (float)"),
+    (lambda: DoseSeriesDataset([_S], q=0), ValueError, "q: expected a number in (0, 100], got 0"),
+    (lambda: DoseSeriesDataset([dict(_S, low={})]), ValueError, "series[0]['low']: expected a non-empty dict"),
+    (lambda: DoseSeriesDataset([dict(_S, low={1.5: _V})]), ValueError, "series[0]['low'] dose: expected a number in [0, 1], got 1.5"),
+    (lambda: DoseSeriesDataset([dict(_S, field=float("nan"))]), ValueError, "series[0]['field']: expected a finite number"),
+    (lambda: DoseSeriesDataset([dict(_S, field=True)]), TypeError, "series[0]['field']: expected a real number, got True"),
+    (lambda: DoseSeriesDataset([dict(_S, native=_V * 0)]), ValueError,
+     "series[0]['native']: expected a positive 95th percentile to divide by, got 0.0"),
+    (lambda: DoseSeriesDataset([[1, 2]]), ValueError, "series[0]: expected a dict, got 'list'"),
+    (lambda: DoseSeriesDataset.from_samples(SAMPLES, doses=(0.15,)), ValueError, "doses: expected doses of the 1.5 T samples"),
+    (lambda: PairedContrastDataset([_V], [_V], crop=(8, 8.0)), TypeError, "crop[1]: expected an int, got 8.0 (float)"),
+    (lambda: PairedContrastDataset([_V], [_V], crop=8), ValueError, "crop: expected a pair (h, w), got 8"),
+    (lambda: PairedContrastDataset([_V], [_V], slice_axis=5), ValueError, "slice_axis: expected a spatial axis"),
+    (lambda: PairedContrastDataset([_V], [_V[:2]]), ValueError, "source[0] and target[0]: expected the same shape"),
+    (lambda: PairedContrastDataset([_V], [_V], transform="minmax"), ValueError, "transform: expected a callable or None"),
+    (lambda: PairedContrastDataset.from_samples(SAMPLES, kind="flair"), ValueError,
+     "kind: expected one of ('mprage', 'lipcar'), got 'flair'"),
+    (lambda: PairedContrastDataset.from_samples(SAMPLES, source="7T"), ValueError, "source: expected one of ('1.5T', '3T'), got '7T'"),
+    (lambda: KSpaceSliceDataset(SAMPLES / "kspace_3T_axt1post.h5", seed=1.0), TypeError, "seed: expected an int, got 1.0"),
+    (lambda: KSpaceSliceDataset(SAMPLES / "kspace_3T_axt1post.h5", seed=True), TypeError, "seed: expected an int, got True"),
+    (lambda: KSpaceSliceDataset(SAMPLES / "kspace_3T_axt1post.h5", mask_func=0.5), ValueError, "mask_func: expected a callable"),
+    (lambda: KSpaceSliceDataset([]), ValueError, "paths: expected at least one .h5 file"),
+    (lambda: KSpaceSliceDataset(SAMPLES / "kspace_3T_axt1post.h5", lambda s, g: torch.full(s, 0.5))[0], ValueError,
+     "mask_func(...): expected a binary mask"),
+    (lambda: load_fastmri_h5(SAMPLES / "kspace_3T_axt1post.h5", slices=1.0), TypeError, "slices: expected an int, got 1.0"),
+    (lambda: ismrmrd_header((128, 128.5)), TypeError, "matrix[1]: expected an int, got 128.5 (float)"),
+    (lambda: ismrmrd_header((128, 0)), ValueError, "matrix[1]: expected an int >= 1, got 0"),
+    (lambda: ismrmrd_header((8, 8), coils=True), TypeError, "coils: expected an int, got True (bool)"),
+    (lambda: ismrmrd_header((8, 8), fov_mm=(256.0, -1.0)), ValueError, "fov_mm[1]: expected a number > 0, got -1"),
+    (lambda: ismrmrd_header((8, 8), field_t=0), ValueError, "field_t: expected a number > 0, got 0"),
+    (lambda: ismrmrd_header(128), ValueError, "matrix: expected a pair (H, W), got 128"),
+    (lambda: parse_ismrmrd_header(b"<not xml"), ValueError, "xml: expected an ISMRMRD XML header"),
+    (lambda: save_nifti("/tmp/never.nii", np.zeros((2, 2, 2)), np.eye(4) * float("nan")), ValueError, "affine: expected finite values"),
+    (lambda: save_nifti("/tmp/never.nii", np.zeros(2)), ValueError, "data: expected 2, 3 or 4 dimensions, got 1 with shape (2,)"),
+]
+
+
+@pytest.mark.parametrize("call,exc,fragment", BAD, ids=[f"bad{i}" for i in range(len(BAD))])
+def test_bad_input_matrix(call, exc, fragment):
+    with pytest.raises(exc) as e:
+        call()
+    assert fragment in str(e.value), str(e.value)
+
+
+def test_file_errors_name_the_path(tmp_path):
+    "Library-raised file errors are ValueError/FileNotFoundError naming the path."
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match="manifest.json: not a JSON manifest"): load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"files": [{"path": "a.npz"}]}')
+    with pytest.raises(ValueError, match="manifest.json: expected"): load_manifest(tmp_path)
+    with pytest.raises(FileNotFoundError, match="none.npz: no such sample file"): decode_file(tmp_path / "none.npz")
+    (tmp_path / "junk.h5").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="junk.h5: cannot read as HDF5"): decode_file(tmp_path / "junk.h5")
+    (tmp_path / "junk.nii.gz").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="junk.nii.gz: cannot read as NIfTI"): decode_file(tmp_path / "junk.nii.gz")
+
+
+def test_shipped_samples_unchanged():
+    "Valid input, same results: the shipped samples still match their manifest and load into the datasets."
+    assert verify_manifest(SAMPLES) == []
+    ds = DoseSeriesDataset.from_samples(SAMPLES, doses=(0.1,))
+    assert len(ds) == 2 and PairedContrastDataset.from_samples(SAMPLES, kind="lipcar").items

@@ -43,7 +43,7 @@ pytest: $(STAMP)
 test: sync nbtest pytest
 
 tour: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -c "from medsynth_nb.utils import build_tour; build_tour('tour', flags='$(TOUR_FLAGS)'.split())"
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python tools/site.py tour --out tour --flags "$(TOUR_FLAGS)"
 
 bench: $(STAMP)
 	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
@@ -52,7 +52,7 @@ clean-venv:
 	rm -rf $(VENV)
 
 readme: $(STAMP)
-	$(BIN)/python -c "from medsynth_nb.utils import write_readme; write_readme()"
+	$(BIN)/python tools/site.py readme
 
 # Rebuild data_samples/ from the simulator (bit-exact; the manifest's sha256 is over decoded arrays).
 data: $(STAMP)

@@ -21,7 +21,7 @@ from torch import Tensor
 __all__ = ['PRESETS', 'IMAGE_CMAP', 'DIFF_CMAP', 'make_generator', 'numpy_rng', 'seeded', 'num_threads', 'get_device',
            'size_preset', 'is_smoke', 'check_tensor', 'check_same_shape', 'check_int', 'check_number', 'check_positive',
            'check_choice', 'check_finite', 'check_mask', 'check_same_batch', 'require', 'test_allclose', 'atomic_write',
-           'show_slices', 'slice_slider', 'report_result', 'build_tour', 'index_markdown', 'write_readme']
+           'model_device', 'eval_mode', 'in_chunks', 'markdown_table', 'show_slices', 'slice_slider', 'report_result']
 
 # %% ../nbs/00_utils.ipynb #998771fb
 def make_generator(seed: int | None = None, # seed; `None` draws fresh entropy from the OS
@@ -243,6 +243,63 @@ def atomic_write(path: str | os.PathLike, # the file to create or replace
     finally:
         if tmp.exists(): tmp.unlink()
 
+# %% ../nbs/00_utils.ipynb #164b1233
+def model_device(model: torch.nn.Module) -> torch.device:
+    "The device of the first parameter (else buffer) of `model`; the CPU when it has neither."
+    if not isinstance(model, torch.nn.Module): raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    for t in (*model.parameters(), *model.buffers()): return t.device
+    return torch.device("cpu")
+
+# %% ../nbs/00_utils.ipynb #07cffa46
+@contextlib.contextmanager
+def eval_mode(*modules: torch.nn.Module):
+    "Run a block with `modules` in eval mode and under `torch.no_grad()`; each module's training flag is restored after."
+    for m in modules:
+        if not isinstance(m, torch.nn.Module): raise TypeError(f"modules: expected torch.nn.Module, got {type(m).__name__}")
+    was = [m.training for m in modules]
+    try:
+        for m in modules: m.eval()
+        with torch.no_grad(): yield
+    finally:
+        for m, w in zip(modules, was): m.train(w)
+
+# %% ../nbs/00_utils.ipynb #11716910
+def in_chunks(fn, # called as fn(*slices) on `chunk` items at a time; returns a tensor or a tuple of tensors
+              *inputs: Tensor, # tensors with the same first dimension
+              chunk: int = 16, # items per call
+              device: str | torch.device | None = None, # where `fn` runs (None: where the inputs are)
+             ) -> Tensor | tuple[Tensor, ...]:
+    "`fn(*inputs)` computed `chunk` items at a time on `device`, outputs back on the first input's device, concatenated."
+    check_int(chunk, "chunk", min=1)
+    if not inputs: raise ValueError("inputs: expected at least one tensor, got none")
+    for k, x in enumerate(inputs): check_tensor(x, f"inputs[{k}]", dtype="any", finite=False)
+    n = inputs[0].shape[0] if inputs[0].ndim else 0
+    for k, x in enumerate(inputs[1:], 1):
+        if x.ndim == 0 or x.shape[0] != n:
+            raise ValueError(f"inputs[{k}]: expected {n} items like inputs[0], got shape {_shape(x)}")
+    if n == 0: raise ValueError(f"inputs[0]: expected at least one item, got shape {_shape(inputs[0])}")
+    home = inputs[0].device
+    outs = []
+    for i in range(0, n, chunk):
+        o = fn(*(x[i:i + chunk] if device is None else x[i:i + chunk].to(device) for x in inputs))
+        outs.append(tuple(t.to(home) for t in o) if isinstance(o, tuple) else o.to(home))
+    return tuple(torch.cat(t) for t in zip(*outs)) if isinstance(outs[0], tuple) else torch.cat(outs)
+
+# %% ../nbs/00_utils.ipynb #59249c58
+def markdown_table(header: Sequence[str], # column titles
+                   rows: Iterable[Sequence], # one sequence of cells per row, as many as the header
+                  ) -> str:
+    "A markdown table: the header, the `|---|` rule and one line per row (cells `str()`-ed, `|` escaped)."
+    cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
+    header = [cell(h) for h in header]
+    if not header: raise ValueError("header: expected at least one column, got none")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for k, r in enumerate(rows):
+        r = list(r)
+        if len(r) != len(header): raise ValueError(f"rows[{k}]: expected {len(header)} cells like the header, got {len(r)}")
+        lines.append("| " + " | ".join(cell(v) for v in r) + " |")
+    return "\n".join(lines)
+
 # %% ../nbs/00_utils.ipynb #a815c162
 IMAGE_CMAP, DIFF_CMAP = "gray", "RdBu_r"
 
@@ -324,103 +381,3 @@ def report_result(lesson: str, # notebook name, e.g. '10_wasserstein'
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as f: f.write(json.dumps(row) + "\n")
     return row
-
-# %% ../nbs/00_utils.ipynb #1afd058b
-_SKIP_FLAGS = ("slow", "gpu")
-
-def _skip_reason(src: str, flags: Iterable[str]) -> str | None:
-    "Why a cell is not executed in the tour, from its nbdev directives (None when it runs)."
-    for line in src.splitlines():
-        s = line.strip()
-        if not s.startswith("#|"): 
-            if s: break
-            continue
-        d = s[2:].strip()
-        if d.replace(" ", "") in ("eval:false",): return "eval: false"
-        if d in _SKIP_FLAGS and d not in flags: return f"flag `{d}`"
-    return None
-
-def build_tour(out: str | os.PathLike = "tour", # output folder
-               nbs: str | os.PathLike = "nbs", # folder of lesson notebooks
-               flags: Sequence[str] = (), # flags to run anyway (e.g. ('slow',))
-               timeout: int = 900, # seconds per cell
-               pattern: str = "*.ipynb") -> list[dict]:
-    "Execute every notebook at smoke size, write HTML and a results page to `out`; raise if any failed."
-    import nbformat
-    from nbconvert import HTMLExporter
-    from nbconvert.preprocessors import ExecutePreprocessor
-    out, nbs = Path(out).resolve(), Path(nbs).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
-    if results.exists(): results.unlink()
-    env_before = {k: os.environ.get(k) for k in ("MEDSYNTH_RESULTS", "MEDSYNTH_SIZE")}
-    os.environ.update(MEDSYNTH_RESULTS=str(results), MEDSYNTH_SIZE="smoke")
-    runs = []
-    try:
-        for path in sorted(nbs.glob(pattern)):
-            if path.name.startswith("_"): continue
-            nb = nbformat.read(path, as_version=4)
-            skipped = []
-            for c in nb.cells:
-                if c.cell_type != "code": continue
-                why = _skip_reason(c.source, flags)
-                if why:
-                    skipped.append(why)
-                    c.source = f"# not run in the tour ({why}):\n" + "\n".join("# " + l for l in c.source.splitlines())
-            import time
-            t0, error = time.time(), None
-            try: ExecutePreprocessor(timeout=timeout, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(path.parent)}})
-            except Exception as e: error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-            body, _ = HTMLExporter().from_notebook_node(nb)
-            (out / f"{path.stem}.html").write_text(body, encoding="utf-8")
-            runs.append(dict(notebook=path.name, seconds=round(time.time() - t0, 1), skipped=len(skipped), error=error))
-            print(f"{path.name:40s} {runs[-1]['seconds']:7.1f}s  skipped {len(skipped)} cells  {'FAILED: ' + error if error else 'ok'}", flush=True)
-    finally:
-        for k, v in env_before.items():
-            if v is None: os.environ.pop(k, None)
-            else: os.environ[k] = v
-    rows = [json.loads(l) for l in results.read_text().splitlines()] if results.exists() else []
-    _write_tour_index(out, runs, rows)
-    failed = [r["notebook"] for r in runs if r["error"]]
-    if failed: raise RuntimeError(f"tour: {len(failed)} notebook(s) failed: {failed}; see {out}")
-    return runs
-
-def _fmt(v) -> str:
-    if v is None: return "—"
-    if isinstance(v, float): return f"{v:.4g}"
-    return str(v)
-
-def _write_tour_index(out: Path, runs: list[dict], rows: list[dict]):
-    import html
-    md = ["# medsynth_nb tour: key results (smoke size)", "", "| lesson | quantity | ours | paper | note |", "|---|---|---|---|---|"]
-    cell = lambda v: _fmt(v).replace("|", "\\|")
-    md += ["| " + " | ".join(cell(r[k]) for k in ("lesson", "quantity", "ours", "paper", "note")) + " |" for r in rows]
-    (out / "results.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    e = html.escape
-    lines = ["<!doctype html><html><head><meta charset='utf-8'><title>medsynth_nb tour</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{border:1px solid #ccc;padding:4px 8px}"
-             "table{border-collapse:collapse}.bad{color:#b00}</style></head><body>",
-             "<h1>medsynth_nb: the tour</h1><p>Every lesson executed at smoke size on this machine.</p>",
-             "<h2>Lessons</h2><table><tr><th>notebook</th><th>seconds</th><th>cells not run</th><th>status</th></tr>"]
-    for r in runs:
-        st = f"<span class='bad'>{e(r['error'])}</span>" if r["error"] else "ok"
-        lines.append(f"<tr><td><a href='{e(Path(r['notebook']).stem)}.html'>{e(r['notebook'])}</a></td><td>{r['seconds']}</td><td>{r['skipped']}</td><td>{st}</td></tr>")
-    lines.append("</table><h2>Key results</h2><table><tr><th>lesson</th><th>quantity</th><th>ours</th><th>paper</th><th>note</th></tr>")
-    for r in rows:
-        lines.append("<tr>" + "".join(f"<td>{e(_fmt(r[k]))}</td>" for k in ("lesson", "quantity", "ours", "paper", "note")) + "</tr>")
-    lines.append("</table></body></html>")
-    (out / "index.html").write_text("\n".join(lines), encoding="utf-8")
-
-# %% ../nbs/00_utils.ipynb #b5a5ebfe
-def index_markdown(index: str | os.PathLike = "nbs/index.ipynb") -> str:
-    "The markdown of the landing-page notebook, as README.md holds it."
-    import nbformat
-    nb = nbformat.read(index, as_version=4)
-    parts = [c.source.strip() for c in nb.cells if c.cell_type == "markdown" and c.source.strip()]
-    return "\n\n".join(parts) + "\n"
-
-def write_readme(index: str | os.PathLike = "nbs/index.ipynb", out: str | os.PathLike = "README.md") -> Path:
-    "Write README.md from the landing-page notebook, atomically."
-    text = index_markdown(index)
-    with atomic_write(out) as tmp: Path(tmp).write_text(text, encoding="utf-8")
-    return Path(out)

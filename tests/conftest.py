@@ -1,5 +1,7 @@
 "Shared pytest set-up: hypothesis profiles, so that property tests never make CI red by chance."
 import os
+import sys
+from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 
@@ -8,3 +10,6 @@ from hypothesis import HealthCheck, settings
 settings.register_profile("ci", derandomize=True, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# `tools/` (project tooling, not part of the package) is imported by the tests as `tools.site`.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

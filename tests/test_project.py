@@ -3,7 +3,7 @@ import configparser, re
 from pathlib import Path
 
 import medsynth_nb
-from medsynth_nb.utils import index_markdown
+from tools.site import index_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 

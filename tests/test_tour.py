@@ -4,7 +4,7 @@ import json
 import nbformat
 import pytest
 
-from medsynth_nb.utils import build_tour
+from tools.site import build_tour, skip_reason
 
 
 def write_nb(path, *cells):
@@ -32,3 +32,19 @@ def test_tour_runs_skips_reports_and_fails_loudly(tmp_path):
     assert "01_a.html" in index and "ZeroDivisionError" in index
     assert "| 01_a | answer | 42 | 41 | x |" in (out / "results.md").read_text()
     assert "<td>2</td>" in index  # two cells of 01_a were not run
+
+
+def test_skip_reason_reads_the_directives_at_the_top_of_a_cell():
+    assert skip_reason("#| slow\nx = 1", ()) == "flag `slow`"
+    assert skip_reason("#| slow\nx = 1", ("slow",)) is None
+    assert skip_reason("#| gpu\nx = 1", ("slow",)) == "flag `gpu`"
+    assert skip_reason("#| eval: false\nrun()", ()) == "eval: false"
+    assert skip_reason("#| export\ndef f(): pass", ()) is None
+    assert skip_reason("x = 1\n#| gpu", ()) is None        # directives count only above the code
+
+
+def test_site_cli_errors_in_one_line(tmp_path, capsys):
+    from tools.site import main
+    assert main(["readme", "--index", str(tmp_path / "none.ipynb"), "--out", str(tmp_path / "R.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tools/site.py: error: index: no notebook at") and not (tmp_path / "R.md").exists()

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from .layers import DCGANCritic, SplitHeadUNet
 from .train import Task, TrainConfig, adversarial, register_experiment
-from .utils import check_same_shape, check_tensor, make_generator, numpy_rng, require
+from .utils import (check_choice, check_int, check_number, check_positive, check_same_shape, check_tensor,
+                               make_generator, numpy_rng, require)
 
 # %% auto #0
 __all__ = ['RESIZE_STYLES', 'TF_TABLE_SIZE', 'UAPI_VARIANTS', 'SIGMA_RESAMPLES', 'SIGMA_MAPS', 'SCENARIOS', 'T1W_PROTOCOL',
@@ -50,7 +51,9 @@ def resize_matrix(size: int, # d, output (and full image) length along the axis
                   dtype: torch.dtype = torch.float32,
                  ) -> Tensor:
     "(B, d, d) matrices A with (A x)[o] = bicubic resize of the crop x[j : j + s] to d samples (half-pixel centres)."
-    if style not in RESIZE_STYLES: raise ValueError(f"style: expected one of {RESIZE_STYLES}, got {style!r}")
+    check_int(size, "size", min=1); check_number(a, "a"); check_choice(style, "style", RESIZE_STYLES)
+    for n, v in (("start", start), ("side", side)): check_tensor(v, n, ndim=1, dtype="real")
+    check_same_shape(start, side, ("start", "side"))
     dev = start.device
     o = torch.arange(size, device=dev, dtype=torch.float64)
     s, j = side.to(torch.float64)[:, None], start.to(torch.float64)[:, None]
@@ -95,7 +98,7 @@ def patch_op(x: Tensor, # (B, C, H, W) images (or scale maps)
              style: str = "tf", # 'tf' (the code's tf.image.resize) or 'torch' (F.interpolate's edge handling)
             ) -> Tensor:
     "Patch operator P (Eq. 4): crop each sample and resize it back to H x W bicubically."
-    check_tensor(x, "x", ndim=4)
+    check_tensor(x, "x", ndim=4); check_number(a, "a"); check_choice(style, "style", RESIZE_STYLES)
     sh, sw = _check_params(x, scale, top, left)
     H, W = x.shape[-2:]
     Ah = resize_matrix(H, top.to(x.device), sh.to(x.device), a, style, x.dtype)
@@ -111,10 +114,9 @@ def sample_patch_params(batch: int, # B, one crop per sample
                         device: str | torch.device | None = None, # default: the generator's device
                        ) -> tuple[Tensor, Tensor, Tensor]:
     "Random crops (scale, top, left), each (B,): rho ~ U[min_scale, max_scale], side floor(rho·d), offsets uniform inside the image."
-    if not (isinstance(batch, int) and batch >= 1): raise ValueError(f"batch: expected an int >= 1, got {batch!r}")
-    if not (isinstance(size, int) and size >= 2): raise ValueError(f"size: expected an int >= 2, got {size!r}")
-    if not (isinstance(min_scale, (int, float)) and isinstance(max_scale, (int, float)) and 0 < min_scale <= max_scale <= 1):
-        raise ValueError(f"min_scale and max_scale: expected 0 < min_scale <= max_scale <= 1, got {min_scale!r} and {max_scale!r}")
+    check_int(batch, "batch", min=1); check_int(size, "size", min=2)
+    for n, v in (("min_scale", min_scale), ("max_scale", max_scale)): check_number(v, n, min=0, max=1, min_open=True)
+    require(min_scale <= max_scale, "min_scale and max_scale", "min_scale <= max_scale", (min_scale, max_scale))
     if device is None: device = generator.device if generator is not None else "cpu"
     u = torch.rand(3, batch, generator=generator, device=device, dtype=torch.float64)
     rho = min_scale + (max_scale - min_scale) * u[0]
@@ -151,8 +153,7 @@ def uapi_loss(a: Tensor, # G(P x), the translated patch
     "Uncertainty-aware patch-invariance loss (Eq. 9, or the code's robust form) on s = σ + floor, averaged over everything."
     _check_loss_pair(a, b)
     check_tensor(sigma, "sigma"); check_same_shape(a, sigma, ("a", "sigma"))
-    if variant not in UAPI_VARIANTS: raise ValueError(f"variant: expected one of {UAPI_VARIANTS}, got {variant!r}")
-    if not sigma_floor >= 0: raise ValueError(f"sigma_floor: expected a number >= 0, got {sigma_floor!r}")
+    check_choice(variant, "variant", UAPI_VARIANTS); check_number(sigma_floor, "sigma_floor", min=0)
     if bool((sigma < 0).any()): raise ValueError(f"sigma: expected a non-negative scale map, got min {float(sigma.min()):.4g}")
     s = sigma + sigma_floor
     t = (a - b).abs() / s
@@ -169,7 +170,7 @@ def resample_scale(sigma: Tensor, # (B, C, H, W) scale map σ >= 0
                   ) -> Tensor:
     "The patch operator applied to a scale map, kept non-negative (bicubic P σ undershoots at sharp edges of σ)."
     check_tensor(sigma, "sigma", ndim=4)
-    if mode not in SIGMA_RESAMPLES: raise ValueError(f"mode: expected one of {SIGMA_RESAMPLES}, got {mode!r}")
+    check_choice(mode, "mode", SIGMA_RESAMPLES)
     if mode == "log": return torch.exp(patch_op(torch.log(sigma.clamp_min(1e-30)), scale, top, left))
     return patch_op(sigma, scale, top, left).clamp_min(0)
 
@@ -182,7 +183,8 @@ def uapi_term(a: Tensor, # G^I(P x), the translated patch
               resample: str = "log", variant: str = "laplace", sigma_floor: float = 1e-2,
              ) -> Tensor:
     "The generator's UAPI term: `uapi_loss` on G^σ(P x), averaged with `uapi_loss` on the resampled P G^σ(x) when maps='both'."
-    if maps not in SIGMA_MAPS: raise ValueError(f"maps: expected one of {SIGMA_MAPS}, got {maps!r}")
+    check_choice(maps, "maps", SIGMA_MAPS)
+    require(isinstance(phi, (tuple, list)) and len(phi) == 3, "phi", "the crop (scale, top, left)", type(phi).__name__)
     b = b.clamp(-1, 1)
     term = uapi_loss(a, b, sigma_patch, variant, sigma_floor)
     if maps == "patch": return term
@@ -199,7 +201,10 @@ def perturb(x: Tensor, # (B, C, H, W) inputs in [lo, hi]
            ) -> Tensor:
     "Angermann's test perturbations: GNk adds N(0, (k% of the range)²) noise, IPk replaces k% of the pixels by U(range); clipped to the range."
     check_tensor(x, "x", ndim=4)
-    if scenario not in SCENARIOS: raise ValueError(f"scenario: expected one of {SCENARIOS}, got {scenario!r}")
+    check_choice(scenario, "scenario", SCENARIOS)
+    pair = isinstance(value_range, (tuple, list)) and len(value_range) == 2
+    require(pair, "value_range", "a pair (lo, hi)", value_range)
+    check_number(value_range[0], "value_range[0]"); check_number(value_range[1], "value_range[1]")
     lo, hi = value_range
     if not hi > lo: raise ValueError(f"value_range: expected lo < hi, got {value_range}")
     k = float(scenario[2:]) / 100
@@ -227,10 +232,12 @@ def subject_slices(seed: int, # subject id
                    anatomy: str = "icbm152", # phantom anatomy: 'icbm152' (training subjects) or 'colin27' (held-out)
                   ) -> dict:
     "Slices of one simulated subject: t1w, t2w (n_slices, 1, d, d) in [0, 1] (per-slice max), labels (X, Y, n_slices); cached."
+    check_int(seed, "seed"); check_int(size, "size", min=1); check_int(n_slices, "n_slices", min=1)
+    check_positive(snr, "snr")
     key = (int(seed), int(size), int(n_slices), bool(deform), float(snr), str(anatomy))
     if key in _SUBJECT_CACHE: return _SUBJECT_CACHE[key]
     from medsynth_nb import phantom as P
-    if anatomy not in P.ANATOMIES: raise ValueError(f"anatomy: expected one of {tuple(P.ANATOMIES)}, got {anatomy!r}")
+    check_choice(anatomy, "anatomy", P.ANATOMIES)
     rng = np.random.default_rng([int(seed), 13013])
     base = P._anatomy(name=anatomy)
     fr = {t: base[t] for t in ("csf", "gm", "wm")}
@@ -262,7 +269,7 @@ def zero_filled(x: Tensor, # (n, 1, d, d) fully sampled magnitude images in [0, 
                ) -> Tensor:
     "Magnitude of the zero-filled reconstruction |F^H M F x| with a fastMRI random line mask per slice, rescaled per slice to [0, 1]."
     from medsynth_nb.kspace import fft2c, ifft2c, random_line_mask
-    check_tensor(x, "x", ndim=4)
+    check_tensor(x, "x", ndim=4); check_int(seed, "seed")   # acceleration, center_fraction: checked by random_line_mask
     masks = torch.stack([random_line_mask(tuple(x.shape[-2:]), [center_fraction], [acceleration], seed=numpy_rng([int(seed), i, 4]))[0]
                          for i in range(x.shape[0])])[:, None].to(x.device)
     zf = ifft2c(fft2c(x.to(torch.complex64)) * masks).abs()
@@ -274,7 +281,8 @@ def task_pairs(task: str, # 't1t2' or 'zf'
                anatomy: str = "icbm152", # phantom anatomy of these subjects (see `subject_slices`)
               ) -> tuple[Tensor, Tensor]:
     "(inputs, targets), each (len(subjects)·n_slices, 1, d, d) in [-1, 1], of the same subjects (paired; use for testing)."
-    if task not in TASKS: raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+    check_choice(task, "task", TASKS)
+    require(len(subjects) > 0, "subjects", "at least one subject id", subjects)
     xs, ys = [], []
     for s in subjects:
         d = subject_slices(s, size, n_slices, deform, anatomy=anatomy)
@@ -294,7 +302,7 @@ class TwoHeadGenerator(nn.Module):
                  layout: str = "ours", # 'ours' (max-pool, 3×3 up-conv, ReLU) or 'code' (stride-2 conv, 4×4 up-conv, LeakyReLU 0.1)
                 ):
         super().__init__()
-        if layout not in GENERATOR_LAYOUTS: raise ValueError(f"layout: expected one of {tuple(GENERATOR_LAYOUTS)}, got {layout!r}")
+        check_choice(layout, "layout", GENERATOR_LAYOUTS)
         self.net = SplitHeadUNet(in_channels, (out_channels, out_channels), ("tanh", "softplus"), base_channels, depth, norm,
                                  **GENERATOR_LAYOUTS[layout])
 
@@ -338,26 +346,21 @@ class PatchInvConfig(TrainConfig):
 
     def validate(self):
         super().validate()
-        require(self.task in TASKS, "task", f"one of {TASKS}", self.task)
-        require(self.method in METHODS, "method", f"one of {METHODS}", self.method)
-        require(self.variant in UAPI_VARIANTS, "variant", f"one of {UAPI_VARIANTS}", self.variant)
-        require(self.sigma_maps in SIGMA_MAPS, "sigma_maps", f"one of {SIGMA_MAPS}", self.sigma_maps)
-        require(self.sigma_resample in SIGMA_RESAMPLES, "sigma_resample", f"one of {SIGMA_RESAMPLES}", self.sigma_resample)
-        require(self.sigma_floor >= 0, "sigma_floor", "a number >= 0", self.sigma_floor)
-        require(self.generator_layout in GENERATOR_LAYOUTS, "generator_layout", f"one of {tuple(GENERATOR_LAYOUTS)}", self.generator_layout)
-        require(self.lam >= 0 and self.lam_warmup >= 0, "lam/lam_warmup", "non-negative values", (self.lam, self.lam_warmup))
+        for k, choices in (("task", TASKS), ("method", METHODS), ("variant", UAPI_VARIANTS), ("sigma_maps", SIGMA_MAPS),
+                           ("sigma_resample", SIGMA_RESAMPLES), ("generator_layout", GENERATOR_LAYOUTS)):
+            check_choice(getattr(self, k), k, choices)
+        for k in ("size", "base_channels", "depth", "critic_channels", "critic_downsamplings", "n_critic",
+                  "input_subjects", "target_subjects", "slices_per_subject"):
+            check_int(getattr(self, k), k, min=1)
+        check_int(self.lam_warmup, "lam_warmup", min=0)
+        for k in ("sigma_floor", "lam", "gp_weight", "drift"): check_number(getattr(self, k), k, min=0)
         require(self.depth >= 1 and self.size % 2 ** self.depth == 0 and self.size % 2 ** self.critic_downsamplings == 0, "size",
                  f"a multiple of 2^depth = {2 ** self.depth} and of 2^critic_downsamplings = {2 ** self.critic_downsamplings}", self.size)
         require(self.size >= 11, "size", "at least 11 (the SSIM window)", self.size)
-        require(0 < self.min_scale <= 1, "min_scale", "a scale in (0, 1]", self.min_scale)
-        require(self.critic_lr > 0, "critic_lr", "a positive learning rate", self.critic_lr)
-        require(self.n_critic >= 1 and self.gp_weight >= 0 and self.drift >= 0, "n_critic/gp_weight/drift",
-                 "n_critic >= 1 and non-negative weights", (self.n_critic, self.gp_weight, self.drift))
-        require(self.input_subjects >= 1 and self.target_subjects >= 1 and self.slices_per_subject >= 1,
-                 "input_subjects/target_subjects/slices_per_subject", "positive counts",
-                 (self.input_subjects, self.target_subjects, self.slices_per_subject))
-        require(self.acceleration > 1 and 0 < self.center_fraction < 1, "acceleration/center_fraction", "R > 1 and a fraction in (0, 1)",
-                 (self.acceleration, self.center_fraction))
+        require(0 < check_number(self.min_scale, "min_scale") <= 1, "min_scale", "a scale in (0, 1]", self.min_scale)
+        check_positive(self.critic_lr, "critic_lr")
+        check_number(self.acceleration, "acceleration", min=1, min_open=True)
+        check_number(self.center_fraction, "center_fraction", min=0, max=1, min_open=True, max_open=True)
 
 def domains(cfg: PatchInvConfig) -> tuple[Tensor, Tensor]:
     "The unpaired training sets: inputs of subjects 0..M-1 and targets of subjects 1000..1000+N-1 (disjoint)."
@@ -370,6 +373,8 @@ def unpaired_stream(x: Tensor, # (M', C, d, d) input-domain images
                     y: Tensor, # (N', C, d, d) target-domain images (other subjects)
                    ):
     "A stream (n, generator) -> {'x': n inputs, 'y': n targets}, drawn independently (no pairing)."
+    check_tensor(x, "x", ndim=4); check_tensor(y, "y", ndim=4)   # once, here: the stream itself scans nothing
+    require(len(x) > 0 and len(y) > 0, "x and y", "non-empty image sets", (len(x), len(y)))
     def data(n: int, generator: torch.Generator) -> dict:
         return dict(x=x[torch.randint(len(x), (n,), generator=generator)], y=y[torch.randint(len(y), (n,), generator=generator)])
     return data
@@ -453,7 +458,7 @@ def translate(G: nn.Module, # a TwoHeadGenerator (put in eval mode here)
               x: Tensor, # (B, 1, d, d) inputs in [-1, 1]
               batch_size: int = 16) -> tuple[Tensor, Tensor]:
     "G's translations and scale maps of `x`, in chunks: ((B, 1, d, d), (B, 1, d, d))."
-    check_tensor(x, "x", ndim=4)
+    check_tensor(x, "x", ndim=4); check_int(batch_size, "batch_size", min=1)
     was = G.training; G.eval()
     dev = next(G.parameters()).device
     try:
@@ -469,7 +474,7 @@ def scores(pred: Tensor, target: Tensor, # (B, 1, d, d) in [-1, 1]
     "SSIM (x100) and PSNR (dB) on the paper's [0, 255] scale: per-slice means ('paper') or over the whole stack ('code')."
     from medsynth_nb.metrics import psnr, ssim
     check_tensor(pred, "pred", ndim=4); check_tensor(target, "target", ndim=4); check_same_shape(pred, target)
-    if recipe not in METRIC_RECIPES: raise ValueError(f"recipe: expected one of {METRIC_RECIPES}, got {recipe!r}")
+    check_choice(recipe, "recipe", METRIC_RECIPES)
     if recipe == "paper":   # data range 2 on [-1, 1] = 255 on [0, 255]
         return dict(ssim=100 * float(ssim(pred, target, data_range=2.0)), psnr=float(psnr(pred.clamp(-1, 1), target, data_range=2.0)))
     from skimage.metrics import structural_similarity
@@ -483,7 +488,8 @@ def evaluate_scenarios(G: nn.Module, x: Tensor, y: Tensor, # test inputs and the
                        recipe: str = "paper", # metrics: 'paper' (per slice) or 'code' (3-D SSIM, global PSNR), see `scores`
                       ) -> dict:
     "{scenario: {'ssim', 'psnr'}} of G on perturbed test inputs (Table 1)."
-    check_same_shape(x, y, ("x", "y"))
+    check_same_shape(x, y, ("x", "y")); check_int(seed, "seed"); check_choice(recipe, "recipe", METRIC_RECIPES)
+    for sc in scenarios: check_choice(sc, "scenarios", SCENARIOS)   # all before the first translation
     out = {}
     for sc in scenarios:
         pred, _ = translate(G, perturb(x, sc, make_generator(seed)))
@@ -513,6 +519,8 @@ def table1(task: str = "t1t2", # 't1t2' or 'zf'
     "Train each method (or reuse a finished run) and evaluate it: {method: {'scenarios', 'uncertainty' (UAPI only), 'seconds'}}."
     from medsynth_nb.train import get_experiment, train
     import tempfile
+    check_choice(task, "task", TASKS)
+    for m in methods: check_choice(m, "methods", METHODS)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="patchinv-"))
     res = {}
     for m in methods:

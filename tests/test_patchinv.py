@@ -107,8 +107,8 @@ def test_sample_patch_params_ranges_and_reproducible():
 
 
 @pytest.mark.parametrize("kw,msg", [
-    (dict(min_scale=0.0), "0 < min_scale <= max_scale <= 1"), (dict(min_scale=-0.1), "min_scale and max_scale"),
-    (dict(min_scale=0.9, max_scale=0.8), "min_scale and max_scale"), (dict(max_scale=1.01), "min_scale and max_scale"),
+    (dict(min_scale=0.0), r"min_scale: expected a number in \(0, 1\], got 0"), (dict(min_scale=-0.1), "min_scale: expected"),
+    (dict(min_scale=0.9, max_scale=0.8), "min_scale and max_scale"), (dict(max_scale=1.01), "max_scale: expected a number"),
     (dict(batch=0), "batch: expected an int >= 1"), (dict(size=1), "size: expected an int >= 2")])
 def test_sample_patch_params_bad(kw, msg):
     args = dict(batch=2, size=16) | kw
@@ -455,3 +455,55 @@ def test_held_out_subjects_are_another_anatomy():
     same = anatomy_dice(subject_slices(TEST_SUBJECTS[0], 16, 4)["labels"], subject_slices(0, 16, 4)["labels"])
     assert min(same.values()) > 0.75                    # the test discriminates: two warped ICBM152 subjects overlap more
     with pytest.raises(ValueError, match="anatomy: expected one of"): subject_slices(TEST_SUBJECTS[0], 16, 4, anatomy="mni305")
+
+
+# ---- one validation vocabulary (issue 18): bool/float ints, unknown choices, non-finite inputs at the public entries ----
+import medsynth_nb.patchinv as _pi
+
+_X = torch.zeros(2, 1, 8, 8)
+_ONE, _Z = torch.ones(2), torch.zeros(2, dtype=torch.long)
+BAD_PATCHINV = [
+    (lambda: _pi.sample_patch_params(True, 16), TypeError, "batch: expected an int, got True (bool)"),
+    (lambda: _pi.sample_patch_params(2, 16.0), TypeError, "size: expected an int, got 16.0 (float)"),
+    (lambda: _pi.sample_patch_params(2, 16, min_scale=float("nan")), ValueError, "min_scale: expected a finite number"),
+    (lambda: _pi.resize_matrix(8.0, _Z, _Z + 4), TypeError, "size: expected an int, got 8.0 (float)"),
+    (lambda: _pi.resize_matrix(8, _Z, _Z[:1] + 4), ValueError, "start and side: expected the same shape"),
+    (lambda: _pi.resize_matrix(8, _Z, _Z + 4, a=float("inf")), ValueError, "a: expected a finite number"),
+    (lambda: _pi.patch_op(_X * float("nan"), _ONE, _Z, _Z), ValueError, "x: expected finite values"),
+    (lambda: _pi.patch_op(_X, _ONE, _Z, _Z, style="pil"), ValueError, "style: expected one of ('tf', 'torch')"),
+    (lambda: _pi.patch_loss(_X, _X * float("inf")), ValueError, "b: expected finite values"),
+    (lambda: _pi.uapi_loss(_X, _X, _X + 1, sigma_floor=True), TypeError, "sigma_floor: expected a real number, got True"),
+    (lambda: _pi.uapi_loss(_X, _X, (_X + 1) * float("nan")), ValueError, "sigma: expected finite values"),
+    (lambda: _pi.uapi_term(_X, _X, _X + 1, _X + 1, (_ONE, _Z)), ValueError, "phi: expected the crop (scale, top, left)"),
+    (lambda: _pi.perturb(_X, "GN5", value_range=(0, float("nan"))), ValueError, "value_range[1]: expected a finite number"),
+    (lambda: _pi.perturb(_X * float("nan"), "GN5"), ValueError, "x: expected finite values"),
+    (lambda: _pi.subject_slices(1.5), TypeError, "seed: expected an int, got 1.5 (float)"),
+    (lambda: _pi.subject_slices(0, size=True), TypeError, "size: expected an int, got True (bool)"),
+    (lambda: _pi.subject_slices(0, n_slices=0), ValueError, "n_slices: expected an int >= 1, got 0"),
+    (lambda: _pi.subject_slices(0, snr=-1), ValueError, "snr: expected a number > 0, got -1"),
+    (lambda: _pi.zero_filled(_X, seed=0.5), TypeError, "seed: expected an int, got 0.5 (float)"),
+    (lambda: _pi.zero_filled(_X * float("nan")), ValueError, "x: expected finite values"),
+    (lambda: _pi.zero_filled(_X, acceleration=True), TypeError, "accelerations: expected a real number, got True (bool)"),
+    (lambda: _pi.task_pairs("ct", [0]), ValueError, "task: expected one of ('t1t2', 'zf'), got 'ct'"),
+    (lambda: _pi.task_pairs("t1t2", []), ValueError, "subjects: expected at least one subject id"),
+    (lambda: _pi.TwoHeadGenerator(depth=2.0), TypeError, "depth: expected an int, got 2.0 (float)"),
+    (lambda: _pi.unpaired_stream(_X, _X[:0]), ValueError, "x and y: expected non-empty image sets"),
+    (lambda: _pi.unpaired_stream(_X, _X * float("nan")), ValueError, "y: expected finite values"),
+    (lambda: _pi.translate(_pi.TwoHeadGenerator(base_channels=2, depth=1), _X, batch_size=0), ValueError,
+     "batch_size: expected an int >= 1, got 0"),
+    (lambda: _pi.evaluate_scenarios(None, _X, _X, scenarios=("GN7",)), ValueError, "scenarios: expected one of"),
+    (lambda: _pi.evaluate_scenarios(None, _X, _X, seed=True), TypeError, "seed: expected an int, got True (bool)"),
+    (lambda: _pi.table1("ct"), ValueError, "task: expected one of ('t1t2', 'zf'), got 'ct'"),
+    (lambda: _pi.table1("t1t2", methods=("cycle",)), ValueError, "methods: expected one of ('wgan', 'pi', 'uapi')"),
+    (lambda: _pi.PatchInvConfig(lam=-0.5), ValueError, "lam: expected a number >= 0, got -0.5"),
+    (lambda: _pi.PatchInvConfig(lam_warmup=-1), ValueError, "lam_warmup: expected an int >= 0, got -1"),
+    (lambda: _pi.PatchInvConfig(acceleration=1.0), ValueError, "acceleration: expected a number > 1, got 1"),
+    (lambda: _pi.PatchInvConfig(center_fraction=0.0), ValueError, "center_fraction: expected a number in (0, 1), got 0"),
+    (lambda: _pi.PatchInvConfig(drift=float("nan")), ValueError, "drift: expected a finite number"),
+]
+
+
+@pytest.mark.parametrize("call,exc,msg", BAD_PATCHINV, ids=[f"{i}-{b[2][:40]}" for i, b in enumerate(BAD_PATCHINV)])
+def test_patchinv_refuses_bad_input(call, exc, msg):
+    with pytest.raises(exc) as e: call()
+    assert msg in str(e.value), str(e.value)

@@ -20,7 +20,8 @@ from torch.utils.data import Dataset
 
 from .data import (array_sha256, decode_file, load_nifti, samples_root, save_fastmri_h5, save_nifti,
                               ismrmrd_header, percentile)
-from .utils import atomic_write, numpy_rng, report_result
+from .utils import (atomic_write, check_choice, check_finite, check_int, check_number, check_positive, numpy_rng,
+                               report_result, require)
 
 # %% auto #0
 __all__ = ['ANATOMY_FILES', 'COLIN27_FILES', 'ANATOMIES', 'TISSUES', 'LABELS', 'ICBM_NOTICE', 'COLIN27_NOTICE', 'FIELDS',
@@ -71,7 +72,7 @@ def load_anatomy(root: str | os.PathLike | None = None, # folder holding the map
                  name: str = "icbm152", # which anatomy: one of ANATOMIES
                 ) -> dict:
     "The 2 mm maps of one anatomy as float fractions: t1 (0–1), gm, wm, csf, mask (X, Y, Z) and the affine."
-    if name not in ANATOMIES: raise ValueError(f"name: expected one of {sorted(ANATOMIES)}, got {name!r}")
+    check_choice(name, "name", tuple(ANATOMIES))
     root = samples_root(root)
     maps = {k: load_nifti(root / f, dtype=None) for k, f in ANATOMIES[name].items()}
     affine = maps["t1"][1]
@@ -134,8 +135,8 @@ def partial_volume_fractions(t1: np.ndarray, # (X, Y, Z) skull-stripped T1w inte
                             ) -> tuple[np.ndarray, np.ndarray]:
     "CSF/GM/WM fractions (3, X, Y, Z) of a T1w brain and the three class means (tied-variance Gaussian mixture)."
     t1 = np.asarray(t1, dtype=np.float64)
-    if t1.ndim != 3: raise ValueError(f"t1: expected a 3-D volume (X, Y, Z), got shape {t1.shape}")
-    if not np.isfinite(t1).all(): raise ValueError("t1: expected finite intensities, got NaN or Inf")
+    require(t1.ndim == 3, "t1", "a 3-D volume (X, Y, Z)", t1.shape)
+    check_finite(t1, "t1"); check_int(n_iter, "n_iter", min=1)
     brain = t1 > 0
     if brain.sum() < 3: raise ValueError(f"t1: expected at least 3 brain voxels (> 0), got {int(brain.sum())}")
     v = t1[brain]
@@ -161,6 +162,14 @@ def resample_to_grid(vol: np.ndarray, # (..., X, Y, Z) source volume(s)
     "Average `sub`³ trilinear samples of `vol` inside each destination voxel (zero outside the source)."
     from scipy import ndimage
     vol = np.asarray(vol, dtype=np.float64)
+    require(vol.ndim >= 3, "vol", "(..., X, Y, Z) volume(s)", vol.shape); check_finite(vol, "vol")
+    for n, a in (("src_affine", src_affine), ("dst_affine", dst_affine)):
+        require(np.shape(a) == (4, 4), n, "a 4x4 matrix", np.shape(a)); check_finite(np.asarray(a, dtype=np.float64), n)
+    det = abs(np.linalg.det(np.asarray(src_affine, dtype=np.float64)))
+    require(det > 0, "src_affine", "an invertible matrix", f"det = {det:g}")
+    require(len(dst_shape) == 3, "dst_shape", "(X, Y, Z)", tuple(dst_shape))
+    for i, n in enumerate(dst_shape): check_int(n, f"dst_shape[{i}]", min=1)
+    check_int(sub, "sub", min=1)
     lead, X = vol.shape[:-3], vol.reshape(-1, *vol.shape[-3:])
     to_src = np.linalg.inv(src_affine) @ dst_affine
     ii = np.indices(tuple(dst_shape)).reshape(3, -1).astype(np.float64)
@@ -204,9 +213,7 @@ RELAXIVITY = dict(gadobutrol={1.5: 4.78, 3.0: 4.97}, gadoterate={1.5: 3.32, 3.0:
 CONCENTRATION_SD = dict(csf=0.0, gm=0.03, wm=0.02, rim=0.10, core=0.01, oedema=0.005)  # mM at d = 1 (0.1 mmol/kg)
 
 def _field(field: float) -> float:
-    f = float(field)
-    if f not in TISSUE_PARAMS: raise ValueError(f"field: expected one of {FIELDS} (tesla), got {field}")
-    return f
+    return check_choice(check_number(field, "field"), "field", FIELDS)
 
 def relaxation(tissue: str, # one of TISSUES
                field: float = 3.0, # B0 in tesla (1.5 or 3)
@@ -216,9 +223,8 @@ def relaxation(tissue: str, # one of TISSUES
               ) -> tuple[float, float, float]:
     "(T1 ms, T2 ms, PD) of a tissue after contrast: 1/T1 = 1/T1_0 + r1·d·C_SD."
     f = _field(field)
-    if tissue not in TISSUES: raise ValueError(f"tissue: expected one of {TISSUES}, got {tissue!r}")
-    if agent not in RELAXIVITY: raise ValueError(f"agent: expected one of {tuple(RELAXIVITY)}, got {agent!r}")
-    if not (0 <= dose <= 3): raise ValueError(f"dose: expected a dose fraction in [0, 3], got {dose}")
+    check_choice(tissue, "tissue", TISSUES); check_choice(agent, "agent", tuple(RELAXIVITY))
+    check_number(dose, "dose", 0, 3); check_positive(t1_scale, "t1_scale")
     T1, T2, PD = TISSUE_PARAMS[f][tissue]
     R1 = 1000.0 / (T1 * t1_scale) + RELAXIVITY[agent][f] * dose * CONCENTRATION_SD[tissue]  # s^-1
     return 1000.0 / R1, T2, PD
@@ -246,6 +252,8 @@ def mprage_signal(PD, T1, T2s, TR: float, TI: float, TE: float, flip_deg: float,
                   echo_spacing: float, n_readouts: int, centre: int | None = None):
     "MPRAGE steady-state signal at the k-space centre (closed form, Deichmann 2000); times in ms."
     T1 = np.asarray(T1, dtype=np.float64)
+    check_int(n_readouts, "n_readouts", min=1); check_positive(echo_spacing, "echo_spacing")
+    if centre is not None: check_int(centre, "centre", min=0, max=n_readouts - 1)
     k_c = n_readouts // 2 if centre is None else centre
     TA = TI - k_c * echo_spacing; TD = TR - TA - n_readouts * echo_spacing
     if TA < 0 or TD < 0: raise ValueError(f"protocol: the readout train does not fit (TA = {TA:.1f} ms, TD = {TD:.1f} ms)")
@@ -267,8 +275,11 @@ def tissue_signals(field: float = 3.0, sequence: str = "spgr", dose: float = 0.0
                   ) -> dict[str, float]:
     "Noise-free signal of each tissue for a sequence ('spgr', 'spin_echo', 'mprage') at a field, dose and agent."
     f = _field(field)
-    if sequence not in SEQUENCES: raise ValueError(f"sequence: expected one of {SEQUENCES}, got {sequence!r}")
+    check_choice(sequence, "sequence", SEQUENCES)
     base = dict(spgr=SPGR_PROTOCOL, spin_echo=SPIN_ECHO_PROTOCOL, mprage=MPRAGE_PROTOCOLS[f])[sequence]
+    for k, v in (protocol or {}).items():
+        check_choice(k, "protocol key", tuple(base)); check_number(v, f"protocol[{k!r}]", min=0)
+    for t, v in (t1_scale or {}).items(): check_choice(t, "t1_scale key", TISSUES)
     prot = {**base, **(protocol or {})}
     out = {}
     for t in TISSUES:
@@ -282,12 +293,19 @@ def simulate_image(fractions: dict, # tissue -> (X, Y, Z) fraction map (any subs
                    bias: np.ndarray | None = None, # multiplicative receive field (same shape), or None
                    t1_scale: dict | None = None, protocol: dict | None = None) -> np.ndarray:
     "Noise-free magnitude image: bias × Σ_t f_t S_t (float64)."
+    require(isinstance(fractions, dict) and len(fractions) > 0, "fractions", "a non-empty dict tissue -> map",
+            type(fractions).__name__ if not isinstance(fractions, dict) else {})
     sig = tissue_signals(field, sequence, dose, agent, t1_scale, protocol)
-    shape = next(iter(fractions.values())).shape
-    img = np.zeros(shape, dtype=np.float64)
+    shape = np.shape(next(iter(fractions.values())))
     for t, f in fractions.items():
         if t not in sig: raise ValueError(f"fractions: unknown tissue {t!r}; expected a subset of {TISSUES}")
-        if f.shape != shape: raise ValueError(f"fractions[{t!r}]: expected shape {shape}, got {f.shape}")
+        require(np.shape(f) == shape, f"fractions[{t!r}]", f"shape {shape}", np.shape(f))
+        check_finite(f, f"fractions[{t!r}]")
+    if bias is not None:
+        require(np.shape(bias) == shape, "bias", f"the fractions' shape {shape}", np.shape(bias))
+        check_finite(bias, "bias")
+    img = np.zeros(shape, dtype=np.float64)
+    for t, f in fractions.items():
         img += sig[t] * f
     return img * bias if bias is not None else img
 
@@ -300,10 +318,22 @@ def _smooth_noise(shape, sigma: float, rng: np.random.Generator) -> np.ndarray:
 def tissue_labels(fractions: dict) -> np.ndarray:
     "Hard label map (uint8, `LABELS`) from fractions: the largest compartment, background where none."
     keys = [t for t in TISSUES if t in fractions]
+    require(len(keys) > 0, "fractions", f"maps of some of {TISSUES}", sorted(fractions))
     stack = np.stack([fractions[t] for t in keys])
     lab = np.array([LABELS[t] for t in keys], dtype=np.uint8)[stack.argmax(0)]
     lab[stack.sum(0) < 0.5] = LABELS["background"]
     return lab
+
+def _check_brain(fractions, name: str = "fractions"):
+    "A dict with finite csf, gm and wm maps of one 3-D shape (the brain every simulator warps or fills)."
+    require(isinstance(fractions, dict), name, "a dict with 'csf', 'gm' and 'wm' maps", type(fractions).__name__)
+    missing = sorted({"csf", "gm", "wm"} - set(fractions))
+    require(not missing, name, "maps 'csf', 'gm' and 'wm'", f"missing {missing}")
+    shape = np.shape(fractions["gm"])
+    require(len(shape) == 3, f"{name}['gm']", "a 3-D map (X, Y, Z)", shape)
+    for t in ("csf", "gm", "wm"):
+        require(np.shape(fractions[t]) == shape, f"{name}[{t!r}]", f"shape {shape}", np.shape(fractions[t]))
+        check_finite(fractions[t], f"{name}[{t!r}]")
 
 def add_lesions(fractions: dict, # tissue fractions (csf, gm, wm) of a brain
                 n_lesions: int = 2,
@@ -315,6 +345,11 @@ def add_lesions(fractions: dict, # tissue fractions (csf, gm, wm) of a brain
                ) -> tuple[dict, np.ndarray]:
     "Place `n_lesions` tumours (core, enhancing rim, oedema) at random in the brain: (new fractions, label map)."
     from scipy import ndimage
+    _check_brain(fractions); check_int(n_lesions, "n_lesions", min=0); check_number(irregularity, "irregularity", min=0)
+    for n, r in (("core_radius", core_radius), ("rim_width", rim_width), ("oedema_width", oedema_width)):
+        require(isinstance(r, (tuple, list)) and len(r) == 2, n, "a range (lo, hi) in voxels", r)
+        lo, hi = check_positive(r[0], f"{n}[0]"), check_positive(r[1], f"{n}[1]")
+        require(lo <= hi, n, "lo <= hi", tuple(r))
     rng = numpy_rng(seed)
     shape = fractions["gm"].shape
     brain = (fractions["gm"] + fractions["wm"]) > 0.5
@@ -345,7 +380,8 @@ def add_lesions(fractions: dict, # tissue fractions (csf, gm, wm) of a brain
 # %% ../nbs/02_phantom.ipynb #4fc53bee
 def bias_field(shape: Sequence[int], strength: float = 0.2, seed: int | np.random.Generator | None = 0) -> np.ndarray:
     "Smooth multiplicative bias exp(random quadratic), ranging over [1/(1+strength), 1+strength]."
-    if strength < 0: raise ValueError(f"strength: expected >= 0, got {strength}")
+    check_number(strength, "strength", min=0)
+    for i, n in enumerate(shape): check_int(n, f"shape[{i}]", min=1)
     rng = numpy_rng(seed)
     axes = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
     terms = [a for a in axes] + [a * b for i, a in enumerate(axes) for b in axes[i:]]
@@ -355,7 +391,8 @@ def bias_field(shape: Sequence[int], strength: float = 0.2, seed: int | np.rando
 
 def add_rician_noise(image: np.ndarray, sigma: float, seed: int | np.random.Generator | None = 0) -> np.ndarray:
     "|image + n1 + i n2| with n1, n2 ~ N(0, sigma²): the magnitude of complex Gaussian noise (Rician)."
-    if sigma < 0: raise ValueError(f"sigma: expected >= 0, got {sigma}")
+    check_number(sigma, "sigma", min=0)
+    check_finite(image if isinstance(image, (np.ndarray, Tensor)) else np.asarray(image), "image")
     rng = numpy_rng(seed)
     n = rng.standard_normal((2,) + np.shape(image))
     return np.hypot(image + sigma * n[0], sigma * n[1])
@@ -375,8 +412,9 @@ def birdcage_maps(shape: tuple[int, int, int], # (coils, H, W)
                   r: float = 1.5, # coil radius relative to the half field of view
                  ) -> np.ndarray:
     "Birdcage coil sensitivity maps (coils, H, W), complex128, normalised to unit root-sum-of-squares."
-    nc, ny, nx = shape
-    if nc < 1 or ny < 1 or nx < 1: raise ValueError(f"shape: expected positive (coils, H, W), got {shape}")
+    require(len(shape) == 3, "shape", "(coils, H, W)", tuple(shape))
+    nc, ny, nx = (check_int(n, f"shape[{i}]", min=1) for i, n in enumerate(shape))
+    check_positive(r, "r")
     c, y, x = np.mgrid[:nc, :ny, :nx]
     coilx, coily = r * np.cos(c * (2 * np.pi / nc)), r * np.sin(c * (2 * np.pi / nc))
     x_co = (x - nx / 2.0) / (nx / 2.0) - coilx
@@ -386,6 +424,9 @@ def birdcage_maps(shape: tuple[int, int, int], # (coils, H, W)
 
 def smooth_phase(shape: Sequence[int], max_phase: float = np.pi / 2, seed: int | np.random.Generator | None = 0) -> np.ndarray:
     "A smooth random phase map (radians): a random quadratic over the last two dims, peak |phase| = max_phase."
+    require(len(shape) >= 2, "shape", "at least (H, W)", tuple(shape))
+    for i, n in enumerate(shape): check_int(n, f"shape[{i}]", min=1)
+    check_number(max_phase, "max_phase", min=0)
     rng = numpy_rng(seed)
     yy, xx = np.meshgrid(np.linspace(-1, 1, shape[-2]), np.linspace(-1, 1, shape[-1]), indexing="ij")
     p = sum(c * t for c, t in zip(rng.standard_normal(5), (yy, xx, yy * yy, xx * xx, yy * xx)))
@@ -397,6 +438,7 @@ def multicoil_kspace(image: np.ndarray, # (slices, H, W) real magnitude image
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "Multi-coil k-space (slices, coils, H, W) complex64 of an image with smooth phase; also the maps and the complex image."
     if image.ndim != 3 or np.iscomplexobj(image): raise ValueError(f"image: expected a real (slices, H, W) array, got {image.dtype} {image.shape}")
+    check_finite(image, "image"); check_int(n_coils, "n_coils", min=1); check_number(noise_sigma, "noise_sigma", min=0)
     rng = numpy_rng(seed)
     S, H, W = image.shape
     maps = birdcage_maps((n_coils, H, W))
@@ -424,6 +466,9 @@ def _smooth_basis(n: int, grid: int) -> np.ndarray:
 
 def deform(fractions: dict, amplitude: float = 2.0, grid: int = 5, seed: int | np.random.Generator | None = 0) -> dict:
     "Warp fraction maps by a smooth random displacement field (peak `amplitude` voxels); CSF refilled to the mask."
+    _check_brain(fractions); check_number(amplitude, "amplitude", min=0); check_int(grid, "grid", min=2)
+    shape = fractions["gm"].shape
+    require(min(shape) >= 2, "fractions", "maps at least 2 voxels along each axis", shape)
     rng = numpy_rng(seed)
     shape = fractions["gm"].shape
     Bx, By, Bz = (_smooth_basis(n, grid) for n in shape)
@@ -443,6 +488,21 @@ def deform(fractions: dict, amplitude: float = 2.0, grid: int = 5, seed: int | n
     gm, wm = gm / over, wm / over
     return dict(gm=gm, wm=wm, csf=np.clip(mask - gm - wm, 0, 1))
 
+def _check_subject(seed, field, doses, sequence, agent, n_lesions, snr, bias_strength, deform_voxels, t1_jitter,
+                   anatomy):
+    "`random_subject`'s arguments, once, before any draw."
+    check_int(seed, "seed", min=0); _field(field)
+    require(isinstance(doses, (tuple, list)) and len(doses) > 0, "doses", "a non-empty sequence of dose fractions",
+            doses)
+    for i, d in enumerate(doses): check_number(d, f"doses[{i}]", 0, 3)
+    check_choice(sequence, "sequence", SEQUENCES); check_choice(agent, "agent", tuple(RELAXIVITY))
+    require(isinstance(n_lesions, (tuple, list)) and len(n_lesions) == 2, "n_lesions", "a range (lo, hi)", n_lesions)
+    lo, hi = check_int(n_lesions[0], "n_lesions[0]", min=0), check_int(n_lesions[1], "n_lesions[1]", min=0)
+    require(lo <= hi, "n_lesions", "lo <= hi", tuple(n_lesions))
+    check_positive(snr, "snr"); check_number(bias_strength, "bias_strength", min=0)
+    check_number(deform_voxels, "deform_voxels", min=0); check_number(t1_jitter, "t1_jitter", 0, 1, max_open=True)
+    check_choice(anatomy, "anatomy", tuple(ANATOMIES))
+
 def random_subject(seed: int, # subject id: everything random follows from it
                    field: float = 1.5, doses: Sequence[float] = (0.0, 0.1, 0.2, 0.33, 1.0),
                    sequence: str = "spgr", agent: str = "gadobutrol",
@@ -452,6 +512,8 @@ def random_subject(seed: int, # subject id: everything random follows from it
                    anatomy: str = "icbm152", # "icbm152" (training subjects) or "colin27" (held-out subjects)
                   ) -> dict:
     "A random subject: images (len(doses), X, Y, Z) float32 tensor (Rician noise), labels, doses, field."
+    _check_subject(seed, field, doses, sequence, agent, n_lesions, snr, bias_strength, deform_voxels, t1_jitter,
+                   anatomy)
     rng = np.random.default_rng([int(seed), 20260])
     base = _anatomy(root, anatomy)
     fr = deform({t: base[t] for t in ("csf", "gm", "wm")}, deform_voxels, seed=rng) if deform_voxels > 0 else {t: base[t] for t in ("csf", "gm", "wm")}
@@ -472,12 +534,17 @@ class RandomDoseSeriesDataset(Dataset):
     def __init__(self, n: int, seed: int = 0, fields: Sequence[float] = FIELDS, doses: Sequence[float] = (0.1, 0.2, 0.33),
                  slice_axis: int | None = None, # None: volumes (1, X, Y, Z); else one random slice through the lesions
                  **subject_kw):
-        if n < 1: raise ValueError(f"n: expected a positive number of samples, got {n}")
+        check_int(n, "n", min=1); check_int(seed, "seed", min=0)
+        require(len(fields) > 0 and len(doses) > 0, "fields/doses", "at least one field and one dose", (fields, doses))
+        for i, B in enumerate(fields): check_choice(check_number(B, f"fields[{i}]"), f"fields[{i}]", FIELDS)
+        for i, d in enumerate(doses): check_number(d, f"doses[{i}]", 0, 1)
+        if slice_axis is not None: check_int(slice_axis, "slice_axis", min=0, max=2)
         self.n, self.seed, self.fields, self.doses, self.slice_axis, self.kw = n, seed, tuple(fields), tuple(doses), slice_axis, subject_kw
 
     def __len__(self): return self.n
 
     def __getitem__(self, i: int) -> dict:
+        check_int(i, "i")
         if not 0 <= i < self.n: raise IndexError(f"index {i} out of range for {self.n} samples")
         r = np.random.default_rng([self.seed + i, 7])
         B = self.fields[int(r.integers(len(self.fields)))]; d = self.doses[int(r.integers(len(self.doses)))]
@@ -497,7 +564,7 @@ def anatomy_dice(a: np.ndarray | Tensor, b: np.ndarray | Tensor, # (X, Y, Z) lab
                 ) -> dict:
     "Dice overlap of GM and WM between two subjects' tissue label maps."
     a, b = (np.asarray(v) for v in (a, b))
-    if a.shape != b.shape: raise ValueError(f"a, b: expected label maps of one shape, got {a.shape} and {b.shape}")
+    require(a.shape == b.shape, "a, b", "label maps of one shape", f"{a.shape} and {b.shape}")
     out = {}
     for t in ("gm", "wm"):
         x, y = a == LABELS[t], b == LABELS[t]
@@ -520,6 +587,7 @@ def build_samples(out: str | os.PathLike | None = None, # folder to write (defau
                   anatomy_root: str | os.PathLike | None = None, # where to read the 2 mm anatomy (default: `out`)
                   verbose: bool = True) -> dict:
     "Simulate every sample file deterministically and write them with `manifest.json`; returns the manifest."
+    check_int(seed, "seed", min=0)
     out = samples_root(out); out.mkdir(parents=True, exist_ok=True)
     if from_nilearn: derive_anatomy_from_nilearn(out)
     if from_mricron: derive_anatomy_from_mricron(out)

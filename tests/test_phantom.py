@@ -148,3 +148,83 @@ def test_colin27_derivation_reproduces_shipped_maps(tmp_path):
     for f in P.COLIN27_FILES.values():
         new, old = (P.load_nifti(d / f, dtype=None)[0] for d in (tmp_path, SAMPLES))
         assert np.abs(new.astype(int) - old.astype(int)).max() <= 1, f  # uint8 rounding of float sums
+
+
+# ---------- one validation vocabulary: every refusal at the boundary ----------
+_F = {t: np.full((6, 7, 8), v) for t, v in (("csf", 0.2), ("gm", 0.5), ("wm", 0.3))}
+BAD = [  # (call, exception, message fragment)
+    (lambda: P.load_anatomy(SAMPLES, "mni305"), ValueError, "name: expected one of ('icbm152', 'colin27'), got 'mni305'"),
+    (lambda: P.partial_volume_fractions(np.ones((3, 3, 3)), n_iter=2.0), TypeError, "n_iter: expected an int, got 2.0"),
+    (lambda: P.partial_volume_fractions(np.full((2, 2, 2), np.nan)), ValueError, "t1: expected finite values, found 8 NaN/inf"),
+    (lambda: P.resample_to_grid(np.ones((2, 2, 2)), np.eye(4), np.eye(4), (2, 2, 2), sub=0), ValueError,
+     "sub: expected an int >= 1, got 0"),
+    (lambda: P.resample_to_grid(np.ones((2, 2, 2)), np.zeros((4, 4)), np.eye(4), (2, 2, 2)), ValueError,
+     "src_affine: expected an invertible matrix"),
+    (lambda: P.resample_to_grid(np.ones((2, 2, 2)), np.eye(4), np.eye(4), (2, 2.0, 2)), TypeError,
+     "dst_shape[1]: expected an int, got 2.0"),
+    (lambda: P.relaxation("gm", 3.0, dose=3.5), ValueError, "dose: expected a number in [0, 3], got 3.5"),
+    (lambda: P.relaxation("gm", 3.0, t1_scale=0.0), ValueError, "t1_scale: expected a number > 0, got 0"),
+    (lambda: P.relaxation("gm", True), TypeError, "field: expected a real number, got True (bool)"),
+    (lambda: P.relaxation("gm", float("nan")), ValueError, "field: expected a finite number, got nan"),
+    (lambda: P.mprage_signal(1, 1000, 80, 2300, 900, 3, 9, 6, 160.0), TypeError, "n_readouts: expected an int, got 160.0"),
+    (lambda: P.mprage_signal(1, 1000, 80, 2300, 900, 3, 9, 0, 160), ValueError, "echo_spacing: expected a number > 0, got 0"),
+    (lambda: P.tissue_signals(3.0, "spgr", protocol=dict(TI=900.0)), ValueError, "protocol key: expected one of ('TR', 'TE', 'flip_deg')"),
+    (lambda: P.tissue_signals(3.0, "spgr", protocol=dict(TR=-1.0)), ValueError, "protocol['TR']: expected a number >= 0, got -1"),
+    (lambda: P.tissue_signals(3.0, "spgr", t1_scale=dict(bone=1.0)), ValueError, "t1_scale key: expected one of"),
+    (lambda: P.simulate_image({}), ValueError, "fractions: expected a non-empty dict tissue -> map"),
+    (lambda: P.simulate_image(dict(_F, gm=_F["gm"] * np.nan)), ValueError, "fractions['gm']: expected finite values"),
+    (lambda: P.simulate_image(_F, bias=np.ones((6, 7))), ValueError, "bias: expected the fractions' shape (6, 7, 8)"),
+    (lambda: P.simulate_image(_F, bias=np.full((6, 7, 8), np.inf)), ValueError, "bias: expected finite values"),
+    (lambda: P.tissue_labels({"bone": np.ones(3)}), ValueError, "fractions: expected maps of some of"),
+    (lambda: P.add_lesions(_F, n_lesions=1.0), TypeError, "n_lesions: expected an int, got 1.0 (float)"),
+    (lambda: P.add_lesions(_F, n_lesions=-1), ValueError, "n_lesions: expected an int >= 0, got -1"),
+    (lambda: P.add_lesions(_F, core_radius=(3.0, 1.0)), ValueError, "core_radius: expected lo <= hi, got (3.0, 1.0)"),
+    (lambda: P.add_lesions(_F, rim_width=(0.0, 1.0)), ValueError, "rim_width[0]: expected a number > 0, got 0"),
+    (lambda: P.add_lesions(_F, irregularity=float("inf")), ValueError, "irregularity: expected a finite number, got inf"),
+    (lambda: P.add_lesions({"gm": _F["gm"]}), ValueError, "fractions: expected maps 'csf', 'gm' and 'wm', got \"missing ['csf', 'wm']\""),
+    (lambda: P.bias_field((4, 4, 4), float("nan")), ValueError, "strength: expected a finite number, got nan"),
+    (lambda: P.bias_field((4, 0, 4)), ValueError, "shape[1]: expected an int >= 1, got 0"),
+    (lambda: P.add_rician_noise(np.ones(3), float("nan")), ValueError, "sigma: expected a finite number, got nan"),
+    (lambda: P.add_rician_noise(np.array([1.0, np.inf]), 0.1), ValueError, "image: expected finite values, found 1 NaN/inf"),
+    (lambda: P.birdcage_maps((8.0, 4, 4)), TypeError, "shape[0]: expected an int, got 8.0 (float)"),
+    (lambda: P.birdcage_maps((8, 4, 4), r=0.0), ValueError, "r: expected a number > 0, got 0"),
+    (lambda: P.smooth_phase((4,)), ValueError, "shape: expected at least (H, W), got (4,)"),
+    (lambda: P.smooth_phase((4, 4), max_phase=float("nan")), ValueError, "max_phase: expected a finite number"),
+    (lambda: P.multicoil_kspace(np.ones((1, 4, 4)), n_coils=True), TypeError, "n_coils: expected an int, got True (bool)"),
+    (lambda: P.multicoil_kspace(np.ones((1, 4, 4)), noise_sigma=-0.1), ValueError, "noise_sigma: expected a number >= 0"),
+    (lambda: P.multicoil_kspace(np.full((1, 4, 4), np.nan)), ValueError, "image: expected finite values"),
+    (lambda: P.deform(_F, grid=1), ValueError, "grid: expected an int >= 2, got 1"),
+    (lambda: P.deform(_F, grid=5.0), TypeError, "grid: expected an int, got 5.0 (float)"),
+    (lambda: P.deform(_F, amplitude=-1.0), ValueError, "amplitude: expected a number >= 0, got -1"),
+    (lambda: P.deform({t: v[:1] for t, v in _F.items()}), ValueError, "fractions: expected maps at least 2 voxels"),
+    (lambda: P.random_subject(1.5), TypeError, "seed: expected an int, got 1.5 (float)"),
+    (lambda: P.random_subject(True), TypeError, "seed: expected an int, got True (bool)"),
+    (lambda: P.random_subject(-1), ValueError, "seed: expected an int >= 0, got -1"),
+    (lambda: P.random_subject(1, field=2.0), ValueError, "field: expected one of (1.5, 3.0), got 2.0"),
+    (lambda: P.random_subject(1, doses=()), ValueError, "doses: expected a non-empty sequence of dose fractions"),
+    (lambda: P.random_subject(1, doses=(0.0, float("nan"))), ValueError, "doses[1]: expected a finite number, got nan"),
+    (lambda: P.random_subject(1, sequence="flair"), ValueError, "sequence: expected one of ('spgr', 'spin_echo', 'mprage')"),
+    (lambda: P.random_subject(1, n_lesions=(3, 1)), ValueError, "n_lesions: expected lo <= hi, got (3, 1)"),
+    (lambda: P.random_subject(1, n_lesions=(1, 2.5)), TypeError, "n_lesions[1]: expected an int, got 2.5 (float)"),
+    (lambda: P.random_subject(1, snr=0.0), ValueError, "snr: expected a number > 0, got 0"),
+    (lambda: P.random_subject(1, bias_strength=-0.1), ValueError, "bias_strength: expected a number >= 0"),
+    (lambda: P.random_subject(1, deform_voxels=float("inf")), ValueError, "deform_voxels: expected a finite number"),
+    (lambda: P.random_subject(1, t1_jitter=1.0), ValueError, "t1_jitter: expected a number in [0, 1), got 1"),
+    (lambda: P.random_subject(1, anatomy="mni305"), ValueError, "anatomy: expected one of ('icbm152', 'colin27'), got 'mni305'"),
+    (lambda: P.RandomDoseSeriesDataset(2.0), TypeError, "n: expected an int, got 2.0 (float)"),
+    (lambda: P.RandomDoseSeriesDataset(True), TypeError, "n: expected an int, got True (bool)"),
+    (lambda: P.RandomDoseSeriesDataset(2, seed=0.5), TypeError, "seed: expected an int, got 0.5"),
+    (lambda: P.RandomDoseSeriesDataset(2, fields=(2.0,)), ValueError, "fields[0]: expected one of (1.5, 3.0), got 2.0"),
+    (lambda: P.RandomDoseSeriesDataset(2, doses=(1.5,)), ValueError, "doses[0]: expected a number in [0, 1], got 1.5"),
+    (lambda: P.RandomDoseSeriesDataset(2, doses=()), ValueError, "fields/doses: expected at least one field and one dose"),
+    (lambda: P.RandomDoseSeriesDataset(2, slice_axis=3), ValueError, "slice_axis: expected an int in [0, 2], got 3"),
+    (lambda: P.RandomDoseSeriesDataset(2)[1.0], TypeError, "i: expected an int, got 1.0 (float)"),
+    (lambda: P.build_samples("/tmp/never", seed=0.5), TypeError, "seed: expected an int, got 0.5 (float)"),
+]
+
+
+@pytest.mark.parametrize("call,exc,fragment", BAD, ids=[f"bad{i}" for i in range(len(BAD))])
+def test_bad_input_matrix(call, exc, fragment):
+    with pytest.raises(exc) as e:
+        call()
+    assert fragment in str(e.value), str(e.value)

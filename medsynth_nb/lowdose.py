@@ -19,7 +19,8 @@ from .data import DoseSeriesDataset, center_crop_or_pad, slices_to_volume, volum
 from .layers import CondCritic, CondUNet
 from .metrics import ce_mask, mae_ce, mae_sigma, mae_sigma_noise, psnr, ssim
 from .train import TrainConfig, Task, adversarial, register_experiment
-from .utils import IMAGE_CMAP, check_same_shape, check_tensor, make_generator, require, seeded
+from .utils import (IMAGE_CMAP, check_choice, check_int, check_number, check_positive, check_same_batch,
+                               check_same_shape, check_tensor, make_generator, require, seeded)
 from .wasserstein import gaussian_downsample, wasserstein_patch_loss
 
 # %% auto #0
@@ -41,6 +42,10 @@ def condition_vector(dose, # d: float or (B,) tensor, dose fraction in [0, 1] (1
                      device: str | torch.device | None = None,
                     ) -> Tensor: # (B, 2) float32 [d, (B − 2.25)/0.75]
     "The generator's and critic's metadata (d̂, (B − 2.25)/0.75)ᵀ, validated: dose in [0, 1], field 1.5 or 3 T."
+    for v, n in ((dose, "dose"), (field, "field")):
+        if isinstance(v, bool) or (isinstance(v, Tensor) and v.dtype == torch.bool):
+            raise TypeError(f"{n}: expected real numbers, got a bool {v!r}")
+    if batch is not None: check_int(batch, "batch", min=1)
     d = torch.as_tensor(dose, dtype=torch.float32, device=device).reshape(-1)
     b = torch.as_tensor(field, dtype=torch.float32, device=device).reshape(-1)
     if not torch.isfinite(d).all() or (d < 0).any() or (d > 1).any():
@@ -62,8 +67,13 @@ def simulate_dose_series(seeds: Sequence[int], # one random subject per seed (me
                         ) -> list[dict]:
     "Raw dose series {native, standard, low {d: vol}, field, labels} of simulated subjects (cached in memory)."
     from medsynth_nb.phantom import random_subject
+    seeds = list(seeds)
+    for i, s in enumerate(seeds): check_int(s, f"seeds[{i}]", min=0)
     fields = [FIELDS[i % 2] for i in range(len(seeds))] if fields is None else list(fields)
-    if len(fields) != len(seeds): raise ValueError(f"fields: expected {len(seeds)} values (one per seed), got {len(fields)}")
+    require(len(fields) == len(seeds), "fields", f"{len(seeds)} values (one per seed)", len(fields))
+    for i, B in enumerate(fields): check_choice(check_number(B, f"fields[{i}]"), f"fields[{i}]", FIELDS)
+    require(len(doses) > 0 and len(set(doses)) == len(doses), "doses", "distinct low doses", tuple(doses))
+    for i, d in enumerate(doses): check_number(d, f"doses[{i}]", 0, 1, min_open=True, max_open=True)
     out = []
     for s, B in zip(seeds, fields):
         all_doses = (0.0, *sorted(doses), 1.0)
@@ -93,9 +103,15 @@ class DoseCropStream:
                  slice_axis: int = 2, # axis the 2-D slices are cut along
                  ce_fraction: float = 0.0, # share of crops centred (± crop/4) on a contrast-enhanced voxel (x_SD ≥ 1.1 x_NA)
                 ):
-        if dims not in (2, 3): raise ValueError(f"dims: expected 2 or 3, got {dims!r}")
-        if not series: raise ValueError("series: expected at least one dose series, got none")
-        if not 0 <= ce_fraction <= 1: raise ValueError(f"ce_fraction: expected a share in [0, 1], got {ce_fraction!r}")
+        check_choice(dims, "dims", (2, 3)); check_int(crop, "crop", min=1)
+        check_int(slice_axis, "slice_axis", min=0, max=2)
+        check_number(ce_fraction, "ce_fraction", 0, 1)
+        require(len(series) > 0, "series", "at least one dose series", list(series))
+        for i, s in enumerate(series):
+            missing = sorted({"native", "standard", "low", "field"} - set(s))
+            require(not missing, f"series[{i}]", "a normalised series with native, standard, low and field",
+                    f"missing {missing}")
+            require(len(s["low"]) > 0, f"series[{i}]['low']", "at least one low dose", {})
         self.dims, self.crop, self.slice_axis, self.ce_fraction = dims, int(crop), slice_axis, float(ce_fraction)
         self.items = []   # (volumes (3 + n_doses, X, Y, Z) padded to ≥ crop, doses, field, non-empty slice indices)
         for s in series:
@@ -105,10 +121,12 @@ class DoseCropStream:
             if dims == 2: shape[slice_axis] = vol.shape[1 + slice_axis]
             vol = center_crop_or_pad(vol, shape)
             nonempty = vol[0].abs().sum(dim=[a for a in range(3) if a != slice_axis]).nonzero().flatten()
+            require(len(nonempty) > 0, "series", "a native image with some non-zero voxels", "an all-zero native")
             ce = ((vol[1] >= 1.1 * vol[0]) & (vol[0] > 0)).nonzero()   # (n, 3) CE voxel coordinates
             self.items.append((vol, torch.tensor(doses), float(s["field"]), nonempty, ce))
 
     def __call__(self, n: int, generator: torch.Generator | None = None) -> dict:
+        check_int(n, "n", min=1)
         rint = lambda hi: int(torch.randint(0, hi, (1,), generator=generator))
         out = {k: [] for k in ("x_NA", "x_SD", "y_LD", "dose", "field")}
         for _ in range(n):
@@ -141,6 +159,8 @@ def generate(G: nn.Module, # CondUNet with in_channels 3
             ) -> list[Tensor]: # residuals ŷ_LD at every output scale, finest first, on G's device
     "ŷ_LD = g_θ(z, x_NA, x_SD | c) with fresh noise z ~ N(0, I) of the images' shape."
     check_same_shape(x_NA, x_SD, ("x_NA", "x_SD"))
+    require(cond.ndim == 2 and cond.shape[1] == 2, "cond", "a (B, 2) condition", tuple(cond.shape))
+    check_same_batch(x_NA, cond, ("x_NA", "cond"))    # shapes only: this runs every training step, no value scans
     dev = _device(G)
     x_NA, x_SD, cond = x_NA.to(dev), x_SD.to(dev), cond.to(dev)
     z = torch.randn(x_NA.shape, generator=generator, dtype=x_NA.dtype,
@@ -159,7 +179,8 @@ def synthesize(G: nn.Module, # trained generator
                mask: bool = True, # zero the result outside the native's support (inputs are brain-masked)
               ) -> Tensor: # (B, 1, *spatial) x̂_LD on G's device
     "Synthetic low-dose image x̂_LD = x_NA + ŷ_LD at dose d̂ and field B (eval mode, no gradient, on G's device)."
-    check_tensor(x_NA, "x_NA", ndim=(4, 5)); check_same_shape(x_NA, x_SD, ("x_NA", "x_SD"))
+    check_tensor(x_NA, "x_NA", ndim=(4, 5)); check_tensor(x_SD, "x_SD"); check_same_shape(x_NA, x_SD, ("x_NA", "x_SD"))
+    check_choice(mask, "mask", (True, False))
     cond = condition_vector(dose, field, batch=x_NA.shape[0])     # validated on the CPU, then moved
     dev = _device(G)
     x_NA, x_SD, cond = x_NA.to(dev), x_SD.to(dev), cond.to(dev)
@@ -172,12 +193,19 @@ def synthesize(G: nn.Module, # trained generator
     x = x_NA + y
     return x * (x_NA != 0) if mask else x
 
+def _check_series(s, name: str):
+    "One normalised series: a dict with native, standard, low {dose: vol} and field."
+    require(isinstance(s, dict), name, "a dict (one normalised series)", type(s).__name__)
+    missing = sorted({"native", "standard", "low", "field"} - set(s))
+    require(not missing, name, "native, standard, low and field", f"missing {missing}")
+
 def synthesize_volume(G: nn.Module, series: dict, # one normalised series
                       dose: float, generator: torch.Generator | None = None,
                       slice_axis: int = 2, # for a 2-D generator: slice, synthesise, stack back
                       chunk: int = 32, # slices per forward pass
                      ) -> Tensor: # (X, Y, Z) x̂_LD on G's device
     "x̂_LD of a whole volume: directly (3-D generator) or slice by slice along `slice_axis` (2-D generator)."
+    _check_series(series, "series"); check_int(slice_axis, "slice_axis", min=0, max=2); check_int(chunk, "chunk", min=1)
     na, sd = series["native"], series["standard"]
     if G.dims == 3: return synthesize(G, na[None, None], sd[None, None], dose, series["field"], generator)[0, 0]
     a, b = volume_to_slices(na, slice_axis), volume_to_slices(sd, slice_axis)
@@ -191,6 +219,7 @@ CONTENT_REDUCTIONS = ("sum", "mean", "code")
 
 def downsampled_targets(target: Tensor, scales: int) -> list[Tensor]:
     "y, G y, G² y …: the targets of the multi-scale heads (9^d Gaussian σ = 1, stride 2, as Pinetz's code)."
+    check_int(scales, "scales", min=1)
     ts = [target]
     for _ in range(scales - 1): ts.append(gaussian_downsample(ts[-1]))
     return ts
@@ -207,10 +236,13 @@ def content_loss(preds, # a tensor ŷ or the generator's list of multi-scale res
                  np_weight: float = 1.0, # 'l1+np': w2 of the code (its value is not published)
                 ) -> Tensor:
     "ℓ_C summed over the output scales s: ℓ1(ŷ_s, G^s y), ℓ_NP(ŷ_s, G^s y), their weighted sum, or VGG relu3_3 ℓ1."
-    if kind not in CONTENT_LOSSES: raise ValueError(f"kind: expected one of {CONTENT_LOSSES}, got {kind!r}")
-    if reduction not in CONTENT_REDUCTIONS:
-        raise ValueError(f"reduction: expected one of {CONTENT_REDUCTIONS}, got {reduction!r}")
+    check_choice(kind, "kind", CONTENT_LOSSES); check_choice(reduction, "reduction", CONTENT_REDUCTIONS)
+    check_int(patch_size, "patch_size", min=1)
+    check_number(l1_weight, "l1_weight", min=0); check_number(np_weight, "np_weight", min=0)
+    # no NaN scan of preds/target: this runs every training step (a NaN in gives a NaN loss, which the engine's fit
+    # refuses when it logs it); arguments are checked, tensors only for shape
     preds = [preds] if isinstance(preds, Tensor) else list(preds)
+    require(len(preds) > 0, "preds", "at least one output scale", preds)
     targets = downsampled_targets(target, len(preds))
     for p, t in zip(preds, targets): check_same_shape(p, t, ("preds", "target (downsampled)"))
     l1_red = "sum" if reduction == "sum" else "mean"
@@ -242,6 +274,7 @@ class VGG16Features(nn.Module):
 
     def forward(self, x: Tensor, # (B, 1|3, H, W), or (B, 1, D, H, W) applied to the D slices
                ) -> Tensor:
+        require(x.ndim in (4, 5) and x.shape[1] in (1, 3), "x", "(B, 1|3, H, W) or (B, 1, D, H, W)", tuple(x.shape))
         if x.ndim == 5: x = x.movedim(2, 1).reshape(-1, x.shape[1], *x.shape[3:])
         if x.shape[1] == 1: x = x.expand(-1, 3, -1, -1)
         return self.features(x)
@@ -256,8 +289,12 @@ def load_vgg16_features(path: str | os.PathLike, # a local torchvision VGG-16 st
     if not p.is_file():
         raise FileNotFoundError(f"vgg_weights: no file at {p}; the 'vgg' content loss needs a local torchvision VGG-16 "
                                 "state dict (vgg16-397923af.pth); nothing is downloaded")
-    sd = torch.load(p, map_location="cpu", weights_only=True)
+    try: sd = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"vgg_weights: cannot read {p} as a torch state dict ({type(e).__name__}: {e})") from e
     if isinstance(sd, nn.Module): sd = sd.state_dict()
+    if not isinstance(sd, dict):
+        raise ValueError(f"vgg_weights: {p} is not a VGG-16 state dict: it holds a {type(sd).__name__}")
     net = VGG16Features()
     want = net.state_dict()
     got = {}
@@ -268,7 +305,8 @@ def load_vgg16_features(path: str | os.PathLike, # a local torchvision VGG-16 st
     if missing:
         raise ValueError(f"vgg_weights: {p} is not a VGG-16 state dict: missing {missing[:3]} (expected torchvision keys "
                          "'features.0.weight' … 'features.14.bias')")
-    net.load_state_dict(got)
+    try: net.load_state_dict(got)
+    except RuntimeError as e: raise ValueError(f"vgg_weights: {p} is not a VGG-16 state dict: {e}") from e
     return net.eval()
 
 # %% ../nbs/12_lowdose_gan.ipynb #2e48f86e
@@ -308,21 +346,26 @@ class LowDoseConfig(TrainConfig):
 
     def validate(self):
         super().validate()
-        require(self.dims in (2, 3), "dims", "2 or 3", self.dims)
-        require(self.content_loss in CONTENT_LOSSES, "content_loss", f"one of {CONTENT_LOSSES}", self.content_loss)
-        require(self.content_reduction in CONTENT_REDUCTIONS, "content_reduction", f"one of {CONTENT_REDUCTIONS}",
-                 self.content_reduction)
-        require(self.label_noise_on in LABEL_NOISE_ON, "label_noise_on", f"one of {LABEL_NOISE_ON}", self.label_noise_on)
+        check_choice(self.dims, "dims", (2, 3)); check_choice(self.content_loss, "content_loss", CONTENT_LOSSES)
+        check_choice(self.content_reduction, "content_reduction", CONTENT_REDUCTIONS)
+        check_choice(self.label_noise_on, "label_noise_on", LABEL_NOISE_ON)
+        check_choice(self.attention, "attention", (True, False))
+        for k in ("crop", "base_channels", "levels", "num_heads", "critic_channels", "critic_levels", "patch_size",
+                  "out_scales", "n_critic"):
+            check_int(getattr(self, k), k, min=1)
+        check_int(self.train_subjects, "train_subjects", min=0); check_int(self.subject_seed, "subject_seed", min=0)
+        check_positive(self.critic_lr, "critic_lr")
+        require(isinstance(self.betas, (tuple, list)) and len(self.betas) == 2, "betas", "a pair (beta1, beta2)",
+                self.betas)
+        for i, b in enumerate(self.betas): check_number(b, f"betas[{i}]", 0, 1, max_open=True)
+        for k in ("ce_fraction", "dose_min", "dose_max"): check_number(getattr(self, k), k, 0, 1)
         f = 2 ** max(self.levels, self.critic_levels)
         require(self.crop >= f and self.crop % f == 0, "crop", f"a multiple of 2^max(levels, critic_levels) = {f}", self.crop)
         require(1 <= self.out_scales <= self.levels, "out_scales", f"1..levels ({self.levels})", self.out_scales)
         require(self.crop // 2 ** (self.out_scales - 1) >= self.patch_size, "crop", f"at least patch_size at the coarsest output scale", self.crop)
-        require(0 <= self.ce_fraction <= 1, "ce_fraction", "a share in [0, 1]", self.ce_fraction)
         require(0 <= self.dose_min < self.dose_max <= 1, "dose_min/dose_max", "0 <= dose_min < dose_max <= 1", (self.dose_min, self.dose_max))
         for k in ("content_weight", "l1_weight", "np_weight", "adv_weight", "gp_weight", "label_noise"):
-            require(getattr(self, k) >= 0, k, "a non-negative value", getattr(self, k))
-        require(self.n_critic >= 1 and self.train_subjects >= 0, "n_critic/train_subjects", "n_critic >= 1, train_subjects >= 0",
-                 (self.n_critic, self.train_subjects))
+            check_number(getattr(self, k), k, min=0)
         if self.content_loss == "vgg" and not self.vgg_weights:
             raise ValueError("vgg_weights: content_loss='vgg' needs a local VGG-16 state dict (torchvision's vgg16-397923af.pth, "
                              "downloaded by you); pass vgg_weights=PATH; medsynth_nb never downloads weights")
@@ -353,7 +396,8 @@ def smoothed_condition(cond: Tensor, # (B, 2) real condition [d, (B − 2.25)/0.
                        generator: torch.Generator | None = None,
                       ) -> Tensor:
     "Label smoothing of the critic's real branch: c + N(0, σ²) on the dose only ('dose') or on every entry ('all')."
-    if on not in LABEL_NOISE_ON: raise ValueError(f"on: expected one of {LABEL_NOISE_ON}, got {on!r}")
+    check_choice(on, "on", LABEL_NOISE_ON); check_number(sigma, "sigma", min=0)
+    require(cond.ndim == 2 and cond.shape[1] == 2, "cond", "a (B, 2) condition", tuple(cond.shape))
     noise = sigma * torch.randn(cond.shape, generator=generator, device=cond.device, dtype=cond.dtype)
     if on == "dose": noise[:, 1:] = 0       # the field is known exactly: noising it lets the critic tell real from fake
     return cond + noise
@@ -427,6 +471,9 @@ def lowdose_metrics(pred: Tensor, target: Tensor, # (X, Y, Z) synthetic and real
                     native: Tensor, standard: Tensor, # x_NA and x_SD (define CE voxels and the brain)
                    ) -> dict[str, float]:
     "Table 1 on one volume: PSNR, SSIM, MAE_CE (x_SD ≥ 1.1 x_NA), MAE_σ literal (x_LD, residual) and on noise (ours)."
+    for x, n in ((target, "target"), (native, "native"), (standard, "standard")): check_tensor(x, n, ndim=3)
+    check_tensor(pred, "pred", ndim=3)
+    for x, n in ((pred, "pred"), (native, "native"), (standard, "standard")): check_same_shape(target, x, ("target", n))
     pred = pred.to(target.device)
     brain = (native > 0)[None, None]
     ce = ce_mask(native[None, None], standard[None, None], 1.1, brain)
@@ -443,6 +490,12 @@ def evaluate_lowdose(G: nn.Module, series: Sequence[dict], # normalised held-out
                      doses: Sequence[float] | None = None, # default: every low dose of each series
                      seed: int = 0) -> list[dict]:
     "One row of `lowdose_metrics` per (subject, dose), synthesising whole volumes on G's device (z drawn on the CPU)."
+    check_int(seed, "seed", min=0)
+    require(len(series) > 0, "series", "at least one held-out series", list(series))
+    for i, s in enumerate(series):
+        _check_series(s, f"series[{i}]")
+        for d in doses or ():
+            require(d in s["low"], "doses", f"doses of series[{i}] {sorted(s['low'])}", d)
     rows, gen = [], make_generator(seed)
     for i, s in enumerate(series):
         for d in (sorted(s["low"]) if doses is None else doses):
@@ -455,13 +508,21 @@ TABLE1_KEYS = ("psnr", "ssim", "mae_ce", "mae_sigma", "mae_sigma_residual", "mae
 
 def summarize(rows: Sequence[dict], keys=TABLE1_KEYS) -> dict[str, float]:
     "Mean of each metric over rows."
+    require(len(rows) > 0, "rows", "at least one row", list(rows))
+    for i, r in enumerate(rows):
+        missing = [k for k in keys if k not in r]
+        require(not missing, f"rows[{i}]", f"the metrics {tuple(keys)}", f"missing {missing}")
     return {k: float(np.mean([r[k] for r in rows])) for k in keys}
 
 def enhancement_curve(G: nn.Module, s: dict, # one normalised series
                       doses: Sequence[float], seed: int = 0,
                      ) -> tuple[Tensor, Tensor]: # (synthetic, real) mean enhancement x_LD − x_NA in CE voxels per dose (real: NaN where absent)
     "Mean contrast enhancement in the CE voxels of x_SD vs dose: synthesised at every dose, real where the series has that dose."
+    _check_series(s, "s"); check_int(seed, "seed", min=0)
+    require(len(doses) > 0, "doses", "at least one dose", doses)
+    for i, d in enumerate(doses): check_number(d, f"doses[{i}]", 0, 1)
     ce = ce_mask(s["native"][None, None], s["standard"][None, None], 1.1, (s["native"] > 0)[None, None])[0, 0]
+    require(bool(ce.any()), "s", "contrast-enhanced voxels (x_SD >= 1.1 x_NA) to average over", "none")
     gen = make_generator(seed)
     syn = torch.tensor([float((synthesize_volume(G, s, d, gen).to(ce.device) - s["native"])[ce].mean()) for d in doses])
     real = torch.tensor([float((s["low"][d] - s["native"])[ce].mean()) if d in s["low"] else float("nan") for d in doses])
@@ -473,6 +534,8 @@ def dose_slider(G: nn.Module, s: dict, # one normalised series
     "An ipywidgets slider over d̂ showing x_NA, the synthesised x̂_LD(d̂) and x_SD of one axial slice."
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
+    _check_series(s, "s"); check_int(seed, "seed", min=0)
+    if index is not None: check_int(index, "index", min=0, max=s["native"].shape[2] - 1)
     na, sd = s["native"], s["standard"]
     if index is None: index = int(ce_mask(na[None, None], sd[None, None], 1.1, (na > 0)[None, None])[0, 0].sum((0, 1)).argmax())
     a, b = na[:, :, index][None, None], sd[:, :, index][None, None]
@@ -489,11 +552,16 @@ def dose_slider(G: nn.Module, s: dict, # one normalised series
 def with_synthetic_low(G: nn.Module, series: Sequence[dict], # normalised series
                        dose: float = 0.33, seed: int = 0) -> list[dict]:
     "Copies of `series` whose only low-dose image is x̂_LD synthesised by G at `dose` (synthetic VCM training data)."
+    check_number(dose, "dose", 0, 1); check_int(seed, "seed", min=0)
+    for i, s in enumerate(series): _check_series(s, f"series[{i}]")
     gen = make_generator(seed)
     return [dict(s, low={dose: synthesize_volume(G, s, dose, gen).to(s["native"].device)}) for s in series]
 
 def only_dose(series: Sequence[dict], dose: float = 0.33) -> list[dict]:
     "Copies of `series` keeping only the real low-dose image at `dose` (the VCM's real training data)."
+    for i, s in enumerate(series):
+        _check_series(s, f"series[{i}]")
+        require(dose in s["low"], "dose", f"a dose of series[{i}] {sorted(s['low'])}", dose)
     return [dict(s, low={dose: s["low"][dose]}) for s in series]
 
 # %% ../nbs/12_lowdose_gan.ipynb #a7b10003
@@ -502,6 +570,10 @@ def train_sd_predictor(series: Sequence[dict], # normalised series, each with th
                        base_channels: int = 4, levels: int = 3, seed: int = 0,
                       ) -> tuple[CondUNet, list[float]]: # the VCM and its ℓ1 loss per step
     "A virtual-contrast model x̂_SD = x_NA + u([x_NA, x_LD] | d, B), trained with ℓ1 on random 2-D crops (ours)."
+    for k, v in dict(steps=steps, batch=batch, crop=crop, base_channels=base_channels, levels=levels).items():
+        check_int(v, k, min=1)
+    check_int(seed, "seed", min=0); check_positive(lr, "lr")
+    require(crop % 2 ** levels == 0, "crop", f"a multiple of 2^levels = {2 ** levels}", crop)
     stream = DoseCropStream(series, dims=2, crop=crop, ce_fraction=0.5)
     with seeded(seed): net = CondUNet(2, 1, 2, 2, base_channels, (2, 4) + (8,) * (levels - 1), (), 1, out_scales=1)
     opt, gen, losses = torch.optim.Adam(net.parameters(), lr=lr), make_generator(seed), []
@@ -518,6 +590,8 @@ def train_sd_predictor(series: Sequence[dict], # normalised series, each with th
 def predict_standard(net: CondUNet, s: dict, # one normalised series with a REAL low dose at `dose`
                      dose: float = 0.33, slice_axis: int = 2) -> Tensor: # (X, Y, Z) x̂_SD
     "x̂_SD of a whole volume from its native and real low-dose image, slice by slice (on the VCM's device)."
+    _check_series(s, "s"); require(dose in s["low"], "dose", f"a dose of s['low'] {sorted(s['low'])}", dose)
+    check_int(slice_axis, "slice_axis", min=0, max=2)
     na = volume_to_slices(s["native"], slice_axis).to(_device(net))
     ld = volume_to_slices(s["low"][dose], slice_axis).to(na.device)
     (x, shape), cond = _pad_to(torch.cat([na, ld], 1), 2 ** net.levels), condition_vector(dose, s["field"], batch=len(na))
@@ -526,6 +600,7 @@ def predict_standard(net: CondUNet, s: dict, # one normalised series with a REAL
 
 def sd_prediction_metrics(net: CondUNet, series: Sequence[dict], dose: float = 0.33) -> dict[str, float]:
     "Table 1 right: mean PSNR / SSIM of x̂_SD (from the real x_LD) against the real x_SD over the volumes."
+    require(len(series) > 0, "series", "at least one series", list(series))
     rows = []
     for s in series:
         p, t = predict_standard(net, s, dose)[None, None], s["standard"][None, None]

@@ -11,6 +11,7 @@ from medsynth_nb.data import DoseSeriesDataset
 from medsynth_nb.lowdose import (DoseCropStream, LowDoseConfig, VGG16Features, build_networks, condition_vector,
                                  content_loss, enhancement_curve, evaluate_lowdose, generate, load_vgg16_features,
                                  lowdose_metrics, normalized_series, synthesize, synthesize_volume)
+import medsynth_nb.lowdose as L
 from medsynth_nb.train import get_experiment, load_models, train
 from medsynth_nb.utils import make_generator, seeded, test_allclose
 from medsynth_nb.wasserstein import gaussian_downsample, wasserstein_patch_loss
@@ -443,3 +444,108 @@ def test_held_out_subjects_are_colin27():
     ref = random_subject(9000, field=1.5, doses=(0.0, 0.33, 1.0), anatomy="colin27", snr=25.0)
     icbm = random_subject(9000, field=1.5, doses=(0.0, 0.33, 1.0), snr=25.0)
     assert torch.equal(h[0]["labels"], ref["labels"]) and not torch.equal(h[0]["labels"], icbm["labels"])
+
+
+# --- one validation vocabulary: every refusal at the boundary ----------------------------------------------------------
+def _tiny():
+    with seeded(0): return build_networks(small_cfg())[0]
+
+
+_G = _tiny()
+_x = torch.rand(2, 1, 16, 16, generator=make_generator(0))
+_c = condition_vector(0.2, 3.0, batch=2)
+_v = torch.rand(8, 8, 4, generator=make_generator(1)) + 0.5
+_s = dict(native=_v, standard=1.5 * _v, low={0.2: 1.1 * _v}, field=3.0)
+_row = dict(psnr=1.0, ssim=1.0, mae_ce=0.0, mae_sigma=0.0, mae_sigma_residual=0.0, mae_sigma_noise=0.0)
+BAD = [  # (call, exception, message fragment)
+    (lambda: condition_vector(True, 3.0), TypeError, "dose: expected real numbers, got a bool True"),
+    (lambda: condition_vector(0.2, torch.tensor([True])), TypeError, "field: expected real numbers, got a bool"),
+    (lambda: condition_vector(0.2, 3.0, batch=2.0), TypeError, "batch: expected an int, got 2.0 (float)"),
+    (lambda: condition_vector(0.2, 3.0, batch=0), ValueError, "batch: expected an int >= 1, got 0"),
+    (lambda: condition_vector(0.2, 3.0, batch=True), TypeError, "batch: expected an int, got True (bool)"),
+    (lambda: condition_vector(float("inf"), 3.0), ValueError, "dose: expected dose fractions in [0, 1]"),
+    (lambda: L.simulate_dose_series([1.5]), TypeError, "seeds[0]: expected an int, got 1.5 (float)"),
+    (lambda: L.simulate_dose_series([True]), TypeError, "seeds[0]: expected an int, got True (bool)"),
+    (lambda: L.simulate_dose_series([1], fields=[2.0]), ValueError, "fields[0]: expected one of (1.5, 3.0), got 2.0"),
+    (lambda: L.simulate_dose_series([1, 2], fields=[1.5]), ValueError, "fields: expected 2 values (one per seed), got 1"),
+    (lambda: L.simulate_dose_series([1], doses=(0.1, 1.0)), ValueError, "doses[1]: expected a number in (0, 1), got 1"),
+    (lambda: L.simulate_dose_series([1], doses=(0.1, 0.1)), ValueError, "doses: expected distinct low doses"),
+    (lambda: L.simulate_dose_series([1], doses=()), ValueError, "doses: expected distinct low doses, got ()"),
+    (lambda: DoseCropStream([_s], crop=16.0), TypeError, "crop: expected an int, got 16.0 (float)"),
+    (lambda: DoseCropStream([_s], crop=0), ValueError, "crop: expected an int >= 1, got 0"),
+    (lambda: DoseCropStream([_s], slice_axis=3), ValueError, "slice_axis: expected an int in [0, 2], got 3"),
+    (lambda: DoseCropStream([_s], ce_fraction=float("nan")), ValueError, "ce_fraction: expected a finite number"),
+    (lambda: DoseCropStream([_s], dims=True), ValueError, "dims: expected one of (2, 3), got True"),
+    (lambda: DoseCropStream([]), ValueError, "series: expected at least one dose series"),
+    (lambda: DoseCropStream([dict(_s, native=0 * _v)]), ValueError, "series: expected a native image with some non-zero voxels"),
+    (lambda: DoseCropStream([{k: v for k, v in _s.items() if k != "low"}]), ValueError, "series[0]: expected a normalised series"),
+    (lambda: DoseCropStream([_s], crop=4)(2.0), TypeError, "n: expected an int, got 2.0 (float)"),
+    (lambda: DoseCropStream([_s], crop=4)(0), ValueError, "n: expected an int >= 1, got 0"),
+    (lambda: generate(_G, _x, _x, _c[:1]), ValueError, "x_NA and cond: expected the same batch size"),
+    (lambda: generate(_G, _x, _x, _c[:, :1]), ValueError, "cond: expected a (B, 2) condition"),
+    (lambda: synthesize(_G, _x, _x * float("nan"), 0.2, 3.0), ValueError, "x_SD: expected finite values"),
+    (lambda: synthesize(_G, _x * float("nan"), _x, 0.2, 3.0), ValueError, "x_NA: expected finite values"),
+    (lambda: synthesize(_G, _x, _x, torch.tensor([0.1, 0.2, 0.3]), 3.0), ValueError, "expected scalars or 2 values"),
+    (lambda: synthesize(_G, _x, _x, 0.2, 3.0, mask=1), ValueError, "mask: expected one of (True, False), got 1"),
+    (lambda: synthesize_volume(_G, _s, 0.2, chunk=0), ValueError, "chunk: expected an int >= 1, got 0"),
+    (lambda: synthesize_volume(_G, _s, 0.2, slice_axis=2.0), TypeError, "slice_axis: expected an int, got 2.0"),
+    (lambda: synthesize_volume(_G, {"native": _v}, 0.2), ValueError, "series: expected native, standard, low and field"),
+    (lambda: L.downsampled_targets(_x, 0), ValueError, "scales: expected an int >= 1, got 0"),
+    (lambda: content_loss(_x, _x, "np", patch_size=4.0), TypeError, "patch_size: expected an int, got 4.0 (float)"),
+    (lambda: content_loss(_x, _x, "np", patch_size=True), TypeError, "patch_size: expected an int, got True (bool)"),
+    (lambda: content_loss(_x, _x, "l1+np", l1_weight=-1.0), ValueError, "l1_weight: expected a number >= 0, got -1"),
+    (lambda: content_loss(_x, _x, "l1+np", np_weight=float("nan")), ValueError, "np_weight: expected a finite number"),
+    (lambda: content_loss([], _x, "l1"), ValueError, "preds: expected at least one output scale"),
+    (lambda: VGG16Features()(torch.zeros(1, 2, 8, 8)), ValueError, "x: expected (B, 1|3, H, W) or (B, 1, D, H, W)"),
+    (lambda: L.smoothed_condition(_c, -0.1), ValueError, "sigma: expected a number >= 0, got -0.1"),
+    (lambda: L.smoothed_condition(_c[:, 0], 0.1), ValueError, "cond: expected a (B, 2) condition"),
+    (lambda: lowdose_metrics(_v, _v, _v, _v[:4]), ValueError, "target and standard: expected the same shape"),
+    (lambda: lowdose_metrics(_v * float("nan"), _v, _v, _v), ValueError, "pred: expected finite values"),
+    (lambda: lowdose_metrics(_v[0], _v[0], _v[0], _v[0]), ValueError, "target: expected 3 dimensions"),
+    (lambda: evaluate_lowdose(_G, [_s], doses=(0.33,)), ValueError, "doses: expected doses of series[0] [0.2], got 0.33"),
+    (lambda: evaluate_lowdose(_G, [_s], seed=0.5), TypeError, "seed: expected an int, got 0.5 (float)"),
+    (lambda: evaluate_lowdose(_G, []), ValueError, "series: expected at least one held-out series"),
+    (lambda: L.summarize([]), ValueError, "rows: expected at least one row"),
+    (lambda: L.summarize([dict(psnr=1.0)]), ValueError, "rows[0]: expected the metrics"),
+    (lambda: enhancement_curve(_G, _s, []), ValueError, "doses: expected at least one dose"),
+    (lambda: enhancement_curve(_G, _s, [1.5]), ValueError, "doses[0]: expected a number in [0, 1], got 1.5"),
+    (lambda: enhancement_curve(_G, dict(_s, standard=_v), [0.2]), ValueError, "s: expected contrast-enhanced voxels"),
+    (lambda: L.dose_slider(_G, _s, index=4), ValueError, "index: expected an int in [0, 3], got 4"),
+    (lambda: L.with_synthetic_low(_G, [_s], dose=1.5), ValueError, "dose: expected a number in [0, 1], got 1.5"),
+    (lambda: L.with_synthetic_low(_G, [_s], seed=True), TypeError, "seed: expected an int, got True (bool)"),
+    (lambda: L.only_dose([_s], 0.33), ValueError, "dose: expected a dose of series[0] [0.2], got 0.33"),
+    (lambda: L.train_sd_predictor([_s], steps=1.0), TypeError, "steps: expected an int, got 1.0 (float)"),
+    (lambda: L.train_sd_predictor([_s], batch=True), TypeError, "batch: expected an int, got True (bool)"),
+    (lambda: L.train_sd_predictor([_s], crop=20), ValueError, "crop: expected a multiple of 2^levels = 8, got 20"),
+    (lambda: L.train_sd_predictor([_s], lr=0.0), ValueError, "lr: expected a number > 0, got 0"),
+    (lambda: L.predict_standard(_G, _s, 0.33), ValueError, "dose: expected a dose of s['low'] [0.2], got 0.33"),
+    (lambda: L.sd_prediction_metrics(_G, []), ValueError, "series: expected at least one series"),
+    (lambda: small_cfg(crop=16.0), TypeError, "crop"),
+    (lambda: small_cfg(n_critic=0), ValueError, "n_critic: expected an int >= 1, got 0"),
+    (lambda: small_cfg(patch_size=0), ValueError, "patch_size: expected an int >= 1, got 0"),
+    (lambda: small_cfg(betas=(0.5, 1.0)), ValueError, "betas[1]: expected a number in [0, 1), got 1"),
+    (lambda: small_cfg(critic_lr=0.0), ValueError, "critic_lr: expected a number > 0, got 0"),
+    (lambda: small_cfg(gp_weight=float("nan")), ValueError, "gp_weight: expected a finite number, got nan"),
+    (lambda: small_cfg(label_noise=-0.1), ValueError, "label_noise: expected a number >= 0, got -0.1"),
+    (lambda: small_cfg(dose_max=1.5), ValueError, "dose_max: expected a number in [0, 1], got 1.5"),
+    (lambda: small_cfg(train_subjects=-1), ValueError, "train_subjects: expected an int >= 0, got -1"),
+    (lambda: small_cfg(subject_seed=-1), ValueError, "subject_seed: expected an int >= 0, got -1"),
+]
+
+
+@pytest.mark.parametrize("call,exc,fragment", BAD, ids=[f"bad{i}" for i in range(len(BAD))])
+def test_bad_input_matrix(call, exc, fragment):
+    with pytest.raises(exc) as e:
+        call()
+    assert fragment in str(e.value), str(e.value)
+
+
+def test_vgg_file_errors_name_the_path(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="junk.pth"): load_vgg16_features(tmp_path / "junk.pth")
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match="list.pth is not a VGG-16 state dict: it holds a list"):
+        load_vgg16_features(tmp_path / "list.pth")
+    sd = {f"features.{k}": torch.zeros(1) for k in VGG16Features().state_dict()}
+    torch.save(sd, tmp_path / "shapes.pth")
+    with pytest.raises(ValueError, match="shapes.pth is not a VGG-16 state dict"): load_vgg16_features(tmp_path / "shapes.pth")

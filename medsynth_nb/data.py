@@ -40,10 +40,12 @@ def load_manifest(root: str | os.PathLike | None = None) -> dict:
     path = samples_root(root) / "manifest.json"
     if not path.exists(): raise FileNotFoundError(f"{path}: no manifest; build the samples with `python -m medsynth_nb.phantom`")
     try: man = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{path}: not a JSON manifest ({type(e).__name__}: {e})") from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a JSON manifest ({type(e).__name__}: {e})") from e
     files = man.get("files") if isinstance(man, dict) else None
     ok = isinstance(files, list) and all(isinstance(f, dict) and {"kind", "path"} <= set(f) for f in files)
-    if not ok: raise ValueError(f"{path}: expected {{'files': [{{'kind': ..., 'path': ..., ...}}, ...]}}, got a malformed manifest")
+    if not ok:
+        raise ValueError(f"{path}: expected {{'files': [{{'kind': ..., 'path': ..., ...}}, ...]}}, got malformed JSON")
     return man
 
 def find_samples(kind: str, root: str | os.PathLike | None = None, **match) -> list[dict]:
@@ -141,7 +143,8 @@ def ismrmrd_header(matrix: tuple[int, int], # (H, W) encoded matrix
 def parse_ismrmrd_header(xml: bytes | str) -> dict:
     "Matrix, FOV, field strength and coil count from an ISMRMRD XML header."
     try: root = ET.fromstring(xml)
-    except ET.ParseError as e: raise ValueError(f"xml: expected an ISMRMRD XML header, got unparsable text ({e})") from e
+    except ET.ParseError as e:
+        raise ValueError(f"xml: expected an ISMRMRD XML header, got unparsable text ({e})") from e
     ns = {"i": _ISMRMRD_NS}
     def get(p, f=float): 
         e = root.find(p, ns)
@@ -219,9 +222,11 @@ def _check_image(x, name: str) -> Tensor:
 
 def _check_q(q, name: str = "q"):
     "Percentile(s) in [0, 100], each a finite real number (bool refused)."
-    qs = list(q) if isinstance(q, (list, tuple)) else [q]
+    many = isinstance(q, (list, tuple, np.ndarray, Tensor))
+    qs = (q.tolist() if isinstance(q, (np.ndarray, Tensor)) else list(q)) if many else [q]
+    qs = qs if isinstance(qs, list) else [qs]          # a 0-d array or tensor
     require(len(qs) > 0, name, "at least one percentile", q)
-    for i, v in enumerate(qs): check_number(v, name if len(qs) == 1 and not isinstance(q, (list, tuple)) else f"{name}[{i}]", 0, 100)
+    for i, v in enumerate(qs): check_number(v, f"{name}[{i}]" if many else name, 0, 100)
 
 def _check_voxel_mask(mask, x: Tensor, name: str = "mask"):
     "`mask` is None, or a binary mask of `x`'s shape (no broadcasting)."
@@ -332,8 +337,8 @@ class DoseSeriesDataset(Dataset):
             require(isinstance(s, dict), f"series[{i}]", "a dict", type(s).__name__)
             missing = {"native", "standard", "low", "field"} - set(s)
             if missing: raise ValueError(f"series[{i}]: missing {sorted(missing)}")
-            require(isinstance(s["low"], dict) and len(s["low"]) > 0, f"series[{i}]['low']", "a non-empty dict {dose: volume}",
-                    s["low"] if not isinstance(s["low"], dict) else {})
+            low_ok = isinstance(s["low"], dict) and len(s["low"]) > 0
+            require(low_ok, f"series[{i}]['low']", "a non-empty dict {dose: volume}", s["low"] if not low_ok else None)
             for d in s["low"]: check_number(d, f"series[{i}]['low'] dose", 0, 1)
             check_positive(s["field"], f"series[{i}]['field']")
             na = _real(s["native"], f"series[{i}]['native']")
@@ -341,10 +346,12 @@ class DoseSeriesDataset(Dataset):
             imgs = {"standard": s["standard"], **{float(d): v for d, v in s["low"].items()}}
             imgs = {k: _real(v, f"series[{i}][{k!r}]") for k, v in imgs.items()}
             for k, v in imgs.items():
-                require(v.shape == na.shape, f"series[{i}][{k!r}]", f"the native's shape {tuple(na.shape)}", tuple(v.shape))
+                want = f"the native's shape {tuple(na.shape)}"
+                require(v.shape == na.shape, f"series[{i}][{k!r}]", want, tuple(v.shape))
             if normalize:
                 scale = percentile(na, q, na > 0 if (na > 0).any() else None)
-                require(scale > 0, f"series[{i}]['native']", f"a positive {q:g}th percentile to divide by", scale.item())
+                want = f"a positive {q:g}th percentile to divide by"
+                require(scale > 0, f"series[{i}]['native']", want, scale.item())
                 na = na / scale; imgs = {k: v / scale for k, v in imgs.items()}
             self.series.append(dict(native=na, standard=imgs.pop("standard"), low=imgs, field=float(s["field"])))
         self.index = []
@@ -378,7 +385,8 @@ class DoseSeriesDataset(Dataset):
             have = sorted(d for d in vols if 0 < d < 1)
             for d in doses or ():
                 require(d in have, "doses", f"doses of the {B:g} T samples {have}", d)
-            require(0.0 in vols and 1.0 in vols, "root", f"native (0) and standard (1) dose files at {B:g} T", sorted(vols))
+            want = f"native (0) and standard (1) dose files at {B:g} T"
+            require(0.0 in vols and 1.0 in vols, "root", want, sorted(vols))
             series.append(dict(native=vols[0.0], standard=vols[1.0], low=low, field=B))
         return cls(series, **kw)
 
@@ -473,7 +481,8 @@ class KSpaceSliceDataset(Dataset):
         else:
             r = self.mask_func((H, W), make_generator(self.seed + k))
             mask, nlow = (r if isinstance(r, tuple) else (r, 0))
-            check_mask(torch.as_tensor(mask), "mask_func(...)"); check_int(nlow, "mask_func(...) num_low_frequencies", min=0)
+            check_mask(torch.as_tensor(mask), "mask_func(...)")
+            check_int(nlow, "mask_func(...) num_low_frequencies", min=0)
             mask = torch.as_tensor(mask, dtype=torch.float32)
             mask = torch.broadcast_to(mask.reshape((1,) * (3 - mask.ndim) + tuple(mask.shape)), (1, H, W)).contiguous()
         return dict(kspace=ks * mask, mask=mask, target=tgt[None], max=torch.tensor(float(d["attrs"]["max"])),

@@ -253,6 +253,7 @@ BAD = [  # (call, exception, message fragment)
     (lambda: percentile(_X, [50, float("nan")]), ValueError, "q[1]: expected a finite number, got nan"),
     (lambda: percentile(_X, True), TypeError, "q: expected a real number, got True (bool)"),
     (lambda: percentile(_X, []), ValueError, "q: expected at least one percentile"),
+    (lambda: percentile(_X, torch.tensor([1.0, 200.0])), ValueError, "q[1]: expected a number in [0, 100], got 200"),
     (lambda: percentile(_X, 50, mask=torch.full(_X.shape, 0.5)), ValueError, "mask: expected a binary mask"),
     (lambda: percentile(_X, 50, mask=torch.ones(4, dtype=torch.bool)), ValueError, "x and mask: expected the same shape"),
     (lambda: percentile_clip(_X, 99.0, 1.0), ValueError, "lower/upper: expected lower <= upper"),

@@ -102,13 +102,13 @@ def ifft2c(k: Tensor, # complex, (..., H, W) centred k-space
 # %% ../nbs/30_kspace.ipynb #c65fb73f
 def complex_to_fastmri(x: Tensor, # complex (...)
                       ) -> Tensor:
-    "fastMRI's real layout (..., 2) = (real, imag); a view of `x`, no copy."
+    "fastMRI's real layout (..., 2) = (real, imag); a view of `x`, no copy (a layout change: NaN/inf pass through)."
     check_tensor(x, "x", dtype="complex", finite=False)
     return torch.view_as_real(x)
 
 def fastmri_to_complex(x: Tensor, # real (..., 2)
                       ) -> Tensor:
-    "Native complex tensor from fastMRI's (..., 2) real layout."
+    "Native complex tensor from fastMRI's (..., 2) real layout (NaN/inf pass through)."
     check_tensor(x, "x", dtype="float", finite=False)
     if x.ndim < 1 or x.shape[-1] != 2: raise ValueError(f"x: expected a last dimension of size 2 (real, imag), got shape {tuple(x.shape)}")
     return torch.view_as_complex(x.contiguous())
@@ -116,12 +116,13 @@ def fastmri_to_complex(x: Tensor, # real (..., 2)
 def complex_to_deepinv(x: Tensor, # complex (B, 1, H, W) image or (B, N, H, W) coil data
                       ) -> Tensor:
     "deepinv's layout: (B, 1, H, W) -> (B, 2, H, W); (B, N, H, W), N > 1 -> (B, 2, N, H, W); channel 0 real, 1 imag."
+    # layout changes run inside every network step (to_channels/to_complex): no NaN scan; the callers' entries scan
     check_tensor(x, "x", ndim=4, dtype="complex", finite=False)
     return torch.cat([x.real, x.imag], 1) if x.shape[1] == 1 else torch.stack([x.real, x.imag], 1)
 
 def deepinv_to_complex(x: Tensor, # real (B, 2, H, W) or (B, 2, N, H, W)
                       ) -> Tensor:
-    "Native complex (B, 1, H, W) or (B, N, H, W) from deepinv's real/imag channel layout."
+    "Native complex (B, 1, H, W) or (B, N, H, W) from deepinv's real/imag channel layout (NaN/inf pass through)."
     check_tensor(x, "x", ndim=(4, 5), dtype="float", finite=False)
     if x.shape[1] != 2: raise ValueError(f"x: expected 2 channels (real, imag) in dim 1, got shape {tuple(x.shape)}")
     return torch.complex(x[:, :1], x[:, 1:]) if x.ndim == 4 else torch.complex(x[:, 0], x[:, 1])
@@ -130,6 +131,7 @@ def deepinv_to_complex(x: Tensor, # real (B, 2, H, W) or (B, 2, N, H, W)
 def lei_fft2(x: Tensor, # complex (..., H, W)
             ) -> Tensor:
     "Lei et al.'s k-space transform: fftshift(FFT(fftshift(x))), unnormalised (= sqrt(HW) fft2c for even sizes)."
+    # a transform, as `fft2c`: NaN/inf pass through (no scan; the DC steps and operators check at their entry)
     check_tensor(x, "x", dtype="complex", finite=False)
     return torch.fft.fftshift(torch.fft.fft2(torch.fft.fftshift(x, dim=(-2, -1))), dim=(-2, -1))
 
@@ -433,7 +435,7 @@ def zero_filled(y: Tensor, # (B, coils, H, W) measured (masked) k-space
 def rss(x: Tensor, # (B, coils, H, W) coil images, complex or real
         dim: int = 1) -> Tensor:
     "Root-sum-of-squares coil combination sqrt(sum_i |x_i|^2), keeping `dim` (B, 1, H, W)."
-    check_tensor(x, "x", dtype="any")
+    check_tensor(x, "x", dtype="any"); check_int(dim, "dim", min=-x.ndim, max=x.ndim - 1)
     return torch.sqrt((x.abs() ** 2).sum(dim, keepdim=True))
 
 # %% ../nbs/30_kspace.ipynb #abbe1d82

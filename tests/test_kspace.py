@@ -400,6 +400,8 @@ BAD = [
     (lambda: espirit_maps(Y8[0], calib_width=8.0, kernel_width=4), TypeError, "calib_width: expected an int, got 8.0 (float)"),
     (lambda: espirit_maps(Y8[0], calib_width=8, kernel_width=4, thresh=-1), ValueError, "thresh: expected a number in [0, 1)"),
     (lambda: espirit_maps(Y8[0] * float("nan")), ValueError, "kspace: expected finite values"),
+    (lambda: rss(Y8, dim=1.0), TypeError, "dim: expected an int, got 1.0 (float)"),
+    (lambda: rss(Y8, dim=4), ValueError, "dim: expected an int in [-4, 3], got 4"),
 ]
 
 

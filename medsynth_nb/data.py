@@ -483,6 +483,10 @@ class KSpaceSliceDataset(Dataset):
             mask, nlow = (r if isinstance(r, tuple) else (r, 0))
             check_mask(torch.as_tensor(mask), "mask_func(...)")
             check_int(nlow, "mask_func(...) num_low_frequencies", min=0)
+            ms = tuple(torch.as_tensor(mask).shape)
+            lead = zip(ms[-3:-1], (1, H)[-len(ms) + 1:])      # the dims before W: 1, or H for the row dim
+            fits = 1 <= len(ms) <= 3 and ms[-1] == W and all(a in (1, b) for a, b in lead)
+            require(fits, "mask_func(...)", f"a mask broadcastable to (1, {H}, {W}): (W,), (1|H, W) or (1, 1|H, W)", ms)
             mask = torch.as_tensor(mask, dtype=torch.float32)
             mask = torch.broadcast_to(mask.reshape((1,) * (3 - mask.ndim) + tuple(mask.shape)), (1, H, W)).contiguous()
         return dict(kspace=ks * mask, mask=mask, target=tgt[None], max=torch.tensor(float(d["attrs"]["max"])),

@@ -294,6 +294,8 @@ BAD = [  # (call, exception, message fragment)
     (lambda: KSpaceSliceDataset([]), ValueError, "paths: expected at least one .h5 file"),
     (lambda: KSpaceSliceDataset(SAMPLES / "kspace_3T_axt1post.h5", lambda s, g: torch.full(s, 0.5))[0], ValueError,
      "mask_func(...): expected a binary mask"),
+    (lambda: KSpaceSliceDataset(SAMPLES / "kspace_3T_axt1post.h5", lambda s, g: torch.ones(2, s[-1]))[0], ValueError,
+     "mask_func(...): expected a mask broadcastable to (1, 128, 128)"),
     (lambda: load_fastmri_h5(SAMPLES / "kspace_3T_axt1post.h5", slices=1.0), TypeError, "slices: expected an int, got 1.0"),
     (lambda: ismrmrd_header((128, 128.5)), TypeError, "matrix[1]: expected an int, got 128.5 (float)"),
     (lambda: ismrmrd_header((128, 0)), ValueError, "matrix[1]: expected an int >= 1, got 0"),

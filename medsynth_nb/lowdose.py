@@ -372,6 +372,7 @@ class LowDoseConfig(TrainConfig):
 
 def build_networks(cfg: LowDoseConfig) -> tuple[CondUNet, CondCritic]:
     "Generator g_θ and critic f_φ with the config's sizes."
+    require(isinstance(cfg, LowDoseConfig), "cfg", "a LowDoseConfig", type(cfg).__name__)
     G = CondUNet(3, 1, 2, cfg.dims, cfg.base_channels, (2, 4) + (8,) * (cfg.levels - 1),
                  tuple(range(1, cfg.levels + 1)) if cfg.attention else (), cfg.num_heads, out_scales=cfg.out_scales)
     D = CondCritic(3, 2, cfg.dims, cfg.critic_channels, tuple(min(2 ** i, 8) for i in range(cfg.critic_levels + 1)))
@@ -379,6 +380,7 @@ def build_networks(cfg: LowDoseConfig) -> tuple[CondUNet, CondCritic]:
 
 def training_series(cfg: LowDoseConfig) -> list[dict]:
     "Normalised training series: data_samples/ (train_subjects = 0) or simulated subjects."
+    require(isinstance(cfg, LowDoseConfig), "cfg", "a LowDoseConfig", type(cfg).__name__)
     if cfg.train_subjects == 0: return normalized_series(_sample_series())
     return normalized_series(simulate_dose_series(range(cfg.subject_seed, cfg.subject_seed + cfg.train_subjects)))
 
@@ -405,6 +407,8 @@ def smoothed_condition(cond: Tensor, # (B, 2) real condition [d, (B − 2.25)/0.
 # %% ../nbs/12_lowdose_gan.ipynb #1054e775
 def lowdose_critic_loss(batch: dict, ctx, cfg: LowDoseConfig):
     "Critic: f̄(fake, ĉ) − f̄(real, c̃) + λ_GP·GP over images and conditions (standard sign; Pinetz's code flips f)."
+    # every training step: cfg was validated once (LowDoseConfig), the crops come from a checked DoseCropStream; no NaN
+    # scan here (a non-finite loss is refused by the engine when it is logged)
     G, D = ctx.models.generator, ctx.models.critic
     na, sd, y = batch["x_NA"], batch["x_SD"], batch["y_LD"]
     cond = condition_vector(batch["dose"], batch["field"], device=y.device)
@@ -418,6 +422,7 @@ def lowdose_critic_loss(batch: dict, ctx, cfg: LowDoseConfig):
 
 def lowdose_generator_loss(batch: dict, ctx, cfg: LowDoseConfig, vgg: nn.Module | None = None):
     "Generator: pass 1 (real dose, fresh z) → λ_C·ℓ_C over the scales; pass 2 (random dose d̂) → adversarial −f̄(ŷ, ĉ)."
+    # every training step: no NaN scan, as in `lowdose_critic_loss`
     G, D = ctx.models.generator, ctx.models.critic
     na, sd, y = batch["x_NA"], batch["x_SD"], batch["y_LD"]
     cond = condition_vector(batch["dose"], batch["field"], device=y.device)

@@ -521,6 +521,8 @@ BAD = [  # (call, exception, message fragment)
     (lambda: L.predict_standard(_G, _s, 0.33), ValueError, "dose: expected a dose of s['low'] [0.2], got 0.33"),
     (lambda: L.sd_prediction_metrics(_G, []), ValueError, "series: expected at least one series"),
     (lambda: small_cfg(crop=16.0), TypeError, "crop"),
+    (lambda: build_networks(dict(dims=2)), ValueError, "cfg: expected a LowDoseConfig, got 'dict'"),
+    (lambda: L.training_series(None), ValueError, "cfg: expected a LowDoseConfig, got 'NoneType'"),
     (lambda: small_cfg(n_critic=0), ValueError, "n_critic: expected an int >= 1, got 0"),
     (lambda: small_cfg(patch_size=0), ValueError, "patch_size: expected an int >= 1, got 0"),
     (lambda: small_cfg(betas=(0.5, 1.0)), ValueError, "betas[1]: expected a number in [0, 1), got 1"),

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -278,7 +279,8 @@ def tissue_signals(field: float = 3.0, sequence: str = "spgr", dose: float = 0.0
     check_choice(sequence, "sequence", SEQUENCES)
     base = dict(spgr=SPGR_PROTOCOL, spin_echo=SPIN_ECHO_PROTOCOL, mprage=MPRAGE_PROTOCOLS[f])[sequence]
     for k, v in (protocol or {}).items():
-        check_choice(k, "protocol key", tuple(base)); check_number(v, f"protocol[{k!r}]", min=0)
+        check_choice(k, "protocol key", tuple(base))
+        check_number(v, f"protocol[{k!r}]", min=0, min_open=k in ("TR", "flip_deg", "echo_spacing"))
     for t, v in (t1_scale or {}).items(): check_choice(t, "t1_scale key", TISSUES)
     prot = {**base, **(protocol or {})}
     out = {}
@@ -448,7 +450,8 @@ def multicoil_kspace(image: np.ndarray, # (slices, H, W) real magnitude image
     return k.astype(np.complex64), maps, x
 
 def rss(coil_images: np.ndarray, axis: int = -3) -> np.ndarray:
-    "Root-sum-of-squares over the coil axis."
+    "Root-sum-of-squares over the coil axis (NaN/inf pass through: an elementwise formula, no boundary of its own)."
+    check_int(axis, "axis")
     return np.sqrt((np.abs(coil_images) ** 2).sum(axis))
 
 # %% ../nbs/02_phantom.ipynb #1ef5227e
@@ -539,7 +542,14 @@ class RandomDoseSeriesDataset(Dataset):
         for i, B in enumerate(fields): check_choice(check_number(B, f"fields[{i}]"), f"fields[{i}]", FIELDS)
         for i, d in enumerate(doses): check_number(d, f"doses[{i}]", 0, 1)
         if slice_axis is not None: check_int(slice_axis, "slice_axis", min=0, max=2)
-        self.n, self.seed, self.fields, self.doses, self.slice_axis, self.kw = n, seed, tuple(fields), tuple(doses), slice_axis, subject_kw
+        free = set(inspect.signature(random_subject).parameters) - {"seed", "field", "doses"}
+        want = f"arguments of random_subject {sorted(free)}"
+        require(set(subject_kw) <= free, "subject_kw", want, sorted(subject_kw))
+        kw = {k: p.default for k, p in inspect.signature(random_subject).parameters.items() if k in free} | subject_kw
+        _check_subject(seed, fields[0], (0.0, doses[0], 1.0), kw["sequence"], kw["agent"], kw["n_lesions"], kw["snr"],
+                       kw["bias_strength"], kw["deform_voxels"], kw["t1_jitter"], kw["anatomy"])
+        self.n, self.seed, self.fields, self.doses = n, seed, tuple(fields), tuple(doses)
+        self.slice_axis, self.kw = slice_axis, subject_kw
 
     def __len__(self): return self.n
 

@@ -169,7 +169,7 @@ BAD = [  # (call, exception, message fragment)
     (lambda: P.mprage_signal(1, 1000, 80, 2300, 900, 3, 9, 6, 160.0), TypeError, "n_readouts: expected an int, got 160.0"),
     (lambda: P.mprage_signal(1, 1000, 80, 2300, 900, 3, 9, 0, 160), ValueError, "echo_spacing: expected a number > 0, got 0"),
     (lambda: P.tissue_signals(3.0, "spgr", protocol=dict(TI=900.0)), ValueError, "protocol key: expected one of ('TR', 'TE', 'flip_deg')"),
-    (lambda: P.tissue_signals(3.0, "spgr", protocol=dict(TR=-1.0)), ValueError, "protocol['TR']: expected a number >= 0, got -1"),
+    (lambda: P.tissue_signals(3.0, "spgr", protocol=dict(TE=-1.0)), ValueError, "protocol['TE']: expected a number >= 0, got -1"),
     (lambda: P.tissue_signals(3.0, "spgr", t1_scale=dict(bone=1.0)), ValueError, "t1_scale key: expected one of"),
     (lambda: P.simulate_image({}), ValueError, "fractions: expected a non-empty dict tissue -> map"),
     (lambda: P.simulate_image(dict(_F, gm=_F["gm"] * np.nan)), ValueError, "fractions['gm']: expected finite values"),
@@ -219,6 +219,11 @@ BAD = [  # (call, exception, message fragment)
     (lambda: P.RandomDoseSeriesDataset(2, doses=()), ValueError, "fields/doses: expected at least one field and one dose"),
     (lambda: P.RandomDoseSeriesDataset(2, slice_axis=3), ValueError, "slice_axis: expected an int in [0, 2], got 3"),
     (lambda: P.RandomDoseSeriesDataset(2)[1.0], TypeError, "i: expected an int, got 1.0 (float)"),
+    (lambda: P.RandomDoseSeriesDataset(2, foo=1), ValueError, "subject_kw: expected arguments of random_subject"),
+    (lambda: P.RandomDoseSeriesDataset(2, snr=-1.0), ValueError, "snr: expected a number > 0, got -1"),
+    (lambda: P.tissue_signals(3.0, "spgr", protocol=dict(TR=0.0)), ValueError, "protocol['TR']: expected a number > 0, got 0"),
+    (lambda: P.tissue_signals(3.0, "spgr", protocol=dict(flip_deg=0)), ValueError, "protocol['flip_deg']: expected a number > 0"),
+    (lambda: P.rss(np.ones((2, 3, 3)), 0.0), TypeError, "axis: expected an int, got 0.0 (float)"),
     (lambda: P.build_samples("/tmp/never", seed=0.5), TypeError, "seed: expected an int, got 0.5 (float)"),
 ]
 

@@ -43,7 +43,7 @@ def load_manifest(root: str | os.PathLike | None = None) -> dict:
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a JSON manifest ({type(e).__name__}: {e})") from e
     files = man.get("files") if isinstance(man, dict) else None
-    ok = isinstance(files, list) and all(isinstance(f, dict) and {"kind", "path"} <= set(f) for f in files)
+    ok = isinstance(files, list) and all(isinstance(f, dict) and {"kind", "path", "arrays"} <= set(f) for f in files)
     if not ok:
         raise ValueError(f"{path}: expected {{'files': [{{'kind': ..., 'path': ..., ...}}, ...]}}, got malformed JSON")
     return man
@@ -60,10 +60,18 @@ def _nib():
     import nibabel as nib  # imported on use: `import medsynth_nb.data` stays light
     return nib
 
+def _check_dtype(dtype, name: str = "dtype"):
+    "None or something numpy reads as a real numeric dtype."
+    if dtype is None: return
+    try: dt = np.dtype(dtype)
+    except TypeError: raise TypeError(f"{name}: expected a numpy dtype, got {dtype!r}") from None
+    require(dt.kind in "fiub", name, "a real numeric dtype", dt.name)
+
 def load_nifti(path: str | os.PathLike, # a .nii or .nii.gz file
                dtype: str | np.dtype | None = "float32", # dtype of the returned array; None keeps the stored one
               ) -> tuple[np.ndarray, np.ndarray, object]:
     "Read a NIfTI file fully: `(data, affine (4, 4), header)`; clear errors for missing, unreadable or truncated files."
+    _check_dtype(dtype)
     nib = _nib()
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"{path}: no such NIfTI file")
@@ -95,6 +103,7 @@ def save_nifti(path: str | os.PathLike, # destination .nii or .nii.gz (written a
                dtype: str | np.dtype | None = None, # on-disk dtype; 'int16' quantises with an explicit scl_slope
               ) -> Path:
     "Write a NIfTI file atomically, keeping `affine` and `header`; an error never leaves a partial file."
+    _check_dtype(dtype)
     nib = _nib()
     data = _as_numpy(data, "data")
     if data.ndim not in (2, 3, 4): raise ValueError(f"data: expected 2, 3 or 4 dimensions, got {data.ndim} with shape {data.shape}")

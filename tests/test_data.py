@@ -306,6 +306,8 @@ BAD = [  # (call, exception, message fragment)
     (lambda: parse_ismrmrd_header(b"<not xml"), ValueError, "xml: expected an ISMRMRD XML header"),
     (lambda: save_nifti("/tmp/never.nii", np.zeros((2, 2, 2)), np.eye(4) * float("nan")), ValueError, "affine: expected finite values"),
     (lambda: save_nifti("/tmp/never.nii", np.zeros(2)), ValueError, "data: expected 2, 3 or 4 dimensions, got 1 with shape (2,)"),
+    (lambda: save_nifti("/tmp/never.nii", np.zeros((2, 2, 2)), dtype="nonsense"), TypeError, "dtype: expected a numpy dtype"),
+    (lambda: load_nifti(SAMPLES / "dose_labels.nii.gz", dtype="complex64"), ValueError, "dtype: expected a real numeric dtype"),
 ]
 
 

@@ -150,7 +150,12 @@ class DoseCropStream:
         return {k: torch.stack(v) for k, v in out.items()}
 
 # %% ../nbs/12_lowdose_gan.ipynb #4b9f074e
-def _device(G: nn.Module) -> torch.device: return next(G.parameters()).device
+def _device(G: nn.Module) -> torch.device:
+    "The device of G's parameters (a clear error for a module without any)."
+    require(isinstance(G, nn.Module), "G", "an nn.Module", type(G).__name__)
+    p = next(G.parameters(), None)
+    require(p is not None, "G", "a network with parameters", type(G).__name__)
+    return p.device
 
 def generate(G: nn.Module, # CondUNet with in_channels 3
              x_NA: Tensor, x_SD: Tensor, # (B, 1, *spatial) native and standard-dose images (moved to G's device)

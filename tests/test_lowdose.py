@@ -487,6 +487,8 @@ BAD = [  # (call, exception, message fragment)
     (lambda: synthesize(_G, _x * float("nan"), _x, 0.2, 3.0), ValueError, "x_NA: expected finite values"),
     (lambda: synthesize(_G, _x, _x, torch.tensor([0.1, 0.2, 0.3]), 3.0), ValueError, "expected scalars or 2 values"),
     (lambda: synthesize(_G, _x, _x, 0.2, 3.0, mask=1), ValueError, "mask: expected one of (True, False), got 1"),
+    (lambda: synthesize(torch.nn.Identity(), _x, _x, 0.2, 3.0), ValueError, "G: expected a network with parameters"),
+    (lambda: generate(None, _x, _x, _c), ValueError, "G: expected an nn.Module, got 'NoneType'"),
     (lambda: synthesize_volume(_G, _s, 0.2, chunk=0), ValueError, "chunk: expected an int >= 1, got 0"),
     (lambda: synthesize_volume(_G, _s, 0.2, slice_axis=2.0), TypeError, "slice_axis: expected an int, got 2.0"),
     (lambda: synthesize_volume(_G, {"native": _v}, 0.2), ValueError, "series: expected native, standard, low and field"),

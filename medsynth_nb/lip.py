@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .metrics import psnr, rmse, ssim
 from .utils import (check_choice, check_finite, check_int, check_number, check_positive, check_same_batch,
-                               check_same_shape, check_tensor, require)
+                               check_same_shape, check_tensor, eval_mode, in_chunks, model_device, require)
 
 # %% auto #0
 __all__ = ['NETWORKS', 'NETWORK_IO', 'TRAIN_FIRST_SEED', 'TEST_FIRST_SEED', 'TEST_ANATOMY', 'SOLVER_RECIPES', 'LESION_LABEL',
@@ -402,11 +402,7 @@ def apply_network(net: nn.Module, name: str, batch: dict, chunk: int = 16) -> Te
     check_int(chunk, "chunk", min=1)
     inp, _ = network_io(name, batch, target=False)  # inference: x_H is not needed
     check_finite(inp, "batch")   # once per call (network_io, called every training step, checks shapes only)
-    was = net.training; net.eval()
-    try:
-        dev = next(net.parameters()).device
-        return torch.cat([net(inp[i:i + chunk].to(dev)).to(inp.device) for i in range(0, len(inp), chunk)])
-    finally: net.train(was)
+    with eval_mode(net): return in_chunks(net, inp, chunk=chunk, device=model_device(net))   # back on the batch's device
 
 # %% ../nbs/40_lip_car.ipynb #614972b8
 from .train import Phase, Task, TrainConfig, register_experiment

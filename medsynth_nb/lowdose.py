@@ -20,7 +20,7 @@ from .layers import CondCritic, CondUNet
 from .metrics import ce_mask, mae_ce, mae_sigma, mae_sigma_noise, psnr, ssim
 from .train import TrainConfig, Task, adversarial, register_experiment
 from .utils import (IMAGE_CMAP, check_choice, check_int, check_number, check_positive, check_same_batch,
-                               check_same_shape, check_tensor, make_generator, require, seeded)
+                               check_same_shape, check_tensor, eval_mode, make_generator, model_device, require, seeded)
 from .wasserstein import gaussian_downsample, wasserstein_patch_loss
 
 # %% auto #0
@@ -153,9 +153,8 @@ class DoseCropStream:
 def _device(G: nn.Module) -> torch.device:
     "The device of G's parameters (a clear error for a module without any)."
     require(isinstance(G, nn.Module), "G", "an nn.Module", type(G).__name__)
-    p = next(G.parameters(), None)
-    require(p is not None, "G", "a network with parameters", type(G).__name__)
-    return p.device
+    require(next(G.parameters(), None) is not None, "G", "a network with parameters", type(G).__name__)
+    return model_device(G)
 
 def generate(G: nn.Module, # CondUNet with in_channels 3
              x_NA: Tensor, x_SD: Tensor, # (B, 1, *spatial) native and standard-dose images (moved to G's device)
@@ -189,12 +188,10 @@ def synthesize(G: nn.Module, # trained generator
     cond = condition_vector(dose, field, batch=x_NA.shape[0])     # validated on the CPU, then moved
     dev = _device(G)
     x_NA, x_SD, cond = x_NA.to(dev), x_SD.to(dev), cond.to(dev)
-    was = G.training; G.eval()
-    try:
+    with eval_mode(G):
         na, shape = _pad_to(x_NA, 2 ** G.levels)
         sd, _ = _pad_to(x_SD, 2 ** G.levels)
         y = center_crop_or_pad(generate(G, na, sd, cond, generator)[0], shape)
-    finally: G.train(was)
     x = x_NA + y
     return x * (x_NA != 0) if mask else x
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .layers import DCGANCritic, SplitHeadUNet
 from .train import Task, TrainConfig, adversarial, register_experiment
 from .utils import (check_choice, check_int, check_number, check_positive, check_same_shape, check_tensor,
-                               make_generator, numpy_rng, require)
+                               eval_mode, in_chunks, make_generator, model_device, numpy_rng, require)
 
 # %% auto #0
 __all__ = ['RESIZE_STYLES', 'TF_TABLE_SIZE', 'UAPI_VARIANTS', 'SIGMA_RESAMPLES', 'SIGMA_MAPS', 'SCENARIOS', 'T1W_PROTOCOL',
@@ -459,12 +459,8 @@ def translate(G: nn.Module, # a TwoHeadGenerator (put in eval mode here)
               batch_size: int = 16) -> tuple[Tensor, Tensor]:
     "G's translations and scale maps of `x`, in chunks: ((B, 1, d, d), (B, 1, d, d))."
     check_tensor(x, "x", ndim=4); check_int(batch_size, "batch_size", min=1)
-    was = G.training; G.eval()
-    dev = next(G.parameters()).device
-    try:
-        outs = [G(x[i:i + batch_size].to(dev)) for i in range(0, x.shape[0], batch_size)]
-        return torch.cat([o[0] for o in outs]).cpu(), torch.cat([o[1] for o in outs]).cpu()
-    finally: G.train(was)
+    with eval_mode(G): y, s = in_chunks(lambda b: tuple(G(b)[:2]), x, chunk=batch_size, device=model_device(G))
+    return y.cpu(), s.cpu()
 
 METRIC_RECIPES = ("paper", "code")
 

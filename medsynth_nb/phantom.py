@@ -502,14 +502,15 @@ def _check_subject(seed, field, doses, sequence, agent, n_lesions, snr, bias_str
     require(isinstance(n_lesions, (tuple, list)) and len(n_lesions) == 2, "n_lesions", "a range (lo, hi)", n_lesions)
     lo, hi = check_int(n_lesions[0], "n_lesions[0]", min=0), check_int(n_lesions[1], "n_lesions[1]", min=0)
     require(lo <= hi, "n_lesions", "lo <= hi", tuple(n_lesions))
-    check_positive(snr, "snr"); check_number(bias_strength, "bias_strength", min=0)
+    if snr != math.inf: check_positive(snr, "snr")   # inf: noise-free
+    check_number(bias_strength, "bias_strength", min=0)
     check_number(deform_voxels, "deform_voxels", min=0); check_number(t1_jitter, "t1_jitter", 0, 1, max_open=True)
     check_choice(anatomy, "anatomy", tuple(ANATOMIES))
 
 def random_subject(seed: int, # subject id: everything random follows from it
                    field: float = 1.5, doses: Sequence[float] = (0.0, 0.1, 0.2, 0.33, 1.0),
                    sequence: str = "spgr", agent: str = "gadobutrol",
-                   n_lesions: tuple[int, int] = (1, 3), snr: float = 25.0, # SNR of native white matter
+                   n_lesions: tuple[int, int] = (1, 3), snr: float = 25.0, # SNR of native white matter (math.inf: no noise)
                    bias_strength: float = 0.15, deform_voxels: float = 2.0, t1_jitter: float = 0.10,
                    masked: bool = True, root=None,
                    anatomy: str = "icbm152", # "icbm152" (training subjects) or "colin27" (held-out subjects)

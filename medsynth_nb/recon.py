@@ -19,8 +19,8 @@ from .kspace import (SenseOperator, birdcage_maps, check_measurement, complex_to
                                 deepinv_to_complex, fft2c, gradient_dc, hard_dc, hard_dc_kspace, ifft2c,
                                 kspace_residual, poisson_disc_mask, soft_dc, zero_filled)
 from .train import Task, TrainConfig, adversarial, register_experiment, supervised
-from .utils import (check_choice, check_int, check_number, check_same_shape, check_tensor, make_generator,
-                               numpy_rng, require)
+from .utils import (check_choice, check_int, check_number, check_same_shape, check_tensor, eval_mode, in_chunks,
+                               make_generator, model_device, numpy_rng, require)
 
 # %% auto #0
 __all__ = ['BLOCKS', 'CS_GRID', 'CS_LAM', 'VAL_SUBJECTS', 'REGIMES', 'RECIPES', 'TEST_SUBJECTS', 'TEST_ANATOMY',
@@ -115,12 +115,6 @@ def recon_setup(shape: tuple[int, int] = (64, 64), # (H, W)
     return mask, maps
 
 # %% ../nbs/31_unrolled_recon.ipynb #d27c1746
-def _model_device(G: nn.Module) -> torch.device:
-    "The device of G's first parameter (or buffer); CPU for a module with neither."
-    t = next(G.parameters(), None)
-    if t is None: t = next(G.buffers(), None)
-    return torch.device("cpu") if t is None else t.device
-
 @torch.no_grad()
 def reconstruct(G: nn.Module, # a trained generator (put in eval mode here)
                 y: Tensor, mask: Tensor, maps: Tensor | None = None,
@@ -129,14 +123,11 @@ def reconstruct(G: nn.Module, # a trained generator (put in eval mode here)
                ) -> Tensor | tuple[Tensor, Tensor]:
     "G's reconstructions of (B, coils, H, W) k-space in eval mode on G's device, in chunks; (B, 1, H, W) there."
     check_measurement(y, mask, maps); check_int(batch_size, "batch_size", min=1)   # once: G's forward scans no NaN
-    dev = _model_device(G)
+    dev = model_device(G)
     mask = mask.to(dev)
     maps = None if maps is None else maps.to(dev)
     run = (lambda yb: final_dc_input(G, yb, mask, maps)) if pre_dc else (lambda yb: (G(yb, mask, maps),))
-    was = G.training; G.eval()
-    try: outs = [run(y[i:i + batch_size].to(dev)) for i in range(0, y.shape[0], batch_size)]
-    finally: G.train(was)
-    res = tuple(torch.cat(t) for t in zip(*outs))
+    with eval_mode(G): res = in_chunks(run, y.to(dev), chunk=batch_size)   # on G's device
     return res if pre_dc else res[0]
 
 def recon_scores(pred: Tensor, # (B, 1, H, W) complex reconstructions (any device)

@@ -233,3 +233,13 @@ def test_bad_input_matrix(call, exc, fragment):
     with pytest.raises(exc) as e:
         call()
     assert fragment in str(e.value), str(e.value)
+
+
+def test_random_subject_snr_inf_is_noise_free():
+    "snr=math.inf means no noise (LIP-CAR's clean reference set uses it); NaN, 0 and -inf are refused."
+    import math
+    from medsynth_nb.phantom import random_subject
+    a = random_subject(3, doses=(0.0,), snr=math.inf, deform_voxels=0.0)["images"][0]
+    assert np.isfinite(a).all() and a.max() > 0
+    for bad in (float("nan"), 0.0, -math.inf):
+        with pytest.raises(ValueError, match="snr: expected"): random_subject(3, snr=bad)

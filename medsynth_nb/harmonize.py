@@ -19,7 +19,7 @@ from .layers import unet_from_preset
 from .metrics import ahd, dice, hausdorff
 from .train import TrainConfig, Task, register_experiment, supervised
 from .utils import (check_choice, check_int, check_mask, check_number, check_positive, check_same_shape,
-                               check_tensor, make_generator, require)
+                               check_tensor, make_generator, markdown_table, require)
 
 # %% auto #0
 __all__ = ['DIRECTIONS', 'DIRECTION_ALIASES', 'TEST_ANATOMY', 'TEST_SEEDS', 'SAMPLERS', 'TISSUE_CLASSES', 'SEGMENTATION_METHODS',
@@ -333,9 +333,7 @@ def harmonization_table(rows: dict, # method name → result of `evaluate_harmon
         missing = [k for k in keys if k not in r]
         require(not missing, f"rows[{name!r}]", f"the keys {tuple(keys)} (tissues=True for the segmentation ones)", f"no {missing}")
     fmt = lambda k, v: f"{v:.3g}" if k in ("mse", "ahd") or k.startswith("dvol") else f"{v:.3f}" if k.startswith("dice") else f"{v:.2f}"
-    lines = ["| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(fmt(k, r[k]) for k in keys) + " |" for name, r in rows.items()]
-    return "\n".join(lines)
+    return markdown_table(["method", *keys], ([name, *(fmt(k, r[k]) for k in keys)] for name, r in rows.items()))
 
 # %% ../nbs/21_harmonization.ipynb #d12f1b02
 def compare_samplers(model: Callable, scheduler: DDPMScheduler,

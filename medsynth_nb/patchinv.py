@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .layers import DCGANCritic, SplitHeadUNet
 from .train import Task, TrainConfig, adversarial, register_experiment
 from .utils import (check_choice, check_int, check_number, check_positive, check_same_shape, check_tensor,
-                               eval_mode, in_chunks, make_generator, model_device, numpy_rng, require)
+                               eval_mode, in_chunks, make_generator, markdown_table, model_device, numpy_rng, require)
 
 # %% auto #0
 __all__ = ['RESIZE_STYLES', 'TF_TABLE_SIZE', 'UAPI_VARIANTS', 'SIGMA_RESAMPLES', 'SIGMA_MAPS', 'SCENARIOS', 'T1W_PROTOCOL',
@@ -532,9 +532,8 @@ def table1(task: str = "t1t2", # 't1t2' or 'zf'
 
 def format_table1(res: dict, baseline: dict | None = None) -> str:
     "Markdown table 'SSIM/PSNR' per method and scenario (the input itself as a first row when `baseline` is given)."
-    head = "| method | " + " | ".join(SCENARIOS) + " |\n|---|" + "---|" * len(SCENARIOS) + "\n"
-    rows = [(k, v) for k, v in ([("input x", baseline)] if baseline else [])] + [(m, r["scenarios"]) for m, r in res.items()]
-    return head + "\n".join(f"| {m} | " + " | ".join(f"{s[sc]['ssim']:.2f}/{s[sc]['psnr']:.2f}" for sc in SCENARIOS) + " |" for m, s in rows)
+    rows = ([("input x", baseline)] if baseline else []) + [(m, r["scenarios"]) for m, r in res.items()]
+    return markdown_table(["method", *SCENARIOS], ([m, *(f"{s[sc]['ssim']:.2f}/{s[sc]['psnr']:.2f}" for sc in SCENARIOS)] for m, s in rows))
 
 # %% ../nbs/13_patch_invariance.ipynb #731ff1f7
 def show_uncertainty(x: Tensor, y: Tensor, # test inputs and ground truth (B, 1, d, d)

@@ -20,7 +20,7 @@ from .kspace import (SenseOperator, birdcage_maps, check_measurement, complex_to
                                 kspace_residual, poisson_disc_mask, soft_dc, zero_filled)
 from .train import Task, TrainConfig, adversarial, register_experiment, supervised
 from .utils import (check_choice, check_int, check_number, check_same_shape, check_tensor, eval_mode, in_chunks,
-                               make_generator, model_device, numpy_rng, require)
+                               make_generator, markdown_table, model_device, numpy_rng, require)
 
 # %% auto #0
 __all__ = ['BLOCKS', 'CS_GRID', 'CS_LAM', 'VAL_SUBJECTS', 'REGIMES', 'RECIPES', 'TEST_SUBJECTS', 'TEST_ANATOMY',
@@ -616,15 +616,13 @@ def format_table2(rows: list[dict],
     "Markdown table: one row per method, SNR / SSIM (and the k-space misfit) per acceleration."
     Rs = sorted({r["R"] for r in rows}); methods = list(dict.fromkeys(r["method"] for r in rows))
     get = {(r["method"], r["R"]): r for r in rows}
-    head = [f"SNR {R:g}x | SSIM {R:g}x" + (f" | misfit {R:g}x" if misfit else "") for R in Rs]
-    lines = ["| method | " + " | ".join(head) + " |", "|---" * (1 + (3 if misfit else 2) * len(Rs)) + "|"]
-    def cell(r):
-        s = f"{r['snr']:.2f} | {r['ssim']:.3f}"
-        if not misfit: return s
-        pre = r["kspace_residual_pre_dc"]
-        return s + (f" | {r['kspace_residual']:.3f}" if math.isnan(pre) else f" | {pre:.3f} -> {r['kspace_residual']:.3f}")
-    for m in methods: lines.append(f"| {m} | " + " | ".join(cell(get[(m, R)]) for R in Rs) + " |")
-    return "\n".join(lines)
+    head = [h for R in Rs for h in (f"SNR {R:g}x", f"SSIM {R:g}x", *([f"misfit {R:g}x"] if misfit else []))]
+    def cells(r):
+        c = [f"{r['snr']:.2f}", f"{r['ssim']:.3f}"]
+        if not misfit: return c
+        pre, post = r["kspace_residual_pre_dc"], r["kspace_residual"]
+        return c + [f"{post:.3f}" if math.isnan(pre) else f"{pre:.3f} -> {post:.3f}"]
+    return markdown_table(["method", *head], ([m, *(x for R in Rs for x in cells(get[(m, R)]))] for m in methods))
 
 # %% ../nbs/31_unrolled_recon.ipynb #a2f2352e
 def time_per_slice(fn: Callable[[], Tensor], # reconstructs `n_slices` slices

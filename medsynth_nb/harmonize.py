@@ -71,7 +71,7 @@ def paired_subject(seed: int, # subject id: anatomy, T1 jitter and noise follow 
     check_number(deform_voxels, "deform_voxels", min=0); check_number(t1_jitter, "t1_jitter", 0, 1, max_open=True)
     for B in fields: check_choice(check_number(B, "fields"), "fields", tuple(phantom.SNR))
     rng = np.random.default_rng([seed, 2021])
-    base = phantom._anatomy(root, anatomy)
+    base = phantom.anatomy_maps(anatomy, root)
     fr = {t: base[t] for t in ("csf", "gm", "wm")}
     if deform_voxels > 0: fr = phantom.deform(fr, deform_voxels, seed=rng)
     t1s = {t: float(rng.uniform(1 - t1_jitter, 1 + t1_jitter)) for t in phantom.TISSUES}

@@ -239,7 +239,7 @@ def subject_slices(seed: int, # subject id
     from medsynth_nb import phantom as P
     check_choice(anatomy, "anatomy", P.ANATOMIES)
     rng = np.random.default_rng([int(seed), 13013])
-    base = P._anatomy(name=anatomy)
+    base = P.anatomy_maps(anatomy)
     fr = {t: base[t] for t in ("csf", "gm", "wm")}
     if deform:
         fr = P.deform(fr, 2.0, seed=rng)

@@ -30,8 +30,8 @@ __all__ = ['ANATOMY_FILES', 'COLIN27_FILES', 'ANATOMIES', 'TISSUES', 'LABELS', '
            'SEQUENCES', 'SNR', 'SAMPLE_DOSES', 'load_anatomy', 'derive_anatomy_from_nilearn',
            'partial_volume_fractions', 'resample_to_grid', 'derive_anatomy_from_mricron', 'relaxation', 'spgr_signal',
            'spin_echo_signal', 'mprage_signal', 'tissue_signals', 'simulate_image', 'tissue_labels', 'add_lesions',
-           'bias_field', 'add_rician_noise', 'birdcage_maps', 'smooth_phase', 'multicoil_kspace', 'rss', 'deform',
-           'random_subject', 'RandomDoseSeriesDataset', 'anatomy_dice', 'build_samples', 'main']
+           'bias_field', 'add_rician_noise', 'birdcage_maps', 'smooth_phase', 'multicoil_kspace', 'rss', 'anatomy_maps',
+           'deform', 'random_subject', 'RandomDoseSeriesDataset', 'anatomy_dice', 'build_samples', 'main']
 
 # %% ../nbs/02_phantom.ipynb #1812534f
 ANATOMY_FILES = {k: f"icbm152_2009a_2mm_{k}.nii.gz" for k in ("t1", "gm", "wm", "mask")}
@@ -457,9 +457,16 @@ def rss(coil_images: np.ndarray, axis: int = -3) -> np.ndarray:
 # %% ../nbs/02_phantom.ipynb #1ef5227e
 _ANATOMY_CACHE: dict = {}
 
-def _anatomy(root=None, name: str = "icbm152") -> dict:
-    key = (str(samples_root(root)), name)
-    if key not in _ANATOMY_CACHE: _ANATOMY_CACHE[key] = load_anatomy(root, name)
+def anatomy_maps(name: str = "icbm152", # one of ANATOMIES
+                 root=None, # folder holding the maps (default: data_samples/)
+                ) -> dict:
+    "`load_anatomy(root, name)` read once per process and shared: its arrays are read-only (the simulators copy)."
+    key = (str(samples_root(root)), check_choice(name, "name", tuple(ANATOMIES)))
+    if key not in _ANATOMY_CACHE:
+        maps = load_anatomy(root, name)
+        for v in maps.values():
+            if isinstance(v, np.ndarray): v.flags.writeable = False
+        _ANATOMY_CACHE[key] = maps
     return _ANATOMY_CACHE[key]
 
 def _smooth_basis(n: int, grid: int) -> np.ndarray:
@@ -519,7 +526,7 @@ def random_subject(seed: int, # subject id: everything random follows from it
     _check_subject(seed, field, doses, sequence, agent, n_lesions, snr, bias_strength, deform_voxels, t1_jitter,
                    anatomy)
     rng = np.random.default_rng([int(seed), 20260])
-    base = _anatomy(root, anatomy)
+    base = anatomy_maps(anatomy, root)
     fr = deform({t: base[t] for t in ("csf", "gm", "wm")}, deform_voxels, seed=rng) if deform_voxels > 0 else {t: base[t] for t in ("csf", "gm", "wm")}
     fr, labels = add_lesions(fr, int(rng.integers(n_lesions[0], n_lesions[1] + 1)), seed=rng)
     t1s = {t: float(rng.uniform(1 - t1_jitter, 1 + t1_jitter)) for t in TISSUES}

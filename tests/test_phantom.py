@@ -243,3 +243,14 @@ def test_random_subject_snr_inf_is_noise_free():
     assert np.isfinite(a).all() and a.max() > 0
     for bad in (float("nan"), 0.0, -math.inf):
         with pytest.raises(ValueError, match="snr: expected"): random_subject(3, snr=bad)
+
+
+def test_anatomy_maps_is_a_read_only_cache_of_load_anatomy():
+    "The simulators share one read-only copy per anatomy; it equals a fresh load and cannot be changed by a caller."
+    a, b = P.anatomy_maps("colin27"), P.anatomy_maps("colin27")
+    assert a is b
+    fresh = P.load_anatomy(None, "colin27")
+    for k in ("t1", "gm", "wm", "csf", "mask"):
+        assert np.array_equal(a[k], fresh[k]) and not a[k].flags.writeable
+    with pytest.raises(ValueError, match="read-only"): a["gm"][0, 0, 0] = 1.0
+    with pytest.raises(ValueError, match="name: expected one of"): P.anatomy_maps("mni305")

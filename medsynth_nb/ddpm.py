@@ -18,9 +18,8 @@ from .utils import (check_choice, check_int, check_number, check_positive, check
 
 # %% auto #0
 __all__ = ['BETA_SCHEDULES', 'VARIANCE_TYPES', 'PREDICTION_TYPES', 'TIMESTEP_SPACINGS', 'make_betas', 'SchedulerOutput',
-           'DDPMScheduler', 'dummy_model', 'dummy_sample_deter', 'DDIMScheduler', 'ddpm_sample', 'ddim_sample',
-           'normal_kl', 'approx_standard_normal_cdf', 'discretized_gaussian_log_likelihood', 'uniform_timesteps',
-           'vb_terms_bpd', 'diffusion_loss', 'PointDenoiser']
+           'DDPMScheduler', 'DDIMScheduler', 'ddpm_sample', 'ddim_sample', 'normal_kl', 'approx_standard_normal_cdf',
+           'discretized_gaussian_log_likelihood', 'uniform_timesteps', 'vb_terms_bpd', 'diffusion_loss']
 
 # %% ../nbs/20_ddpm.ipynb #7f20884e
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine", "squaredcos_cap_v2")

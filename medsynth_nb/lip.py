@@ -20,10 +20,10 @@ from .utils import (check_choice, check_finite, check_int, check_number, check_p
 
 # %% auto #0
 __all__ = ['NETWORKS', 'NETWORK_IO', 'TRAIN_FIRST_SEED', 'TEST_FIRST_SEED', 'TEST_ANATOMY', 'SOLVER_RECIPES', 'LESION_LABEL',
-           'LIPCAR_PRESETS', 'METHODS', 'LipCarUNet', 'network_io', 'build_networks', 'ssim_loss', 'subject_slices',
-           'simulate_lipcar', 'load_lipcar_samples', 'LipCarSlices', 'gentv', 'SolveResult', 'lip_car_objective',
-           'lip_car_solve', 'image_metrics', 'region_metrics', 'secant_oracle', 'apply_network', 'LipCarConfig',
-           'lipcar_training_data', 'build_lip_car', 'run_methods', 'score_methods']
+           'LIPCAR_PRESETS', 'LIPCAR_METHODS', 'LipCarUNet', 'network_io', 'build_networks', 'ssim_loss',
+           'subject_slices', 'simulate_lipcar', 'load_lipcar_samples', 'LipCarSlices', 'gentv', 'SolveResult',
+           'lip_car_objective', 'lip_car_solve', 'image_metrics', 'region_metrics', 'secant_oracle', 'apply_network',
+           'LipCarConfig', 'lipcar_training_data', 'build_lip_car', 'run_methods', 'score_methods']
 
 # %% ../nbs/40_lip_car.ipynb #7b81bdb6
 class _ResidualStage(nn.Module):
@@ -466,7 +466,7 @@ def build_lip_car(cfg: LipCarConfig) -> Task:
                 data=data, phases=[Phase(n, make_loss(n), n) for n in cfg.networks])
 
 # %% ../nbs/40_lip_car.ipynb #ce3a848e
-METHODS = ("x_P", "x_L", "NN-L2H", "NN-PL2H", "LIP-CAR")
+LIPCAR_METHODS = ("x_P", "x_L", "NN-L2H", "NN-PL2H", "LIP-CAR")
 
 def run_methods(nets: dict, # trained networks with at least 'L2H', 'PL2H' and the forward operator
                 batch: dict, # 'pre', 'low' (and 'high' for scoring), (B, 1, H, W)

@@ -22,11 +22,11 @@ from .utils import (check_choice, check_int, check_number, check_positive, check
 
 # %% auto #0
 __all__ = ['RESIZE_STYLES', 'TF_TABLE_SIZE', 'UAPI_VARIANTS', 'SIGMA_RESAMPLES', 'SIGMA_MAPS', 'SCENARIOS', 'T1W_PROTOCOL',
-           'T2W_PROTOCOL', 'TASKS', 'TEST_SUBJECTS', 'TEST_ANATOMY', 'GENERATOR_LAYOUTS', 'METHODS',
+           'T2W_PROTOCOL', 'TASKS', 'TEST_SUBJECTS', 'TEST_ANATOMY', 'GENERATOR_LAYOUTS', 'PATCHINV_METHODS',
            'build_patchinv_wgan', 'build_patchinv_pi', 'build_patchinv_uapi', 'METRIC_RECIPES', 'cubic_kernel',
            'resize_matrix', 'patch_op', 'sample_patch_params', 'patch_loss', 'robust_rho', 'uapi_loss',
-           'resample_scale', 'uapi_term', 'perturb', 'subject_slices', 'zero_filled', 'task_pairs', 'TwoHeadGenerator',
-           'PatchInvConfig', 'domains', 'unpaired_stream', 'build_patchinv', 'translate', 'scores',
+           'resample_scale', 'uapi_term', 'perturb', 'subject_slices', 'simulate_zero_filled', 'task_pairs',
+           'TwoHeadGenerator', 'PatchInvConfig', 'domains', 'unpaired_stream', 'build_patchinv', 'translate', 'scores',
            'evaluate_scenarios', 'uncertainty_scores', 'table1', 'format_table1', 'show_uncertainty',
            'scatter_uncertainty']
 
@@ -263,7 +263,7 @@ def subject_slices(seed: int, # subject id
     _SUBJECT_CACHE[key] = out
     return out
 
-def zero_filled(x: Tensor, # (n, 1, d, d) fully sampled magnitude images in [0, 1]
+def simulate_zero_filled(x: Tensor, # (n, 1, d, d) fully sampled magnitude images in [0, 1]
                 seed: int = 0, # mask seeds are (seed, slice index)
                 acceleration: float = 4.0, center_fraction: float = 0.08,
                ) -> Tensor:
@@ -287,7 +287,7 @@ def task_pairs(task: str, # 't1t2' or 'zf'
     for s in subjects:
         d = subject_slices(s, size, n_slices, deform, anatomy=anatomy)
         if task == "t1t2": xs.append(d["t1w"]); ys.append(d["t2w"])
-        else: xs.append(zero_filled(d["t1w"], int(s), acceleration, center_fraction)); ys.append(d["t1w"])
+        else: xs.append(simulate_zero_filled(d["t1w"], int(s), acceleration, center_fraction)); ys.append(d["t1w"])
     return torch.cat(xs) * 2 - 1, torch.cat(ys) * 2 - 1
 
 # %% ../nbs/13_patch_invariance.ipynb #79f906a6
@@ -312,7 +312,7 @@ class TwoHeadGenerator(nn.Module):
         return img, sigma
 
 # %% ../nbs/13_patch_invariance.ipynb #4fb9ad3b
-METHODS = ("wgan", "pi", "uapi")
+PATCHINV_METHODS = ("wgan", "pi", "uapi")
 
 @dataclass
 class PatchInvConfig(TrainConfig):
@@ -346,7 +346,7 @@ class PatchInvConfig(TrainConfig):
 
     def validate(self):
         super().validate()
-        for k, choices in (("task", TASKS), ("method", METHODS), ("variant", UAPI_VARIANTS), ("sigma_maps", SIGMA_MAPS),
+        for k, choices in (("task", TASKS), ("method", PATCHINV_METHODS), ("variant", UAPI_VARIANTS), ("sigma_maps", SIGMA_MAPS),
                            ("sigma_resample", SIGMA_RESAMPLES), ("generator_layout", GENERATOR_LAYOUTS)):
             check_choice(getattr(self, k), k, choices)
         for k in ("size", "base_channels", "depth", "critic_channels", "critic_downsamplings", "n_critic",
@@ -505,7 +505,7 @@ def uncertainty_scores(G: nn.Module, x: Tensor, y: Tensor, # test inputs and pai
 
 def table1(task: str = "t1t2", # 't1t2' or 'zf'
            preset: str = "demo",
-           methods: Sequence[str] = METHODS,
+           methods: Sequence[str] = PATCHINV_METHODS,
            out: str | Path | None = None, # run directories out/<task>-<method>; finished runs are reused (resume)
            test_subjects: Sequence[int] = TEST_SUBJECTS,
            test_anatomy: str = TEST_ANATOMY, # held-out subjects' anatomy ('colin27'; training subjects warp ICBM152)
@@ -516,7 +516,7 @@ def table1(task: str = "t1t2", # 't1t2' or 'zf'
     from medsynth_nb.train import get_experiment, train
     import tempfile
     check_choice(task, "task", TASKS)
-    for m in methods: check_choice(m, "methods", METHODS)
+    for m in methods: check_choice(m, "methods", PATCHINV_METHODS)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="patchinv-"))
     res = {}
     for m in methods:

@@ -16,12 +16,12 @@ from torch import Tensor
 from .utils import check_choice, check_int, check_positive, check_same_shape, check_tensor, require
 
 # %% auto #0
-__all__ = ['METHODS', 'BACKENDS', 'REDUCTIONS', 'OFFSET_RANGES', 'draw_offset', 'patch_grid', 'extract_patches', 'w1_sorted',
+__all__ = ['OT_METHODS', 'BACKENDS', 'REDUCTIONS', 'OFFSET_RANGES', 'draw_offset', 'patch_grid', 'extract_patches', 'w1_sorted',
            'sorted_plan', 'wasserstein_patch_loss', 'ipot_w1', 'sinkhorn_w1', 'gaussian_downsample',
            'multiscale_wasserstein_patch_loss']
 
 # %% ../nbs/10_wasserstein.ipynb #465e9173
-METHODS = ("exact", "ipot", "sinkhorn")
+OT_METHODS = ("exact", "ipot", "sinkhorn")
 BACKENDS = ("auto", "numpy", "torch")
 REDUCTIONS = ("sum", "mean", "none")
 OFFSET_RANGES = ("code", "paper")
@@ -203,7 +203,7 @@ def wasserstein_patch_loss(pred: Tensor, # (B, C, H, W) or (B, C, D, H, W) synth
     _check_images(pred, target)
     spatial = tuple(pred.shape[2:])
     n = _check_patch_size(patch_size, spatial)
-    check_choice(method, "method", METHODS); check_choice(reduction, "reduction", REDUCTIONS)
+    check_choice(method, "method", OT_METHODS); check_choice(reduction, "reduction", REDUCTIONS)
     if method == "exact": check_choice(backend, "backend", BACKENDS)
     else: _check_solver(n_iter, "beta", beta, chunk); check_positive(eps, "eps")
     off = _resolve_offset(offset, spatial, n, generator, offset_range)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from medsynth_nb.lip import (METHODS, NETWORKS, LipCarConfig, LipCarUNet, apply_network, build_networks, gentv, lip_car_objective,
+from medsynth_nb.lip import (LIPCAR_METHODS, NETWORKS, LipCarConfig, LipCarUNet, apply_network, build_networks, gentv, lip_car_objective,
                              lip_car_solve, load_lipcar_samples, network_io, region_metrics, run_methods, secant_oracle, ssim_loss)
 from medsynth_nb.utils import make_generator, seeded, test_allclose
 
@@ -360,7 +360,7 @@ def test_run_methods_projection_switch():
     d = load_lipcar_samples()
     batch = {k: d[k][:1, :, :32, :32] for k in ("pre", "low", "high")}
     out = run_methods(nets, batch, iters=3)
-    assert list(out) == list(METHODS) and bool((out["LIP-CAR"] >= 0).all())
+    assert list(out) == list(LIPCAR_METHODS) and bool((out["LIP-CAR"] >= 0).all())
     x_bar = apply_network(nets["PL2H"], "PL2H", batch)
     for recipe in ("paper", "code"):  # LIP-CAR is lip_car_solve with Ψ_PH2L, x̄ = NN-PL2H and the recipe
         got = run_methods(nets, batch, iters=3, recipe=recipe)["LIP-CAR"]

@@ -11,10 +11,10 @@ from hypothesis import given, settings, strategies as st
 import numpy as np
 from torch import nn
 
-from medsynth_nb.patchinv import (METHODS, SCENARIOS, PatchInvConfig, TwoHeadGenerator, cubic_kernel, evaluate_scenarios,
+from medsynth_nb.patchinv import (PATCHINV_METHODS, SCENARIOS, PatchInvConfig, TwoHeadGenerator, cubic_kernel, evaluate_scenarios,
                                   patch_loss, patch_op, perturb, resample_scale, resize_matrix, robust_rho,
                                   sample_patch_params, scores, table1, translate, uapi_loss, uapi_term,
-                                  task_pairs, uncertainty_scores, unpaired_stream, zero_filled)
+                                  task_pairs, uncertainty_scores, unpaired_stream, simulate_zero_filled)
 from medsynth_nb.train import Context, get_experiment, train
 from medsynth_nb.utils import make_generator, seeded, test_allclose
 from meta_device import MetaDeviceModel
@@ -201,7 +201,7 @@ def test_perturbation_is_reproducible_and_bad_names():
 
 def test_zero_filled_keeps_a_quarter_of_kspace_and_scores():
     x = torch.rand(3, 1, 32, 32, generator=make_generator(0))
-    zf = zero_filled(x, seed=1)
+    zf = simulate_zero_filled(x, seed=1)
     assert zf.shape == x.shape and float(zf.amax()) == pytest.approx(1.0)
     s = scores(x * 2 - 1, x * 2 - 1)
     assert s["ssim"] == pytest.approx(100.0) and math.isinf(s["psnr"]) or s["psnr"] > 100
@@ -221,7 +221,7 @@ def test_generator_heads():
 
 
 def test_paper_preset_and_bad_configs():
-    for m in METHODS:
+    for m in PATCHINV_METHODS:
         c = get_experiment(f"patchinv-{m}").config("paper")
         assert (c.method, c.betas, c.lr, c.critic_lr, c.n_critic, c.gp_weight, c.drift, c.size, c.base_channels, c.depth) == \
                (m, (0.0, 0.9), 5e-5, 2e-5, 15, 10.0, 5e-4, 256, 16, 5)
@@ -231,7 +231,7 @@ def test_paper_preset_and_bad_configs():
     with pytest.raises(ValueError, match="size: expected a multiple"): PatchInvConfig(size=100)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PATCHINV_METHODS)
 def test_smoke_training_and_resume(method, tmp_path):
     r = train(f"patchinv-{method}", "smoke", out=tmp_path, progress=False)
     assert r.step == 2 and len(r.history) == 2
@@ -348,7 +348,7 @@ def _step(task, phase, batch, ctx):
     return loss
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PATCHINV_METHODS)
 def test_critic_loss_is_minus_the_gap_and_one_step_widens_it(method):
     cfg, task, ctx, batch, phi = _setup(method, gp_weight=0.0, drift=0.0, critic_lr=1e-4)
     before = _gap(task, batch, phi, method)
@@ -357,7 +357,7 @@ def test_critic_loss_is_minus_the_gap_and_one_step_widens_it(method):
     assert _gap(task, batch, phi, method) > before + 1e-6
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PATCHINV_METHODS)
 def test_one_critic_step_with_the_penalties_still_widens_the_gap(method):
     cfg, task, ctx, batch, phi = _setup(method, critic_lr=1e-4)
     before = _gap(task, batch, phi, method)
@@ -365,7 +365,7 @@ def test_one_critic_step_with_the_penalties_still_widens_the_gap(method):
     assert _gap(task, batch, phi, method) > before
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PATCHINV_METHODS)
 def test_one_generator_step_narrows_the_gap(method):
     cfg, task, ctx, batch, phi = _setup(method, lam=0.0, lr=1e-4)
     before = _gap(task, batch, phi, method)
@@ -481,9 +481,9 @@ BAD_PATCHINV = [
     (lambda: _pi.subject_slices(0, size=True), TypeError, "size: expected an int, got True (bool)"),
     (lambda: _pi.subject_slices(0, n_slices=0), ValueError, "n_slices: expected an int >= 1, got 0"),
     (lambda: _pi.subject_slices(0, snr=-1), ValueError, "snr: expected a number > 0, got -1"),
-    (lambda: _pi.zero_filled(_X, seed=0.5), TypeError, "seed: expected an int, got 0.5 (float)"),
-    (lambda: _pi.zero_filled(_X * float("nan")), ValueError, "x: expected finite values"),
-    (lambda: _pi.zero_filled(_X, acceleration=True), TypeError, "accelerations: expected a real number, got True (bool)"),
+    (lambda: _pi.simulate_zero_filled(_X, seed=0.5), TypeError, "seed: expected an int, got 0.5 (float)"),
+    (lambda: _pi.simulate_zero_filled(_X * float("nan")), ValueError, "x: expected finite values"),
+    (lambda: _pi.simulate_zero_filled(_X, acceleration=True), TypeError, "accelerations: expected a real number, got True (bool)"),
     (lambda: _pi.task_pairs("ct", [0]), ValueError, "task: expected one of ('t1t2', 'zf'), got 'ct'"),
     (lambda: _pi.task_pairs("t1t2", []), ValueError, "subjects: expected at least one subject id"),
     (lambda: _pi.TwoHeadGenerator(depth=2.0), TypeError, "depth: expected an int, got 2.0 (float)"),

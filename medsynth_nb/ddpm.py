@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .utils import (check_choice, check_int, check_number, check_positive, check_same_batch, check_same_shape,
                               check_tensor, require)
+from .layers import timestep_embedding
 
 # %% auto #0
 __all__ = ['BETA_SCHEDULES', 'VARIANCE_TYPES', 'PREDICTION_TYPES', 'TIMESTEP_SPACINGS', 'make_betas', 'SchedulerOutput',
@@ -482,5 +483,4 @@ class PointDenoiser(torch.nn.Module):
         self.net = torch.nn.Sequential(torch.nn.Linear(dim + emb_dim, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, hidden),
                                        torch.nn.SiLU(), torch.nn.Linear(hidden, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, dim))
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        from medsynth_nb.layers import timestep_embedding
         return self.net(torch.cat([x, timestep_embedding(t, self.emb_dim)], dim=1))

@@ -20,6 +20,9 @@ from .metrics import ahd, dice, hausdorff
 from .train import TrainConfig, Task, register_experiment, supervised
 from .utils import (check_choice, check_int, check_mask, check_number, check_positive, check_same_shape,
                                check_tensor, make_generator, markdown_table, require)
+from . import phantom
+from .layers import UNET_PRESETS
+from .train import load_checkpoint
 
 # %% auto #0
 __all__ = ['DIRECTIONS', 'DIRECTION_ALIASES', 'TEST_ANATOMY', 'TEST_SEEDS', 'SAMPLERS', 'TISSUE_CLASSES', 'SEGMENTATION_METHODS',
@@ -66,7 +69,6 @@ def paired_subject(seed: int, # subject id: anatomy, T1 jitter and noise follow 
                    anatomy: str = "icbm152", # "icbm152" (training subjects) or "colin27" (held-out anatomy)
                   ) -> dict:
     "One simulated subject scanned with both MPRAGE protocols: {field: (X, Y, Z) float32 tensor, 'labels': (X, Y, Z) int64}."
-    from medsynth_nb import phantom
     seed = check_int(seed, "seed", min=0)
     check_number(deform_voxels, "deform_voxels", min=0); check_number(t1_jitter, "t1_jitter", 0, 1, max_open=True)
     for B in fields: check_choice(check_number(B, "fields"), "fields", tuple(phantom.SNR))
@@ -401,7 +403,6 @@ class HarmonizeConfig(TrainConfig):
     def validate(self):
         super().validate()
         require(self.direction in DIRECTIONS, "direction", f"one of {tuple(DIRECTIONS)}", self.direction)
-        from medsynth_nb.layers import UNET_PRESETS
         require(self.unet in UNET_PRESETS, "unet", f"one of {tuple(UNET_PRESETS)}", self.unet)
         require(self.lambda_vb >= 0, "lambda_vb", "a non-negative weight", self.lambda_vb)
         require(self.prediction_type in PREDICTION_TYPES, "prediction_type", f"one of {PREDICTION_TYPES}", self.prediction_type)
@@ -461,7 +462,6 @@ def build_harmonize(cfg: HarmonizeConfig) -> Task:
 def load_harmonizer(run, # run directory or checkpoint of a 'harmonize' run
                     ema: bool = True, device="cpu") -> tuple:
     "(model, scheduler, config) of a trained harmonize run, the scheduler rebuilt from the stored T and variance type."
-    from medsynth_nb.train import load_checkpoint
     ck = load_checkpoint(run)
     if ck.get("experiment") != "harmonize": raise ValueError(f"run: expected a 'harmonize' checkpoint, got experiment {ck.get('experiment')!r}")
     cfg = HarmonizeConfig.from_dict(ck["config"])

@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from .metrics import psnr, rmse, ssim
 from .utils import (check_choice, check_finite, check_int, check_number, check_positive, check_same_batch,
                                check_same_shape, check_tensor, eval_mode, in_chunks, model_device, require)
+from .phantom import LABELS, random_subject
+from .data import find_samples, samples_root
 
 # %% auto #0
 __all__ = ['NETWORKS', 'NETWORK_IO', 'TRAIN_FIRST_SEED', 'TEST_FIRST_SEED', 'TEST_ANATOMY', 'SOLVER_RECIPES', 'LESION_LABEL',
@@ -143,7 +145,6 @@ def subject_slices(seed: int, # subject id (the simulator's `random_subject` see
     if snr != math.inf: check_positive(snr, "snr")   # inf: noise-free slices
     key = (int(seed), int(n_slices), float(field), float(low_dose), float(snr), int(size), anatomy)
     if key in _SUBJECT_CACHE: return _SUBJECT_CACHE[key]
-    from medsynth_nb.phantom import LABELS, random_subject
     s = random_subject(int(seed), field=field, doses=(0.0, low_dose, 1.0), sequence="spin_echo", snr=snr, anatomy=anatomy)
     lab = s["labels"].numpy()
     rng = np.random.default_rng([int(seed), 40])
@@ -184,7 +185,6 @@ def simulate_lipcar(seeds: Sequence[int], # subject seeds (held-out subjects: se
 
 def load_lipcar_samples(root=None) -> dict:
     "The shipped `lipcar_slices.npz` (8 slices of one subject, already min-max mapped to [0, 1]) in `simulate_lipcar`'s layout."
-    from medsynth_nb.data import find_samples, samples_root
     z = np.load(samples_root(root) / find_samples("lipcar", root)[0]["path"])
     out = {k: torch.from_numpy(z[k].astype(np.float32))[:, None] for k in ("pre", "low", "high")}
     out.update(labels=torch.from_numpy(z["labels"].astype(np.int64))[:, None], subject=torch.zeros(len(z["pre"]), dtype=torch.int64),

@@ -22,6 +22,7 @@ from .train import TrainConfig, Task, adversarial, register_experiment
 from .utils import (IMAGE_CMAP, check_choice, check_int, check_number, check_positive, check_same_batch,
                                check_same_shape, check_tensor, eval_mode, make_generator, model_device, require, seeded)
 from .wasserstein import gaussian_downsample, wasserstein_patch_loss
+from .phantom import random_subject
 
 # %% auto #0
 __all__ = ['FIELDS', 'DOSE_RANGE', 'CONTENT_LOSSES', 'CONTENT_REDUCTIONS', 'VGG16_RELU3_3', 'LABEL_NOISE_ON', 'CODE_RECIPE',
@@ -66,7 +67,6 @@ def simulate_dose_series(seeds: Sequence[int], # one random subject per seed (me
                          **subject_kw, # passed on (snr, n_lesions …)
                         ) -> list[dict]:
     "Raw dose series {native, standard, low {d: vol}, field, labels} of simulated subjects (cached in memory)."
-    from medsynth_nb.phantom import random_subject
     seeds = list(seeds)
     for i, s in enumerate(seeds): check_int(s, f"seeds[{i}]", min=0)
     fields = [FIELDS[i % 2] for i in range(len(seeds))] if fields is None else list(fields)

@@ -19,6 +19,12 @@ from .layers import DCGANCritic, SplitHeadUNet
 from .train import Task, TrainConfig, adversarial, register_experiment
 from .utils import (check_choice, check_int, check_number, check_positive, check_same_shape, check_tensor,
                                eval_mode, in_chunks, make_generator, markdown_table, model_device, numpy_rng, require)
+from . import phantom as P
+from .kspace import fft2c, ifft2c, random_line_mask
+from . import wgan
+from .metrics import psnr, ssim
+from .metrics import pcc
+from .train import get_experiment, train
 
 # %% auto #0
 __all__ = ['RESIZE_STYLES', 'TF_TABLE_SIZE', 'UAPI_VARIANTS', 'SIGMA_RESAMPLES', 'SIGMA_MAPS', 'SCENARIOS', 'T1W_PROTOCOL',
@@ -236,7 +242,6 @@ def subject_slices(seed: int, # subject id
     check_positive(snr, "snr")
     key = (int(seed), int(size), int(n_slices), bool(deform), float(snr), str(anatomy))
     if key in _SUBJECT_CACHE: return _SUBJECT_CACHE[key]
-    from medsynth_nb import phantom as P
     check_choice(anatomy, "anatomy", P.ANATOMIES)
     rng = np.random.default_rng([int(seed), 13013])
     base = P.anatomy_maps(anatomy)
@@ -268,7 +273,6 @@ def simulate_zero_filled(x: Tensor, # (n, 1, d, d) fully sampled magnitude image
                 acceleration: float = 4.0, center_fraction: float = 0.08,
                ) -> Tensor:
     "Magnitude of the zero-filled reconstruction |F^H M F x| with a fastMRI random line mask per slice, rescaled per slice to [0, 1]."
-    from medsynth_nb.kspace import fft2c, ifft2c, random_line_mask
     check_tensor(x, "x", ndim=4); check_int(seed, "seed")   # acceleration, center_fraction: checked by random_line_mask
     masks = torch.stack([random_line_mask(tuple(x.shape[-2:]), [center_fraction], [acceleration], seed=numpy_rng([int(seed), i, 4]))[0]
                          for i in range(x.shape[0])])[:, None].to(x.device)
@@ -380,7 +384,6 @@ def unpaired_stream(x: Tensor, # (M', C, d, d) input-domain images
     return data
 
 def _critic_terms(D, real: Tensor, fake: Tensor, cfg: PatchInvConfig, rng) -> tuple[Tensor, Tensor, Tensor]:
-    from medsynth_nb import wgan
     d_real, d_fake = D(real), D(fake)
     w = wgan.critic_loss(d_real, d_fake)
     gp = wgan.gradient_penalty(D, real, fake, one_sided=True, generator=rng)
@@ -388,7 +391,6 @@ def _critic_terms(D, real: Tensor, fake: Tensor, cfg: PatchInvConfig, rng) -> tu
 
 def build_patchinv(cfg: PatchInvConfig) -> Task:
     "Networks, Adam(0, 0.9) optimizers, the unpaired stream and the critic/generator phases of plain WGAN, PI or UAPI."
-    from medsynth_nb import wgan
     G = TwoHeadGenerator(1, 1, cfg.base_channels, cfg.depth, layout=cfg.generator_layout)
     D = DCGANCritic(1, cfg.critic_channels, cfg.critic_downsamplings)
     state: dict = {}
@@ -468,7 +470,6 @@ def scores(pred: Tensor, target: Tensor, # (B, 1, d, d) in [-1, 1]
            recipe: str = "paper", # 'paper': per-slice means; 'code': the authors' evall_2 (3-D SSIM, global PSNR)
           ) -> dict:
     "SSIM (x100) and PSNR (dB) on the paper's [0, 255] scale: per-slice means ('paper') or over the whole stack ('code')."
-    from medsynth_nb.metrics import psnr, ssim
     check_tensor(pred, "pred", ndim=4); check_tensor(target, "target", ndim=4); check_same_shape(pred, target)
     check_choice(recipe, "recipe", METRIC_RECIPES)
     if recipe == "paper":   # data range 2 on [-1, 1] = 255 on [0, 255]
@@ -495,7 +496,6 @@ def evaluate_scenarios(G: nn.Module, x: Tensor, y: Tensor, # test inputs and the
 def uncertainty_scores(G: nn.Module, x: Tensor, y: Tensor, # test inputs and paired targets
                       ) -> dict:
     "Scale maps vs absolute residuals: per-image means (the paper's scatter, Figs. 7/9), their PCC, and the pixelwise PCC."
-    from medsynth_nb.metrics import pcc
     check_same_shape(x, y, ("x", "y"))
     pred, sigma = translate(G, x)
     res = (pred - y).abs()
@@ -513,7 +513,6 @@ def table1(task: str = "t1t2", # 't1t2' or 'zf'
            **overrides, # config fields for every method (e.g. steps=...)
           ) -> dict:
     "Train each method (or reuse a finished run) and evaluate it: {method: {'scenarios', 'uncertainty' (UAPI only), 'seconds'}}."
-    from medsynth_nb.train import get_experiment, train
     import tempfile
     check_choice(task, "task", TASKS)
     for m in methods: check_choice(m, "methods", PATCHINV_METHODS)

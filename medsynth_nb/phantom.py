@@ -23,6 +23,7 @@ from .data import (array_sha256, decode_file, load_nifti, samples_root, save_fas
                               ismrmrd_header, percentile)
 from .utils import (atomic_write, check_choice, check_finite, check_int, check_number, check_positive, numpy_rng,
                                report_result, require)
+from .data import verify_manifest
 
 # %% auto #0
 __all__ = ['ANATOMY_FILES', 'COLIN27_FILES', 'ANATOMIES', 'TISSUES', 'LABELS', 'ICBM_NOTICE', 'COLIN27_NOTICE', 'FIELDS',
@@ -681,7 +682,6 @@ def build_samples(out: str | os.PathLike | None = None, # folder to write (defau
 # %% ../nbs/02_phantom.ipynb #8031b3da
 def main(argv: Sequence[str] | None = None) -> int:
     "Command line: rebuild data_samples/ (default) or check it against its manifest (--check)."
-    from medsynth_nb.data import verify_manifest
     ap = argparse.ArgumentParser(prog="python -m medsynth_nb.phantom", description="Build medsynth_nb's data_samples/ deterministically.")
     ap.add_argument("--out", default=None, help="output folder (default: data_samples/ beside the package)")
     ap.add_argument("--seed", type=int, default=0)

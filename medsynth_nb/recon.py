@@ -21,6 +21,10 @@ from .kspace import (SenseOperator, birdcage_maps, check_measurement, complex_to
 from .train import Task, TrainConfig, adversarial, register_experiment, supervised
 from .utils import (check_choice, check_int, check_number, check_same_shape, check_tensor, eval_mode, in_chunks,
                                make_generator, markdown_table, model_device, numpy_rng, require)
+from .phantom import random_subject, smooth_phase
+from .metrics import snr_db, ssim
+from . import wgan
+from .train import get_experiment, load_checkpoint, load_models, train
 
 # %% auto #0
 __all__ = ['BLOCKS', 'CS_GRID', 'CS_LAM', 'VAL_SUBJECTS', 'REGIMES', 'RECIPES', 'TEST_SUBJECTS', 'TEST_ANATOMY',
@@ -74,7 +78,6 @@ def subject_slices(seed: int, # subject id (phantom.random_subject)
     check_number(max_phase, "max_phase", min=0)
     key = (int(seed), tuple(shape), int(n_slices), bool(deform), float(max_phase), str(anatomy))
     if key in _SLICE_CACHE: return _SLICE_CACHE[key]
-    from medsynth_nb.phantom import random_subject, smooth_phase
     vol = random_subject(int(seed), doses=(0.0,), deform_voxels=2.0 if deform else 0.0, anatomy=anatomy)["images"][0]
     Z = vol.shape[-1]
     zs = np.linspace(0.4 * Z, 0.75 * Z, n_slices).round().astype(int)
@@ -135,7 +138,6 @@ def recon_scores(pred: Tensor, # (B, 1, H, W) complex reconstructions (any devic
                  crop: tuple[int, int] | None = None, # (rows, cols) off each border; default `lei_crop`
                 ) -> dict:
     "Lei's Table II metrics on cropped magnitudes: mean per-image SNR (dB, `metrics.snr_db`) and SSIM (max_val 1)."
-    from medsynth_nb.metrics import snr_db, ssim
     check_tensor(pred, "pred", ndim=4, dtype="complex"); check_tensor(target, "target", ndim=4, dtype="complex")
     check_same_shape(pred, target)
     if crop is not None: check_int(crop[0], "crop[0]", min=0); check_int(crop[1], "crop[1]", min=0)
@@ -509,7 +511,6 @@ def _l1(out: Tensor, target: Tensor) -> Tensor: return F.l1_loss(to_channels(out
 
 def build_recon(cfg: ReconConfig) -> Task:
     "Models, optimizers, data stream and phases of one regime (l1: supervised; unpaired / hybrid: WGAN-GP)."
-    from medsynth_nb import wgan
     G = make_generator_net(cfg)
     g_opt = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
     sched = lambda o: torch.optim.lr_scheduler.StepLR(o, cfg.lr_halve_every, gamma=0.5)
@@ -581,7 +582,6 @@ def table2(accelerations: Sequence[float] = (5.0, 7.0, 10.0), # Poisson-disc R o
     "Lei's Table II on held-out subjects: SNR/SSIM and k-space residual of ZF, unpaired WGAN, l1-net, WGAN + l1 and CS per R."
     import tempfile
     from pathlib import Path
-    from medsynth_nb.train import get_experiment, load_checkpoint, load_models, train
     root = Path(out or tempfile.mkdtemp(prefix="medsynth-table2-"))
     rows = []
     for R in accelerations:

@@ -29,11 +29,11 @@ def main():
     if a.threads: torch.set_num_threads(a.threads)
     if a.run: return quality(a.run, a.slices)
     dev = get_device()
-    net = unet_from_preset("bench", 1, 1).to(dev).eval()
+    net = unet_from_preset("demo", 1, 1).to(dev).eval()
     with torch.no_grad():                                  # non-zero output layer so the numbers flow through
         for p in net.out.parameters(): p.normal_(0, 0.01, generator=make_generator(0, "cpu")) if dev.type == "cpu" else p.normal_(0, 0.01)
     shape = (a.batch, 1, a.size, a.size)
-    print(f"device {dev}, threads {torch.get_num_threads()}, UNet 'bench' preset: {count_parameters(net):,} parameters, batch {shape}")
+    print(f"device {dev}, threads {torch.get_num_threads()}, UNet 'demo' preset: {count_parameters(net):,} parameters, batch {shape}")
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
 
     x = torch.randn(shape, generator=make_generator(1, "cpu")).to(dev)

@@ -117,7 +117,7 @@ def harmonization_scheduler(num_train_timesteps: int = 1000, # T (Durrer: 1000)
                          variance_type="learned_range" if learn_sigma else "fixed_small", clip_sample=True,
                          prediction_type=prediction_type)
 
-def harmonization_unet(preset: str = "smoke", # `layers.UNET_PRESETS` name: 'smoke', 'bench' or 'paper' (Durrer)
+def harmonization_unet(preset: str = "smoke", # `layers.UNET_PRESETS` name: 'smoke', 'demo' or 'paper' (Durrer)
                        scheduler: DDPMScheduler | None = None, # decides the output channels (default: learned range)
                        seed: int | None = 0, **overrides):
     "U-Net with 2 input channels [source, x_t] and 1 (ε) or 2 (ε, v) outputs, as the scheduler's variance type needs."
@@ -383,7 +383,7 @@ def slice_discontinuity(volume: Tensor, # (D, H, W)
 class HarmonizeConfig(TrainConfig):
     "Durrer et al. conditional DDPM for 1.5 T ↔ 3 T MPRAGE harmonization."
     direction: str = "1.5T-to-3T" # '1.5T-to-3T' or '3T-to-1.5T' (one model per direction; '->' spellings accepted)
-    unet: str = "smoke" # U-Net preset: 'smoke', 'bench' or 'paper'
+    unet: str = "smoke" # U-Net preset: 'smoke', 'demo' or 'paper' (runs that stored 'bench' load as 'demo')
     learn_sigma: bool = True # learned-range variance and the hybrid loss (Durrer)
     lambda_vb: float = 1e-3 # λ of the hybrid loss
     prediction_type: str = "epsilon" # network target: 'epsilon' (Durrer), 'sample' (x_0) or 'v_prediction' (see the demo)
@@ -398,6 +398,7 @@ class HarmonizeConfig(TrainConfig):
     def __post_init__(self):
         if isinstance(self.direction, str):                 # old runs stored '1.5T->3T': load them under the new name
             self.direction = DIRECTION_ALIASES.get(self.direction, self.direction)
+        if self.unet == "bench": self.unet = "demo"         # the U-Net preset's name before 2026-12-03
         super().__post_init__()
 
     def validate(self):
@@ -420,7 +421,7 @@ class HarmonizeConfig(TrainConfig):
 HARMONIZE_PRESETS = {
     "smoke": dict(steps=12, batch_size=4, unet="smoke", n_subjects=1, crop=(32, 32), lr=1e-3, ema=0.9, ckpt_every=6,
                   sample_steps=5),
-    "demo": dict(steps=1000, batch_size=4, unet="bench", n_subjects=4, crop=(120, 96), lr=1e-3, ema=0.999, log_every=10,
+    "demo": dict(steps=1000, batch_size=4, unet="demo", n_subjects=4, crop=(120, 96), lr=1e-3, ema=0.999, log_every=10,
                  ckpt_every=250, sample_steps=20, prediction_type="v_prediction"),
     "paper": dict(steps=300_000, batch_size=4, unet="paper", n_subjects=30, crop=(120, 96), lr=1e-4, ema=0.9999, log_every=100,
                   ckpt_every=5000, sampler="ddpm", sample_steps=1000, ema_warmup=False),

@@ -234,12 +234,12 @@ def count_parameters(model: nn.Module) -> int:
 # %% ../nbs/04_layers.ipynb #37dacaf1
 UNET_PRESETS = {
     "smoke": dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,), num_heads=1, num_groups=8),
-    "bench": dict(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(4,), num_heads=4, num_groups=32),
+    "demo": dict(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(4,), num_heads=4, num_groups=32),
     "paper": dict(model_channels=128, channel_mult=(1, 1, 1, 1), num_res_blocks=2, attention_resolutions=(), num_heads=1,
                   num_groups=32, dropout=0.0, use_scale_shift_norm=False),
 }
 
-def unet_from_preset(preset: str = "smoke", # 'smoke', 'bench' or 'paper'
+def unet_from_preset(preset: str = "smoke", # 'smoke', 'demo' or 'paper' (the experiments' preset names)
                      in_channels: int = 1, out_channels: int = 1,
                      seed: int | None = 0, # initialise under `seeded(seed)` (None: the global RNG)
                      **overrides) -> UNet:

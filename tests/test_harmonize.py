@@ -409,3 +409,15 @@ def test_translate_slices_refuses_bad_settings(kw, exc, msg):
     s = harmonization_scheduler()
     with pytest.raises(exc, match=re.escape(msg)):
         translate_slices(harmonization_unet("smoke", s), s, torch.rand(1, 1, 16, 16), **kw)
+
+
+def test_old_unet_preset_name_loads_as_demo():
+    "Runs written before the U-Net presets took the experiments' names store unet='bench': they load and resume as 'demo'."
+    from medsynth_nb.layers import UNET_PRESETS
+    from medsynth_nb.train import check_compatible
+    assert set(UNET_PRESETS) == {"smoke", "demo", "paper"} and HARMONIZE_PRESETS["demo"]["unet"] == "demo"
+    assert HarmonizeConfig(unet="bench").unet == "demo"
+    new = HarmonizeConfig(**HARMONIZE_PRESETS["demo"])
+    old = {**new.to_dict(), "unet": "bench"}
+    check_compatible({"experiment": "harmonize", "config_class": "HarmonizeConfig", "config": old}, "harmonize", new)
+    with pytest.raises(ValueError, match="unet: expected one of"): HarmonizeConfig(unet="large")

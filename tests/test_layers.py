@@ -17,7 +17,7 @@ def test_paper_preset_parameter_count_matches_durrer():
 
 
 def test_bench_and_smoke_counts():
-    assert count_parameters(unet_from_preset("bench", 1, 1)) == 1_112_801
+    assert count_parameters(unet_from_preset("demo", 1, 1)) == 1_112_801
     assert count_parameters(unet_from_preset("smoke", 1, 1)) == 176_849
 
 
@@ -33,7 +33,7 @@ def test_timestep_embedding_matches_diffusers(dim, ts):
         test_allclose(ours, ref, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("preset,size", [("smoke", 16), ("smoke", 8), ("bench", 16)])
+@pytest.mark.parametrize("preset,size", [("smoke", 16), ("smoke", 8), ("demo", 16)])
 @pytest.mark.parametrize("learn_sigma", [False, True])
 def test_unet_shapes(preset, size, learn_sigma):
     out_ch = 2 if learn_sigma else 1

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .utils import (check_choice, check_int, check_mask, check_number, check_positive,
+from .utils import (check_choice, check_int, check_mask, check_number, check_positive, check_same_dtype,
                               check_same_shape, check_tensor, require)
 
 # %% auto #0
@@ -27,8 +27,7 @@ def _check_pair(pred: Tensor, target: Tensor, ndim: Sequence[int] = (4, 5)):
     check_tensor(pred, "pred", ndim=ndim)
     check_tensor(target, "target", ndim=ndim)
     check_same_shape(pred, target)
-    if pred.dtype != target.dtype:
-        raise TypeError(f"pred and target: expected the same dtype, got {pred.dtype} and {target.dtype}")
+    check_same_dtype(pred, target, ("pred", "target"))
 
 def _reduce(values: Tensor, reduction: str) -> Tensor:
     check_choice(reduction, "reduction", _REDUCTIONS)

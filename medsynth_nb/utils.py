@@ -20,8 +20,9 @@ from torch import Tensor
 # %% auto #0
 __all__ = ['PRESETS', 'IMAGE_CMAP', 'DIFF_CMAP', 'make_generator', 'numpy_rng', 'seeded', 'num_threads', 'get_device',
            'size_preset', 'is_smoke', 'check_tensor', 'check_same_shape', 'check_int', 'check_number', 'check_positive',
-           'check_choice', 'check_finite', 'check_mask', 'check_same_batch', 'require', 'test_allclose', 'atomic_write',
-           'model_device', 'eval_mode', 'in_chunks', 'markdown_table', 'show_slices', 'slice_slider', 'report_result']
+           'check_choice', 'check_finite', 'check_mask', 'check_same_batch', 'check_same_dtype', 'check_same_device',
+           'require', 'test_allclose', 'atomic_write', 'model_device', 'eval_mode', 'in_chunks', 'markdown_table',
+           'show_slices', 'slice_slider', 'report_result']
 
 # %% ../nbs/00_utils.ipynb #998771fb
 def make_generator(seed: int | None = None, # seed; `None` draws fresh entropy from the OS
@@ -196,6 +197,16 @@ def check_same_batch(a: Tensor, b: Tensor, names: tuple[str, str] = ("x", "y")):
     "Raise a `ValueError` unless `a` and `b` hold the same number of items (first dimension; no broadcasting)."
     if a.ndim == 0 or b.ndim == 0 or a.shape[0] != b.shape[0]:
         raise ValueError(f"{names[0]} and {names[1]}: expected the same batch size, got shapes {_shape(a)} and {_shape(b)}")
+
+# %% ../nbs/00_utils.ipynb #54793899
+def check_same_dtype(a: Tensor, b: Tensor, names: tuple[str, str] = ("x", "y")):
+    "Raise a `TypeError` unless `a` and `b` have the same dtype (no silent promotion)."
+    if a.dtype != b.dtype: raise TypeError(f"{names[0]} and {names[1]}: expected the same dtype, got {a.dtype} and {b.dtype}")
+
+def check_same_device(a: Tensor, b: Tensor, names: tuple[str, str] = ("x", "y")):
+    "Raise a `ValueError` unless `a` and `b` live on the same device."
+    if a.device != b.device:
+        raise ValueError(f"{names[0]} and {names[1]}: expected the same device, got {a.device} and {b.device}")
 
 # %% ../nbs/00_utils.ipynb #fbcfbe16
 def require(ok: bool, name: str, # the condition, and the argument or field it is about

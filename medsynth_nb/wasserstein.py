@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .utils import check_choice, check_int, check_positive, check_same_shape, check_tensor, require
+from .utils import (check_choice, check_int, check_positive, check_same_device, check_same_dtype, check_same_shape,
+                               check_tensor, require)
 
 # %% auto #0
 __all__ = ['OT_METHODS', 'BACKENDS', 'REDUCTIONS', 'OFFSET_RANGES', 'draw_offset', 'patch_grid', 'extract_patches', 'w1_sorted',
@@ -31,10 +32,7 @@ def _check_images(pred, target):
     check_tensor(pred, "pred", ndim=(4, 5))
     check_tensor(target, "target", ndim=(4, 5))
     check_same_shape(pred, target)
-    if pred.dtype != target.dtype:
-        raise TypeError(f"pred and target: expected the same dtype, got {pred.dtype} and {target.dtype}")
-    if pred.device != target.device:
-        raise ValueError(f"pred and target: expected the same device, got {pred.device} and {target.device}")
+    check_same_dtype(pred, target, ("pred", "target")); check_same_device(pred, target, ("pred", "target"))
 
 def _check_patch_size(patch_size, spatial: Sequence[int]) -> int:
     n = check_int(patch_size, "patch_size", min=1)
@@ -45,8 +43,7 @@ def _check_patch_size(patch_size, spatial: Sequence[int]) -> int:
 def _check_rows(x, y):
     "Validate paired rows of samples: finite real float tensors (R, m), same shape, dtype and device."
     check_tensor(x, "x", ndim=2); check_tensor(y, "y", ndim=2); check_same_shape(x, y, ("x", "y"))
-    if x.dtype != y.dtype: raise TypeError(f"x and y: expected the same dtype, got {x.dtype} and {y.dtype}")
-    if x.device != y.device: raise ValueError(f"x and y: expected the same device, got {x.device} and {y.device}")
+    check_same_dtype(x, y, ("x", "y")); check_same_device(x, y, ("x", "y"))
     require(x.shape[1] >= 1, "x", "at least one sample per row", f"shape {tuple(x.shape)}")
 
 def _check_solver(n_iter, scale_name: str, scale, chunk):

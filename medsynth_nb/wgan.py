@@ -13,8 +13,9 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .utils import (check_choice, check_int, check_number, check_positive, check_same_batch, check_same_shape,
-                              check_tensor, make_generator, seeded, num_threads as _threads)
+from .utils import (check_choice, check_int, check_number, check_positive, check_same_batch, check_same_device,
+                               check_same_dtype, check_same_shape, check_tensor, make_generator, seeded,
+                               num_threads as _threads)
 
 # %% auto #0
 __all__ = ['critic_loss', 'generator_loss', 'gradient_penalty', 'drift_penalty', 'clip_weights', 'ring_centres',
@@ -59,8 +60,7 @@ def _check_pair(a: Tensor, b: Tensor, names: tuple[str, str]):
     check_same_shape(a, b, names)
     if a.ndim < 1 or a.shape[0] == 0:
         raise ValueError(f"{names[0]}: expected a batch (B, ...) with B >= 1, got shape {tuple(a.shape)}")
-    if a.dtype != b.dtype: raise TypeError(f"{names[0]} and {names[1]}: expected the same dtype, got {a.dtype} and {b.dtype}")
-    if a.device != b.device: raise ValueError(f"{names[0]} and {names[1]}: expected the same device, got {a.device} and {b.device}")
+    check_same_dtype(a, b, names); check_same_device(a, b, names)
 
 def gradient_penalty(critic: Callable, # f: called as critic(x) or critic(x, cond); one score per sample
                      real: Tensor, # (B, ...) real samples x

@@ -457,3 +457,12 @@ def test_lip_refuses_bad_input(i):
     fn, exc, msg = cases[i]
     with pytest.raises(exc) as e: fn()
     assert msg in str(e.value), (msg, str(e.value))
+
+
+def test_apply_network_in_chunks_keeps_item_order():
+    "apply_network returns item i's output at position i (chunks of 2 over 3 different slices)."
+    with seeded(0): nets = build_networks(base=4, levels=2)
+    d = load_lipcar_samples()
+    batch = {k: d[k][:3, :, :32, :32] for k in ("pre", "low", "high")}
+    alone = torch.cat([apply_network(nets["PL2H"], "PL2H", {k: v[i:i + 1] for k, v in batch.items()}) for i in range(3)])
+    torch.testing.assert_close(apply_network(nets["PL2H"], "PL2H", batch, chunk=2), alone)

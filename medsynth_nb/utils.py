@@ -37,6 +37,7 @@ def make_generator(seed: int | None = None, # seed; `None` draws fresh entropy f
         g.manual_seed(int(seed))
     return g
 
+# %% ../nbs/00_utils.ipynb #01619ce5
 def numpy_rng(seed: int | np.random.Generator | None = None) -> np.random.Generator:
     "A numpy `Generator` from a seed (or the generator itself, passed through)."
     if isinstance(seed, np.random.Generator): return seed
@@ -57,7 +58,8 @@ def num_threads(n: int | None):
     "Run a block with `torch.set_num_threads(n)`, restoring the previous setting after (`None`: unchanged)."
     if n is None:
         yield; return
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1: raise ValueError(f"n: expected a positive int or None, got {n!r}")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n: expected a positive int or None, got {n!r}")
     old = torch.get_num_threads(); torch.set_num_threads(n)
     try: yield
     finally: torch.set_num_threads(old)
@@ -68,11 +70,14 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     if device is None: device = os.environ.get("MEDSYNTH_DEVICE") or None
     if device is not None: return torch.device(device)
     if torch.cuda.is_available(): return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(): return torch.device("mps")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
     return torch.device("cpu")
 
+# %% ../nbs/00_utils.ipynb #854637d1
 PRESETS = ("smoke", "full")
 
+# %% ../nbs/00_utils.ipynb #9f76bb79
 def _truthy(v: str | None) -> bool: return bool(v) and v.strip().lower() not in ("0", "false", "no", "")
 
 def size_preset(preset: str | None = None) -> str:
@@ -81,9 +86,11 @@ def size_preset(preset: str | None = None) -> str:
     if preset is not None:
         if preset not in PRESETS: raise ValueError(f"preset: expected one of {PRESETS}, got {preset!r}")
         return preset
-    if _truthy(os.environ.get("IN_TEST")) or _truthy(os.environ.get("CI")) or not torch.cuda.is_available(): return "smoke"
+    if _truthy(os.environ.get("IN_TEST")) or _truthy(os.environ.get("CI")) or not torch.cuda.is_available():
+        return "smoke"
     return "full"
 
+# %% ../nbs/00_utils.ipynb #143a9afe
 def is_smoke(preset: str | None = None) -> bool:
     "True when running at smoke size (see `size_preset`)."
     return size_preset(preset) == "smoke"
@@ -115,6 +122,7 @@ def check_tensor(x, name: str, # the value and the argument name used in message
         raise ValueError(f"{name}: expected finite values, found {n} NaN/inf entries")
     return x
 
+# %% ../nbs/00_utils.ipynb #c7a2a936
 def check_same_shape(a: Tensor, b: Tensor, names: tuple[str, str] = ("pred", "target")):
     "Raise a `ValueError` unless `a` and `b` have the same shape (no silent broadcasting)."
     if a.shape != b.shape:
@@ -122,7 +130,8 @@ def check_same_shape(a: Tensor, b: Tensor, names: tuple[str, str] = ("pred", "ta
 
 # %% ../nbs/00_utils.ipynb #444a0749
 def _bounds(lo, hi, lo_open: bool = False, hi_open: bool = False) -> str:
-    if lo is not None and hi is not None: return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
     if lo is not None: return f"{'>' if lo_open else '>='} {lo}"
     return f"{'<' if hi_open else '<='} {hi}" if hi is not None else ""
 
@@ -152,6 +161,7 @@ def check_number(x, name: str, # the value and the argument name used in message
     if low or high: raise ValueError(f"{name}: expected a number {_bounds(min, max, min_open, max_open)}, got {x:g}")
     return x
 
+# %% ../nbs/00_utils.ipynb #7d087317
 def check_positive(x, name: str) -> float:
     "A finite real number > 0 as `float` (`check_number` with the open lower bound 0)."
     return check_number(x, name, min=0, min_open=True)
@@ -174,10 +184,14 @@ def check_choice(x, name: str, # the value and the argument name used in message
 
 # %% ../nbs/00_utils.ipynb #92f1970d
 def check_finite(x, name: str):
-    "`x` itself when every entry of the tensor, array or number is finite; otherwise a ValueError counting the bad ones."
-    if isinstance(x, Tensor): bad = int((~torch.isfinite(x)).sum()) if (x.is_floating_point() or x.is_complex()) else 0
-    elif isinstance(x, (np.ndarray, np.number, int, float, complex)): bad = int((~np.isfinite(np.asarray(x))).sum())
-    else: raise TypeError(f"{name}: expected a tensor, array or number, got {type(x).__name__}")
+    ("`x` itself when every entry of the tensor, array or number is finite; "
+     "otherwise a ValueError counting the bad ones.")
+    if isinstance(x, Tensor):
+        bad = int((~torch.isfinite(x)).sum()) if (x.is_floating_point() or x.is_complex()) else 0
+    elif isinstance(x, (np.ndarray, np.number, int, float, complex)):
+        bad = int((~np.isfinite(np.asarray(x))).sum())
+    else:
+        raise TypeError(f"{name}: expected a tensor, array or number, got {type(x).__name__}")
     if bad: raise ValueError(f"{name}: expected finite values, found {bad} NaN/inf entries")
     return x
 
@@ -186,23 +200,28 @@ def check_mask(m, name: str, # the value and the argument name used in messages
                ndim: int | Sequence[int] | None = None, # allowed numbers of dimensions
               ) -> Tensor:
     "`m` itself when it is a binary mask: a bool tensor, or a real tensor whose values are all 0 or 1."
-    check_tensor(m, name, ndim=ndim, dtype="any" if m.dtype == torch.bool else "real") if isinstance(m, Tensor) else check_tensor(m, name)
+    (check_tensor(m, name, ndim=ndim, dtype="any" if m.dtype == torch.bool else "real") if isinstance(m, Tensor)
+     else check_tensor(m, name))
     if m.dtype != torch.bool and not bool(((m == 0) | (m == 1)).all()):
         bad = m[(m != 0) & (m != 1)]
-        raise ValueError(f"{name}: expected a binary mask (0 and 1 only), found {bad.numel()} other values, e.g. {float(bad.flatten()[0]):g}")
+        raise ValueError(f"{name}: expected a binary mask (0 and 1 only), "
+                         f"found {bad.numel()} other values, e.g. {float(bad.flatten()[0]):g}")
     return m
 
 # %% ../nbs/00_utils.ipynb #50342140
 def check_same_batch(a: Tensor, b: Tensor, names: tuple[str, str] = ("x", "y")):
     "Raise a `ValueError` unless `a` and `b` hold the same number of items (first dimension; no broadcasting)."
     if a.ndim == 0 or b.ndim == 0 or a.shape[0] != b.shape[0]:
-        raise ValueError(f"{names[0]} and {names[1]}: expected the same batch size, got shapes {_shape(a)} and {_shape(b)}")
+        raise ValueError(f"{names[0]} and {names[1]}: expected the same batch size, "
+                         f"got shapes {_shape(a)} and {_shape(b)}")
 
 # %% ../nbs/00_utils.ipynb #54793899
 def check_same_dtype(a: Tensor, b: Tensor, names: tuple[str, str] = ("x", "y")):
     "Raise a `TypeError` unless `a` and `b` have the same dtype (no silent promotion)."
-    if a.dtype != b.dtype: raise TypeError(f"{names[0]} and {names[1]}: expected the same dtype, got {a.dtype} and {b.dtype}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"{names[0]} and {names[1]}: expected the same dtype, got {a.dtype} and {b.dtype}")
 
+# %% ../nbs/00_utils.ipynb #9a635941
 def check_same_device(a: Tensor, b: Tensor, names: tuple[str, str] = ("x", "y")):
     "Raise a `ValueError` unless `a` and `b` live on the same device."
     if a.device != b.device:
@@ -218,7 +237,8 @@ def require(ok: bool, name: str, # the condition, and the argument or field it i
 def _as_tensor(x) -> Tensor:
     if isinstance(x, Tensor): return x
     if isinstance(x, np.ndarray): return torch.from_numpy(x)
-    if isinstance(x, (float, int, np.floating, np.integer)): return torch.tensor(x, dtype=torch.float64 if isinstance(x, (float, np.floating)) else torch.int64)
+    if isinstance(x, (float, int, np.floating, np.integer)):
+        return torch.tensor(x, dtype=torch.float64 if isinstance(x, (float, np.floating)) else torch.int64)
     raise TypeError(f"expected a tensor, array or number, got {type(x).__name__}")
 
 def test_allclose(a, b, # actual and expected (tensors, arrays or numbers)
@@ -257,16 +277,19 @@ def atomic_write(path: str | os.PathLike, # the file to create or replace
 # %% ../nbs/00_utils.ipynb #164b1233
 def model_device(model: torch.nn.Module) -> torch.device:
     "The device of the first parameter (else buffer) of `model`; the CPU when it has neither."
-    if not isinstance(model, torch.nn.Module): raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     for t in (*model.parameters(), *model.buffers()): return t.device
     return torch.device("cpu")
 
 # %% ../nbs/00_utils.ipynb #07cffa46
 @contextlib.contextmanager
 def eval_mode(*modules: torch.nn.Module):
-    "Run a block with `modules` in eval mode and under `torch.no_grad()`; each module's training flag is restored after."
+    ("Run a block with `modules` in eval mode and under `torch.no_grad()`; "
+     "each module's training flag is restored after.")
     for m in modules:
-        if not isinstance(m, torch.nn.Module): raise TypeError(f"modules: expected torch.nn.Module, got {type(m).__name__}")
+        if not isinstance(m, torch.nn.Module):
+            raise TypeError(f"modules: expected torch.nn.Module, got {type(m).__name__}")
     was = [m.training for m in modules]
     try:
         for m in modules: m.eval()
@@ -280,7 +303,8 @@ def in_chunks(fn, # called as fn(*slices) on `chunk` items at a time; returns a 
               chunk: int = 16, # items per call
               device: str | torch.device | None = None, # where `fn` runs (None: where the inputs are)
              ) -> Tensor | tuple[Tensor, ...]:
-    "`fn(*inputs)` computed `chunk` items at a time on `device`, outputs back on the first input's device, concatenated."
+    ("`fn(*inputs)` computed `chunk` items at a time on `device`, "
+     "outputs back on the first input's device, concatenated.")
     check_int(chunk, "chunk", min=1)
     if not inputs: raise ValueError("inputs: expected at least one tensor, got none")
     for k, x in enumerate(inputs): check_tensor(x, f"inputs[{k}]", dtype="any", finite=False)
@@ -307,7 +331,8 @@ def markdown_table(header: Sequence[str], # column titles
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for k, r in enumerate(rows):
         r = list(r)
-        if len(r) != len(header): raise ValueError(f"rows[{k}]: expected {len(header)} cells like the header, got {len(r)}")
+        if len(r) != len(header):
+            raise ValueError(f"rows[{k}]: expected {len(header)} cells like the header, got {len(r)}")
         lines.append("| " + " | ".join(cell(v) for v in r) + " |")
     return "\n".join(lines)
 
@@ -323,6 +348,7 @@ def _to_numpy(x) -> np.ndarray:
 def _slice(vol: np.ndarray, idx: int, axis: int) -> np.ndarray:
     return np.take(vol, idx, axis=axis) if vol.ndim == 3 else vol
 
+# %% ../nbs/00_utils.ipynb #b4594716
 def show_slices(images, # list of 2-D images or 3-D volumes (tensors or arrays; leading size-1 dims are squeezed)
                 titles: Sequence[str] | None = None, # one title per image
                 idx: int | Sequence[int] | None = None, # slice index/indices along `axis` for volumes (default: middle)
@@ -336,7 +362,8 @@ def show_slices(images, # list of 2-D images or 3-D volumes (tensors or arrays; 
     if isinstance(images, (Tensor, np.ndarray)): images = [images]
     arrays = [_to_numpy(im).squeeze() for im in images]
     for i, a in enumerate(arrays):
-        if a.ndim not in (2, 3): raise ValueError(f"images[{i}]: expected a 2-D image or 3-D volume after squeezing, got shape {a.shape}")
+        if a.ndim not in (2, 3):
+            raise ValueError(f"images[{i}]: expected a 2-D image or 3-D volume after squeezing, got shape {a.shape}")
     panels, names = [], []
     for i, a in enumerate(arrays):
         t = titles[i] if titles is not None else None
@@ -360,6 +387,7 @@ def show_slices(images, # list of 2-D images or 3-D volumes (tensors or arrays; 
     if suptitle: fig.suptitle(suptitle)
     return fig
 
+# %% ../nbs/00_utils.ipynb #90728d22
 def slice_slider(volumes, # a 3-D volume, or a stack (N, D, H, W) such as a dose series
                  axis: int = 0, titles: Sequence[str] | None = None, cmap: str = IMAGE_CMAP):
     "An ipywidgets slider over slices (and over the stack, when given several volumes)."
@@ -370,9 +398,14 @@ def slice_slider(volumes, # a 3-D volume, or a stack (N, D, H, W) such as a dose
     if v.ndim != 4: raise ValueError(f"volumes: expected a 3-D volume or a 4-D stack, got shape {v.shape}")
     lo, hi = float(v.min()), float(v.max())
     def draw(volume=0, index=v.shape[axis + 1] // 2):
-        plt.figure(figsize=(4, 4)); plt.imshow(np.take(v[volume], index, axis=axis), cmap=cmap, vmin=lo, vmax=hi, origin="lower")
-        plt.title(titles[volume] if titles else f"volume {volume}, slice {index}"); plt.axis("off"); plt.colorbar(); plt.show()
-    return W.interactive(draw, volume=W.IntSlider(0, 0, v.shape[0] - 1), index=W.IntSlider(v.shape[axis + 1] // 2, 0, v.shape[axis + 1] - 1))
+        plt.figure(figsize=(4, 4))
+        plt.imshow(np.take(v[volume], index, axis=axis), cmap=cmap, vmin=lo, vmax=hi, origin="lower")
+        plt.title(titles[volume] if titles else f"volume {volume}, slice {index}")
+        plt.axis("off")
+        plt.colorbar()
+        plt.show()
+    return W.interactive(draw, volume=W.IntSlider(0, 0, v.shape[0] - 1),
+                         index=W.IntSlider(v.shape[axis + 1] // 2, 0, v.shape[axis + 1] - 1))
 
 # %% ../nbs/00_utils.ipynb #4d6bb321
 def report_result(lesson: str, # notebook name, e.g. '10_wasserstein'

@@ -35,10 +35,12 @@ def samples_root(root: str | os.PathLike | None = None) -> Path:
     if env: return Path(env)
     return Path(__file__).resolve().parent.parent / "data_samples"
 
+# %% ../nbs/01_data.ipynb #8293254d
 def load_manifest(root: str | os.PathLike | None = None) -> dict:
     "The parsed `manifest.json` of a samples folder."
     path = samples_root(root) / "manifest.json"
-    if not path.exists(): raise FileNotFoundError(f"{path}: no manifest; build the samples with `python -m medsynth_nb.phantom`")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no manifest; build the samples with `python -m medsynth_nb.phantom`")
     try: man = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a JSON manifest ({type(e).__name__}: {e})") from e
@@ -48,6 +50,7 @@ def load_manifest(root: str | os.PathLike | None = None) -> dict:
         raise ValueError(f"{path}: expected {{'files': [{{'kind': ..., 'path': ..., ...}}, ...]}}, got malformed JSON")
     return man
 
+# %% ../nbs/01_data.ipynb #f767b096
 def find_samples(kind: str, root: str | os.PathLike | None = None, **match) -> list[dict]:
     "Manifest entries of one `kind` whose fields equal `match` (e.g. `field=1.5`), in manifest order."
     files = [f for f in load_manifest(root)["files"] if f["kind"] == kind]
@@ -86,12 +89,14 @@ def load_nifti(path: str | os.PathLike, # a .nii or .nii.gz file
     if dtype is not None: data = data.astype(dtype, copy=False)
     return data, np.asarray(img.affine, dtype=np.float64), img.header
 
+# %% ../nbs/01_data.ipynb #78a2cd56
 def _as_numpy(x, name: str) -> np.ndarray:
     if isinstance(x, Tensor):
         x = x.detach().cpu()
         check_tensor(x, name, dtype="real")
         return x.numpy()
-    if not isinstance(x, np.ndarray): raise TypeError(f"{name}: expected a numpy array or torch.Tensor, got {type(x).__name__}")
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array or torch.Tensor, got {type(x).__name__}")
     if np.iscomplexobj(x): raise TypeError(f"{name}: expected a real array, got dtype {x.dtype}")
     if x.dtype.kind not in "fiub": raise TypeError(f"{name}: expected a numeric array, got dtype {x.dtype}")
     return check_finite(x, name)
@@ -106,7 +111,8 @@ def save_nifti(path: str | os.PathLike, # destination .nii or .nii.gz (written a
     _check_dtype(dtype)
     nib = _nib()
     data = _as_numpy(data, "data")
-    if data.ndim not in (2, 3, 4): raise ValueError(f"data: expected 2, 3 or 4 dimensions, got {data.ndim} with shape {data.shape}")
+    if data.ndim not in (2, 3, 4):
+        raise ValueError(f"data: expected 2, 3 or 4 dimensions, got {data.ndim} with shape {data.shape}")
     if affine is None: affine = header.get_best_affine() if header is not None else np.eye(4)
     affine = np.asarray(affine, dtype=np.float64)
     require(affine.shape == (4, 4), "affine", "a finite 4x4 matrix", affine.shape); check_finite(affine, "affine")
@@ -149,6 +155,7 @@ def ismrmrd_header(matrix: tuple[int, int], # (H, W) encoded matrix
            f"<encoding>{enc}{rec}{lim}<trajectory>cartesian</trajectory></encoding></ismrmrdHeader>")
     return xml.encode("utf-8")
 
+# %% ../nbs/01_data.ipynb #145dd5e8
 def parse_ismrmrd_header(xml: bytes | str) -> dict:
     "Matrix, FOV, field strength and coil count from an ISMRMRD XML header."
     try: root = ET.fromstring(xml)
@@ -158,14 +165,17 @@ def parse_ismrmrd_header(xml: bytes | str) -> dict:
     def get(p, f=float): 
         e = root.find(p, ns)
         return None if e is None else f(e.text)
-    return dict(matrix=(get(".//i:encodedSpace/i:matrixSize/i:x", int), get(".//i:encodedSpace/i:matrixSize/i:y", int)),
-                fov_mm=(get(".//i:encodedSpace/i:fieldOfView_mm/i:x"), get(".//i:encodedSpace/i:fieldOfView_mm/i:y")),
+    return dict(matrix=(get(".//i:encodedSpace/i:matrixSize/i:x", int),
+                        get(".//i:encodedSpace/i:matrixSize/i:y", int)),
+                fov_mm=(get(".//i:encodedSpace/i:fieldOfView_mm/i:x"),
+                        get(".//i:encodedSpace/i:fieldOfView_mm/i:y")),
                 field_t=get(".//i:systemFieldStrength_T"), coils=get(".//i:receiverChannels", int),
                 protocol=get(".//i:protocolName", str))
 
 # %% ../nbs/01_data.ipynb #e988639d
 FASTMRI_KEYS = ("kspace", "reconstruction_rss", "ismrmrd_header")
 
+# %% ../nbs/01_data.ipynb #62cb8244
 def save_fastmri_h5(path: str | os.PathLike, # destination .h5 (written atomically)
                     kspace, # (slices, coils, H, W) multi-coil or (slices, H, W) single-coil, complex
                     reconstruction_rss=None, # (slices, H, W) real target; default: RSS of the inverse FFT of kspace
@@ -176,17 +186,20 @@ def save_fastmri_h5(path: str | os.PathLike, # destination .h5 (written atomical
     "Write a fastMRI-layout HDF5 file (kspace, reconstruction_rss, ismrmrd_header, attrs) atomically."
     import h5py
     if isinstance(kspace, Tensor): kspace = kspace.detach().cpu().numpy()
-    if not isinstance(kspace, np.ndarray): raise TypeError(f"kspace: expected a complex array or tensor, got {type(kspace).__name__}")
+    if not isinstance(kspace, np.ndarray):
+        raise TypeError(f"kspace: expected a complex array or tensor, got {type(kspace).__name__}")
     if not np.iscomplexobj(kspace): raise TypeError(f"kspace: expected a complex array, got dtype {kspace.dtype}")
     require(kspace.ndim in (3, 4), "kspace", "(slices, coils, H, W) or (slices, H, W)", kspace.shape)
     check_finite(kspace, "kspace")
     if reconstruction_rss is None:
-        img = np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(kspace, axes=(-2, -1)), axes=(-2, -1), norm="ortho"), axes=(-2, -1))
+        img = np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(kspace, axes=(-2, -1)), axes=(-2, -1), norm="ortho"),
+                              axes=(-2, -1))
         reconstruction_rss = np.sqrt((np.abs(img) ** 2).sum(1)) if kspace.ndim == 4 else np.abs(img)
     rss = _as_numpy(reconstruction_rss, "reconstruction_rss").astype(np.float32)
     want = (kspace.shape[0],) + kspace.shape[-2:]
     require(rss.shape == want, "reconstruction_rss", f"shape {want}", rss.shape)
-    header = header if header is not None else ismrmrd_header(kspace.shape[-2:], coils=kspace.shape[1] if kspace.ndim == 4 else 1)
+    header = (header if header is not None
+              else ismrmrd_header(kspace.shape[-2:], coils=kspace.shape[1] if kspace.ndim == 4 else 1))
     path = Path(path)
     with atomic_write(path, suffix=".h5") as tmp:
         with h5py.File(tmp, "w") as f:
@@ -197,11 +210,13 @@ def save_fastmri_h5(path: str | os.PathLike, # destination .h5 (written atomical
                                 patient_id=patient_id, **(attrs or {})))
     return path
 
+# %% ../nbs/01_data.ipynb #bca810d7
 def load_fastmri_h5(path: str | os.PathLike, # a fastMRI-layout .h5 file
                     keys: Sequence[str] = FASTMRI_KEYS, # datasets to read (all must be present)
                     slices: slice | int | None = None, # read only these slices of array datasets
                    ) -> dict:
-    "Read a fastMRI-layout HDF5 file: the requested datasets plus `attrs`; clear errors for bad files and missing keys."
+    ("Read a fastMRI-layout HDF5 file: the requested datasets plus `attrs`; "
+     "clear errors for bad files and missing keys.")
     import h5py
     if slices is not None and not isinstance(slices, slice): check_int(slices, "slices")
     path = Path(path)
@@ -257,6 +272,7 @@ def percentile(x: Tensor, # real tensor, any shape
     out = v[lo] + (pos - lo) * (v[hi] - v[lo])
     return out.to(x.dtype)
 
+# %% ../nbs/01_data.ipynb #7c67c838
 def percentile_clip(x: Tensor, lower: float = 0.1, upper: float = 99.9, mask: Tensor | None = None) -> Tensor:
     "Clip `x` to its [lower, upper] percentiles (Durrer: 0.1 and 99.9)."
     lower, upper = check_number(lower, "lower", 0, 100), check_number(upper, "upper", 0, 100)
@@ -264,21 +280,26 @@ def percentile_clip(x: Tensor, lower: float = 0.1, upper: float = 99.9, mask: Te
     lo, hi = percentile(x, [lower, upper], mask)
     return x.clamp(lo.item(), hi.item())
 
+# %% ../nbs/01_data.ipynb #0de95364
 def minmax_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
     "Rescale `x` linearly to [0, 1]; a constant image raises (there is no scale to find)."
     x = _check_image(x, "x"); check_number(eps, "eps", min=0)
     lo, hi = x.min(), x.max()
-    if (hi - lo) <= eps: raise ValueError(f"x: constant image (min = max = {lo.item():.4g}); min-max normalisation is undefined")
+    if (hi - lo) <= eps:
+        raise ValueError(f"x: constant image (min = max = {lo.item():.4g}); min-max normalisation is undefined")
     return (x - lo) / (hi - lo)
 
+# %% ../nbs/01_data.ipynb #936735bc
 def percentile_normalize(x: Tensor, # the image to scale
-                         reference: Tensor | None = None, # image whose percentile sets the scale (Pinetz: the native x_NA)
+                         reference: Tensor | None = None, # image whose percentile sets the scale (Pinetz: native x_NA)
                          q: float = 95.0, mask: Tensor | None = None) -> Tensor:
     "x / q-th percentile of `reference` (default `x` itself): Pinetz's 'divide by the 95th percentile of the native'."
     x = _check_image(x, "x")
     if reference is not None: check_same_shape(x, _check_image(reference, "reference"), ("x", "reference"))
     s = percentile(x if reference is None else reference, q, mask)
-    if s.abs() <= 0: raise ValueError(f"reference: its {q}th percentile is {s.item()}; cannot divide by it (use a mask of the foreground)")
+    if s.abs() <= 0:
+        raise ValueError(f"reference: its {q}th percentile is {s.item()}; "
+                         "cannot divide by it (use a mask of the foreground)")
     return x / s
 
 # %% ../nbs/01_data.ipynb #7da2d1f7
@@ -313,6 +334,7 @@ def volume_to_slices(vol: Tensor, # (D, H, W) volume or (C, D, H, W) multi-chann
     v = vol if vol.ndim == 4 else vol.unsqueeze(0)
     return torch.movedim(v, 1 + axis % 3, 0)
 
+# %% ../nbs/01_data.ipynb #e1c1a020
 def slices_to_volume(slices: Tensor, # (n, C, h, w) from `volume_to_slices`
                      axis: int = 0, # the axis they were cut along
                      channels: bool = False, # True: return (C, D, H, W); False: drop a single channel
@@ -351,7 +373,8 @@ class DoseSeriesDataset(Dataset):
             for d in s["low"]: check_number(d, f"series[{i}]['low'] dose", 0, 1)
             check_positive(s["field"], f"series[{i}]['field']")
             na = _real(s["native"], f"series[{i}]['native']")
-            if na.ndim != 3: raise ValueError(f"series[{i}]['native']: expected a (D, H, W) volume, got shape {tuple(na.shape)}")
+            if na.ndim != 3:
+                raise ValueError(f"series[{i}]['native']: expected a (D, H, W) volume, got shape {tuple(na.shape)}")
             imgs = {"standard": s["standard"], **{float(d): v for d, v in s["low"].items()}}
             imgs = {k: _real(v, f"series[{i}][{k!r}]") for k, v in imgs.items()}
             for k, v in imgs.items():
@@ -404,13 +427,16 @@ def durrer_preprocess(vol: Tensor) -> Tensor:
     "Durrer's intensity preprocessing: clip to the 0.1/99.9 percentiles, then min–max to [0, 1]."
     return minmax_normalize(percentile_clip(_check_image(vol, "vol"), 0.1, 99.9))
 
+# %% ../nbs/01_data.ipynb #bf020f01
 class PairedContrastDataset(Dataset):
     "Paired 2-D slices (source, target[, condition]) from co-registered volumes or slice stacks."
-    def __init__(self, source: Sequence, target: Sequence, # lists of (D, H, W) volumes (or (N, H, W) stacks), same shapes pairwise
+    def __init__(self,
+                 source: Sequence, # list of (D, H, W) volumes (or (N, H, W) stacks)
+                 target: Sequence, # as many volumes, each of its source's shape
                  condition: Sequence | None = None, # optional third image per pair (LIP-CAR: the pre-dose x_P)
                  slice_axis: int = 0, # axis to slice volumes along (0 = sagittal for the ICBM grid); stacks use 0
                  crop: Sequence[int] | None = None, # centre crop/pad each slice to this (h, w)
-                 transform: Callable | None = None, # applied to each whole volume/stack before slicing (e.g. `durrer_preprocess`)
+                 transform: Callable | None = None, # applied to each volume/stack before slicing (`durrer_preprocess`)
                  skip_empty: bool = True): # drop slices where the source is all zero
         _check_axis(slice_axis, "slice_axis")
         if crop is not None:
@@ -419,8 +445,11 @@ class PairedContrastDataset(Dataset):
         require(transform is None or callable(transform), "transform", "a callable or None", transform)
         if isinstance(source, (np.ndarray, Tensor)): source, target = [source], [target]
         if condition is not None and isinstance(condition, (np.ndarray, Tensor)): condition = [condition]
-        if len(source) != len(target): raise ValueError(f"source and target: expected the same number of volumes, got {len(source)} and {len(target)}")
-        if condition is not None and len(condition) != len(source): raise ValueError(f"condition: expected {len(source)} volumes, got {len(condition)}")
+        if len(source) != len(target):
+            raise ValueError(f"source and target: expected the same number of volumes, "
+                             f"got {len(source)} and {len(target)}")
+        if condition is not None and len(condition) != len(source):
+            raise ValueError(f"condition: expected {len(source)} volumes, got {len(condition)}")
         self.items, self.crop = [], crop
         for i in range(len(source)):
             vs = {"source": source[i], "target": target[i]}
@@ -462,7 +491,7 @@ class PairedContrastDataset(Dataset):
 class KSpaceSliceDataset(Dataset):
     "Slices of fastMRI-layout HDF5 files: masked multi-coil kspace (coils, H, W), mask (1, H, W), RSS target (1, H, W)."
     def __init__(self, paths: str | os.PathLike | Sequence, # one or more .h5 files
-                 mask_func: Callable | None = None, # mask_func((H, W), generator) -> mask or (mask, num_low_frequencies)
+                 mask_func: Callable | None = None, # ((H, W), generator) -> mask, or (mask, num_low_frequencies)
                  seed: int = 0):
         check_int(seed, "seed", min=0)
         require(mask_func is None or callable(mask_func), "mask_func", "a callable or None", mask_func)
@@ -475,7 +504,8 @@ class KSpaceSliceDataset(Dataset):
             with h5py.File(p, "r") as f:
                 missing = [k for k in ("kspace", "reconstruction_rss") if k not in f]
                 if missing: raise ValueError(f"{p}: missing HDF5 dataset(s) {missing}; found {sorted(f.keys())}")
-                if f["kspace"].ndim != 4: raise ValueError(f"{p}: 'kspace' expected (slices, coils, H, W), got shape {f['kspace'].shape}")
+                if f["kspace"].ndim != 4:
+                    raise ValueError(f"{p}: 'kspace' expected (slices, coils, H, W), got shape {f['kspace'].shape}")
                 n = f["kspace"].shape[0]
             self.index += [(p, j) for j in range(n)]
 
@@ -510,8 +540,10 @@ def array_sha256(a: np.ndarray) -> str:
     h.update(a.tobytes())
     return h.hexdigest()
 
+# %% ../nbs/01_data.ipynb #8e8e9057
 def decode_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    "The arrays a sample file holds, decoded: NIfTI -> data (stored dtype), scale, affine; HDF5 -> datasets; npz -> arrays."
+    ("The arrays a sample file holds, decoded: NIfTI -> data (stored dtype), scale, affine; "
+     "HDF5 -> datasets; npz -> arrays.")
     path = Path(path)
     name = path.name
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such sample file")
@@ -520,18 +552,22 @@ def decode_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
         try: img = nib.load(str(path))
         except Exception as e: raise ValueError(f"{path}: cannot read as NIfTI ({type(e).__name__}: {e})") from e
         try: raw = np.asarray(img.dataobj.get_unscaled())
-        except Exception as e: raise ValueError(f"{path}: the voxel data is truncated or corrupt ({type(e).__name__}: {e})") from e
-        return dict(data=raw, scale=np.array([img.dataobj.slope, img.dataobj.inter], np.float64), affine=np.asarray(img.affine, np.float64))
+        except Exception as e:
+            raise ValueError(f"{path}: the voxel data is truncated or corrupt ({type(e).__name__}: {e})") from e
+        return dict(data=raw, scale=np.array([img.dataobj.slope, img.dataobj.inter], np.float64),
+                    affine=np.asarray(img.affine, np.float64))
     if name.endswith((".h5", ".hdf5")):
         import h5py
         try: f = h5py.File(path, "r")
         except Exception as e: raise ValueError(f"{path}: cannot read as HDF5 ({type(e).__name__}: {e})") from e
         with f:
-            return {k: (np.frombuffer(f[k][()], np.uint8) if f[k].dtype.kind in "SO" else f[k][()]) for k in sorted(f.keys())}
+            return {k: (np.frombuffer(f[k][()], np.uint8) if f[k].dtype.kind in "SO" else f[k][()])
+                    for k in sorted(f.keys())}
     if name.endswith(".npz"):
         with np.load(path) as z: return {k: z[k] for k in sorted(z.files)}
     raise ValueError(f"{path}: unknown sample file type (expected .nii(.gz), .h5 or .npz)")
 
+# %% ../nbs/01_data.ipynb #e067d054
 def verify_manifest(root: str | os.PathLike | None = None) -> list[str]:
     "Problems found comparing the files in `root` with its manifest (empty list: everything matches)."
     root = samples_root(root)
@@ -544,6 +580,8 @@ def verify_manifest(root: str | os.PathLike | None = None) -> list[str]:
             if k not in arrays: problems.append(f"{e['path']}: array {k!r} missing"); continue
             a = arrays[k]
             if list(a.shape) != meta["shape"] or a.dtype.str != meta["dtype"]:
-                problems.append(f"{e['path']}[{k}]: shape/dtype {list(a.shape)} {a.dtype.str}, manifest says {meta['shape']} {meta['dtype']}")
-            elif array_sha256(a) != meta["sha256"]: problems.append(f"{e['path']}[{k}]: sha256 differs from the manifest")
+                problems.append(f"{e['path']}[{k}]: shape/dtype {list(a.shape)} {a.dtype.str}, "
+                                f"manifest says {meta['shape']} {meta['dtype']}")
+            elif array_sha256(a) != meta["sha256"]:
+                problems.append(f"{e['path']}[{k}]: sha256 differs from the manifest")
     return problems

@@ -6,16 +6,18 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import math
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -28,11 +30,13 @@ from .data import verify_manifest
 # %% auto #0
 __all__ = ['ANATOMY_FILES', 'COLIN27_FILES', 'ANATOMIES', 'TISSUES', 'LABELS', 'ICBM_NOTICE', 'COLIN27_NOTICE', 'FIELDS',
            'TISSUE_PARAMS', 'RELAXIVITY', 'CONCENTRATION_SD', 'MPRAGE_PROTOCOLS', 'SPGR_PROTOCOL', 'SPIN_ECHO_PROTOCOL',
-           'SEQUENCES', 'SNR', 'SAMPLE_DOSES', 'load_anatomy', 'derive_anatomy_from_nilearn',
-           'partial_volume_fractions', 'resample_to_grid', 'derive_anatomy_from_mricron', 'relaxation', 'spgr_signal',
-           'spin_echo_signal', 'mprage_signal', 'tissue_signals', 'simulate_image', 'tissue_labels', 'add_lesions',
-           'bias_field', 'add_rician_noise', 'birdcage_maps', 'smooth_phase', 'multicoil_kspace', 'rss', 'anatomy_maps',
-           'deform', 'random_subject', 'RandomDoseSeriesDataset', 'anatomy_dice', 'build_samples', 'main']
+           'SEQUENCES', 'SUBJECT_CACHE_SIZE', 'SNR', 'SAMPLE_DOSES', 'SAMPLE_WRITERS', 'load_anatomy',
+           'derive_anatomy_from_nilearn', 'partial_volume_fractions', 'resample_to_grid', 'derive_anatomy_from_mricron',
+           'relaxation', 'spgr_signal', 'spin_echo_signal', 'mprage_signal', 'tissue_signals', 'simulate_image',
+           'tissue_labels', 'add_lesions', 'bias_field', 'add_rician_noise', 'birdcage_maps', 'smooth_phase',
+           'multicoil_kspace', 'rss', 'anatomy_maps', 'deform', 'random_subject', 'RandomDoseSeriesDataset',
+           'anatomy_dice', 'axial_slices', 'subject_cache', 'subject_volumes', 'sample_subject', 'write_dose_series',
+           'write_mprage_pair', 'write_lipcar_slices', 'write_kspace_sample', 'build_samples', 'main']
 
 # %% ../nbs/02_phantom.ipynb #1812534f
 ANATOMY_FILES = {k: f"icbm152_2009a_2mm_{k}.nii.gz" for k in ("t1", "gm", "wm", "mask")}
@@ -591,6 +595,69 @@ def anatomy_dice(a: np.ndarray | Tensor, b: np.ndarray | Tensor, # (X, Y, Z) lab
         out[t] = float(2 * (x & y).sum() / n) if n else float("nan")
     return out
 
+# %% ../nbs/02_phantom.ipynb #b67177a9
+def axial_slices(vol: np.ndarray | Tensor, # (X, Y, Z) volume on the phantom's RAS grid
+                 z: Sequence[int] | None = None, # which axial slices (None: all Z)
+                 side: int | None = None, # zero-pad centrally to side × side (None: the larger of Y and X)
+                 size: int | tuple[int, int] | None = None, # then resize to (H, W): bilinear, antialiased, clamped ≥ 0
+                ) -> Tensor:
+    "Axial slices (n, H, W), anterior up and the patient's left on the left, zero-padded to a square (and resized)."
+    v = torch.as_tensor(np.array(vol)) if isinstance(vol, np.ndarray) else vol
+    require(isinstance(v, Tensor) and v.ndim == 3, "vol", "an (X, Y, Z) array or tensor", getattr(v, "shape", v))
+    zs = np.arange(v.shape[2]) if z is None else np.asarray(z)
+    require(zs.ndim == 1 and zs.size > 0 and np.issubdtype(zs.dtype, np.integer) and (zs >= 0).all()
+            and (zs < v.shape[2]).all(), "z", f"a non-empty sequence of slice indices in [0, {v.shape[2]})", z)
+    sl = v[:, :, torch.from_numpy(zs.astype(np.int64))].permute(2, 1, 0).flip(1)   # (n, Y, X), row 0 = largest y
+    h, w = sl.shape[-2:]
+    side = max(h, w) if side is None else check_int(side, "side", min=max(h, w))
+    ph, pw = side - h, side - w
+    sl = F.pad(sl, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+    if size is None: return sl
+    hw = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    require(len(hw) == 2, "size", "an int or (H, W)", size)
+    hw = tuple(check_int(n, "size", min=1) for n in hw)
+    require(sl.is_floating_point(), "vol", "a floating-point volume to resize", sl.dtype)
+    return F.interpolate(sl[:, None], size=hw, mode="bilinear", antialias=True, align_corners=False)[:, 0].clamp_min(0)
+
+# %% ../nbs/02_phantom.ipynb #054828af
+SUBJECT_CACHE_SIZE = 64 # subjects each cached simulator keeps (least recently used dropped first; ≤ ~30 MB each)
+
+def _copied(v):
+    "A deep copy of a simulator's output: tensors cloned, arrays copied, dicts, lists and tuples rebuilt."
+    if isinstance(v, Tensor): return v.clone()
+    if isinstance(v, np.ndarray): return v.copy()
+    if isinstance(v, dict): return {k: _copied(x) for k, x in v.items()}
+    if isinstance(v, list): return [_copied(x) for x in v]
+    if isinstance(v, tuple): return tuple(_copied(x) for x in v)
+    return v
+
+def subject_cache(simulate: Callable) -> Callable:
+    "Cache a subject simulator (hashable arguments) in an LRU of `SUBJECT_CACHE_SIZE`; each call returns a copy."
+    cached = functools.lru_cache(maxsize=SUBJECT_CACHE_SIZE, typed=True)(simulate)
+    @functools.wraps(simulate)
+    def simulate_once(*args, **kw): return _copied(cached(*args, **kw))
+    simulate_once.cache_info, simulate_once.cache_clear = cached.cache_info, cached.cache_clear
+    return simulate_once
+
+# %% ../nbs/02_phantom.ipynb #42064d04
+_SUBJECT_ARGS = inspect.signature(random_subject)
+
+@subject_cache
+def _cached_subject(*args: tuple) -> dict: return random_subject(**dict(args))
+
+def subject_volumes(seed: int, # subject id (see `random_subject`)
+                    **kw, # random_subject's other arguments: field, doses, sequence, snr, deform_voxels, anatomy, …
+                   ) -> dict:
+    "`random_subject(seed, **kw)`, simulated once per process (`subject_cache`): images (len(doses), X, Y, Z), labels, …"
+    free = sorted(set(_SUBJECT_ARGS.parameters) - {"seed"})
+    bad = sorted(set(kw) - set(free))
+    if bad: raise TypeError(f"kw: expected arguments of random_subject {free}, got {bad}")
+    a = _SUBJECT_ARGS.bind(seed, **kw); a.apply_defaults()
+    g = a.arguments
+    _check_subject(g["seed"], g["field"], g["doses"], g["sequence"], g["agent"], g["n_lesions"], g["snr"],
+                   g["bias_strength"], g["deform_voxels"], g["t1_jitter"], g["anatomy"])
+    return _cached_subject(*((k, tuple(v) if isinstance(v, list) else v) for k, v in g.items()))
+
 # %% ../nbs/02_phantom.ipynb #7c73e50f
 SNR = {1.5: 25.0, 3.0: 40.0}  # native WM SNR of the samples (assumed: 3 T has more signal)
 SAMPLE_DOSES = (0.0, 0.1, 0.2, 0.33, 1.0)
@@ -600,12 +667,100 @@ def _entry(path: Path, kind: str, meaning: str, **fields) -> dict:
     return dict(path=path.name, kind=kind, meaning=meaning, **fields,
                 arrays={k: dict(shape=list(a.shape), dtype=a.dtype.str, sha256=array_sha256(a)) for k, a in arrays.items()})
 
+def _sample_rng(seed: int, *k: int) -> np.random.Generator: return np.random.default_rng([seed, *k])
+
+def sample_subject(anat: dict, # `load_anatomy` maps
+                   seed: int = 0) -> tuple[dict, np.ndarray]:
+    "The samples' subject: the undeformed template with two lesions placed by `seed` (fractions, label map)."
+    return add_lesions({t: anat[t] for t in ("csf", "gm", "wm")}, n_lesions=2, seed=_sample_rng(seed, 1))
+
+# %% ../nbs/02_phantom.ipynb #d51107cf
+def write_dose_series(out: Path, anat: dict, seed: int = 0) -> list[dict]:
+    "(a) Pinetz: `dose_labels.nii.gz` and the SPGR dose series `dose_{B}T_d{ddd}.nii.gz` at both fields."
+    fr, labels = sample_subject(anat, seed)
+    mask, aff = labels > 0, anat["affine"]
+    p = save_nifti(out / "dose_labels.nii.gz", labels, aff, dtype=np.uint8)
+    files = [_entry(p, "labels", "label map of the dose-series subject: " + ", ".join(f"{v} {k}" for k, v in LABELS.items()))]
+    for B in FIELDS:
+        b = bias_field(labels.shape, 0.15, seed=_sample_rng(seed, 2, int(B * 10)))
+        sigma = tissue_signals(B, "spgr")["wm"] / SNR[B]
+        for d in SAMPLE_DOSES:
+            x = add_rician_noise(simulate_image(fr, B, "spgr", d, "gadobutrol", b), sigma,
+                                 seed=_sample_rng(seed, 3, int(B * 10), int(round(d * 100))))
+            p = save_nifti(out / f"dose_{B:g}T_d{int(round(d * 100)):03d}.nii.gz", (x * mask).astype(np.float32), aff,
+                           dtype=np.int16)
+            files.append(_entry(p, "dose_series", f"Pinetz dose series: {B:g} T gadobutrol SPGR (TR 25/TE 4.6/30°), "
+                                f"dose {d:g} of 0.1 mmol/kg, Rician σ = {sigma:.3g} (WM SNR {SNR[B]:g}), bias ±15 %, "
+                                "brain-masked", field=B, dose=d, agent="gadobutrol", sigma=sigma))
+    return files
+
+# %% ../nbs/02_phantom.ipynb #0b34fbde
+def write_mprage_pair(out: Path, anat: dict, seed: int = 0) -> list[dict]:
+    "(b) Durrer: `mprage_{B}T.nii.gz`, the healthy template at both MPRAGE protocols, noisy and skull-stripped."
+    normal, files = {t: anat[t] for t in ("csf", "gm", "wm")}, []
+    for B in FIELDS:
+        clean = simulate_image(normal, B, "mprage")
+        sigma = tissue_signals(B, "mprage")["wm"] / SNR[B]
+        x = add_rician_noise(clean, sigma, seed=_sample_rng(seed, 4, int(B * 10))) * (anat["mask"] > 0)
+        p = save_nifti(out / f"mprage_{B:g}T.nii.gz", x.astype(np.float32), anat["affine"], dtype=np.int16)
+        prot = MPRAGE_PROTOCOLS[B]
+        files.append(_entry(p, "mprage", f"Durrer pair: MPRAGE {B:g} T (TR/TI/TE/flip {prot['TR']:g}/{prot['TI']:g}/"
+                            f"{prot['TE']:g}/{prot['flip_deg']:g}°), same anatomy at both fields, Rician noise, "
+                            "skull-stripped", field=B, sigma=sigma))
+    return files
+
+# %% ../nbs/02_phantom.ipynb #d914329f
+def _lesion_z(labels: np.ndarray) -> np.ndarray:
+    "The 8 axial slice indices with the most lesion voxels, ascending."
+    return np.sort(np.argsort(-(labels >= LABELS["rim"]).sum((0, 1)), kind="stable")[:8])
+
+def _sample_slices(v: np.ndarray, zs: np.ndarray) -> np.ndarray:
+    "The sample files' slices (N, Y, X), padded 117×99 → 128×128: posterior up (the sample's own orientation)."
+    return np.pad(v[:, :, zs].transpose(2, 1, 0), ((0, 0), (5, 6), (14, 15)))
+
+def write_lipcar_slices(out: Path, anat: dict, seed: int = 0) -> list[dict]:
+    "(c) LIP-CAR: `lipcar_slices.npz`, pre/low/high T1w spin-echo slices through the lesions, joint min-max to [0, 1]."
+    fr, labels = sample_subject(anat, seed)
+    zs, B = _lesion_z(labels), 3.0
+    sigma = tissue_signals(B, "spin_echo")["wm"] / SNR[B]
+    b = bias_field(labels.shape, 0.1, seed=_sample_rng(seed, 5))
+    lip = {name: _sample_slices(add_rician_noise(simulate_image(fr, B, "spin_echo", d, "gadobutrol", b), sigma,
+                                                 seed=_sample_rng(seed, 6, k)), zs)
+           for k, (name, d) in enumerate((("pre", 0.0), ("low", 0.2), ("high", 1.0)))}
+    lo, hi = min(v.min() for v in lip.values()), max(v.max() for v in lip.values())
+    arrays = {k: ((v - lo) / (hi - lo)).astype(np.float32) for k, v in lip.items()}
+    arrays["labels"] = _sample_slices(labels, zs).astype(np.uint8); arrays["z_index"] = zs.astype(np.int64)
+    with atomic_write(out / "lipcar_slices.npz", suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh: np.savez_compressed(fh, **arrays)
+    return [_entry(out / "lipcar_slices.npz", "lipcar", "LIP-CAR: 8 axial 128×128 T1w spin-echo slices (TR 500/TE 10, "
+                   "3 T) through the lesions: pre (x_P), low 20 % (x_L), high 100 % (x_H) gadobutrol, independent Rician "
+                   "noise, joint global min-max to [0, 1]; labels; z_index", field=B, doses=[0.0, 0.2, 1.0])]
+
+# %% ../nbs/02_phantom.ipynb #1d591394
+def write_kspace_sample(out: Path, anat: dict, seed: int = 0) -> list[dict]:
+    "(d) fastMRI: `kspace_3T_axt1post.h5`, 8-coil k-space of 4 post-contrast axial slices and its RSS target."
+    fr, labels = sample_subject(anat, seed)
+    zk = np.sort(_lesion_z(labels)[:4])
+    img = _sample_slices(simulate_image(fr, 3.0, "spgr", 1.0, "gadobutrol",
+                                        bias_field(labels.shape, 0.15, seed=_sample_rng(seed, 2, 30))), zk)
+    sigma_k = tissue_signals(3.0, "spgr")["wm"] / SNR[3.0]
+    k, _, _ = multicoil_kspace(img, 8, sigma_k, seed=_sample_rng(seed, 7))
+    p = save_fastmri_h5(out / "kspace_3T_axt1post.h5", k, rss(_ifft2c(k.astype(np.complex128))).astype(np.float32),
+                        ismrmrd_header((128, 128), (256.0, 256.0), 2.0, 3.0, 8, "AXT1POST_MEDSYNTH"),
+                        acquisition="AXT1POST", patient_id=f"medsynth-{seed:04d}")
+    return [_entry(p, "kspace", "fastMRI layout: kspace (4 slices, 8 coils, 128, 128) complex64 of 3 T post-contrast "
+                   "SPGR axial slices (birdcage maps, smooth phase, complex noise σ per sample), reconstruction_rss = RSS "
+                   "of the noisy coil images", field=3.0, coils=8, sigma=sigma_k)]
+
+# %% ../nbs/02_phantom.ipynb #742b1c88
+SAMPLE_WRITERS = (write_dose_series, write_mprage_pair, write_lipcar_slices, write_kspace_sample)
+
 def build_samples(out: str | os.PathLike | None = None, # folder to write (default: data_samples/ beside the package)
                   seed: int = 0, from_nilearn: bool = False, # also re-derive the anatomy from nilearn
                   from_mricron: bool = False, # also re-derive the held-out Colin27 anatomy from Debian's mricron-data
                   anatomy_root: str | os.PathLike | None = None, # where to read the 2 mm anatomy (default: `out`)
                   verbose: bool = True) -> dict:
-    "Simulate every sample file deterministically and write them with `manifest.json`; returns the manifest."
+    "Simulate every sample file deterministically (`SAMPLE_WRITERS`) and write them with `manifest.json`."
     check_int(seed, "seed", min=0)
     out = samples_root(out); out.mkdir(parents=True, exist_ok=True)
     if from_nilearn: derive_anatomy_from_nilearn(out)
@@ -615,68 +770,17 @@ def build_samples(out: str | os.PathLike | None = None, # folder to write (defau
         for f in [*ANATOMY_FILES.values(), *COLIN27_FILES.values(), "ICBM152_LICENSE.txt", "COLIN27_LICENSE.txt"]:
             with atomic_write(out / f) as tmp: Path(tmp).write_bytes((aroot / f).read_bytes())
     anat = load_anatomy(out)
-    aff = anat["affine"]
-    log = (lambda *a: print(*a, flush=True)) if verbose else (lambda *a: None)
-    rng = lambda *k: np.random.default_rng([seed, *k])
     files = [_entry(out / f, "anatomy", f"ICBM152 2009a 2 mm uint8 {k} map (McGill notice: ICBM152_LICENSE.txt)")
              for k, f in ANATOMY_FILES.items()]
     files += [_entry(out / f, "anatomy", f"Colin27 2 mm uint8 {k} map, held-out anatomy (MNI notice: COLIN27_LICENSE.txt)")
               for k, f in COLIN27_FILES.items()]
-    normal = {t: anat[t] for t in ("csf", "gm", "wm")}
-    fr, labels = add_lesions(normal, n_lesions=2, seed=rng(1))
-    mask = labels > 0
-    p = save_nifti(out / "dose_labels.nii.gz", labels, aff, dtype=np.uint8)
-    files.append(_entry(p, "labels", "label map of the dose-series subject: " + ", ".join(f"{v} {k}" for k, v in LABELS.items())))
-    for B in FIELDS:  # (a) Pinetz dose series
-        b = bias_field(labels.shape, 0.15, seed=rng(2, int(B * 10)))
-        sigma = tissue_signals(B, "spgr")["wm"] / SNR[B]
-        for d in SAMPLE_DOSES:
-            x = add_rician_noise(simulate_image(fr, B, "spgr", d, "gadobutrol", b), sigma, seed=rng(3, int(B * 10), int(round(d * 100))))
-            p = save_nifti(out / f"dose_{B:g}T_d{int(round(d * 100)):03d}.nii.gz", (x * mask).astype(np.float32), aff, dtype=np.int16)
-            files.append(_entry(p, "dose_series", f"Pinetz dose series: {B:g} T gadobutrol SPGR (TR 25/TE 4.6/30°), dose {d:g} of 0.1 mmol/kg, "
-                                f"Rician σ = {sigma:.3g} (WM SNR {SNR[B]:g}), bias ±15 %, brain-masked", field=B, dose=d, agent="gadobutrol", sigma=sigma))
-        log(f"dose series {B} T done")
-    for B in FIELDS:  # (b) Durrer MPRAGE pair: healthy anatomy, bias-corrected, skull-stripped
-        clean = simulate_image(normal, B, "mprage")
-        sigma = tissue_signals(B, "mprage")["wm"] / SNR[B]
-        x = add_rician_noise(clean, sigma, seed=rng(4, int(B * 10))) * (anat["mask"] > 0)
-        p = save_nifti(out / f"mprage_{B:g}T.nii.gz", x.astype(np.float32), aff, dtype=np.int16)
-        files.append(_entry(p, "mprage", f"Durrer pair: MPRAGE {B:g} T (TR/TI/TE/flip {MPRAGE_PROTOCOLS[B]['TR']:g}/{MPRAGE_PROTOCOLS[B]['TI']:g}/"
-                            f"{MPRAGE_PROTOCOLS[B]['TE']:g}/{MPRAGE_PROTOCOLS[B]['flip_deg']:g}°), same anatomy at both fields, Rician noise, skull-stripped",
-                            field=B, sigma=sigma))
-    log("MPRAGE pair done")
-    zs = np.argsort(-(labels >= LABELS["rim"]).sum((0, 1)), kind="stable")[:8]
-    zs = np.sort(zs)
-    pad = lambda v: np.pad(v, ((0, 0), (5, 6), (14, 15)))  # (Y, X) 117×99 -> 128×128
-    sl = lambda v: pad(v[:, :, zs].transpose(2, 1, 0))      # axial slices (N, Y, X), anterior up
-    B = 3.0
-    sigma = tissue_signals(B, "spin_echo")["wm"] / SNR[B]
-    b = bias_field(labels.shape, 0.1, seed=rng(5))
-    lip = {name: sl(add_rician_noise(simulate_image(fr, B, "spin_echo", d, "gadobutrol", b), sigma, seed=rng(6, k)))
-           for k, (name, d) in enumerate((("pre", 0.0), ("low", 0.2), ("high", 1.0)))}
-    lo, hi = min(v.min() for v in lip.values()), max(v.max() for v in lip.values())
-    arrays = {k: ((v - lo) / (hi - lo)).astype(np.float32) for k, v in lip.items()}
-    arrays["labels"] = sl(labels).astype(np.uint8); arrays["z_index"] = zs.astype(np.int64)
-    with atomic_write(out / "lipcar_slices.npz", suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh: np.savez_compressed(fh, **arrays)
-    files.append(_entry(out / "lipcar_slices.npz", "lipcar", "LIP-CAR: 8 axial 128×128 T1w spin-echo slices (TR 500/TE 10, 3 T) through the lesions: "
-                        "pre (x_P), low 20 % (x_L), high 100 % (x_H) gadobutrol, independent Rician noise, joint global min-max to [0, 1]; labels; z_index",
-                        field=B, doses=[0.0, 0.2, 1.0]))
-    log("LIP-CAR slices done")
-    zk = np.sort(zs[:4])
-    img = pad(simulate_image(fr, 3.0, "spgr", 1.0, "gadobutrol", bias_field(labels.shape, 0.15, seed=rng(2, 30)))[:, :, zk].transpose(2, 1, 0))
-    sigma_k = tissue_signals(3.0, "spgr")["wm"] / SNR[3.0]
-    k, _, _ = multicoil_kspace(img, 8, sigma_k, seed=rng(7))
-    p = save_fastmri_h5(out / "kspace_3T_axt1post.h5", k, rss(_ifft2c(k.astype(np.complex128))).astype(np.float32),
-                        ismrmrd_header((128, 128), (256.0, 256.0), 2.0, 3.0, 8, "AXT1POST_MEDSYNTH"), acquisition="AXT1POST",
-                        patient_id=f"medsynth-{seed:04d}")
-    files.append(_entry(p, "kspace", "fastMRI layout: kspace (4 slices, 8 coils, 128, 128) complex64 of 3 T post-contrast SPGR axial slices "
-                        "(birdcage maps, smooth phase, complex noise σ per sample), reconstruction_rss = RSS of the noisy coil images",
-                        field=3.0, coils=8, sigma=sigma_k))
-    log("k-space done")
+    for write in SAMPLE_WRITERS:
+        files += write(out, anat, seed)
+        if verbose: print(f"{write.__name__} done", flush=True)
     manifest = dict(generator="python -m medsynth_nb.phantom", seed=seed, license="ICBM152_LICENSE.txt",
                     sha256="over decoded arrays: medsynth_nb.data.array_sha256(decode_file(path)[name])", files=files)
-    with atomic_write(out / "manifest.json") as tmp: Path(tmp).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    with atomic_write(out / "manifest.json") as tmp:
+        Path(tmp).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return manifest
 
 # %% ../nbs/02_phantom.ipynb #8031b3da

@@ -50,7 +50,8 @@ def _data_range(data_range, target: Tensor) -> Tensor:
     dr = torch.as_tensor(data_range, dtype=target.dtype, device=target.device)
     if dr.ndim == 0: dr = dr.expand(target.shape[0])
     if dr.shape != (target.shape[0],):
-        raise ValueError(f"data_range: expected a number or a tensor of shape ({target.shape[0]},), got shape {tuple(dr.shape)}")
+        raise ValueError(f"data_range: expected a number or a tensor of shape ({target.shape[0]},), "
+                         f"got shape {tuple(dr.shape)}")
     require(bool((dr > 0).all()), "data_range", "values > 0", dr.tolist())
     return dr
 
@@ -60,16 +61,19 @@ def mse(pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     _check_pair(pred, target)
     return _reduce(_per_image((pred - target) ** 2).mean(1), reduction)
 
+# %% ../nbs/03_metrics.ipynb #ae2b291a
 def mae(pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     "Mean absolute error per image, reduced over the batch."
     _check_pair(pred, target)
     return _reduce(_per_image((pred - target).abs()).mean(1), reduction)
 
+# %% ../nbs/03_metrics.ipynb #320f7456
 def rmse(pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     "Root mean squared error per image, reduced over the batch."
     _check_pair(pred, target)
     return _reduce(_per_image((pred - target) ** 2).mean(1).sqrt(), reduction)
 
+# %% ../nbs/03_metrics.ipynb #b677cab0
 def nmse(pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     "Normalised MSE ‖pred − target‖² / ‖target‖² per image (fastMRI)."
     _check_pair(pred, target)
@@ -94,6 +98,7 @@ def gaussian_window(win_size: int = 11, sigma: float = 1.5, dtype=torch.float32,
     w = torch.exp(-0.5 * (x / sigma) ** 2)
     return (w / w.sum()).to(dtype)
 
+# %% ../nbs/03_metrics.ipynb #fd0c0544
 def _separable_filter(x: Tensor, taps: Tensor) -> Tensor:
     "Valid separable convolution of (N, 1, *spatial) with the same 1-D taps along every spatial axis."
     nd = x.ndim - 2
@@ -111,7 +116,9 @@ def ssim(pred: Tensor, target: Tensor, data_range: float | Tensor | None = None,
     _check_pair(pred, target)
     check_int(win_size, "win_size", min=1); check_positive(k1, "k1"); check_positive(k2, "k2")
     small = [s for s in pred.shape[2:] if s < win_size]
-    if small: raise ValueError(f"pred: every spatial size must be at least win_size={win_size}, got shape {tuple(pred.shape)}")
+    if small:
+        raise ValueError(f"pred: every spatial size must be at least win_size={win_size}, "
+                         f"got shape {tuple(pred.shape)}")
     L = _data_range(data_range, target)
     B, C = pred.shape[:2]
     c1 = ((k1 * L) ** 2).repeat_interleave(C).reshape(B * C, *([1] * (pred.ndim - 1)))
@@ -130,14 +137,17 @@ def ssim(pred: Tensor, target: Tensor, data_range: float | Tensor | None = None,
 
 # %% ../nbs/03_metrics.ipynb #bcd7954a
 def snr_db(pred: Tensor, target: Tensor, crop: tuple[int, int] | None = None, reduction: str = "mean") -> Tensor:
-    "Lei et al.'s SNR in dB per image: 10·log10(Σ target² / Σ (pred − target)²), optionally cropping (rows, cols) from each border."
+    ("Lei et al.'s SNR in dB per image: 10·log10(Σ target² / Σ (pred − target)²), "
+     "optionally cropping (rows, cols) from each border.")
     _check_pair(pred, target)
     if crop is not None:
         require(isinstance(crop, (tuple, list)) and len(crop) == 2, "crop", "a pair (rows, cols)", crop)
         r, c = check_int(crop[0], "crop[0]"), check_int(crop[1], "crop[1]")
         if r < 0 or c < 0 or 2 * r >= pred.shape[-2] or 2 * c >= pred.shape[-1]:
-            raise ValueError(f"crop: expected non-negative (rows, cols) leaving a non-empty image of shape {tuple(pred.shape[-2:])}, got {crop}")
-        pred, target = pred[..., r:pred.shape[-2] - r, c:pred.shape[-1] - c], target[..., r:target.shape[-2] - r, c:target.shape[-1] - c]
+            raise ValueError(f"crop: expected non-negative (rows, cols) leaving a non-empty image "
+                             f"of shape {tuple(pred.shape[-2:])}, got {crop}")
+        pred, target = (pred[..., r:pred.shape[-2] - r, c:pred.shape[-1] - c],
+                        target[..., r:target.shape[-2] - r, c:target.shape[-1] - c])
     sig, err = _per_image(target ** 2).sum(1), _per_image((pred - target) ** 2).sum(1)
     if not bool((sig > 0).all()): raise ValueError("target: SNR is undefined for an all-zero target image")
     return _reduce(10 * torch.log10(sig / err), reduction)
@@ -152,6 +162,7 @@ def ce_mask(native: Tensor, standard_dose: Tensor, threshold: float = 1.1, brain
         m = m & brain_mask.bool()
     return m
 
+# %% ../nbs/03_metrics.ipynb #3a28b8fd
 def _bool_mask(mask: Tensor, like: Tensor, name: str = "mask", like_name: str = "pred") -> Tensor:
     "`mask` as a bool tensor after `check_mask` (bool, or 0/1 values) and a shape check against `like`."
     check_mask(mask, name); check_same_shape(like, mask, (like_name, name))
@@ -165,6 +176,7 @@ def mae_ce(pred: Tensor, target: Tensor, mask: Tensor, reduction: str = "mean") 
     if not bool((n > 0).all()): raise ValueError("mask: every image needs at least one CE voxel for MAE_CE")
     return _reduce((_per_image((pred - target).abs()) * m).sum(1) / n, reduction)
 
+# %% ../nbs/03_metrics.ipynb #931cf995
 def _masked_std(x: Tensor, m: Tensor) -> Tensor:
     n = m.sum(1)
     mu = (x * m).sum(1) / n
@@ -209,10 +221,12 @@ def noise_region(mask: Tensor, # bool: voxels excluded (CE voxels, outside the b
     outside = pool((~support).float().reshape(-1, 1, *mask.shape[2:]), 3, 1, 1).reshape(mask.shape) > 0
     return region & ~outside
 
+# %% ../nbs/03_metrics.ipynb #63131523
 def mae_sigma_noise(pred: Tensor, target: Tensor, mask: Tensor, # bool: excluded voxels (CE | outside the brain)
                     support: Tensor | None = None, # bool: the brain (drops its one-voxel rim)
                     reduction: str = "mean") -> Tensor:
-    "MAE_σ on noise (ours): |σ̂_n(pred) − σ̂_n(target)|, σ̂_n the robust σ of the high-pass residual (`noise_sigma`)."
+    ("MAE_σ on noise (ours): |σ̂_n(pred) − σ̂_n(target)|, "
+     "σ̂_n the robust σ of the high-pass residual (`noise_sigma`).")
     _check_pair(pred, target); mask = _bool_mask(mask, pred)
     region = noise_region(mask, support)
     return _reduce((noise_sigma(pred, region) - noise_sigma(target, region)).abs(), reduction)
@@ -235,7 +249,8 @@ def ahd(pred: Tensor, target: Tensor, bins: int = 255, value_range: tuple[float,
         if mask is not None: mb = mask[b].flatten(); p, t = p[mb], t[mb]
         for name, v in (("pred", p), ("target", t)):
             if v.numel() and (v.min() < lo or v.max() > hi):
-                raise ValueError(f"{name}: values must lie in value_range={value_range}, got [{float(v.min()):.4g}, {float(v.max()):.4g}]; rescale first")
+                raise ValueError(f"{name}: values must lie in value_range={value_range}, "
+                                 f"got [{float(v.min()):.4g}, {float(v.max()):.4g}]; rescale first")
         hp = torch.histc(p.double(), bins=bins, min=lo, max=hi)
         ht = torch.histc(t.double(), bins=bins, min=lo, max=hi)
         if density: hp, ht = hp / hp.sum().clamp_min(1), ht / ht.sum().clamp_min(1)
@@ -248,7 +263,8 @@ def pcc(pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     _check_pair(pred, target, ndim=(1, 2, 3, 4, 5))
     if pred.ndim == 1: pred, target, reduction = pred[None], target[None], "sum"
     x, y = _per_image(pred), _per_image(target)
-    if x.shape[1] < 2: raise ValueError(f"pred: expected at least 2 values per sample for a correlation, got {x.shape[1]}")
+    if x.shape[1] < 2:
+        raise ValueError(f"pred: expected at least 2 values per sample for a correlation, got {x.shape[1]}")
     x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
     den = (x.pow(2).sum(1) * y.pow(2).sum(1)).sqrt()
     if not bool((den > 0).all()): raise ValueError("pred/target: correlation is undefined for a constant sample")
@@ -258,12 +274,15 @@ def pcc(pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
 def _as_masks(pred: Tensor, target: Tensor, labels: Sequence[int] | None):
     for n, t in (("pred", pred), ("target", target)):
         check_tensor(t, n, dtype="any", finite=False)
-        if t.is_floating_point() or t.is_complex(): raise TypeError(f"{n}: expected a bool mask or an integer label map, got dtype {t.dtype}")
-        if t.ndim < 3: raise ValueError(f"{n}: expected a batch (B, …) of 2-D or 3-D masks, got shape {tuple(t.shape)}")
+        if t.is_floating_point() or t.is_complex():
+            raise TypeError(f"{n}: expected a bool mask or an integer label map, got dtype {t.dtype}")
+        if t.ndim < 3:
+            raise ValueError(f"{n}: expected a batch (B, …) of 2-D or 3-D masks, got shape {tuple(t.shape)}")
     check_same_shape(pred, target)
     if labels is None:
         if pred.dtype != torch.bool or target.dtype != torch.bool:
-            raise TypeError(f"pred/target: expected bool masks (or pass labels= for label maps), got {pred.dtype} and {target.dtype}")
+            raise TypeError(f"pred/target: expected bool masks (or pass labels= for label maps), "
+                            f"got {pred.dtype} and {target.dtype}")
         return pred[:, None], target[:, None]
     require(isinstance(labels, (tuple, list)) and len(labels) > 0, "labels", "a non-empty list of ints", labels)
     for i, l in enumerate(labels): check_int(l, f"labels[{i}]")
@@ -277,13 +296,15 @@ def dice(pred: Tensor, target: Tensor, labels: Sequence[int] | None = None, redu
     d = torch.where(tot > 0, 2 * inter / tot.clamp_min(1), torch.ones_like(tot))
     return _reduce(d if labels is not None else d[:, 0], reduction)
 
+# %% ../nbs/03_metrics.ipynb #9a30c63c
 def _directed(a: np.ndarray, b: np.ndarray, spacing) -> np.ndarray:
     from scipy.ndimage import distance_transform_edt
     return distance_transform_edt(~b, sampling=spacing)[a]
 
 def hausdorff(pred: Tensor, target: Tensor, spacing: float | Sequence[float] = 1.0, percentile: float | None = None,
               labels: Sequence[int] | None = None, reduction: str = "mean") -> Tensor:
-    "Symmetric Hausdorff distance (or its `percentile`, e.g. 95) per image and label, in `spacing` units (+inf: one empty)."
+    ("Symmetric Hausdorff distance (or its `percentile`, e.g. 95) per image and label, "
+     "in `spacing` units (+inf: one empty).")
     p, t = _as_masks(pred, target, labels)
     if percentile is not None: check_number(percentile, "percentile", min=0, max=100, min_open=True)
     nd = p.ndim - 2

@@ -32,7 +32,6 @@ def _check_int_seq(xs, name: str, min: int = 1, empty: bool = False) -> tuple[in
     require(isinstance(xs, (tuple, list)) and (empty or len(xs) > 0), name, want, xs)
     return tuple(check_int(v, f"{name}[{i}]", min=min) for i, v in enumerate(xs))
 
-
 # %% ../nbs/04_layers.ipynb #23186af9
 def timestep_embedding(t: Tensor, # (B,) timesteps (integers or floats)
                        dim: int, # embedding size d
@@ -53,6 +52,7 @@ class GroupNorm32(nn.GroupNorm):
     "GroupNorm computed in float32 and cast back (improved-diffusion)."
     def forward(self, x: Tensor) -> Tensor: return super().forward(x.float()).type(x.dtype)
 
+# %% ../nbs/04_layers.ipynb #7853d97b
 def normalization(channels: int, # channels to normalise
                   groups: int = 32, # number of groups (must divide `channels`)
                  ) -> GroupNorm32:
@@ -63,11 +63,13 @@ def normalization(channels: int, # channels to normalise
                          f"choose num_groups dividing every channel count")
     return GroupNorm32(groups, channels)
 
+# %% ../nbs/04_layers.ipynb #100d640d
 def zero_module(module: nn.Module) -> nn.Module:
     "Set every parameter of `module` to zero and return it."
     for p in module.parameters(): p.detach().zero_()
     return module
 
+# %% ../nbs/04_layers.ipynb #6d373f49
 class Downsample(nn.Module):
     "Halve H and W: a stride-2 3×3 convolution (`use_conv`) or 2×2 average pooling."
     def __init__(self, channels: int, use_conv: bool = True):
@@ -76,6 +78,7 @@ class Downsample(nn.Module):
         self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if use_conv else nn.AvgPool2d(2)
     def forward(self, x: Tensor) -> Tensor: return self.op(x)
 
+# %% ../nbs/04_layers.ipynb #5fea7764
 class Upsample(nn.Module):
     "Double H and W: nearest-neighbour upsampling, then a 3×3 convolution when `use_conv`."
     def __init__(self, channels: int, use_conv: bool = True):
@@ -100,8 +103,10 @@ class ResBlock(nn.Module):
         _check_ints(channels=channels, emb_channels=emb_channels, out_channels=out_channels, num_groups=num_groups)
         check_number(dropout, "dropout", min=0, max=1, max_open=True)
         self.channels, self.out_channels, self.use_scale_shift_norm = channels, out_channels, use_scale_shift_norm
-        self.in_layers = nn.Sequential(normalization(channels, num_groups), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels))
+        self.in_layers = nn.Sequential(normalization(channels, num_groups), nn.SiLU(),
+                                       nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.emb_layers = nn.Sequential(
+            nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels))
         self.out_layers = nn.Sequential(normalization(out_channels, num_groups), nn.SiLU(), nn.Dropout(dropout),
                                         zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
         self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
@@ -151,6 +156,7 @@ class TimestepSequential(nn.Sequential):
         for layer in self: x = layer(x, emb) if isinstance(layer, (ResBlock, AttentionBlock)) else layer(x)
         return x
 
+# %% ../nbs/04_layers.ipynb #d9b7058f
 class UNet(nn.Module):
     "improved-diffusion 2-D U-Net ε_θ(x_t, t) with timestep embedding, residual blocks and attention."
     def __init__(self, in_channels: int = 1, # image channels (+ condition channels when conditioning by concatenation)
@@ -164,7 +170,7 @@ class UNet(nn.Module):
                  num_heads: int = 1,
                  use_scale_shift_norm: bool = False,
                  num_groups: int = 32, # GroupNorm groups (must divide every channel count)
-                 num_cond: int = 0, # size of an optional vector condition (dose, field strength) added to the time embedding
+                 num_cond: int = 0, # size of an optional vector condition (dose, field strength), added to emb
                 ):
         super().__init__()
         _check_ints(in_channels=in_channels, model_channels=model_channels, out_channels=out_channels,
@@ -197,7 +203,8 @@ class UNet(nn.Module):
                 if ds in attention_resolutions: layers.append(at(ch))
                 if level and i == num_res_blocks: layers.append(Upsample(ch, conv_resample)); ds //= 2
                 self.output_blocks.append(TimestepSequential(*layers))
-        self.out = nn.Sequential(normalization(ch, num_groups), nn.SiLU(), zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1)))
+        self.out = nn.Sequential(normalization(ch, num_groups), nn.SiLU(),
+                                 zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1)))
 
     def forward(self, x: Tensor, # (B, in_channels, H, W)
                 t: Tensor, # (B,) timesteps, or a scalar / int broadcast to the batch
@@ -208,13 +215,16 @@ class UNet(nn.Module):
             raise ValueError(f"x: expected {self.in_channels} channels, got {x.shape[1]} with shape {tuple(x.shape)}")
         f = 2 ** (len(self.channel_mult) - 1)
         if x.shape[-2] % f or x.shape[-1] % f:
-            raise ValueError(f"x: H and W must be divisible by {f} for {len(self.channel_mult)} levels, got {tuple(x.shape[-2:])}")
+            raise ValueError(f"x: H and W must be divisible by {f} for {len(self.channel_mult)} levels, "
+                             f"got {tuple(x.shape[-2:])}")
         if not torch.is_tensor(t): t = torch.tensor(t, device=x.device)
         if t.ndim == 0: t = t.expand(x.shape[0])
-        if t.shape != (x.shape[0],): raise ValueError(f"t: expected shape ({x.shape[0]},) or a scalar, got {tuple(t.shape)}")
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"t: expected shape ({x.shape[0]},) or a scalar, got {tuple(t.shape)}")
         emb = self.time_embed(timestep_embedding(t.to(x.device), self.model_channels))
         if self.cond_embed is not None:
-            if cond is None: raise ValueError(f"cond: this UNet expects a (B, {self.num_cond}) condition vector, got None")
+            if cond is None:
+                raise ValueError(f"cond: this UNet expects a (B, {self.num_cond}) condition vector, got None")
             check_tensor(cond, "cond", ndim=2, finite=False)
             want = (x.shape[0], self.num_cond)
             require(tuple(cond.shape) == want, "cond", f"shape {want}", tuple(cond.shape))
@@ -227,18 +237,22 @@ class UNet(nn.Module):
         for block in self.output_blocks: h = block(torch.cat([h, hs.pop()], dim=1), emb)
         return self.out(h)
 
+# %% ../nbs/04_layers.ipynb #4b8f7b67
 def count_parameters(model: nn.Module) -> int:
     "Number of trainable parameters of `model`."
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 # %% ../nbs/04_layers.ipynb #37dacaf1
 UNET_PRESETS = {
-    "smoke": dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,), num_heads=1, num_groups=8),
-    "demo": dict(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(4,), num_heads=4, num_groups=32),
-    "paper": dict(model_channels=128, channel_mult=(1, 1, 1, 1), num_res_blocks=2, attention_resolutions=(), num_heads=1,
-                  num_groups=32, dropout=0.0, use_scale_shift_norm=False),
+    "smoke": dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
+                  num_heads=1, num_groups=8),
+    "demo": dict(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(4,),
+                 num_heads=4, num_groups=32),
+    "paper": dict(model_channels=128, channel_mult=(1, 1, 1, 1), num_res_blocks=2, attention_resolutions=(),
+                  num_heads=1, num_groups=32, dropout=0.0, use_scale_shift_norm=False),
 }
 
+# %% ../nbs/04_layers.ipynb #17123039
 def unet_from_preset(preset: str = "smoke", # 'smoke', 'demo' or 'paper' (the experiments' preset names)
                      in_channels: int = 1, out_channels: int = 1,
                      seed: int | None = 0, # initialise under `seeded(seed)` (None: the global RNG)
@@ -256,10 +270,16 @@ def conv_nd(dims: int, # 2 → nn.Conv2d, 3 → nn.Conv3d
     "A 2-D or 3-D convolution with the given arguments."
     return (nn.Conv2d if _check_dims(dims) == 2 else nn.Conv3d)(*args, **kwargs)
 
+# %% ../nbs/04_layers.ipynb #3a45bc8d
 NORMS = ("batch", "group", "none")
+
+# %% ../nbs/04_layers.ipynb #3be25b85
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")   # torch's padding_mode of a convolution
+
+# %% ../nbs/04_layers.ipynb #06ac75e0
 ACTIVATIONS = ("relu", "lrelu", "silu")
 
+# %% ../nbs/04_layers.ipynb #215e01dd
 def norm_nd(kind: str, # 'batch' (Pinetz's generator), 'group' (8 groups) or 'none' (critics)
             dims: int, channels: int) -> nn.Module:
     "BatchNorm2d/3d, GroupNorm(8) or Identity over `channels`."
@@ -268,12 +288,14 @@ def norm_nd(kind: str, # 'batch' (Pinetz's generator), 'group' (8 groups) or 'no
     if kind == "group": return normalization(channels, math.gcd(8, channels))
     return (nn.BatchNorm2d if _check_dims(dims) == 2 else nn.BatchNorm3d)(channels)
 
+# %% ../nbs/04_layers.ipynb #41b9e260
 def activation(kind: str # 'relu', 'lrelu' (slope 0.1, Pinetz's critic) or 'silu'
               ) -> nn.Module:
     "The named activation module."
     check_choice(kind, "act", ACTIVATIONS)
     return dict(relu=nn.ReLU, silu=nn.SiLU)[kind]() if kind != "lrelu" else nn.LeakyReLU(0.1)
 
+# %% ../nbs/04_layers.ipynb #267397bd
 def condition_mlp(cond_dim: int, # k, the length of the condition vector (Pinetz: 2, dose and field)
                   emb_dim: int = 128, # width of every layer (Pinetz: 128)
                   depth: int = 3, # Linear layers (Pinetz: k → 128 → 128 → 128)
@@ -288,7 +310,8 @@ def condition_mlp(cond_dim: int, # k, the length of the condition vector (Pinetz
 
 # %% ../nbs/04_layers.ipynb #eaf653fd
 class CondResBlock(nn.Module):
-    "Pre-activation residual block: norm-act-conv, + Linear(ReLU(e)) as a per-channel bias, norm-act-conv; 1×1 skip when the channels change (Pinetz's code)."
+    ("Pre-activation residual block: norm-act-conv, + Linear(ReLU(e)) as a per-channel bias, norm-act-conv; "
+     "1×1 skip when the channels change (Pinetz's code).")
     def __init__(self, in_channels: int, out_channels: int,
                  emb_dim: int = 0, # size of the condition embedding e (0: no condition)
                  dims: int = 2, # 2-D images or 3-D volumes
@@ -299,7 +322,8 @@ class CondResBlock(nn.Module):
         super().__init__()
         _check_ints(in_channels=in_channels, out_channels=out_channels); _check_ints(min=0, emb_dim=emb_dim)
         check_choice(padding_mode, "padding_mode", PADDING_MODES)
-        self.dims, self.in_channels, self.out_channels, self.emb_dim = _check_dims(dims), in_channels, out_channels, emb_dim
+        self.dims, self.in_channels, self.out_channels, self.emb_dim = (
+            _check_dims(dims), in_channels, out_channels, emb_dim)
         self.norm1, self.act1 = norm_nd(norm, dims, in_channels), activation(act)
         self.conv1 = conv_nd(dims, in_channels, out_channels, 3, padding=1, padding_mode=padding_mode)
         self.emb = nn.Sequential(nn.ReLU(), nn.Linear(emb_dim, out_channels)) if emb_dim else None
@@ -318,7 +342,8 @@ class CondResBlock(nn.Module):
 
 # %% ../nbs/04_layers.ipynb #ff62fe5a
 class LocalAttention(nn.Module):
-    "Multi-head self-attention of every pixel/voxel over its window^d neighbourhood (keys outside the image masked), with a residual."
+    ("Multi-head self-attention of every pixel/voxel over its window^d neighbourhood "
+     "(keys outside the image masked), with a residual.")
     def __init__(self, channels: int, num_heads: int = 4, # Pinetz: 4 heads
                  window: int = 3, # odd neighbourhood side k (Pinetz: 3×3×3)
                  dims: int = 2, norm: str = "batch"):
@@ -372,24 +397,28 @@ class _Level(nn.Module):
 def _check_input(x: Tensor, dims: int, channels: int, levels: int, cond: Tensor | None, cond_dim: int):
     "Shapes only: no NaN scan in a network's forward (training loops and samplers check their data at their entry)."
     check_tensor(x, "x", ndim=dims + 2, finite=False)
-    if x.shape[1] != channels: raise ValueError(f"x: expected {channels} channels, got {x.shape[1]} with shape {tuple(x.shape)}")
+    if x.shape[1] != channels:
+        raise ValueError(f"x: expected {channels} channels, got {x.shape[1]} with shape {tuple(x.shape)}")
     f = 2 ** levels
     if any(s % f for s in x.shape[2:]):
-        raise ValueError(f"x: every spatial size must be divisible by {f} for {levels} poolings, got {tuple(x.shape[2:])}")
+        raise ValueError(f"x: every spatial size must be divisible by {f} for {levels} poolings, "
+                         f"got {tuple(x.shape[2:])}")
     if cond_dim:
         if cond is None: raise ValueError(f"cond: expected a (B, {cond_dim}) condition vector, got None")
         check_tensor(cond, "cond", ndim=2, finite=False)
         if tuple(cond.shape) != (x.shape[0], cond_dim):
             raise ValueError(f"cond: expected shape ({x.shape[0]}, {cond_dim}), got {tuple(cond.shape)}")
 
+# %% ../nbs/04_layers.ipynb #b97f252d
 class CondUNet(nn.Module):
-    "Conditional 2-D/3-D U-Net with condition-embedded residual blocks, local attention on coarse levels and multi-scale output heads (Pinetz's generator)."
+    ("Conditional 2-D/3-D U-Net with condition-embedded residual blocks, local attention on coarse levels "
+     "and multi-scale output heads (Pinetz's generator).")
     def __init__(self, in_channels: int = 3, # Pinetz: [z, x_NA, x_SD]
                  out_channels: int = 1, # the residual ŷ_LD
                  cond_dim: int = 2, # [d̂, (B − 2.25)/0.75]
                  dims: int = 3,
                  base_channels: int = 8, # c
-                 channel_mult: Sequence[int] = (2, 4, 8, 8), # channels per level = c·mult; len − 1 poolings (Pinetz: 2c/4c/8c/8c)
+                 channel_mult: Sequence[int] = (2, 4, 8, 8), # channels c·mult; len − 1 poolings (Pinetz: 2c/4c/8c/8c)
                  attention_levels: Sequence[int] = (1, 2, 3), # levels (1 = ½ resolution) with local attention
                  num_heads: int = 4, window: int = 3,
                  emb_dim: int = 128, # width of the condition MLP
@@ -402,20 +431,23 @@ class CondUNet(nn.Module):
         _check_ints(min=0, cond_dim=cond_dim)
         _check_int_seq(channel_mult, "channel_mult")
         _check_int_seq(attention_levels, "attention_levels", min=0, empty=True)
-        self.in_channels, self.out_channels, self.cond_dim, self.dims = in_channels, out_channels, cond_dim, _check_dims(dims)
+        self.in_channels, self.out_channels, self.cond_dim, self.dims = (
+            in_channels, out_channels, cond_dim, _check_dims(dims))
         self.levels = len(channel_mult) - 1
         if self.levels < 1: raise ValueError(f"channel_mult: expected at least 2 levels, got {tuple(channel_mult)}")
         check_int(out_scales, "out_scales", min=1, max=self.levels)
         chs = [base_channels * m for m in channel_mult]
         self.embed = condition_mlp(cond_dim, emb_dim) if cond_dim else None
         e = emb_dim if cond_dim else 0
-        lvl = lambda cin, cout, i: _Level(cin, cout, e, dims, norm, act, padding_mode, i in attention_levels, num_heads, window)
+        lvl = lambda cin, cout, i: _Level(cin, cout, e, dims, norm, act, padding_mode, i in attention_levels,
+                                          num_heads, window)
         self.stem = conv_nd(dims, in_channels, chs[0], 3, padding=1, padding_mode=padding_mode)
         self.down = nn.ModuleList([lvl(chs[0] if i == 0 else chs[i - 1], chs[i], i) for i in range(self.levels)])
         self.pool = _pool(dims)
         self.middle = lvl(chs[-2], chs[-1], self.levels)
         self.up = nn.ModuleList([lvl(chs[i + 1] + chs[i], chs[i], i) for i in range(self.levels)])
-        self.heads = nn.ModuleList([nn.Sequential(norm_nd(norm, dims, chs[i]), activation(act), conv_nd(dims, chs[i], out_channels, 1))
+        self.heads = nn.ModuleList([nn.Sequential(norm_nd(norm, dims, chs[i]), activation(act),
+                                                  conv_nd(dims, chs[i], out_channels, 1))
                                     for i in range(out_scales)])
 
     def forward(self, x: Tensor, # (B, in_channels, *spatial), spatial sizes divisible by 2^levels
@@ -435,7 +467,8 @@ class CondUNet(nn.Module):
 
 # %% ../nbs/04_layers.ipynb #c3fffce9
 class CondCritic(nn.Module):
-    "Conditional Wasserstein critic f_φ(y, c): CondResBlock encoder (no norm, LeakyReLU 0.1, its own condition MLP), 1×1 conv and global mean: one score per sample."
+    ("Conditional Wasserstein critic f_φ(y, c): CondResBlock encoder (no norm, LeakyReLU 0.1, its own condition MLP), "
+     "1×1 conv and global mean: one score per sample.")
     def __init__(self, in_channels: int = 3, # Pinetz: [y_LD, x_NA, x_SD]
                  cond_dim: int = 2, dims: int = 3,
                  base_channels: int = 32, # c (Pinetz: 32)
@@ -451,7 +484,8 @@ class CondCritic(nn.Module):
         self.embed = condition_mlp(cond_dim, emb_dim) if cond_dim else None
         e = emb_dim if cond_dim else 0
         self.stem = conv_nd(dims, in_channels, chs[0], 3, padding=1, padding_mode=padding_mode)
-        self.blocks = nn.ModuleList([CondResBlock(chs[max(i - 1, 0)], chs[i], e, dims, norm, act, padding_mode) for i in range(len(chs))])
+        self.blocks = nn.ModuleList([CondResBlock(chs[max(i - 1, 0)], chs[i], e, dims, norm, act, padding_mode)
+                                     for i in range(len(chs))])
         self.pool = _pool(dims)
         self.out = nn.Sequential(activation(act), conv_nd(dims, chs[-1], 1, 1))
 
@@ -468,8 +502,11 @@ class CondCritic(nn.Module):
 
 # %% ../nbs/04_layers.ipynb #dbc9e5ab
 PLAIN_NORMS = ("instance", "none")
+
+# %% ../nbs/04_layers.ipynb #a426edee
 HEAD_ACTIVATIONS = ("tanh", "softplus", "sigmoid", "none")
 
+# %% ../nbs/04_layers.ipynb #446f9f5d
 def _he_init(m: nn.Module) -> nn.Module:
     "He-normal weights (fan-in, ReLU gain) and zero biases, as Keras' `he_normal` with a zero bias."
     nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
@@ -486,23 +523,25 @@ def conv_norm_act(in_channels: int, out_channels: int,
     check_choice(norm, "norm", PLAIN_NORMS)
     _check_ints(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size, stride=stride)
     check_number(slope, "slope", min=0)
-    if kernel_size % 2 == 0 and stride != 1: raise ValueError(f"stride: an even kernel_size needs stride 1, got {stride}")
+    if kernel_size % 2 == 0 and stride != 1:
+        raise ValueError(f"stride: an even kernel_size needs stride 1, got {stride}")
     pad = kernel_size // 2 if kernel_size % 2 else "same"
     return nn.Sequential(_he_init(nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=pad)),
                          nn.InstanceNorm2d(out_channels, affine=True) if norm == "instance" else nn.Identity(),
                          nn.LeakyReLU(slope) if slope else nn.ReLU())
 
+# %% ../nbs/04_layers.ipynb #04837112
 def _head_act(kind: str) -> nn.Module:
     check_choice(kind, "head_activations", HEAD_ACTIVATIONS)
     return dict(tanh=nn.Tanh, softplus=nn.Softplus, sigmoid=nn.Sigmoid, none=nn.Identity)[kind]()
 
-# %% ../nbs/04_layers.ipynb #04837112
 class _UpLevel(nn.Module):
     "Nearest ×2 upsampling, conv, concatenation with the skip, two convs (one U-Net decoder level)."
     def __init__(self, cin: int, cout: int, skip: int, norm: str, up_kernel: int = 3, slope: float = 0.0):
         super().__init__()
         self.up = conv_norm_act(cin, cout, norm, slope, up_kernel)
-        self.body = nn.Sequential(conv_norm_act(cout + skip, cout, norm, slope), conv_norm_act(cout, cout, norm, slope))
+        self.body = nn.Sequential(conv_norm_act(cout + skip, cout, norm, slope),
+                                  conv_norm_act(cout, cout, norm, slope))
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         return self.body(torch.cat([self.up(F.interpolate(x, scale_factor=2, mode="nearest")), skip], dim=1))
 
@@ -515,13 +554,14 @@ class SplitHeadUNet(nn.Module):
                  depth: int = 5, # D, max-poolings (Angermann: 5)
                  norm: str = "instance", # 'instance' (Angermann's generator) or 'none'
                  max_channels: int = 512, # channel cap (Angermann's code: 512)
-                 downsample: str = "pool", # 'pool': 2×2 max-pooling; 'conv': stride-2 3×3 conv + norm + ReLU (Angermann's code)
+                 downsample: str = "pool", # 'pool': 2×2 max-pool; 'conv': stride-2 conv-norm-ReLU (Angermann's code)
                  up_kernel: int = 3, # kernel of the conv after each nearest ×2 upsampling (Angermann's code: 4)
                  decoder_slope: float = 0.0, # LeakyReLU slope in the decoder (0: ReLU; Angermann's code: 0.1)
                 ):
         super().__init__()
         if len(head_channels) != len(head_activations) or not head_channels:
-            raise ValueError(f"head_channels and head_activations: expected one activation per head, got {len(head_channels)} and {len(head_activations)}")
+            raise ValueError(f"head_channels and head_activations: expected one activation per head, "
+                             f"got {len(head_channels)} and {len(head_activations)}")
         _check_ints(in_channels=in_channels, base_channels=base_channels, depth=depth, max_channels=max_channels,
                     up_kernel=up_kernel)
         _check_int_seq(head_channels, "head_channels"); check_choice(norm, "norm", PLAIN_NORMS)
@@ -529,19 +569,25 @@ class SplitHeadUNet(nn.Module):
         self.in_channels, self.depth, self.head_channels = in_channels, depth, tuple(head_channels)
         ch = [min(base_channels * 2 ** i, max_channels) for i in range(depth + 1)]
         self.stem = conv_norm_act(in_channels, ch[0], norm)
-        self.down = nn.ModuleList([nn.Sequential(conv_norm_act(ch[max(i - 1, 0)], ch[i], norm), conv_norm_act(ch[i], ch[i], norm))
+        self.down = nn.ModuleList([nn.Sequential(conv_norm_act(ch[max(i - 1, 0)], ch[i], norm),
+                                                 conv_norm_act(ch[i], ch[i], norm))
                                    for i in range(depth)])
-        self.pools = nn.ModuleList([conv_norm_act(ch[i], ch[i], norm, stride=2) for i in range(depth)]) if downsample == "conv" else None
-        self.bottom = nn.Sequential(conv_norm_act(ch[depth - 1], ch[depth], norm), conv_norm_act(ch[depth], ch[depth], norm))
-        self.up = nn.ModuleList([_UpLevel(ch[i + 1], ch[i], ch[i], norm, up_kernel, decoder_slope) for i in range(1, depth)])
-        self.branches = nn.ModuleList([_UpLevel(ch[1], ch[0], ch[0], norm, up_kernel, decoder_slope) for _ in head_channels])
+        self.pools = (nn.ModuleList([conv_norm_act(ch[i], ch[i], norm, stride=2) for i in range(depth)])
+                      if downsample == "conv" else None)
+        self.bottom = nn.Sequential(conv_norm_act(ch[depth - 1], ch[depth], norm),
+                                    conv_norm_act(ch[depth], ch[depth], norm))
+        self.up = nn.ModuleList([_UpLevel(ch[i + 1], ch[i], ch[i], norm, up_kernel, decoder_slope)
+                                 for i in range(1, depth)])
+        self.branches = nn.ModuleList([_UpLevel(ch[1], ch[0], ch[0], norm, up_kernel, decoder_slope)
+                                       for _ in head_channels])
         self.heads = nn.ModuleList([nn.Sequential(_he_init(nn.Conv2d(ch[0], c, 3, padding=1)), _head_act(a))
                                     for c, a in zip(head_channels, head_activations)])
 
     def forward(self, x: Tensor, # (B, in_channels, H, W), H and W divisible by 2^depth
                ) -> list[Tensor]: # one (B, head_channels[k], H, W) tensor per head
         check_tensor(x, "x", ndim=4, finite=False)   # shapes only: no NaN scan per training step
-        if x.shape[1] != self.in_channels: raise ValueError(f"x: expected {self.in_channels} channels, got {x.shape[1]} with shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"x: expected {self.in_channels} channels, got {x.shape[1]} with shape {tuple(x.shape)}")
         f = 2 ** self.depth
         if x.shape[-2] % f or x.shape[-1] % f:
             raise ValueError(f"x: H and W must be divisible by 2^depth = {f}, got {tuple(x.shape[-2:])}")
@@ -555,7 +601,8 @@ class SplitHeadUNet(nn.Module):
 
 # %% ../nbs/04_layers.ipynb #6d800c76
 class DCGANCritic(nn.Module):
-    "DCGAN-style Wasserstein critic without normalisation: 4×4 stride-2 convs + LeakyReLU(0.2), a stride-1 conv, global mean, linear (Angermann's critic)."
+    ("DCGAN-style Wasserstein critic without normalisation: 4×4 stride-2 convs + LeakyReLU(0.2), a stride-1 conv, "
+     "global mean, linear (Angermann's critic).")
     def __init__(self, in_channels: int = 1,
                  base_channels: int = 32, # f (Angermann's paper-size critic: 32)
                  downsamplings: int = 5, # stride-2 convolutions (paper: 5)
@@ -571,17 +618,21 @@ class DCGANCritic(nn.Module):
         layers, c = [], in_channels
         for co in ch:   # 'same' padding as Keras: pad 1 before, 2 after for k = 4, s = 2 on even sizes
             layers += [nn.ZeroPad2d((1, 2, 1, 2)) if kernel_size == 4 else nn.Identity(),
-                       _he_init(nn.Conv2d(c, co, kernel_size, stride=2, padding=0 if kernel_size == 4 else kernel_size // 2)), nn.LeakyReLU(slope)]
+                       _he_init(nn.Conv2d(c, co, kernel_size, stride=2,
+                                          padding=0 if kernel_size == 4 else kernel_size // 2)),
+                       nn.LeakyReLU(slope)]
             c = co
         layers += [nn.ZeroPad2d((1, 2, 1, 2)) if kernel_size == 4 else nn.Identity(),
-                   _he_init(nn.Conv2d(c, c, kernel_size, padding=0 if kernel_size == 4 else kernel_size // 2)), nn.LeakyReLU(slope)]
+                   _he_init(nn.Conv2d(c, c, kernel_size, padding=0 if kernel_size == 4 else kernel_size // 2)),
+                   nn.LeakyReLU(slope)]
         self.features = nn.Sequential(*layers)
         self.fc = _he_init(nn.Linear(c, 1))
 
     def forward(self, x: Tensor, # (B, in_channels, H, W), H and W divisible by 2^downsamplings
                ) -> Tensor: # (B,) scores
         check_tensor(x, "x", ndim=4, finite=False)   # shapes only: no NaN scan per training step
-        if x.shape[1] != self.in_channels: raise ValueError(f"x: expected {self.in_channels} channels, got {x.shape[1]} with shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"x: expected {self.in_channels} channels, got {x.shape[1]} with shape {tuple(x.shape)}")
         f = 2 ** self.downsamplings
         if x.shape[-2] % f or x.shape[-1] % f:
             raise ValueError(f"x: H and W must be divisible by 2^downsamplings = {f}, got {tuple(x.shape[-2:])}")

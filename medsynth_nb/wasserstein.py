@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .utils import (check_choice, check_int, check_positive, check_same_device, check_same_dtype, check_same_shape,
-                               check_tensor, require)
+from .utils import (check_choice, check_int, check_positive, check_same_device, check_same_dtype,
+                               check_same_shape, check_tensor, require)
 
 # %% auto #0
 __all__ = ['OT_METHODS', 'BACKENDS', 'REDUCTIONS', 'OFFSET_RANGES', 'draw_offset', 'patch_grid', 'extract_patches', 'w1_sorted',
@@ -23,10 +23,17 @@ __all__ = ['OT_METHODS', 'BACKENDS', 'REDUCTIONS', 'OFFSET_RANGES', 'draw_offset
 
 # %% ../nbs/10_wasserstein.ipynb #465e9173
 OT_METHODS = ("exact", "ipot", "sinkhorn")
+
+# %% ../nbs/10_wasserstein.ipynb #631ef542
 BACKENDS = ("auto", "numpy", "torch")
+
+# %% ../nbs/10_wasserstein.ipynb #8ff2db14
 REDUCTIONS = ("sum", "mean", "none")
+
+# %% ../nbs/10_wasserstein.ipynb #27d8dec4
 OFFSET_RANGES = ("code", "paper")
 
+# %% ../nbs/10_wasserstein.ipynb #4e077003
 def _check_images(pred, target):
     "Validate a (pred, target) pair of real float images (B, C, H, W) or (B, C, D, H, W)."
     check_tensor(pred, "pred", ndim=(4, 5))
@@ -54,7 +61,7 @@ def _check_solver(n_iter, scale_name: str, scale, chunk):
 def draw_offset(ndim: int, # number of spatial dimensions (2 or 3)
                 patch_size: int, # n, the patch side
                 generator: torch.Generator | None = None, # source of randomness (global RNG untouched)
-                offset_range: str = "code", # 'code': o ∈ {0..⌊n/2⌋} (Pinetz's code); 'paper': o ∈ {0..⌈n/2⌉} (§2.2 text)
+                offset_range: str = "code", # 'code': o ∈ {0..⌊n/2⌋} (Pinetz's code); 'paper': o ∈ {0..⌈n/2⌉} (§2.2)
                ) -> tuple[int, ...]:
     "One random patch-grid offset o per spatial axis, drawn uniformly."
     check_int(ndim, "ndim", min=1); check_int(patch_size, "patch_size", min=1)
@@ -82,6 +89,7 @@ def patch_grid(spatial: Sequence[int], patch_size: int) -> tuple[int, ...]:
     for k, s in enumerate(spatial): check_int(s, f"spatial[{k}]", min=1)
     return tuple(math.ceil(s / patch_size) for s in spatial)
 
+# %% ../nbs/10_wasserstein.ipynb #5989817b
 def extract_patches(x: Tensor, # (B, C, H, W) or (B, C, D, H, W) image
                     patch_size: int, # n: patches are n×n or n×n×n
                     offset=None, # None (no shift), a tuple of ints (one per axis), or 'random'
@@ -148,6 +156,7 @@ class _SortedW1(torch.autograd.Function):
         gy = None if py is None else torch.empty_like(gs).scatter_(1, py, gs).neg_()
         return gx, gy
 
+# %% ../nbs/10_wasserstein.ipynb #071ce3dc
 def w1_sorted(x: Tensor, # (R, m) samples, one empirical distribution per row
               y: Tensor, # (R, m) samples paired row by row with x
               backend: str = "auto", # 'numpy' (CPU: numpy's SIMD sort), 'torch' (torch.sort, any device), 'auto'
@@ -196,7 +205,8 @@ def wasserstein_patch_loss(pred: Tensor, # (B, C, H, W) or (B, C, D, H, W) synth
                            chunk: int = 1024, # patches per chunk for 'ipot' / 'sinkhorn'
                            backend: str = "auto", # sort backend for 'exact', see `w1_sorted`
                           ) -> Tensor: # scalar, or (B, C, *grid) per-patch W1 for reduction='none'
-    "Noise-preserving loss ℓ_NP(ŷ, y) = Σ_p W1(P_{p+o}ŷ, P_{p+o}y): W1 (not squared) with cost |ŷ_i − y_j|, summed or averaged."
+    ("Noise-preserving loss ℓ_NP(ŷ, y) = Σ_p W1(P_{p+o}ŷ, P_{p+o}y): "
+     "W1 (not squared) with cost |ŷ_i − y_j|, summed or averaged.")
     _check_images(pred, target)
     spatial = tuple(pred.shape[2:])
     n = _check_patch_size(patch_size, spatial)
@@ -214,7 +224,8 @@ def wasserstein_patch_loss(pred: Tensor, # (B, C, H, W) or (B, C, D, H, W) synth
 
 # %% ../nbs/10_wasserstein.ipynb #c388d6a0
 def _plan_loop(x, y, n_iter, scale, method, history=None):
-    "Transport plans (no grad) of a chunk of rows: IPOT (Pinetz's code) or log-domain Sinkhorn; `history` collects ⟨T, C⟩ per iteration."
+    ("Transport plans (no grad) of a chunk of rows: IPOT (Pinetz's code) or log-domain Sinkhorn; "
+     "`history` collects ⟨T, C⟩ per iteration.")
     C = (x[:, None, :] - y[:, :, None]).abs()               # C[r, i, j] = |x_j − y_i| (the code's layout)
     m = x.shape[-1]
     cmax = C.amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(C.dtype).tiny)
@@ -264,6 +275,7 @@ class _PlanCost(torch.autograd.Function):
         return (None if gx is None else gx * gw[:, None], None if gy is None else gy * gw[:, None],
                 None, None, None, None)
 
+# %% ../nbs/10_wasserstein.ipynb #66bf07d4
 def ipot_w1(x: Tensor, y: Tensor, # (R, m) paired rows of samples
             n_iter: int = 100, # outer proximal-point iterations (paper code: 100, one inner step each)
             beta: float = 10.0, # proximal step β relative to max C per patch (paper code: 10)
@@ -273,6 +285,7 @@ def ipot_w1(x: Tensor, y: Tensor, # (R, m) paired rows of samples
     _check_rows(x, y); _check_solver(n_iter, "beta", beta, chunk)
     return _PlanCost.apply(x, y, n_iter, beta, "ipot", chunk)
 
+# %% ../nbs/10_wasserstein.ipynb #82c0cd0c
 def sinkhorn_w1(x: Tensor, y: Tensor, # (R, m) paired rows of samples
                 n_iter: int = 100, # Sinkhorn iterations (one f and one g update each)
                 eps: float = 0.01, # entropic regularisation ε relative to max C per patch
@@ -288,7 +301,8 @@ def gaussian_downsample(x: Tensor, # (B, C, H, W) or (B, C, D, H, W)
                         size: int = 9, # taps per axis (code: 9)
                         stride: int = 2, # (code: 2)
                        ) -> Tensor: # (B, C, ⌈H/2⌉, …) for the defaults
-    "Blur with a normalised size^d Gaussian (zero padding size//2) and subsample by `stride`, per channel, as Pinetz's code."
+    ("Blur with a normalised size^d Gaussian (zero padding size//2) and subsample by `stride`, per channel, "
+     "as Pinetz's code.")
     check_tensor(x, "x", ndim=(4, 5))
     check_positive(sigma, "sigma"); check_int(size, "size", min=1); check_int(stride, "stride", min=1)
     d, C = x.ndim - 2, x.shape[1]
@@ -300,6 +314,7 @@ def gaussian_downsample(x: Tensor, # (B, C, H, W) or (B, C, D, H, W)
     conv = F.conv2d if d == 2 else F.conv3d
     return conv(x, k, stride=stride, padding=size // 2, groups=C)
 
+# %% ../nbs/10_wasserstein.ipynb #851744ad
 def multiscale_wasserstein_patch_loss(preds, # a tensor, or a sequence of `scales` tensors, finest first
                                       target: Tensor, # full-resolution real image y
                                       scales: int = 3, # number of scales (code: 3)

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .utils import (check_choice, check_int, check_number, check_positive, check_same_batch, check_same_shape,
-                              check_tensor, require)
+from .utils import (check_choice, check_int, check_number, check_positive, check_same_batch,
+                              check_same_shape, check_tensor, require)
 from .layers import timestep_embedding
 
 # %% auto #0
@@ -25,6 +25,7 @@ __all__ = ['BETA_SCHEDULES', 'VARIANCE_TYPES', 'PREDICTION_TYPES', 'TIMESTEP_SPA
 # %% ../nbs/20_ddpm.ipynb #7f20884e
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine", "squaredcos_cap_v2")
 
+# %% ../nbs/20_ddpm.ipynb #1065ad7a
 def make_betas(num_train_timesteps: int = 1000, # T
                beta_start: float = 1e-4, beta_end: float = 0.02, # β range for the linear schedules
                beta_schedule: str = "linear", # 'linear', 'scaled_linear', 'cosine' (= 'squaredcos_cap_v2')
@@ -37,24 +38,33 @@ def make_betas(num_train_timesteps: int = 1000, # T
     for name, b in (("beta_start", beta_start), ("beta_end", beta_end), ("max_beta", max_beta)):
         check_number(b, name, min=0, max=1, min_open=True, max_open=True)
     if beta_schedule == "linear": return torch.linspace(beta_start, beta_end, T, dtype=dtype)
-    if beta_schedule == "scaled_linear": return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, T, dtype=dtype) ** 2
+    if beta_schedule == "scaled_linear":
+        return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, T, dtype=dtype) ** 2
     if beta_schedule in ("cosine", "squaredcos_cap_v2"):
         f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-        return torch.tensor([min(1 - f((i + 1) / T) / f(i / T), max_beta) for i in range(T)], dtype=torch.float64).to(dtype)
+        return torch.tensor([min(1 - f((i + 1) / T) / f(i / T), max_beta) for i in range(T)],
+                            dtype=torch.float64).to(dtype)
 
 # %% ../nbs/20_ddpm.ipynb #7470c9d7
 VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
+
+# %% ../nbs/20_ddpm.ipynb #b3e1e716
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+# %% ../nbs/20_ddpm.ipynb #95aa94e0
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
+# %% ../nbs/20_ddpm.ipynb #a708f517
 @dataclass
 class SchedulerOutput:
     "Result of a scheduler step: x_{t-1} and the model's estimate of x_0."
     prev_sample: Tensor
     pred_original_sample: Tensor
 
+# %% ../nbs/20_ddpm.ipynb #6641d514
 def _randn(shape, generator: torch.Generator | None, dtype, device) -> Tensor:
-    "N(0, I) drawn on the generator's device, then moved to `device` (a CPU generator gives the same numbers anywhere)."
+    ("N(0, I) drawn on the generator's device, then moved to `device` "
+     "(a CPU generator gives the same numbers anywhere).")
     gdev = generator.device if generator is not None else device
     return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=gdev).to(device)
 
@@ -70,7 +80,8 @@ class _Scheduler:
         check_choice(dtype, "dtype", (torch.float32, torch.float64))
         check_choice(clip_sample, "clip_sample", (True, False)); check_positive(clip_sample_range, "clip_sample_range")
         check_int(steps_offset, "steps_offset", min=0)
-        self.num_train_timesteps, self.beta_start, self.beta_end, self.beta_schedule = num_train_timesteps, beta_start, beta_end, beta_schedule
+        self.num_train_timesteps, self.beta_start, self.beta_end, self.beta_schedule = (
+            num_train_timesteps, beta_start, beta_end, beta_schedule)
         self.clip_sample, self.clip_sample_range, self.prediction_type = clip_sample, clip_sample_range, prediction_type
         self.timestep_spacing, self.steps_offset, self.dtype = timestep_spacing, steps_offset, dtype
         self.betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, dtype=dtype)
@@ -80,8 +91,8 @@ class _Scheduler:
         self.num_inference_steps = None
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.int64)
 
-    _config_keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "clip_sample", "clip_sample_range",
-                    "prediction_type", "timestep_spacing", "steps_offset", "dtype")
+    _config_keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "clip_sample",
+                    "clip_sample_range", "prediction_type", "timestep_spacing", "steps_offset", "dtype")
     @property
     def config(self) -> dict:
         "The constructor arguments, as a dict (diffusers' `scheduler.config`)."
@@ -95,12 +106,14 @@ class _Scheduler:
         return cls(**{k: v for k, v in {**dict(config), **overrides}.items() if k in keys})
 
     def __len__(self) -> int: return self.num_train_timesteps
-    def __repr__(self) -> str: return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"
 
     def _check_timestep(self, timestep) -> int:
         "The step's timestep as an int in [0, T-1]: an int, or a one-element integer tensor (a float is refused)."
         if isinstance(timestep, Tensor):
-            if timestep.numel() != 1: raise ValueError(f"timestep: expected a single timestep, got a tensor of shape {tuple(timestep.shape)}")
+            if timestep.numel() != 1:
+                raise ValueError(f"timestep: expected a single timestep, got a tensor of shape {tuple(timestep.shape)}")
             timestep = timestep.item()
         return check_int(timestep, "timestep", min=0, max=self.num_train_timesteps - 1)
 
@@ -133,7 +146,8 @@ class _Scheduler:
         if timesteps.numel() not in (1, x.shape[0]):
             raise ValueError(f"timesteps: expected 1 or {x.shape[0]} (batch) values, got {timesteps.numel()}")
         if timesteps.numel() and (timesteps.min() < 0 or timesteps.max() >= self.num_train_timesteps):
-            raise ValueError(f"timesteps: expected values in [0, {self.num_train_timesteps - 1}], got min {int(timesteps.min())}, max {int(timesteps.max())}")
+            raise ValueError(f"timesteps: expected values in [0, {self.num_train_timesteps - 1}], "
+                             f"got min {int(timesteps.min())}, max {int(timesteps.max())}")
         return timesteps.expand(x.shape[0]) if timesteps.numel() == 1 else timesteps
 
     def add_noise(self, original_samples: Tensor, # x_0 (B, …)
@@ -176,12 +190,14 @@ class _Scheduler:
         want = (sample.shape[0], n_out, *sample.shape[2:])
         if tuple(model_output.shape) != want:
             raise ValueError(f"model_output: expected shape {want} for sample of shape {tuple(sample.shape)}"
-                             + (" (learned_range needs 2× the sample channels: ε and v)" if n_out == 2 * sample.shape[1] else "")
+                             + (" (learned_range needs 2× the sample channels: ε and v)"
+                                if n_out == 2 * sample.shape[1] else "")
                              + f", got {tuple(model_output.shape)}")
 
 # %% ../nbs/20_ddpm.ipynb #07643b61
 class DDPMScheduler(_Scheduler):
-    "Ancestral DDPM sampler with diffusers' API: `set_timesteps`, `add_noise`, `step` (Ho et al. 2020; Nichol & Dhariwal 2021)."
+    ("Ancestral DDPM sampler with diffusers' API: `set_timesteps`, `add_noise`, `step` "
+     "(Ho et al. 2020; Nichol & Dhariwal 2021).")
     _config_keys = _Scheduler._config_keys + ("variance_type",)
     def __init__(self, num_train_timesteps: int = 1000, # T
                  beta_start: float = 1e-4, beta_end: float = 0.02,
@@ -190,7 +206,7 @@ class DDPMScheduler(_Scheduler):
                  clip_sample: bool = True, # clip x̂_0 to ±clip_sample_range
                  clip_sample_range: float = 1.0,
                  prediction_type: str = "epsilon", # 'epsilon', 'sample' or 'v_prediction'
-                 timestep_spacing: str = "leading", # respacing rule of `set_timesteps`: 'leading', 'trailing', 'linspace'
+                 timestep_spacing: str = "leading", # respacing of `set_timesteps`: 'leading', 'trailing', 'linspace'
                  steps_offset: int = 0, # added to 'leading' timesteps
                  dtype: torch.dtype = torch.float64, # tables and step coefficients; float32 = diffusers' arithmetic
                 ):
@@ -201,18 +217,20 @@ class DDPMScheduler(_Scheduler):
         ab, ab_prev = self.alphas_cumprod, torch.cat([self.one[None], self.alphas_cumprod[:-1]])
         self.posterior_variance = (1 - ab_prev) / (1 - ab) * self.betas          # β̃_t
         # log β̃_t with the t = 0 entry (β̃ = 0) replaced by t = 1's, as improved-diffusion (for the VB loss)
-        self.posterior_log_variance_clipped = torch.log(torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]]))
+        self.posterior_log_variance_clipped = torch.log(torch.cat([self.posterior_variance[1:2],
+                                                                   self.posterior_variance[1:]]))
         self.posterior_mean_coef1 = self.betas * ab_prev ** 0.5 / (1 - ab)
         self.posterior_mean_coef2 = (1 - ab_prev) * self.alphas ** 0.5 / (1 - ab)
 
     def previous_timestep(self, timestep: int) -> int:
-        "The timestep after `timestep` in the sampling chain (t-1, or the next kept one after `set_timesteps`); -1 at the end."
+        ("The timestep after `timestep` in the sampling chain (t-1, or the next kept one after `set_timesteps`); "
+         "-1 at the end.")
         timestep = self._check_timestep(timestep)
         if self.num_inference_steps is None: return timestep - 1
         idx = (self.timesteps == timestep).nonzero()
         if len(idx) == 0:
-            raise ValueError(f"timestep: {timestep} is not one of the {self.num_inference_steps} timesteps chosen by set_timesteps "
-                             f"({self.timesteps[:3].tolist()} … {self.timesteps[-2:].tolist()})")
+            raise ValueError(f"timestep: {timestep} is not one of the {self.num_inference_steps} timesteps chosen by "
+                             f"set_timesteps ({self.timesteps[:3].tolist()} … {self.timesteps[-2:].tolist()})")
         i = int(idx[0, 0])
         return int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else -1
 
@@ -259,6 +277,7 @@ def dummy_model(sample: Tensor, t) -> Tensor:
     t = torch.as_tensor(t, dtype=sample.dtype, device=sample.device).reshape(-1, *([1] * (sample.ndim - 1)))
     return sample * t / (t + 1)
 
+# %% ../nbs/20_ddpm.ipynb #ac3ecc98
 def dummy_sample_deter(batch_size: int = 4, num_channels: int = 3, height: int = 8, width: int = 8) -> Tensor:
     "diffusers' deterministic test sample: a reversed ramp in [0, 1), shape (B, C, H, W)."
     for name, v in (("batch_size", batch_size), ("num_channels", num_channels), ("height", height), ("width", width)):
@@ -339,7 +358,8 @@ def _denoise_loop(model, scheduler, shape, generator, cond, progress, callback, 
     if cond is not None:
         check_tensor(cond, "cond")
         if cond.shape[0] != shape[0] or tuple(cond.shape[2:]) != tuple(shape[2:]):
-            raise ValueError(f"cond: expected shape ({shape[0]}, C_cond, {', '.join(map(str, shape[2:]))}) to match shape {tuple(shape)}, got {tuple(cond.shape)}")
+            raise ValueError(f"cond: expected shape ({shape[0]}, C_cond, {', '.join(map(str, shape[2:]))}) "
+                             f"to match shape {tuple(shape)}, got {tuple(cond.shape)}")
         cond = cond.to(device)                                   # the clean condition lives where the model does
     x = _randn(shape, generator, torch.float32, device)
     from tqdm.auto import tqdm
@@ -352,6 +372,7 @@ def _denoise_loop(model, scheduler, shape, generator, cond, progress, callback, 
         if callback is not None: callback(i, t, x, res.pred_original_sample)
     return x
 
+# %% ../nbs/20_ddpm.ipynb #e26545af
 def ddpm_sample(model: Callable, # ε_θ: model(x_t, t) or model(cat([cond, x_t]), t)
                 scheduler: DDPMScheduler,
                 shape: tuple, # (B, C, …) of the sample x_0
@@ -363,11 +384,13 @@ def ddpm_sample(model: Callable, # ε_θ: model(x_t, t) or model(cat([cond, x_t]
                 device=None, # default: the model's parameters' device (cond is moved there), else cond's
                ) -> Tensor:
     "Ancestral sampling x_T → x_0 with `scheduler.step` at every timestep (Durrer Fig. 3)."
-    if not isinstance(scheduler, DDPMScheduler): raise TypeError(f"scheduler: expected a DDPMScheduler, got {type(scheduler).__name__}")
+    if not isinstance(scheduler, DDPMScheduler):
+        raise TypeError(f"scheduler: expected a DDPMScheduler, got {type(scheduler).__name__}")
     _check_sampler_args(model, shape, callback)
     if num_inference_steps is not None: scheduler.set_timesteps(num_inference_steps)
     return _denoise_loop(model, scheduler, shape, generator, cond, progress, callback, device, split_eps=False)
 
+# %% ../nbs/20_ddpm.ipynb #a513b48e
 def ddim_sample(model: Callable, scheduler: DDIMScheduler | DDPMScheduler, shape: tuple,
                 num_inference_steps: int = 50,
                 eta: float = 0.0, # 0: deterministic
@@ -375,7 +398,8 @@ def ddim_sample(model: Callable, scheduler: DDIMScheduler | DDPMScheduler, shape
                 callback: Callable | None = None, device=None) -> Tensor:
     "DDIM sampling with `num_inference_steps` steps (a DDPMScheduler is converted; learned-variance channels dropped)."
     if isinstance(scheduler, DDPMScheduler): scheduler = DDIMScheduler.from_config(scheduler.config)
-    if not isinstance(scheduler, DDIMScheduler): raise TypeError(f"scheduler: expected a DDIMScheduler or DDPMScheduler, got {type(scheduler).__name__}")
+    if not isinstance(scheduler, DDIMScheduler):
+        raise TypeError(f"scheduler: expected a DDIMScheduler or DDPMScheduler, got {type(scheduler).__name__}")
     _check_sampler_args(model, shape, callback); check_number(eta, "eta", min=0)
     scheduler.set_timesteps(num_inference_steps)
     return _denoise_loop(model, scheduler, shape, generator, cond, progress, callback, device, split_eps=True, eta=eta)
@@ -385,30 +409,36 @@ def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) ->
     "KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)) elementwise (broadcasting), in nats; `diffusion_loss` checks inputs."
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
+# %% ../nbs/20_ddpm.ipynb #bdca387e
 def approx_standard_normal_cdf(x: Tensor) -> Tensor:
     "Φ(x) by the tanh approximation used in improved-diffusion (max error ≈ 3e-4)."
     return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
+# %% ../nbs/20_ddpm.ipynb #e66b5eb4
 def discretized_gaussian_log_likelihood(x: Tensor, # data in [-1, 1] on a grid of 256 levels
                                         means: Tensor, log_scales: Tensor, # Gaussian mean and log std
                                        ) -> Tensor:
     "log P(x) of 8-bit data under a Gaussian integrated over each bin of width 2/255 (edge bins open), nats."
     centered = x - means
     inv = torch.exp(-log_scales)
-    cdf_plus, cdf_min = approx_standard_normal_cdf(inv * (centered + 1 / 255)), approx_standard_normal_cdf(inv * (centered - 1 / 255))
+    cdf_plus, cdf_min = (approx_standard_normal_cdf(inv * (centered + 1 / 255)),
+                         approx_standard_normal_cdf(inv * (centered - 1 / 255)))
     log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
     log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
     log_probs = torch.where(x < -0.999, log_cdf_plus,
-                            torch.where(x > 0.999, log_one_minus_cdf_min, torch.log((cdf_plus - cdf_min).clamp(min=1e-12))))
+                            torch.where(x > 0.999, log_one_minus_cdf_min,
+                                        torch.log((cdf_plus - cdf_min).clamp(min=1e-12))))
     return log_probs
 
 # %% ../nbs/20_ddpm.ipynb #55d8e4c6
-def uniform_timesteps(batch_size: int, num_train_timesteps: int, generator: torch.Generator | None = None, device=None) -> Tensor:
+def uniform_timesteps(batch_size: int, num_train_timesteps: int, generator: torch.Generator | None = None,
+                      device=None) -> Tensor:
     "t ~ U{0, …, T-1}, shape (batch_size,), drawn with `generator`."
     check_int(batch_size, "batch_size", min=1); check_int(num_train_timesteps, "num_train_timesteps", min=1)
     gdev = generator.device if generator is not None else device
     return torch.randint(0, num_train_timesteps, (batch_size,), generator=generator, device=gdev).to(device)
 
+# %% ../nbs/20_ddpm.ipynb #3a1ba528
 def _mean_flat(x: Tensor) -> Tensor: return x.mean(dim=tuple(range(1, x.ndim)))
 
 def _check_ddpm(scheduler):
@@ -432,6 +462,7 @@ def vb_terms_bpd(scheduler: DDPMScheduler, x0: Tensor, x_t: Tensor, t: Tensor, #
     nll = -_mean_flat(discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_variance)) / math.log(2.0)
     return torch.where(t.to(x_t.device) == 0, nll, kl)
 
+# %% ../nbs/20_ddpm.ipynb #fdd552d9
 def diffusion_loss(model: Callable, # network, called as model(x_t, t) or model(cat([cond, x_t]), t)
                    scheduler: DDPMScheduler,
                    x0: Tensor, # clean targets (B, C, …) in [-1, 1]
@@ -451,7 +482,8 @@ def diffusion_loss(model: Callable, # network, called as model(x_t, t) or model(
             want = f"({B}, C_cond, {', '.join(map(str, x0.shape[2:]))})"
             raise ValueError(f"cond: expected shape {want} to match x0 of shape {tuple(x0.shape)}, "
                              f"got {tuple(cond.shape)}")
-    t = uniform_timesteps(B, scheduler.num_train_timesteps, generator, x0.device) if timesteps is None else scheduler._check_batch_timesteps(timesteps, x0).to(x0.device)
+    t = (uniform_timesteps(B, scheduler.num_train_timesteps, generator, x0.device) if timesteps is None
+         else scheduler._check_batch_timesteps(timesteps, x0).to(x0.device))
     if noise is None: noise = _randn(x0.shape, generator, x0.dtype, x0.device)
     x_t = scheduler.add_noise(x0, noise, t)
     inp = x_t if cond is None else torch.cat([cond.to(x_t.dtype), x_t], dim=1)
@@ -462,14 +494,17 @@ def diffusion_loss(model: Callable, # network, called as model(x_t, t) or model(
         raise ValueError(f"model output: expected shape {want}" + (" (ε and v for learned_range)" if learned else "")
                          + f", got {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}")
     pred, v = (out[:, :C], out[:, C:]) if learned else (out, None)
-    target = {"epsilon": noise, "sample": x0, "v_prediction": scheduler.get_velocity(x0, noise, t) if scheduler.prediction_type == "v_prediction" else None}[scheduler.prediction_type]
+    target = {"epsilon": noise, "sample": x0,
+              "v_prediction": (scheduler.get_velocity(x0, noise, t) if scheduler.prediction_type == "v_prediction"
+                               else None)}[scheduler.prediction_type]
     mse = _mean_flat((target - pred) ** 2)
     vb = torch.zeros_like(mse)
     if learned:
         ab = scheduler._bcast(scheduler.alphas_cumprod, t, x_t)
         pred_x0, _ = scheduler._pred_x0_eps(pred.detach(), x_t, ab)        # stop-gradient: VB trains the variance only
         frac = (v + 1) / 2
-        log_var = frac * scheduler._bcast(torch.log(scheduler.betas), t, x_t) + (1 - frac) * scheduler._bcast(scheduler.posterior_log_variance_clipped, t, x_t)
+        log_var = (frac * scheduler._bcast(torch.log(scheduler.betas), t, x_t)
+                   + (1 - frac) * scheduler._bcast(scheduler.posterior_log_variance_clipped, t, x_t))
         vb = vb_terms_bpd(scheduler, x0, x_t, t, pred_x0, log_var) * (lambda_vb * scheduler.num_train_timesteps)
     return dict(loss=(mse + vb).mean(), mse=mse.mean(), vb=vb.mean(), t=t)
 
@@ -480,7 +515,9 @@ class PointDenoiser(torch.nn.Module):
         super().__init__()
         for name, v in (("dim", dim), ("hidden", hidden), ("emb_dim", emb_dim)): check_int(v, name, min=1)
         self.emb_dim = emb_dim
-        self.net = torch.nn.Sequential(torch.nn.Linear(dim + emb_dim, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, hidden),
-                                       torch.nn.SiLU(), torch.nn.Linear(hidden, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, dim))
+        self.net = torch.nn.Sequential(torch.nn.Linear(dim + emb_dim, hidden), torch.nn.SiLU(),
+                                       torch.nn.Linear(hidden, hidden), torch.nn.SiLU(),
+                                       torch.nn.Linear(hidden, hidden), torch.nn.SiLU(),
+                                       torch.nn.Linear(hidden, dim))
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return self.net(torch.cat([x, timestep_embedding(t, self.emb_dim)], dim=1))

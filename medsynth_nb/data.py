@@ -354,6 +354,7 @@ def _real(x, name: str) -> Tensor:
     "A real (float or integer) array/tensor as float32, validated first (complex and NaN rejected, never cast away)."
     return check_tensor(_t(x), name, dtype="real").float()
 
+# %% ../nbs/01_data.ipynb #d4a91d40
 class DoseSeriesDataset(Dataset):
     "Pinetz samples (x_NA, x_SD, y_LD = x_LD − x_NA, dose d, field B) from dose series, as volumes or 2-D slices."
     def __init__(self, series: Sequence[dict], # each: native, standard (D,H,W), low {dose: (D,H,W)}, field (T)[, mask]
@@ -427,7 +428,7 @@ def durrer_preprocess(vol: Tensor) -> Tensor:
     "Durrer's intensity preprocessing: clip to the 0.1/99.9 percentiles, then min–max to [0, 1]."
     return minmax_normalize(percentile_clip(_check_image(vol, "vol"), 0.1, 99.9))
 
-# %% ../nbs/01_data.ipynb #bf020f01
+# %% ../nbs/01_data.ipynb #58e0992e
 class PairedContrastDataset(Dataset):
     "Paired 2-D slices (source, target[, condition]) from co-registered volumes or slice stacks."
     def __init__(self,
@@ -540,7 +541,7 @@ def array_sha256(a: np.ndarray) -> str:
     h.update(a.tobytes())
     return h.hexdigest()
 
-# %% ../nbs/01_data.ipynb #8e8e9057
+# %% ../nbs/01_data.ipynb #6332375e
 def decode_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     ("The arrays a sample file holds, decoded: NIfTI -> data (stored dtype), scale, affine; "
      "HDF5 -> datasets; npz -> arrays.")
@@ -567,7 +568,7 @@ def decode_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
         with np.load(path) as z: return {k: z[k] for k in sorted(z.files)}
     raise ValueError(f"{path}: unknown sample file type (expected .nii(.gz), .h5 or .npz)")
 
-# %% ../nbs/01_data.ipynb #e067d054
+# %% ../nbs/01_data.ipynb #90957e39
 def verify_manifest(root: str | os.PathLike | None = None) -> list[str]:
     "Problems found comparing the files in `root` with its manifest (empty list: everything matches)."
     root = samples_root(root)

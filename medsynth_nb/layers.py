@@ -545,6 +545,7 @@ class _UpLevel(nn.Module):
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         return self.body(torch.cat([self.up(F.interpolate(x, scale_factor=2, mode="nearest")), skip], dim=1))
 
+# %% ../nbs/04_layers.ipynb #e3562a92
 class SplitHeadUNet(nn.Module):
     "Plain 2-D U-Net (Ronneberger) whose last decoder level is duplicated per output head (Angermann's generator)."
     def __init__(self, in_channels: int = 1,

@@ -250,6 +250,7 @@ def _plan_loop(x, y, n_iter, scale, method, history=None):
         if history is not None: history.append((torch.exp((f + g - C) / eps) * C).sum((1, 2)))
     return torch.exp((f + g - C) / eps), C
 
+# %% ../nbs/10_wasserstein.ipynb #adf80f30
 class _PlanCost(torch.autograd.Function):
     "⟨T, C⟩ per row with T computed under no_grad, chunk by chunk; the gradient flows through C only."
     @staticmethod
@@ -275,7 +276,7 @@ class _PlanCost(torch.autograd.Function):
         return (None if gx is None else gx * gw[:, None], None if gy is None else gy * gw[:, None],
                 None, None, None, None)
 
-# %% ../nbs/10_wasserstein.ipynb #66bf07d4
+# %% ../nbs/10_wasserstein.ipynb #903baeb7
 def ipot_w1(x: Tensor, y: Tensor, # (R, m) paired rows of samples
             n_iter: int = 100, # outer proximal-point iterations (paper code: 100, one inner step each)
             beta: float = 10.0, # proximal step β relative to max C per patch (paper code: 10)
@@ -285,7 +286,7 @@ def ipot_w1(x: Tensor, y: Tensor, # (R, m) paired rows of samples
     _check_rows(x, y); _check_solver(n_iter, "beta", beta, chunk)
     return _PlanCost.apply(x, y, n_iter, beta, "ipot", chunk)
 
-# %% ../nbs/10_wasserstein.ipynb #82c0cd0c
+# %% ../nbs/10_wasserstein.ipynb #ddda5d06
 def sinkhorn_w1(x: Tensor, y: Tensor, # (R, m) paired rows of samples
                 n_iter: int = 100, # Sinkhorn iterations (one f and one g update each)
                 eps: float = 0.01, # entropic regularisation ε relative to max C per patch
@@ -314,7 +315,7 @@ def gaussian_downsample(x: Tensor, # (B, C, H, W) or (B, C, D, H, W)
     conv = F.conv2d if d == 2 else F.conv3d
     return conv(x, k, stride=stride, padding=size // 2, groups=C)
 
-# %% ../nbs/10_wasserstein.ipynb #851744ad
+# %% ../nbs/10_wasserstein.ipynb #a18578b4
 def multiscale_wasserstein_patch_loss(preds, # a tensor, or a sequence of `scales` tensors, finest first
                                       target: Tensor, # full-resolution real image y
                                       scales: int = 3, # number of scales (code: 3)

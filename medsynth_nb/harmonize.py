@@ -60,6 +60,23 @@ def from_model_range(x: Tensor) -> Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 # %% ../nbs/21_harmonization.ipynb #160a6fb1
+@phantom.subject_cache
+def _paired_scans(seed: int, fields: tuple, deform_voxels: float, t1_jitter: float, snr: tuple | None, root,
+                  anatomy: str) -> dict:
+    "`paired_subject`'s simulation, once per subject (`phantom.subject_cache`; `snr` as sorted (field, SNR) items)."
+    rng = np.random.default_rng([seed, 2021])
+    base = phantom.anatomy_maps(anatomy, root)
+    fr = {t: base[t] for t in ("csf", "gm", "wm")}
+    if deform_voxels > 0: fr = phantom.deform(fr, deform_voxels, seed=rng)
+    t1s = {t: float(rng.uniform(1 - t1_jitter, 1 + t1_jitter)) for t in phantom.TISSUES}
+    mask = (fr["csf"] + fr["gm"] + fr["wm"]) > 0.5
+    out = {"labels": torch.from_numpy(phantom.tissue_labels(fr).astype(np.int64))}
+    for B in fields:
+        sigma = phantom.tissue_signals(B, "mprage", t1_scale=t1s)["wm"] / (dict(snr) if snr else phantom.SNR)[float(B)]
+        x = phantom.add_rician_noise(phantom.simulate_image(fr, B, "mprage", t1_scale=t1s), sigma, seed=rng) * mask
+        out[float(B)] = torch.from_numpy(x.astype(np.float32))
+    return out
+
 def paired_subject(seed: int, # subject id: anatomy, T1 jitter and noise follow from it
                    fields: Sequence[float] = (1.5, 3.0),
                    deform_voxels: float = 2.0, # peak displacement of the random warp (0: the template itself)
@@ -72,18 +89,10 @@ def paired_subject(seed: int, # subject id: anatomy, T1 jitter and noise follow 
     seed = check_int(seed, "seed", min=0)
     check_number(deform_voxels, "deform_voxels", min=0); check_number(t1_jitter, "t1_jitter", 0, 1, max_open=True)
     for B in fields: check_choice(check_number(B, "fields"), "fields", tuple(phantom.SNR))
-    rng = np.random.default_rng([seed, 2021])
-    base = phantom.anatomy_maps(anatomy, root)
-    fr = {t: base[t] for t in ("csf", "gm", "wm")}
-    if deform_voxels > 0: fr = phantom.deform(fr, deform_voxels, seed=rng)
-    t1s = {t: float(rng.uniform(1 - t1_jitter, 1 + t1_jitter)) for t in phantom.TISSUES}
-    mask = (fr["csf"] + fr["gm"] + fr["wm"]) > 0.5
-    out = {"labels": torch.from_numpy(phantom.tissue_labels(fr).astype(np.int64))}
-    for B in fields:
-        sigma = phantom.tissue_signals(B, "mprage", t1_scale=t1s)["wm"] / (snr or phantom.SNR)[float(B)]
-        x = phantom.add_rician_noise(phantom.simulate_image(fr, B, "mprage", t1_scale=t1s), sigma, seed=rng) * mask
-        out[float(B)] = torch.from_numpy(x.astype(np.float32))
-    return out
+    check_choice(anatomy, "anatomy", tuple(phantom.ANATOMIES))
+    snr_items = tuple(sorted((float(k), v) for k, v in snr.items())) if snr else None
+    return _paired_scans(seed, tuple(fields), deform_voxels, t1_jitter, snr_items,
+                         None if root is None else str(root), anatomy)
 
 def paired_volumes(n: int, # number of subjects
                    seed: int = 1000, # subject i uses seed + i

@@ -17,15 +17,15 @@ from torch import Tensor, nn
 from .metrics import psnr, rmse, ssim
 from .utils import (check_choice, check_finite, check_int, check_number, check_positive, check_same_batch,
                                check_same_shape, check_tensor, eval_mode, in_chunks, model_device, require)
-from .phantom import LABELS, random_subject
+from .phantom import LABELS, axial_slices, subject_volumes
 from .data import find_samples, samples_root
 
 # %% auto #0
 __all__ = ['NETWORKS', 'NETWORK_IO', 'TRAIN_FIRST_SEED', 'TEST_FIRST_SEED', 'TEST_ANATOMY', 'SOLVER_RECIPES', 'LESION_LABEL',
-           'LIPCAR_PRESETS', 'LIPCAR_METHODS', 'LipCarUNet', 'network_io', 'build_networks', 'ssim_loss',
-           'subject_slices', 'simulate_lipcar', 'load_lipcar_samples', 'LipCarSlices', 'gentv', 'SolveResult',
-           'lip_car_objective', 'lip_car_solve', 'image_metrics', 'region_metrics', 'secant_oracle', 'apply_network',
-           'LipCarConfig', 'lipcar_training_data', 'build_lip_car', 'run_methods', 'score_methods']
+           'LIPCAR_PRESETS', 'LIPCAR_METHODS', 'LipCarUNet', 'network_io', 'build_networks', 'ssim_loss', 'dose_slices',
+           'simulate_lipcar', 'load_lipcar_samples', 'LipCarSlices', 'gentv', 'SolveResult', 'lip_car_objective',
+           'lip_car_solve', 'image_metrics', 'region_metrics', 'secant_oracle', 'apply_network', 'LipCarConfig',
+           'lipcar_training_data', 'build_lip_car', 'run_methods', 'score_methods']
 
 # %% ../nbs/40_lip_car.ipynb #7b81bdb6
 class _ResidualStage(nn.Module):
@@ -120,51 +120,41 @@ def ssim_loss(pred: Tensor, target: Tensor) -> Tensor:
     return 1 - ssim(pred.float(), target.float(), data_range=1.0)
 
 # %% ../nbs/40_lip_car.ipynb #61a7649d
-def _pad_to(v: np.ndarray, size: int) -> np.ndarray:
-    "Zero-pad (N, h, w) centrally to (N, size, size) (as `build_samples` does for the sample slices)."
-    check_int(size, "size", min=1)
-    h, w = v.shape[-2:]
-    if h > size or w > size: raise ValueError(f"size: expected at least the slice size {(h, w)}, got {size}")
-    ph, pw = size - h, size - w
-    return np.pad(v, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)))
-
 TRAIN_FIRST_SEED, TEST_FIRST_SEED = 1000, 10_000  # training subjects 1000, 1001, …; held-out subjects 10000, 10001, …
 TEST_ANATOMY = "colin27"  # held-out subjects are another person (Colin27); training subjects warp ICBM152
 
-_SUBJECT_CACHE: dict = {}
-
-def subject_slices(seed: int, # subject id (the simulator's `random_subject` seed)
-                   n_slices: int = 4, # axial slices: half through the lesions, half elsewhere in the brain
-                   field: float = 3.0, low_dose: float = 0.2, snr: float = 40.0, size: int = 128,
-                   anatomy: str = "icbm152", # "icbm152" (training subjects) or "colin27" (held-out anatomy)
-                  ) -> dict:
-    "Un-normalised axial T1w spin-echo slices (pre, low, high: (n, size, size) float32; labels) of one simulated subject (cached)."
+# %% ../nbs/40_lip_car.ipynb #886b05c5
+def dose_slices(seed: int, # subject id (the simulator's `random_subject` seed)
+                n_slices: int = 4, # axial slices: half through the lesions, half elsewhere in the brain
+                field: float = 3.0, low_dose: float = 0.2, snr: float = 40.0, size: int = 128,
+                anatomy: str = "icbm152", # "icbm152" (training subjects) or "colin27" (held-out anatomy)
+               ) -> dict:
+    "Un-normalised T1w spin-echo slices pre, low, high (n, size, size) float32, labels, z_index of one subject."
     check_int(seed, "seed"); check_int(n_slices, "n_slices", min=1); check_int(size, "size", min=1)
     check_number(low_dose, "low_dose", min=0, max=1, min_open=True, max_open=True)   # a fraction of the full dose
     check_positive(field, "field")
     if snr != math.inf: check_positive(snr, "snr")   # inf: noise-free slices
-    key = (int(seed), int(n_slices), float(field), float(low_dose), float(snr), int(size), anatomy)
-    if key in _SUBJECT_CACHE: return _SUBJECT_CACHE[key]
-    s = random_subject(int(seed), field=field, doses=(0.0, low_dose, 1.0), sequence="spin_echo", snr=snr, anatomy=anatomy)
-    lab = s["labels"].numpy()
+    s = subject_volumes(int(seed), field=field, doses=(0.0, low_dose, 1.0), sequence="spin_echo", snr=snr,
+                        anatomy=anatomy)
+    lab = s["labels"]
+    require(size >= max(lab.shape[:2]), "size", f"at least the slice size {tuple(lab.shape[1::-1])}", size)
     rng = np.random.default_rng([int(seed), 40])
-    lesion = (lab >= LABELS["rim"]).sum((0, 1)); brain = (lab > 0).sum((0, 1))
+    lesion = (lab >= LABELS["rim"]).sum((0, 1)).numpy(); brain = (lab > 0).sum((0, 1)).numpy()
     with_lesion = np.flatnonzero(lesion > 0)
     k = min(len(with_lesion), (n_slices + 1) // 2)
     zs = list(rng.choice(with_lesion, k, replace=False)) if k else []
     rest = np.setdiff1d(np.flatnonzero(brain > 0.5 * brain.max()), zs)
     zs += list(rng.choice(rest, min(len(rest), n_slices - k), replace=False))
     zs = np.sort(np.array(zs, dtype=np.int64))
-    sl = lambda v: _pad_to(np.ascontiguousarray(v[:, :, zs].transpose(2, 1, 0)), size)  # axial (n, Y, X), anterior up
-    pre, low, high = (sl(v) for v in s["images"].numpy())
-    out = dict(pre=pre, low=low, high=high, labels=sl(lab).astype(np.int64), z_index=zs)
-    _SUBJECT_CACHE[key] = out
-    return out
+    sl = lambda v: axial_slices(v, zs, side=size).numpy()   # anterior up (phantom's one orientation)
+    pre, low, high = (sl(v) for v in s["images"])
+    return dict(pre=pre, low=low, high=high, labels=sl(lab), z_index=zs)
 
+# %% ../nbs/40_lip_car.ipynb #38f625ae
 def simulate_lipcar(seeds: Sequence[int], # subject seeds (held-out subjects: seeds not used for training)
                     slices_per_subject: int = 4,
                     scale: tuple[float, float] | None = None, # (lo, hi) of the min-max map; None: global min-max of this set
-                    **kw, # field, low_dose, snr, size (see `subject_slices`)
+                    **kw, # field, low_dose, snr, size (see `dose_slices`)
                    ) -> dict:
     "LIP-CAR triples from simulated subjects: pre/low/high (N, 1, H, W) float32 mapped by one global min-max, labels, subject."
     if len(seeds) == 0: raise ValueError("seeds: expected at least one subject seed, got none")
@@ -172,7 +162,7 @@ def simulate_lipcar(seeds: Sequence[int], # subject seeds (held-out subjects: se
     if scale is not None:
         require(isinstance(scale, (tuple, list)) and len(scale) == 2, "scale", "a pair (lo, hi) or None", scale)
         check_number(scale[0], "scale[0]"); check_number(scale[1], "scale[1]")
-    parts = [subject_slices(s, slices_per_subject, **kw) for s in seeds]
+    parts = [dose_slices(s, slices_per_subject, **kw) for s in seeds]
     cat = lambda k: np.concatenate([p[k] for p in parts])
     raw = {k: cat(k) for k in ("pre", "low", "high")}
     lo, hi = scale if scale is not None else (min(float(v.min()) for v in raw.values()), max(float(v.max()) for v in raw.values()))

@@ -22,7 +22,7 @@ from .train import TrainConfig, Task, adversarial, register_experiment
 from .utils import (IMAGE_CMAP, check_choice, check_int, check_number, check_positive, check_same_batch,
                                check_same_shape, check_tensor, eval_mode, make_generator, model_device, require, seeded)
 from .wasserstein import gaussian_downsample, wasserstein_patch_loss
-from .phantom import random_subject
+from .phantom import subject_volumes
 
 # %% auto #0
 __all__ = ['FIELDS', 'DOSE_RANGE', 'CONTENT_LOSSES', 'CONTENT_REDUCTIONS', 'VGG16_RELU3_3', 'LABEL_NOISE_ON', 'CODE_RECIPE',
@@ -59,14 +59,12 @@ def condition_vector(dose, # d: float or (B,) tensor, dose fraction in [0, 1] (1
     return torch.stack([d.expand(n), (b.expand(n) - 2.25) / 0.75], dim=1)
 
 # %% ../nbs/12_lowdose_gan.ipynb #578bc1ae
-_SUBJECT_CACHE: dict = {}
-
-def simulate_dose_series(seeds: Sequence[int], # one random subject per seed (medsynth_nb.phantom.random_subject)
+def simulate_dose_series(seeds: Sequence[int], # one random subject per seed (phantom.subject_volumes)
                          fields: Sequence[float] | None = None, # per subject; default alternates 1.5 T, 3 T
                          doses: Sequence[float] = (0.1, 0.2, 0.33), # low doses to simulate (native and 100 % always)
                          **subject_kw, # passed on (snr, n_lesions …)
                         ) -> list[dict]:
-    "Raw dose series {native, standard, low {d: vol}, field, labels} of simulated subjects (cached in memory)."
+    "Raw dose series {native, standard, low {d: vol}, field, labels} of simulated subjects (`phantom.subject_volumes`)."
     seeds = list(seeds)
     for i, s in enumerate(seeds): check_int(s, f"seeds[{i}]", min=0)
     fields = [FIELDS[i % 2] for i in range(len(seeds))] if fields is None else list(fields)
@@ -76,15 +74,11 @@ def simulate_dose_series(seeds: Sequence[int], # one random subject per seed (me
     for i, d in enumerate(doses): check_number(d, f"doses[{i}]", 0, 1, min_open=True, max_open=True)
     out = []
     for s, B in zip(seeds, fields):
-        all_doses = (0.0, *sorted(doses), 1.0)
-        key = (int(s), float(B), all_doses, tuple(sorted(subject_kw.items())))
-        if key not in _SUBJECT_CACHE:
-            kw = dict(snr={1.5: 25.0, 3.0: 40.0}[float(B)]) | subject_kw
-            sub = random_subject(int(s), field=B, doses=all_doses, **kw)
-            im = sub["images"]
-            _SUBJECT_CACHE[key] = dict(native=im[0], standard=im[-1], low={d: im[i + 1] for i, d in enumerate(sorted(doses))},
-                                       field=float(B), labels=sub["labels"])
-        out.append(_SUBJECT_CACHE[key])
+        kw = dict(snr={1.5: 25.0, 3.0: 40.0}[float(B)]) | subject_kw
+        sub = subject_volumes(int(s), field=B, doses=(0.0, *sorted(doses), 1.0), **kw)   # simulated once per process
+        im = sub["images"]
+        out.append(dict(native=im[0], standard=im[-1], low={d: im[i + 1] for i, d in enumerate(sorted(doses))},
+                        field=float(B), labels=sub["labels"]))
     return out
 
 def normalized_series(series: Sequence[dict]) -> list[dict]:

@@ -31,7 +31,7 @@ __all__ = ['RESIZE_STYLES', 'TF_TABLE_SIZE', 'UAPI_VARIANTS', 'SIGMA_RESAMPLES',
            'T2W_PROTOCOL', 'TASKS', 'TEST_SUBJECTS', 'TEST_ANATOMY', 'GENERATOR_LAYOUTS', 'PATCHINV_METHODS',
            'build_patchinv_wgan', 'build_patchinv_pi', 'build_patchinv_uapi', 'METRIC_RECIPES', 'cubic_kernel',
            'resize_matrix', 'patch_op', 'sample_patch_params', 'patch_loss', 'robust_rho', 'uapi_loss',
-           'resample_scale', 'uapi_term', 'perturb', 'subject_slices', 'simulate_zero_filled', 'task_pairs',
+           'resample_scale', 'uapi_term', 'perturb', 'contrast_slices', 'simulate_zero_filled', 'task_pairs',
            'TwoHeadGenerator', 'PatchInvConfig', 'domains', 'unpaired_stream', 'build_patchinv', 'translate', 'scores',
            'evaluate_scenarios', 'uncertainty_scores', 'table1', 'format_table1', 'show_uncertainty',
            'scatter_uncertainty']
@@ -228,22 +228,11 @@ TASKS = ("t1t2", "zf")
 TEST_SUBJECTS = tuple(range(2000, 2008))
 TEST_ANATOMY = "colin27"   # held-out subjects: another person than the ICBM152 average the training subjects warp
 
-_SUBJECT_CACHE: dict = {}
-
-def subject_slices(seed: int, # subject id
-                   size: int = 64, # d
-                   n_slices: int = 8, # axial slices over the central 40 % of the brain
-                   deform: bool = True, # random smooth deformation and lesions (False: the template, faster)
-                   snr: float = 25.0, # white-matter SNR of the T1w image (Rician noise, same σ for T2w)
-                   anatomy: str = "icbm152", # phantom anatomy: 'icbm152' (training subjects) or 'colin27' (held-out)
-                  ) -> dict:
-    "Slices of one simulated subject: t1w, t2w (n_slices, 1, d, d) in [0, 1] (per-slice max), labels (X, Y, n_slices); cached."
-    check_int(seed, "seed"); check_int(size, "size", min=1); check_int(n_slices, "n_slices", min=1)
-    check_positive(snr, "snr")
-    key = (int(seed), int(size), int(n_slices), bool(deform), float(snr), str(anatomy))
-    if key in _SUBJECT_CACHE: return _SUBJECT_CACHE[key]
-    check_choice(anatomy, "anatomy", P.ANATOMIES)
-    rng = np.random.default_rng([int(seed), 13013])
+# %% ../nbs/13_patch_invariance.ipynb #45089949
+@P.subject_cache
+def _contrast_volumes(seed: int, n_slices: int, deform: bool, snr: float, anatomy: str) -> dict:
+    "T1w and T2w spin-echo volumes (X, Y, n_slices) float32 of one subject at its axial z, and their labels (cached)."
+    rng = np.random.default_rng([seed, 13013])
     base = P.anatomy_maps(anatomy)
     fr = {t: base[t] for t in ("csf", "gm", "wm")}
     if deform:
@@ -256,18 +245,30 @@ def subject_slices(seed: int, # subject id
     bias = P.bias_field(next(iter(fr.values())).shape, 0.15, seed=rng)
     sigma = P.tissue_signals(1.5, "spin_echo", t1_scale=t1s, protocol=T1W_PROTOCOL)["wm"] / snr
     mask = sum(fr.values()) > 0.5
-    out = dict(labels=torch.from_numpy(P.tissue_labels(fr).astype(np.int64)))
+    out = dict(labels=P.tissue_labels(fr).astype(np.int64))
     for name, prot in (("t1w", T1W_PROTOCOL), ("t2w", T2W_PROTOCOL)):
-        img = P.add_rician_noise(P.simulate_image(fr, 1.5, "spin_echo", bias=bias, t1_scale=t1s, protocol=prot), sigma, seed=rng) * mask
-        sl = torch.from_numpy(img.astype(np.float32)).permute(2, 1, 0).flip(1)          # (n, Y, X), anterior up
-        side = max(sl.shape[-2:])
-        ph, pw = side - sl.shape[-2], side - sl.shape[-1]
-        sl = F.pad(sl, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-        sl = F.interpolate(sl[:, None], size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp_min(0)
-        out[name] = sl / sl.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
-    _SUBJECT_CACHE[key] = out
+        img = P.simulate_image(fr, 1.5, "spin_echo", bias=bias, t1_scale=t1s, protocol=prot)
+        out[name] = (P.add_rician_noise(img, sigma, seed=rng) * mask).astype(np.float32)
     return out
 
+def contrast_slices(seed: int, # subject id
+                    size: int = 64, # d
+                    n_slices: int = 8, # axial slices over the central 40 % of the brain
+                    deform: bool = True, # random smooth deformation and lesions (False: the template, faster)
+                    snr: float = 25.0, # white-matter SNR of the T1w image (Rician noise, same σ for T2w)
+                    anatomy: str = "icbm152", # phantom anatomy: 'icbm152' (training subjects) or 'colin27' (held-out)
+                   ) -> dict:
+    "t1w, t2w axial slices (n_slices, 1, d, d) in [0, 1] (per-slice max) of one subject; labels (X, Y, n_slices)."
+    check_int(seed, "seed"); check_int(size, "size", min=1); check_int(n_slices, "n_slices", min=1)
+    check_positive(snr, "snr"); check_choice(anatomy, "anatomy", P.ANATOMIES)
+    v = _contrast_volumes(int(seed), int(n_slices), bool(deform), float(snr), anatomy)
+    out = dict(labels=torch.from_numpy(v["labels"]))
+    for name in ("t1w", "t2w"):
+        sl = P.axial_slices(v[name], size=size)[:, None]   # anterior up (phantom's one orientation)
+        out[name] = sl / sl.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+    return out
+
+# %% ../nbs/13_patch_invariance.ipynb #3b1147ed
 def simulate_zero_filled(x: Tensor, # (n, 1, d, d) fully sampled magnitude images in [0, 1]
                 seed: int = 0, # mask seeds are (seed, slice index)
                 acceleration: float = 4.0, center_fraction: float = 0.08,
@@ -282,14 +283,14 @@ def simulate_zero_filled(x: Tensor, # (n, 1, d, d) fully sampled magnitude image
 def task_pairs(task: str, # 't1t2' or 'zf'
                subjects: Sequence[int], size: int = 64, n_slices: int = 8, deform: bool = True,
                acceleration: float = 4.0, center_fraction: float = 0.08,
-               anatomy: str = "icbm152", # phantom anatomy of these subjects (see `subject_slices`)
+               anatomy: str = "icbm152", # phantom anatomy of these subjects (see `contrast_slices`)
               ) -> tuple[Tensor, Tensor]:
     "(inputs, targets), each (len(subjects)·n_slices, 1, d, d) in [-1, 1], of the same subjects (paired; use for testing)."
     check_choice(task, "task", TASKS)
     require(len(subjects) > 0, "subjects", "at least one subject id", subjects)
     xs, ys = [], []
     for s in subjects:
-        d = subject_slices(s, size, n_slices, deform, anatomy=anatomy)
+        d = contrast_slices(s, size, n_slices, deform, anatomy=anatomy)
         if task == "t1t2": xs.append(d["t1w"]); ys.append(d["t2w"])
         else: xs.append(simulate_zero_filled(d["t1w"], int(s), acceleration, center_fraction)); ys.append(d["t1w"])
     return torch.cat(xs) * 2 - 1, torch.cat(ys) * 2 - 1

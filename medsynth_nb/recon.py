@@ -21,14 +21,14 @@ from .kspace import (SenseOperator, birdcage_maps, check_measurement, complex_to
 from .train import Task, TrainConfig, adversarial, register_experiment, supervised
 from .utils import (check_choice, check_int, check_number, check_same_shape, check_tensor, eval_mode, in_chunks,
                                make_generator, markdown_table, model_device, numpy_rng, require)
-from .phantom import random_subject, smooth_phase
+from .phantom import axial_slices, smooth_phase, subject_volumes
 from .metrics import snr_db, ssim
 from . import wgan
 from .train import get_experiment, load_checkpoint, load_models, train
 
 # %% auto #0
 __all__ = ['BLOCKS', 'CS_GRID', 'CS_LAM', 'VAL_SUBJECTS', 'REGIMES', 'RECIPES', 'TEST_SUBJECTS', 'TEST_ANATOMY',
-           'PAIRED_SUBJECTS', 'to_channels', 'to_complex', 'lei_crop', 'lei_calib', 'subject_slices', 'simulate_set',
+           'PAIRED_SUBJECTS', 'to_channels', 'to_complex', 'lei_crop', 'lei_calib', 'complex_slices', 'simulate_set',
            'measure', 'recon_setup', 'reconstruct', 'recon_scores', 'PreActBlock', 'PostActBlock', 'ProxResNet',
            'PlainGenerator', 'UnrolledGenerator', 'final_dc_input', 'LeiCritic', 'critic_view', 'hybrid_l1_weight',
            'haar2', 'ihaar2', 'cs_wavelet_fista', 'cs_wavelet_recon', 'tune_cs_lambda', 'ReconConfig', 'input_subjects',
@@ -64,40 +64,32 @@ def lei_calib(shape: tuple[int, int]) -> tuple[int, int]:
     c = max(4, round(20 * min(shape) / 256))
     return c, c
 
-_SLICE_CACHE: dict = {}
-
-def subject_slices(seed: int, # subject id (phantom.random_subject)
+# %% ../nbs/31_unrolled_recon.ipynb #552a7dce
+def complex_slices(seed: int, # subject id (phantom.subject_volumes)
                    shape: tuple[int, int] = (64, 64), # (H, W) of the slices
                    n_slices: int = 8, # axial slices spread over the middle 40 % of the brain
                    deform: bool = True, # random smooth deformation (False: 4x faster, same anatomy)
                    max_phase: float = math.pi / 2, # peak of the smooth random image phase
                    anatomy: str = "icbm152", # phantom anatomy: 'icbm152' (training) or 'colin27' (test subjects)
                   ) -> Tensor:
-    "Complex axial slices (n_slices, 1, H, W) of a simulated subject, magnitude scaled to max 1 (cached)."
+    "Complex axial slices (n_slices, 1, H, W) of a simulated subject (`phantom.axial_slices`), magnitude max 1."
     check_int(seed, "seed"); _check_shape(shape); check_int(n_slices, "n_slices", min=1)
     check_number(max_phase, "max_phase", min=0)
-    key = (int(seed), tuple(shape), int(n_slices), bool(deform), float(max_phase), str(anatomy))
-    if key in _SLICE_CACHE: return _SLICE_CACHE[key]
-    vol = random_subject(int(seed), doses=(0.0,), deform_voxels=2.0 if deform else 0.0, anatomy=anatomy)["images"][0]
+    vol = subject_volumes(int(seed), doses=(0.0,), deform_voxels=2.0 if deform else 0.0, anatomy=anatomy)["images"][0]
     Z = vol.shape[-1]
     zs = np.linspace(0.4 * Z, 0.75 * Z, n_slices).round().astype(int)
-    sl = vol[:, :, zs].permute(2, 1, 0).flip(1)                                  # (n, Y, X), anterior up
-    side = max(sl.shape[-2:])
-    sl = F.pad(sl, ((side - sl.shape[-1]) // 2, side - sl.shape[-1] - (side - sl.shape[-1]) // 2,
-                    (side - sl.shape[-2]) // 2, side - sl.shape[-2] - (side - sl.shape[-2]) // 2))
-    mag = F.interpolate(sl[:, None], size=tuple(shape), mode="bilinear", antialias=True, align_corners=False).clamp_min(0)
+    mag = axial_slices(vol, zs, size=tuple(shape))[:, None]
     mag = mag / mag.amax().clamp_min(1e-12)
     rng = numpy_rng([int(seed), 31])
-    phase = torch.from_numpy(np.stack([smooth_phase(tuple(shape), max_phase, rng) for _ in range(n_slices)])).float()[:, None]
-    out = torch.polar(mag.float(), phase).to(torch.complex64)
-    _SLICE_CACHE[key] = out
-    return out
+    phase = np.stack([smooth_phase(tuple(shape), max_phase, rng) for _ in range(n_slices)])
+    return torch.polar(mag.float(), torch.from_numpy(phase).float()[:, None]).to(torch.complex64)
 
+# %% ../nbs/31_unrolled_recon.ipynb #b7ef7f42
 def simulate_set(subjects: Sequence[int], shape=(64, 64), n_slices: int = 8, deform: bool = True,
                  anatomy: str = "icbm152") -> Tensor:
     "Slices of several subjects stacked, (len(subjects) * n_slices, 1, H, W) complex."
     require(len(subjects) > 0, "subjects", "at least one subject id", subjects)
-    return torch.cat([subject_slices(s, shape, n_slices, deform, anatomy=anatomy) for s in subjects])
+    return torch.cat([complex_slices(s, shape, n_slices, deform, anatomy=anatomy) for s in subjects])
 
 def measure(x: Tensor, # (B, 1, H, W) complex images
             mask: Tensor, # 0/1 (H, W)

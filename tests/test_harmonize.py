@@ -421,3 +421,22 @@ def test_old_unet_preset_name_loads_as_demo():
     old = {**new.to_dict(), "unet": "bench"}
     check_compatible({"experiment": "harmonize", "config_class": "HarmonizeConfig", "config": old}, "harmonize", new)
     with pytest.raises(ValueError, match="unet: expected one of"): HarmonizeConfig(unet="large")
+
+
+def test_paired_subject_cached_equals_the_old_simulation():
+    "paired_subject through phantom.subject_cache is bit-identical to the uncached version (frozen hashes) and copied out."
+    from medsynth_nb.data import array_sha256
+    from medsynth_nb.harmonize import paired_subject
+    old = {
+        "harm_15": "190c8c4fa9abe8f000b8d6a3e4bf170f5de03193a44ef2e970511cc9ba8e7ca3",
+        "harm_3": "97e2423516d2407b6e4d6cbb343dcf4b9f9a7266b291dcc2a683c1701c69d0bd",
+        "harm_labels": "ac224051ad93f79615d2f5d3d6d0a7a288e0cf6b3ba2711f41955a8cf2693acb",
+    }
+    p = paired_subject(6, deform_voxels=1.0)
+    got = dict(harm_15=p[1.5], harm_3=p[3.0], harm_labels=p["labels"])
+    assert {k: array_sha256(v.numpy()) for k, v in got.items()} == old
+    p[1.5].zero_()
+    assert array_sha256(paired_subject(6, deform_voxels=1.0)[1.5].numpy()) == old["harm_15"]
+    # the SNR dict is part of the key: another SNR, another noise level
+    q = paired_subject(6, deform_voxels=1.0, snr={1.5: 5.0, 3.0: 40.0})
+    assert array_sha256(q[3.0].numpy()) == old["harm_3"] and array_sha256(q[1.5].numpy()) != old["harm_15"]

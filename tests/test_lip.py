@@ -369,17 +369,19 @@ def test_run_methods_projection_switch():
     test_allclose(out["NN-PL2H"], x_bar, rtol=0, atol=0)
 
 
-def test_subject_slices_from_the_heldout_anatomy():
+def test_dose_slices_from_the_heldout_anatomy():
     "anatomy='colin27' reaches the simulator (and the cache key): same seed, another brain."
-    from medsynth_nb.lip import subject_slices
-    a, b = subject_slices(10_000, 2, anatomy="colin27"), subject_slices(10_000, 2)
+    from medsynth_nb.lip import dose_slices
+    a, b = dose_slices(10_000, 2, anatomy="colin27"), dose_slices(10_000, 2)
     assert a["pre"].shape == b["pre"].shape and not np.array_equal(a["labels"], b["labels"])
-    assert subject_slices(10_000, 2, anatomy="colin27") is a  # cached under its own key
+    again = dose_slices(10_000, 2, anatomy="colin27")   # cached under its own key; each call gets its own arrays
+    assert all(np.array_equal(again[k], a[k]) for k in a) and again["pre"] is not a["pre"]
 
 
 def test_heldout_sets_are_colin27_another_person():
     "Held-out subjects (TEST_FIRST_SEED…, TEST_ANATOMY) are Colin27: GM/WM Dice < 0.75 to a training subject (ICBM152)."
-    from medsynth_nb.lip import TEST_ANATOMY, TEST_FIRST_SEED, TRAIN_FIRST_SEED, _pad_to, simulate_lipcar, subject_slices
+    from medsynth_nb.lip import TEST_ANATOMY, TEST_FIRST_SEED, TRAIN_FIRST_SEED, simulate_lipcar, dose_slices
+    from medsynth_nb.phantom import axial_slices
     from medsynth_nb.phantom import anatomy_dice, random_subject
     assert TEST_ANATOMY == "colin27"
     labels = lambda seed, anatomy: random_subject(seed, doses=(0.0,), anatomy=anatomy)["labels"].numpy()
@@ -389,15 +391,15 @@ def test_heldout_sets_are_colin27_another_person():
     old = anatomy_dice(labels(TEST_FIRST_SEED, "icbm152"), train)  # the old split: a warp of the training template
     assert min(old.values()) > max(d.values()) + 0.05, (old, d)
     # the held-out slices are slices of that Colin27 subject (labels are drawn before the doses' noise)
-    s = subject_slices(TEST_FIRST_SEED, 2, anatomy=TEST_ANATOMY)
-    np.testing.assert_array_equal(s["labels"], _pad_to(held[:, :, s["z_index"]].transpose(2, 1, 0), 128))
+    s = dose_slices(TEST_FIRST_SEED, 2, anatomy=TEST_ANATOMY)
+    np.testing.assert_array_equal(s["labels"], axial_slices(held, s["z_index"], side=128).numpy())
     h = simulate_lipcar([TEST_FIRST_SEED], 2, anatomy=TEST_ANATOMY)
     np.testing.assert_array_equal(h["labels"][:, 0].numpy(), s["labels"])
 
 
 # ---- one validation vocabulary (issue 18): bool/float ints, non-finite data, raw torch errors turned into messages ----
 from medsynth_nb.lip import (LipCarSlices, image_metrics, load_lipcar_samples, network_io, region_metrics, run_methods,
-                             secant_oracle, simulate_lipcar, subject_slices)
+                             secant_oracle, simulate_lipcar, dose_slices)
 
 
 def _bad_lip_cases():
@@ -434,11 +436,11 @@ def _bad_lip_cases():
         (lambda: run_methods({"L2H": op}, b, iters=1), ValueError, "nets: expected trained networks L2H, PL2H and PH2L"),
         (lambda: run_methods({}, b, guess="X"), ValueError, "guess: expected one of ('PL2H', 'L2H'), got 'X'"),
         (lambda: run_methods({}, b, forward="L2H"), ValueError, "forward: expected one of ('PH2L', 'H2L'), got 'L2H'"),
-        (lambda: subject_slices(1.5), TypeError, "seed: expected an int, got 1.5 (float)"),
-        (lambda: subject_slices(0, n_slices=True), TypeError, "n_slices: expected an int, got True (bool)"),
-        (lambda: subject_slices(0, low_dose=1.0), ValueError, "low_dose: expected a number in (0, 1), got 1"),
-        (lambda: subject_slices(0, size=0), ValueError, "size: expected an int >= 1, got 0"),
-        (lambda: subject_slices(0, snr=0), ValueError, "snr: expected a number > 0, got 0"),
+        (lambda: dose_slices(1.5), TypeError, "seed: expected an int, got 1.5 (float)"),
+        (lambda: dose_slices(0, n_slices=True), TypeError, "n_slices: expected an int, got True (bool)"),
+        (lambda: dose_slices(0, low_dose=1.0), ValueError, "low_dose: expected a number in (0, 1), got 1"),
+        (lambda: dose_slices(0, size=0), ValueError, "size: expected an int >= 1, got 0"),
+        (lambda: dose_slices(0, snr=0), ValueError, "snr: expected a number > 0, got 0"),
         (lambda: simulate_lipcar([0], slices_per_subject=0), ValueError, "slices_per_subject: expected an int >= 1, got 0"),
         (lambda: simulate_lipcar([0], scale=(0, float("nan"))), ValueError, "scale[1]: expected a finite number"),
         (lambda: LipCarSlices({"pre": y}), ValueError, "data: expected a dict with 'pre', 'low' and 'high'"),
@@ -466,3 +468,31 @@ def test_apply_network_in_chunks_keeps_item_order():
     batch = {k: d[k][:3, :, :32, :32] for k in ("pre", "low", "high")}
     alone = torch.cat([apply_network(nets["PL2H"], "PL2H", {k: v[i:i + 1] for k, v in batch.items()}) for i in range(3)])
     torch.testing.assert_close(apply_network(nets["PL2H"], "PL2H", batch, chunk=2), alone)
+
+
+def test_dose_slices_are_the_old_subject_slices_turned_anterior_up():
+    "dose_slices equals the old lip.subject_slices (frozen hashes) up to its orientation fix: rows flipped inside the padding."
+    from medsynth_nb.data import array_sha256
+    from medsynth_nb.lip import dose_slices
+    old = {
+        "lip_7_2_pre": "360cba2683ef887f0a0bd4cf392ce1ea095ab1db8dfa3c5b73b87078947bf790",
+        "lip_7_2_low": "2fc2df88ace126709f2aea1980bf865bae4dbfe2688dd10ec033e00ca727537a",
+        "lip_7_2_high": "6af358a6d8957cf32bf6d9df4b58a7f479e3efa76e08b2fb65afa127457926f7",
+        "lip_7_2_labels": "785c38f20756a60f998a48bdc6ff4a3c35319e18a7c689738fde99697ccae6ac",
+        "lip_7_2_z_index": "949319d6e667030923d4db645cca78cbc04b101db12c3bea7e32c7bcf48a7372",
+        "lip_10000_3_pre": "35fe4cc1a3dc344ba84df7489a2930df81015d817b8118493b489027685a2c0e",
+        "lip_10000_3_low": "2b3e1b41fc76d6427aeb2197f87fdadbd672e2d064de8056ba33aedc9c2d7c9b",
+        "lip_10000_3_high": "f0f011e0c67b9d75028e632047560f593bb7afa6fb2b3c00dd093fec8dda6589",
+        "lip_10000_3_labels": "737711a46298857d218cba2930d6ffde47a116ff3046cc8ad9458038a46c0a21",
+        "lip_10000_3_z_index": "949edba53784d105030743ff46390605f475837d98dd054ef854e4e42c6dd20c",
+    }
+    def posterior_up(v, size, Y=117, X=99):   # the old layout: y increasing downwards, same centred padding
+        ph, pw = size - Y, size - X
+        core = v[:, ph // 2: ph // 2 + Y, pw // 2: pw // 2 + X][:, ::-1]
+        return np.pad(core, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)))
+    got = {}
+    for name, size, d in (("lip_7_2", 128, dose_slices(7, 2, size=128)),
+                          ("lip_10000_3", 130, dose_slices(10000, 3, field=1.5, low_dose=0.1, snr=math.inf, size=130,
+                                                           anatomy="colin27"))):
+        for k, v in d.items(): got[f"{name}_{k}"] = v if k == "z_index" else posterior_up(v, size)
+    assert {k: array_sha256(np.ascontiguousarray(v)) for k, v in got.items()} == old

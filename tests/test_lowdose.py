@@ -550,3 +550,19 @@ def test_vgg_file_errors_name_the_path(tmp_path):
     sd = {f"features.{k}": torch.zeros(1) for k in VGG16Features().state_dict()}
     torch.save(sd, tmp_path / "shapes.pth")
     with pytest.raises(ValueError, match="shapes.pth is not a VGG-16 state dict"): load_vgg16_features(tmp_path / "shapes.pth")
+
+
+def test_simulate_dose_series_equals_the_old_cache():
+    "simulate_dose_series through phantom.subject_volumes is bit-identical to its old hand-made cache (frozen hashes)."
+    from medsynth_nb.data import array_sha256
+    old = {
+        "lowdose_native": "208d2e832a138522fbf6a6a90418b12b47e9ba6c4afcb0b0cf8cd6652dd0527c",
+        "lowdose_standard": "fa4624960540b05358ff79b8fdaf0b64afeee6879a3a576f98205eaf64ac5871",
+        "lowdose_low": "a8eea1b8f97708c91e6e6bd72532d497eacedb8f2ad63fd3dee5a51a3cd524ed",
+        "lowdose_labels": "b121e1e5cba15c1e1579832bf17894241e7ccad49abc09f87cc345e79342ea8b",
+    }
+    s = L.simulate_dose_series([4], fields=[3.0], doses=(0.2,), n_lesions=(1, 1))[0]
+    got = dict(lowdose_native=s["native"], lowdose_standard=s["standard"], lowdose_low=s["low"][0.2], lowdose_labels=s["labels"])
+    assert {k: array_sha256(v.numpy()) for k, v in got.items()} == old
+    s["native"].zero_()   # a caller's in-place change does not reach the next call
+    assert array_sha256(L.simulate_dose_series([4], fields=[3.0], doses=(0.2,), n_lesions=(1, 1))[0]["native"].numpy()) == old["lowdose_native"]

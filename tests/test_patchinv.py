@@ -445,16 +445,16 @@ def test_code_generator_layout_is_an_option():
 
 def test_held_out_subjects_are_another_anatomy():
     "Evaluation subjects are Colin27 (another person), far from every training subject; ICBM152 ones would be close."
-    from medsynth_nb.patchinv import TEST_ANATOMY, TEST_SUBJECTS, subject_slices
+    from medsynth_nb.patchinv import TEST_ANATOMY, TEST_SUBJECTS, contrast_slices
     from medsynth_nb.phantom import anatomy_dice
     assert TEST_ANATOMY == "colin27" and inspect.signature(table1).parameters["test_anatomy"].default == TEST_ANATOMY
-    held = subject_slices(TEST_SUBJECTS[0], 16, 4, anatomy=TEST_ANATOMY)["labels"]
+    held = contrast_slices(TEST_SUBJECTS[0], 16, 4, anatomy=TEST_ANATOMY)["labels"]
     for train_seed in (0, 1000):                        # an input-domain and a target-domain training subject
-        train_lab = subject_slices(train_seed, 16, 4)["labels"]
+        train_lab = contrast_slices(train_seed, 16, 4)["labels"]
         assert max(anatomy_dice(held, train_lab).values()) < 0.75
-    same = anatomy_dice(subject_slices(TEST_SUBJECTS[0], 16, 4)["labels"], subject_slices(0, 16, 4)["labels"])
+    same = anatomy_dice(contrast_slices(TEST_SUBJECTS[0], 16, 4)["labels"], contrast_slices(0, 16, 4)["labels"])
     assert min(same.values()) > 0.75                    # the test discriminates: two warped ICBM152 subjects overlap more
-    with pytest.raises(ValueError, match="anatomy: expected one of"): subject_slices(TEST_SUBJECTS[0], 16, 4, anatomy="mni305")
+    with pytest.raises(ValueError, match="anatomy: expected one of"): contrast_slices(TEST_SUBJECTS[0], 16, 4, anatomy="mni305")
 
 
 # ---- one validation vocabulary (issue 18): bool/float ints, unknown choices, non-finite inputs at the public entries ----
@@ -477,10 +477,10 @@ BAD_PATCHINV = [
     (lambda: _pi.uapi_term(_X, _X, _X + 1, _X + 1, (_ONE, _Z)), ValueError, "phi: expected the crop (scale, top, left)"),
     (lambda: _pi.perturb(_X, "GN5", value_range=(0, float("nan"))), ValueError, "value_range[1]: expected a finite number"),
     (lambda: _pi.perturb(_X * float("nan"), "GN5"), ValueError, "x: expected finite values"),
-    (lambda: _pi.subject_slices(1.5), TypeError, "seed: expected an int, got 1.5 (float)"),
-    (lambda: _pi.subject_slices(0, size=True), TypeError, "size: expected an int, got True (bool)"),
-    (lambda: _pi.subject_slices(0, n_slices=0), ValueError, "n_slices: expected an int >= 1, got 0"),
-    (lambda: _pi.subject_slices(0, snr=-1), ValueError, "snr: expected a number > 0, got -1"),
+    (lambda: _pi.contrast_slices(1.5), TypeError, "seed: expected an int, got 1.5 (float)"),
+    (lambda: _pi.contrast_slices(0, size=True), TypeError, "size: expected an int, got True (bool)"),
+    (lambda: _pi.contrast_slices(0, n_slices=0), ValueError, "n_slices: expected an int >= 1, got 0"),
+    (lambda: _pi.contrast_slices(0, snr=-1), ValueError, "snr: expected a number > 0, got -1"),
     (lambda: _pi.simulate_zero_filled(_X, seed=0.5), TypeError, "seed: expected an int, got 0.5 (float)"),
     (lambda: _pi.simulate_zero_filled(_X * float("nan")), ValueError, "x: expected finite values"),
     (lambda: _pi.simulate_zero_filled(_X, acceleration=True), TypeError, "accelerations: expected a real number, got True (bool)"),
@@ -518,3 +518,21 @@ def test_translate_in_chunks_keeps_item_order():
     y, s = translate(G, x, batch_size=2)
     with torch.no_grad(): ref = [G(x[i:i + 1]) for i in range(5)]
     torch.testing.assert_close(y, torch.cat([r[0] for r in ref])); torch.testing.assert_close(s, torch.cat([r[1] for r in ref]))
+
+
+def test_contrast_slices_equal_the_old_subject_slices():
+    "contrast_slices (cached volumes + phantom.axial_slices) is bit-identical to the old patchinv.subject_slices."
+    from medsynth_nb.data import array_sha256
+    from medsynth_nb.patchinv import contrast_slices
+    old = {
+        "patchinv_5_16_3_labels": "fd7f7c966eb642ae219a9c259ce419ed84ff82ac8989d7abb4eb9c229e718191",
+        "patchinv_5_16_3_t1w": "eadad0c16d30147b84df0e5968b0394e93e6b79e4ec138f404c0e0f9018ee380",
+        "patchinv_5_16_3_t2w": "c62bd77620281177edb7c972251c6eb26dcaf5fffd3aecc47c502bb612aedda0",
+        "patchinv_2000_20_2_nodef_colin_labels": "ed213bc856ff2f43f6ff2b9facc864a9d137c200c5fcfa044c177ab8a73fb239",
+        "patchinv_2000_20_2_nodef_colin_t1w": "32b17b86eb4d34ad81c491af8c67d9802645a73c40f4367b1d27c830829f2986",
+        "patchinv_2000_20_2_nodef_colin_t2w": "16b51c3be5faf4cf6c29f2a022fbd3efae2f6c083c837407db3917877e6b31ea",
+    }
+    got = {f"patchinv_5_16_3_{k}": v for k, v in contrast_slices(5, 16, 3).items()}
+    got |= {f"patchinv_2000_20_2_nodef_colin_{k}": v
+            for k, v in contrast_slices(2000, 20, 2, deform=False, anatomy="colin27").items()}
+    assert {k: array_sha256(v.numpy()) for k, v in got.items()} == old

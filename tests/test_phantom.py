@@ -251,3 +251,90 @@ def test_anatomy_maps_is_a_read_only_cache_of_load_anatomy():
         assert np.array_equal(a[k], fresh[k]) and not a[k].flags.writeable
     with pytest.raises(ValueError, match="read-only"): a["gm"][0, 0, 0] = 1.0
     with pytest.raises(ValueError, match="name: expected one of"): P.anatomy_maps("mni305")
+
+
+# ---- one subject pipeline (issue 18): one orientation, one bounded cache, build_samples split into its writers ----
+def test_axial_slices_orientation_anterior_up_left_on_the_left():
+    "A marker at the anterior end of y lands in the top row; one at the smallest x (patient's left) in the first column."
+    vol = np.zeros((6, 10, 4), np.float32)
+    vol[:, -1, :] = 1.0          # anterior end (largest y: the MNI grid is RAS)
+    vol[0, :, :] += 2.0          # patient's left (smallest x)
+    s = P.axial_slices(vol)
+    assert s.shape == (4, 10, 10)
+    rows = s[0].sum(1)
+    assert int(rows.argmax()) == 0 and float(rows[0]) > float(rows[1:].max())   # anterior row on top
+    assert int(s[0].sum(0).argmax()) == 2                                        # first unpadded column: left
+    assert float(s[:, :, :2].abs().sum()) == 0 and float(s[:, :, 8:].abs().sum()) == 0   # centred zero padding
+    torch.testing.assert_close(P.axial_slices(vol, z=[3, 1]), s[[3, 1]])
+    # integer label maps are padded, never resized; float volumes resize with antialiasing and stay >= 0
+    assert P.axial_slices(vol.astype(np.int64), side=12).dtype == torch.int64
+    assert P.axial_slices(vol, size=(5, 3)).shape == (4, 5, 3) and float(P.axial_slices(vol, size=5).min()) >= 0
+
+def test_axial_slices_on_the_anatomy_cerebellum_at_the_bottom():
+    "On the real template: the inferior slices' tissue (cerebellum, at the back of the head) sits in the lower rows."
+    m = P.anatomy_maps()["mask"]
+    assert (np.sign(np.diag(P.anatomy_maps()["affine"])[:3]) == 1).all()   # RAS grid
+    s = P.axial_slices(m, z=[8, 10, 12]).numpy()
+    rows = s.sum((0, 2))
+    centre = (rows * np.arange(len(rows))).sum() / rows.sum()
+    assert centre > 0.6 * len(rows), centre   # posterior = bottom, so anterior = top
+
+def test_axial_slices_refusals():
+    vol = np.zeros((6, 10, 4), np.float32)
+    for call, err, msg in [
+        (lambda: P.axial_slices(vol[..., 0]), ValueError, "vol: expected an (X, Y, Z) array or tensor"),
+        (lambda: P.axial_slices(vol, z=[4]), ValueError, "z: expected a non-empty sequence of slice indices in [0, 4)"),
+        (lambda: P.axial_slices(vol, z=[]), ValueError, "z: expected a non-empty sequence"),
+        (lambda: P.axial_slices(vol, z=[True]), ValueError, "z: expected"),
+        (lambda: P.axial_slices(vol, side=9), ValueError, "side: expected an int >= 10, got 9"),
+        (lambda: P.axial_slices(vol, side=12.0), TypeError, "side: expected an int, got 12.0 (float)"),
+        (lambda: P.axial_slices(vol, size=(4, 0)), ValueError, "size: expected an int >= 1, got 0"),
+        (lambda: P.axial_slices(vol, size=(4, 4, 4)), ValueError, "size: expected an int or (H, W)"),
+        (lambda: P.axial_slices(vol.astype(np.int32), size=4), ValueError, "vol: expected a floating-point volume"),
+    ]:
+        with pytest.raises(err, match=None) as e: call()
+        assert msg in str(e.value), (msg, str(e.value))
+
+def test_subject_volumes_is_random_subject_cached_and_copied():
+    "Equal to random_subject; one simulation per subject; a caller mutating its result cannot corrupt the cache."
+    kw = dict(doses=(0.0, 0.5), deform_voxels=0.0, n_lesions=(1, 1), bias_strength=0.0)
+    ref = P.random_subject(11, **kw)
+    a = P.subject_volumes(11, **kw)
+    for k in ("images", "labels", "doses"): torch.testing.assert_close(a[k], ref[k], rtol=0, atol=0)
+    assert (a["field"], a["sigma"], a["t1_scale"]) == (ref["field"], ref["sigma"], ref["t1_scale"])
+    info = P._cached_subject.cache_info()
+    a["images"].mul_(0); a["labels"].fill_(-1); a["t1_scale"]["gm"] = -1.0   # scribble on every part of the result
+    b = P.subject_volumes(11, doses=[0.0, 0.5], field=1.5, deform_voxels=0.0, n_lesions=[1, 1], bias_strength=0.0)
+    assert P._cached_subject.cache_info().hits == info.hits + 1 and P._cached_subject.cache_info().misses == info.misses
+    torch.testing.assert_close(b["images"], ref["images"], rtol=0, atol=0)
+    torch.testing.assert_close(b["labels"], ref["labels"], rtol=0, atol=0)
+    assert b["t1_scale"] == ref["t1_scale"]
+    assert P._cached_subject.cache_info().maxsize == P.SUBJECT_CACHE_SIZE   # bounded
+
+def test_subject_cache_is_bounded_lru_and_checks_before_caching():
+    calls = []
+    @P.subject_cache
+    def sim(seed: int) -> dict:
+        calls.append(seed)
+        return {"x": np.full(2, float(seed))}
+    for s in range(P.SUBJECT_CACHE_SIZE + 1): sim(s)
+    sim(P.SUBJECT_CACHE_SIZE); sim(0)                       # the newest is kept, the oldest was dropped
+    assert calls == list(range(P.SUBJECT_CACHE_SIZE + 1)) + [0]
+    r = sim(5); r["x"][:] = -1
+    assert (sim(5)["x"] == 5).all()
+    # subject_volumes validates before the cache: bool seed and unknown arguments refused, also after a cached call
+    P.subject_volumes(1, doses=(0.0,), deform_voxels=0.0)
+    with pytest.raises(TypeError, match=r"seed: expected an int, got True \(bool\)"): P.subject_volumes(True, doses=(0.0,), deform_voxels=0.0)
+    with pytest.raises(TypeError, match="kw: expected arguments of random_subject"): P.subject_volumes(1, dose=(0.0,))
+    with pytest.raises(ValueError, match="anatomy: expected one of"): P.subject_volumes(1, anatomy="mni305")
+
+def test_sample_writers_each_reproduce_their_files(tmp_path):
+    "build_samples is its writers in order; each writer alone rebuilds its family of the shipped manifest."
+    shipped = {e["path"]: e for e in load_manifest(SAMPLES)["files"]}
+    anat = P.load_anatomy(SAMPLES)
+    seen = []
+    for write in P.SAMPLE_WRITERS:
+        entries = write(tmp_path, anat, 0)
+        assert entries and entries == [shipped[e["path"]] for e in entries], write.__name__
+        seen += [e["path"] for e in entries]
+    assert set(seen) == {p for p, e in shipped.items() if e["kind"] != "anatomy"}

@@ -97,7 +97,7 @@ def test_haar_matches_pywt():
 def test_cs_beats_zero_filling_and_agrees_with_sigpy():
     pytest.importorskip("sigpy")
     mask, maps = recon.recon_setup((64, 64), 5.0, coils=4)
-    x = recon.subject_slices(2000, (64, 64), 1, deform=False)
+    x = recon.complex_slices(2000, (64, 64), 1, deform=False)
     y = recon.measure(x, mask, maps)
     zf = recon.recon_scores(zero_filled(y, mask, maps), x)["snr"]
     f = recon.recon_scores(recon.cs_wavelet_recon(y, mask, maps, recon.CS_LAM, 30, "fista"), x)["snr"]
@@ -344,7 +344,7 @@ def test_test_subjects_are_colin27():
     from medsynth_nb.phantom import anatomy_dice, random_subject
     from medsynth_nb.train import get_experiment
     assert recon.TEST_ANATOMY == "colin27"
-    lab = lambda s, a, d=2.0: random_subject(s, doses=(0.0,), anatomy=a, deform_voxels=d)["labels"]   # as subject_slices
+    lab = lambda s, a, d=2.0: random_subject(s, doses=(0.0,), anatomy=a, deform_voxels=d)["labels"]   # as complex_slices
     cfg = get_experiment("recon-unpaired").config("demo")
     train = [lab(s, "icbm152") for s in recon.input_subjects(cfg)]
     tpl = lab(0, "icbm152", 0.0)
@@ -354,9 +354,9 @@ def test_test_subjects_are_colin27():
         assert worst < 0.75, (s, worst)
     # the contrast that makes the bound mean something: warped ICBM152 subjects lie above it (to their template)
     assert min(min(anatomy_dice(t, tpl).values()) for t in train[:2]) > 0.75
-    # subject_slices passes the anatomy through (and caches per anatomy)
-    c = recon.subject_slices(recon.TEST_SUBJECTS[0], (32, 32), 2, deform=False, anatomy="colin27")
-    i = recon.subject_slices(recon.TEST_SUBJECTS[0], (32, 32), 2, deform=False)
+    # complex_slices passes the anatomy through (and caches per anatomy)
+    c = recon.complex_slices(recon.TEST_SUBJECTS[0], (32, 32), 2, deform=False, anatomy="colin27")
+    i = recon.complex_slices(recon.TEST_SUBJECTS[0], (32, 32), 2, deform=False)
     assert (c.abs() - i.abs()).abs().mean() > 0.02
     torch.testing.assert_close(recon.simulate_set([recon.TEST_SUBJECTS[0]], (32, 32), 2, False, anatomy="colin27"), c)
 
@@ -406,8 +406,8 @@ BAD_RECON = [
     (lambda a: recon.hybrid_l1_weight(0, final=1.5), ValueError, "final: expected a number in [0, 1], got 1.5"),
     (lambda a: recon.lei_crop((320,)), ValueError, "shape: expected a pair of ints (H, W)"),
     (lambda a: recon.lei_calib((64.0, 64)), TypeError, "shape[0]: expected an int, got 64.0 (float)"),
-    (lambda a: recon.subject_slices(1.5), TypeError, "seed: expected an int, got 1.5 (float)"),
-    (lambda a: recon.subject_slices(0, n_slices=0), ValueError, "n_slices: expected an int >= 1, got 0"),
+    (lambda a: recon.complex_slices(1.5), TypeError, "seed: expected an int, got 1.5 (float)"),
+    (lambda a: recon.complex_slices(0, n_slices=0), ValueError, "n_slices: expected an int >= 1, got 0"),
     (lambda a: recon.simulate_set([]), ValueError, "subjects: expected at least one subject id"),
     (lambda a: recon.recon_setup((32, 32), 5.0, coils=True), TypeError, "coils: expected an int, got True (bool)"),
     (lambda a: recon.measure(a[0] * float("nan"), a[2], a[3]), ValueError, "x: expected finite values"),
@@ -474,3 +474,15 @@ def test_reconstruct_in_chunks_keeps_item_order(acq):
     out, pre = recon.reconstruct(G, y3, mask, maps, batch_size=2, pre_dc=True)
     torch.testing.assert_close(out, alone)
     torch.testing.assert_close(pre, torch.cat([recon.final_dc_input(G, y3[i:i + 1], mask, maps)[1] for i in range(3)]))
+
+
+def test_complex_slices_equal_the_old_subject_slices():
+    "complex_slices (phantom.subject_volumes + axial_slices) is bit-identical to the old recon.subject_slices (frozen hashes)."
+    from medsynth_nb.data import array_sha256
+    old = {
+        "recon_3_32_2_def": "33a03859a216c12de983b9de88d02ac0dbfd9a128fca46bbd35a2f9fc64dea4b",
+        "recon_2000_24x40_3_nodef_colin": "cf9dfe83c7cd01e006a32a84962173bbe3521fa4698f12ecf43a75ea39c89b8b",
+    }
+    got = {"recon_3_32_2_def": recon.complex_slices(3, (32, 32), 2, deform=True),
+           "recon_2000_24x40_3_nodef_colin": recon.complex_slices(2000, (24, 40), 3, deform=False, anatomy="colin27")}
+    assert {k: array_sha256(v.numpy()) for k, v in got.items()} == old

@@ -11,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 from torch import Tensor
 
 from .utils import (check_choice, check_int, check_number, check_positive, check_same_batch,
@@ -68,6 +69,7 @@ def _randn(shape, generator: torch.Generator | None, dtype, device) -> Tensor:
     gdev = generator.device if generator is not None else device
     return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=gdev).to(device)
 
+# %% ../nbs/20_ddpm.ipynb #4b260500
 class _Scheduler:
     "Shared tables, validation, `add_noise`, respacing and x0 prediction of the DDPM and DDIM schedulers."
     def __init__(self, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
@@ -93,106 +95,113 @@ class _Scheduler:
 
     _config_keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "clip_sample",
                     "clip_sample_range", "prediction_type", "timestep_spacing", "steps_offset", "dtype")
-    @property
-    def config(self) -> dict:
-        "The constructor arguments, as a dict (diffusers' `scheduler.config`)."
-        return {k: getattr(self, k) for k in self._config_keys}
 
-    @classmethod
-    def from_config(cls, config: dict, **overrides):
-        "A scheduler from another's `config` (keys this class does not take are ignored, as in diffusers)."
-        import inspect
-        keys = inspect.signature(cls.__init__).parameters
-        return cls(**{k: v for k, v in {**dict(config), **overrides}.items() if k in keys})
+# %% ../nbs/20_ddpm.ipynb #70c232eb
+@patch(as_prop=True)
+def config(self: _Scheduler) -> dict:
+    "The constructor arguments, as a dict (diffusers' `scheduler.config`)."
+    return {k: getattr(self, k) for k in self._config_keys}
 
-    def __len__(self) -> int: return self.num_train_timesteps
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"
+@patch
+def __len__(self: _Scheduler) -> int: return self.num_train_timesteps
 
-    def _check_timestep(self, timestep) -> int:
-        "The step's timestep as an int in [0, T-1]: an int, or a one-element integer tensor (a float is refused)."
-        if isinstance(timestep, Tensor):
-            if timestep.numel() != 1:
-                raise ValueError(f"timestep: expected a single timestep, got a tensor of shape {tuple(timestep.shape)}")
-            timestep = timestep.item()
-        return check_int(timestep, "timestep", min=0, max=self.num_train_timesteps - 1)
+@patch
+def __repr__(self: _Scheduler) -> str:
+    return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"
 
-    def set_timesteps(self, num_inference_steps: int, # number of sampling steps
-                      device: str | torch.device | None = None):
-        "Choose the `num_inference_steps` timesteps used for sampling (respacing), as diffusers."
-        T = self.num_train_timesteps
-        n = check_int(num_inference_steps, "num_inference_steps", min=1, max=T)   # at most num_train_timesteps
-        if self.timestep_spacing == "linspace":
-            ts = np.linspace(0, T - 1, n).round()[::-1].copy().astype(np.int64)
-        elif self.timestep_spacing == "leading":
-            ts = (np.arange(0, n) * (T // n)).round()[::-1].copy().astype(np.int64) + self.steps_offset
-        else:  # trailing
-            ts = np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
-        require(int(ts.max()) < T, "steps_offset", f"an offset keeping the timesteps below num_train_timesteps = {T}",
-                self.steps_offset)
-        self.num_inference_steps = n
-        self.timesteps = torch.from_numpy(ts).to(device)
+# %% ../nbs/20_ddpm.ipynb #0a3561c0
+@patch(cls_method=True)
+def from_config(cls: _Scheduler, config: dict, **overrides):
+    "A scheduler from another's `config` (keys this class does not take are ignored, as in diffusers)."
+    import inspect
+    keys = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in {**dict(config), **overrides}.items() if k in keys})
 
-    def _bcast(self, values: Tensor, timesteps: Tensor, like: Tensor) -> Tensor:
-        "Table values at `timesteps`, shaped (B, 1, …, 1) in `like`'s dtype and device."
-        v = values.to(like.device)[timesteps.to(like.device)].to(like.dtype)
-        return v.reshape(-1, *([1] * (like.ndim - 1)))
+# %% ../nbs/20_ddpm.ipynb #66716539
+@patch
+def _check_timestep(self: _Scheduler, timestep) -> int:
+    "The step's timestep as an int in [0, T-1]: an int, or a one-element integer tensor (a float is refused)."
+    if isinstance(timestep, Tensor):
+        if timestep.numel() != 1:
+            raise ValueError(f"timestep: expected a single timestep, got a tensor of shape {tuple(timestep.shape)}")
+        timestep = timestep.item()
+    return check_int(timestep, "timestep", min=0, max=self.num_train_timesteps - 1)
 
-    def _check_batch_timesteps(self, timesteps, x: Tensor) -> Tensor:
-        if not isinstance(timesteps, Tensor): timesteps = torch.as_tensor(timesteps)
-        if timesteps.is_floating_point() or timesteps.is_complex() or timesteps.dtype == torch.bool:
-            raise TypeError(f"timesteps: expected an integer tensor, got dtype {timesteps.dtype}")
-        timesteps = timesteps.reshape(-1)
-        if timesteps.numel() not in (1, x.shape[0]):
-            raise ValueError(f"timesteps: expected 1 or {x.shape[0]} (batch) values, got {timesteps.numel()}")
-        if timesteps.numel() and (timesteps.min() < 0 or timesteps.max() >= self.num_train_timesteps):
-            raise ValueError(f"timesteps: expected values in [0, {self.num_train_timesteps - 1}], "
-                             f"got min {int(timesteps.min())}, max {int(timesteps.max())}")
-        return timesteps.expand(x.shape[0]) if timesteps.numel() == 1 else timesteps
+@patch
+def set_timesteps(self: _Scheduler, num_inference_steps: int, # number of sampling steps
+                  device: str | torch.device | None = None):
+    "Choose the `num_inference_steps` timesteps used for sampling (respacing), as diffusers."
+    T = self.num_train_timesteps
+    n = check_int(num_inference_steps, "num_inference_steps", min=1, max=T)   # at most num_train_timesteps
+    if self.timestep_spacing == "linspace":
+        ts = np.linspace(0, T - 1, n).round()[::-1].copy().astype(np.int64)
+    elif self.timestep_spacing == "leading":
+        ts = (np.arange(0, n) * (T // n)).round()[::-1].copy().astype(np.int64) + self.steps_offset
+    else:  # trailing
+        ts = np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
+    require(int(ts.max()) < T, "steps_offset", f"an offset keeping the timesteps below num_train_timesteps = {T}",
+            self.steps_offset)
+    self.num_inference_steps = n
+    self.timesteps = torch.from_numpy(ts).to(device)
 
-    def add_noise(self, original_samples: Tensor, # x_0 (B, …)
-                  noise: Tensor, # ε, same shape
-                  timesteps: Tensor, # (B,) integer timesteps t
-                 ) -> Tensor:
-        "Forward process x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε (Durrer Eq. 2)."
-        check_tensor(original_samples, "original_samples"); check_tensor(noise, "noise")
-        check_same_shape(original_samples, noise, ("original_samples", "noise"))
-        t = self._check_batch_timesteps(timesteps, original_samples)
-        ab = self._bcast(self.alphas_cumprod, t, original_samples)
-        return ab ** 0.5 * original_samples + (1 - ab) ** 0.5 * noise
+# %% ../nbs/20_ddpm.ipynb #5a019c1c
+@patch
+def _bcast(self: _Scheduler, values: Tensor, timesteps: Tensor, like: Tensor) -> Tensor:
+    "Table values at `timesteps`, shaped (B, 1, …, 1) in `like`'s dtype and device."
+    v = values.to(like.device)[timesteps.to(like.device)].to(like.dtype)
+    return v.reshape(-1, *([1] * (like.ndim - 1)))
 
-    def get_velocity(self, sample: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        "The v-prediction target v = √ᾱ_t ε − √(1-ᾱ_t) x_0 (Salimans & Ho 2022)."
-        check_tensor(sample, "sample"); check_tensor(noise, "noise")
-        check_same_shape(sample, noise, ("sample", "noise"))
-        t = self._check_batch_timesteps(timesteps, sample)
-        ab = self._bcast(self.alphas_cumprod, t, sample)
-        return ab ** 0.5 * noise - (1 - ab) ** 0.5 * sample
+@patch
+def _check_batch_timesteps(self: _Scheduler, timesteps, x: Tensor) -> Tensor:
+    if not isinstance(timesteps, Tensor): timesteps = torch.as_tensor(timesteps)
+    if timesteps.is_floating_point() or timesteps.is_complex() or timesteps.dtype == torch.bool:
+        raise TypeError(f"timesteps: expected an integer tensor, got dtype {timesteps.dtype}")
+    timesteps = timesteps.reshape(-1)
+    if timesteps.numel() not in (1, x.shape[0]):
+        raise ValueError(f"timesteps: expected 1 or {x.shape[0]} (batch) values, got {timesteps.numel()}")
+    if timesteps.numel() and (timesteps.min() < 0 or timesteps.max() >= self.num_train_timesteps):
+        raise ValueError(f"timesteps: expected values in [0, {self.num_train_timesteps - 1}], "
+                         f"got min {int(timesteps.min())}, max {int(timesteps.max())}")
+    return timesteps.expand(x.shape[0]) if timesteps.numel() == 1 else timesteps
 
-    def _pred_x0_eps(self, model_output: Tensor, sample: Tensor, alpha_prod_t: Tensor) -> tuple[Tensor, Tensor]:
-        "x̂_0 and ε̂ from the model output, for the configured prediction type (diffusers' formulas and order)."
-        beta_prod_t = 1 - alpha_prod_t
-        if self.prediction_type == "epsilon":
-            x0 = (sample - beta_prod_t ** 0.5 * model_output) / alpha_prod_t ** 0.5
-            eps = model_output
-        elif self.prediction_type == "sample":
-            x0 = model_output
-            eps = (sample - alpha_prod_t ** 0.5 * x0) / beta_prod_t ** 0.5
-        else:
-            x0 = alpha_prod_t ** 0.5 * sample - beta_prod_t ** 0.5 * model_output
-            eps = alpha_prod_t ** 0.5 * model_output + beta_prod_t ** 0.5 * sample
-        return x0, eps
+# %% ../nbs/20_ddpm.ipynb #a3ea6081
+@patch
+def add_noise(self: _Scheduler, original_samples: Tensor, # x_0 (B, …)
+              noise: Tensor, # ε, same shape
+              timesteps: Tensor, # (B,) integer timesteps t
+             ) -> Tensor:
+    "Forward process x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε (Durrer Eq. 2)."
+    check_tensor(original_samples, "original_samples"); check_tensor(noise, "noise")
+    check_same_shape(original_samples, noise, ("original_samples", "noise"))
+    t = self._check_batch_timesteps(timesteps, original_samples)
+    ab = self._bcast(self.alphas_cumprod, t, original_samples)
+    return ab ** 0.5 * original_samples + (1 - ab) ** 0.5 * noise
 
-    def _check_step_inputs(self, model_output: Tensor, sample: Tensor, n_out: int):
-        "Types and shapes only: `step` runs at every timestep, so no tensor is scanned for NaN here (as diffusers)."
-        check_tensor(sample, "sample", ndim=(2, 3, 4, 5), finite=False)
-        check_tensor(model_output, "model_output", ndim=sample.ndim, finite=False)
-        want = (sample.shape[0], n_out, *sample.shape[2:])
-        if tuple(model_output.shape) != want:
-            raise ValueError(f"model_output: expected shape {want} for sample of shape {tuple(sample.shape)}"
-                             + (" (learned_range needs 2× the sample channels: ε and v)"
-                                if n_out == 2 * sample.shape[1] else "")
-                             + f", got {tuple(model_output.shape)}")
+# %% ../nbs/20_ddpm.ipynb #53a49255
+@patch
+def get_velocity(self: _Scheduler, sample: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+    "The v-prediction target v = √ᾱ_t ε − √(1-ᾱ_t) x_0 (Salimans & Ho 2022)."
+    check_tensor(sample, "sample"); check_tensor(noise, "noise")
+    check_same_shape(sample, noise, ("sample", "noise"))
+    t = self._check_batch_timesteps(timesteps, sample)
+    ab = self._bcast(self.alphas_cumprod, t, sample)
+    return ab ** 0.5 * noise - (1 - ab) ** 0.5 * sample
+
+# %% ../nbs/20_ddpm.ipynb #71e09b32
+@patch
+def _pred_x0_eps(self: _Scheduler, model_output: Tensor, sample: Tensor, alpha_prod_t: Tensor) -> tuple[Tensor, Tensor]:
+    "x̂_0 and ε̂ from the model output, for the configured prediction type (diffusers' formulas and order)."
+    beta_prod_t = 1 - alpha_prod_t
+    if self.prediction_type == "epsilon":
+        x0 = (sample - beta_prod_t ** 0.5 * model_output) / alpha_prod_t ** 0.5
+        eps = model_output
+    elif self.prediction_type == "sample":
+        x0 = model_output
+        eps = (sample - alpha_prod_t ** 0.5 * x0) / beta_prod_t ** 0.5
+    else:
+        x0 = alpha_prod_t ** 0.5 * sample - beta_prod_t ** 0.5 * model_output
+        eps = alpha_prod_t ** 0.5 * model_output + beta_prod_t ** 0.5 * sample
+    return x0, eps
 
 # %% ../nbs/20_ddpm.ipynb #07643b61
 class DDPMScheduler(_Scheduler):
@@ -222,54 +231,71 @@ class DDPMScheduler(_Scheduler):
         self.posterior_mean_coef1 = self.betas * ab_prev ** 0.5 / (1 - ab)
         self.posterior_mean_coef2 = (1 - ab_prev) * self.alphas ** 0.5 / (1 - ab)
 
-    def previous_timestep(self, timestep: int) -> int:
-        ("The timestep after `timestep` in the sampling chain (t-1, or the next kept one after `set_timesteps`); "
-         "-1 at the end.")
-        timestep = self._check_timestep(timestep)
-        if self.num_inference_steps is None: return timestep - 1
-        idx = (self.timesteps == timestep).nonzero()
-        if len(idx) == 0:
-            raise ValueError(f"timestep: {timestep} is not one of the {self.num_inference_steps} timesteps chosen by "
-                             f"set_timesteps ({self.timesteps[:3].tolist()} … {self.timesteps[-2:].tolist()})")
-        i = int(idx[0, 0])
-        return int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else -1
+# %% ../nbs/20_ddpm.ipynb #1aa70f8f
+@patch
+def _check_step_inputs(self: _Scheduler, model_output: Tensor, sample: Tensor, n_out: int):
+    "Types and shapes only: `step` runs at every timestep, so no tensor is scanned for NaN here (as diffusers)."
+    check_tensor(sample, "sample", ndim=(2, 3, 4, 5), finite=False)
+    check_tensor(model_output, "model_output", ndim=sample.ndim, finite=False)
+    want = (sample.shape[0], n_out, *sample.shape[2:])
+    if tuple(model_output.shape) != want:
+        raise ValueError(f"model_output: expected shape {want} for sample of shape {tuple(sample.shape)}"
+                         + (" (learned_range needs 2× the sample channels: ε and v)"
+                            if n_out == 2 * sample.shape[1] else "")
+                         + f", got {tuple(model_output.shape)}")
 
-    def step(self, model_output: Tensor, # network output (B, C, …), or (B, 2C, …) [ε, v] for learned_range
-             timestep: int, # current t
-             sample: Tensor, # x_t (B, C, …)
-             generator: torch.Generator | None = None, # for the step's noise z
-            ) -> SchedulerOutput:
-        """One ancestral step x_t → x_{t'} ~ N(μ̃(x̂_0, x_t), σ_t²) (Durrer Eq. 4 for ε-prediction).
-        Shapes and the timestep are checked, no tensor is scanned for NaN (the hot path; `ddpm_sample` checks once)."""
-        t = self._check_timestep(timestep)
-        c = sample.shape[1] if isinstance(sample, Tensor) and sample.ndim > 1 else 0
-        learned = self.variance_type == "learned_range"
-        self._check_step_inputs(model_output, sample, 2 * c if learned else c)
-        predicted_variance = None
-        if learned: model_output, predicted_variance = torch.split(model_output, c, dim=1)
-        prev_t = self.previous_timestep(t)
-        alpha_prod_t = self.alphas_cumprod[t]
-        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
-        beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
-        current_alpha_t = alpha_prod_t / alpha_prod_t_prev
-        current_beta_t = 1 - current_alpha_t
-        dt = sample.dtype
-        x0, _ = self._pred_x0_eps(model_output, sample, alpha_prod_t.to(dt))
-        if self.clip_sample: x0 = x0.clamp(-self.clip_sample_range, self.clip_sample_range)
-        coef_x0 = (alpha_prod_t_prev ** 0.5 * current_beta_t / beta_prod_t).to(dt)
-        coef_xt = (current_alpha_t ** 0.5 * beta_prod_t_prev / beta_prod_t).to(dt)
-        prev_sample = coef_x0 * x0 + coef_xt * sample
-        if t > 0:   # no noise only when the chain ends at t = 0 (not so with 'trailing' spacing: see below)
-            noise = _randn(sample.shape, generator, dt, sample.device)
-            variance = torch.clamp(beta_prod_t_prev / beta_prod_t * current_beta_t, min=1e-20)  # β̃
-            if self.variance_type == "fixed_small": std = variance.to(dt) ** 0.5
-            elif self.variance_type == "fixed_large": std = current_beta_t.to(dt) ** 0.5
-            else:
-                frac = (predicted_variance + 1) / 2
-                log_var = frac * torch.log(current_beta_t).to(dt) + (1 - frac) * torch.log(variance).to(dt)
-                std = torch.exp(0.5 * log_var)
-            prev_sample = prev_sample + std * noise
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+# %% ../nbs/20_ddpm.ipynb #c72132e0
+@patch
+def previous_timestep(self: DDPMScheduler, timestep: int) -> int:
+    ("The timestep after `timestep` in the sampling chain (t-1, or the next kept one after `set_timesteps`); "
+     "-1 at the end.")
+    timestep = self._check_timestep(timestep)
+    if self.num_inference_steps is None: return timestep - 1
+    idx = (self.timesteps == timestep).nonzero()
+    if len(idx) == 0:
+        raise ValueError(f"timestep: {timestep} is not one of the {self.num_inference_steps} timesteps chosen by "
+                         f"set_timesteps ({self.timesteps[:3].tolist()} … {self.timesteps[-2:].tolist()})")
+    i = int(idx[0, 0])
+    return int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else -1
+
+# %% ../nbs/20_ddpm.ipynb #793b07d0
+@patch
+def step(self: DDPMScheduler, model_output: Tensor, # network output (B, C, …), or (B, 2C, …) [ε, v] for learned_range
+         timestep: int, # current t
+         sample: Tensor, # x_t (B, C, …)
+         generator: torch.Generator | None = None, # for the step's noise z
+        ) -> SchedulerOutput:
+    """One ancestral step x_t → x_{t'} ~ N(μ̃(x̂_0, x_t), σ_t²) (Durrer Eq. 4 for ε-prediction).
+    Shapes and the timestep are checked, no tensor is scanned for NaN (the hot path; `ddpm_sample` checks once)."""
+    t = self._check_timestep(timestep)
+    c = sample.shape[1] if isinstance(sample, Tensor) and sample.ndim > 1 else 0
+    learned = self.variance_type == "learned_range"
+    self._check_step_inputs(model_output, sample, 2 * c if learned else c)
+    predicted_variance = None
+    if learned: model_output, predicted_variance = torch.split(model_output, c, dim=1)
+    prev_t = self.previous_timestep(t)
+    alpha_prod_t = self.alphas_cumprod[t]
+    alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
+    beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
+    current_alpha_t = alpha_prod_t / alpha_prod_t_prev
+    current_beta_t = 1 - current_alpha_t
+    dt = sample.dtype
+    x0, _ = self._pred_x0_eps(model_output, sample, alpha_prod_t.to(dt))
+    if self.clip_sample: x0 = x0.clamp(-self.clip_sample_range, self.clip_sample_range)
+    coef_x0 = (alpha_prod_t_prev ** 0.5 * current_beta_t / beta_prod_t).to(dt)
+    coef_xt = (current_alpha_t ** 0.5 * beta_prod_t_prev / beta_prod_t).to(dt)
+    prev_sample = coef_x0 * x0 + coef_xt * sample
+    if t > 0:   # no noise only when the chain ends at t = 0 (not so with 'trailing' spacing: see below)
+        noise = _randn(sample.shape, generator, dt, sample.device)
+        variance = torch.clamp(beta_prod_t_prev / beta_prod_t * current_beta_t, min=1e-20)  # β̃
+        if self.variance_type == "fixed_small": std = variance.to(dt) ** 0.5
+        elif self.variance_type == "fixed_large": std = current_beta_t.to(dt) ** 0.5
+        else:
+            frac = (predicted_variance + 1) / 2
+            log_var = frac * torch.log(current_beta_t).to(dt) + (1 - frac) * torch.log(variance).to(dt)
+            std = torch.exp(0.5 * log_var)
+        prev_sample = prev_sample + std * noise
+    return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
 
 # %% ../nbs/20_ddpm.ipynb #20fc98e4
 def dummy_model(sample: Tensor, t) -> Tensor:
@@ -303,37 +329,39 @@ class DDIMScheduler(_Scheduler):
         self.set_alpha_to_one = check_choice(set_alpha_to_one, "set_alpha_to_one", (True, False))
         self.final_alpha_cumprod = self.one if set_alpha_to_one else self.alphas_cumprod[0]
 
-    def step(self, model_output: Tensor, # network output (B, C, …) (ε, x_0 or v)
-             timestep: int, # current t (one of `timesteps`)
-             sample: Tensor, # x_t
-             eta: float = 0.0, # 0: deterministic DDIM; 1: DDPM-like noise
-             generator: torch.Generator | None = None,
-             use_clipped_model_output: bool = False, # recompute ε̂ from the clipped x̂_0
-            ) -> SchedulerOutput:
-        """One DDIM step x_t → x_{t'}, t' = t − T/n.
-        Shapes, timestep and eta are checked, no tensor is scanned for NaN (the hot path; `ddim_sample` checks once)."""
-        if self.num_inference_steps is None:
-            raise ValueError("set_timesteps: call scheduler.set_timesteps(num_inference_steps) before step")
-        t = self._check_timestep(timestep)
-        check_number(eta, "eta", min=0)
-        c = sample.shape[1] if isinstance(sample, Tensor) and sample.ndim > 1 else 0
-        self._check_step_inputs(model_output, sample, c)
-        prev_t = t - self.num_train_timesteps // self.num_inference_steps
-        alpha_prod_t = self.alphas_cumprod[t]
-        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
-        beta_prod_t = 1 - alpha_prod_t
-        dt = sample.dtype
-        x0, eps = self._pred_x0_eps(model_output, sample, alpha_prod_t.to(dt))
-        if self.clip_sample: x0 = x0.clamp(-self.clip_sample_range, self.clip_sample_range)
-        variance = (1 - alpha_prod_t_prev) / beta_prod_t * (1 - alpha_prod_t / alpha_prod_t_prev)
-        std_dev_t = eta * variance ** 0.5
-        if use_clipped_model_output: eps = (sample - alpha_prod_t.to(dt) ** 0.5 * x0) / beta_prod_t.to(dt) ** 0.5
-        direction = ((1 - alpha_prod_t_prev - std_dev_t ** 2) ** 0.5).to(dt) * eps
-        prev_sample = (alpha_prod_t_prev ** 0.5).to(dt) * x0 + direction
-        if eta > 0:
-            noise = _randn(sample.shape, generator, dt, sample.device)
-            prev_sample = prev_sample + std_dev_t.to(dt) * noise
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+# %% ../nbs/20_ddpm.ipynb #29f70062
+@patch
+def step(self: DDIMScheduler, model_output: Tensor, # network output (B, C, …) (ε, x_0 or v)
+         timestep: int, # current t (one of `timesteps`)
+         sample: Tensor, # x_t
+         eta: float = 0.0, # 0: deterministic DDIM; 1: DDPM-like noise
+         generator: torch.Generator | None = None,
+         use_clipped_model_output: bool = False, # recompute ε̂ from the clipped x̂_0
+        ) -> SchedulerOutput:
+    """One DDIM step x_t → x_{t'}, t' = t − T/n.
+    Shapes, timestep and eta are checked, no tensor is scanned for NaN (the hot path; `ddim_sample` checks once)."""
+    if self.num_inference_steps is None:
+        raise ValueError("set_timesteps: call scheduler.set_timesteps(num_inference_steps) before step")
+    t = self._check_timestep(timestep)
+    check_number(eta, "eta", min=0)
+    c = sample.shape[1] if isinstance(sample, Tensor) and sample.ndim > 1 else 0
+    self._check_step_inputs(model_output, sample, c)
+    prev_t = t - self.num_train_timesteps // self.num_inference_steps
+    alpha_prod_t = self.alphas_cumprod[t]
+    alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
+    beta_prod_t = 1 - alpha_prod_t
+    dt = sample.dtype
+    x0, eps = self._pred_x0_eps(model_output, sample, alpha_prod_t.to(dt))
+    if self.clip_sample: x0 = x0.clamp(-self.clip_sample_range, self.clip_sample_range)
+    variance = (1 - alpha_prod_t_prev) / beta_prod_t * (1 - alpha_prod_t / alpha_prod_t_prev)
+    std_dev_t = eta * variance ** 0.5
+    if use_clipped_model_output: eps = (sample - alpha_prod_t.to(dt) ** 0.5 * x0) / beta_prod_t.to(dt) ** 0.5
+    direction = ((1 - alpha_prod_t_prev - std_dev_t ** 2) ** 0.5).to(dt) * eps
+    prev_sample = (alpha_prod_t_prev ** 0.5).to(dt) * x0 + direction
+    if eta > 0:
+        noise = _randn(sample.shape, generator, dt, sample.device)
+        prev_sample = prev_sample + std_dev_t.to(dt) * noise
+    return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
 
 # %% ../nbs/20_ddpm.ipynb #bf7d6acb
 def _model_device(model, cond, device):

@@ -17,12 +17,12 @@ from .data import PairedContrastDataset, center_crop_or_pad, durrer_preprocess, 
 from .ddpm import PREDICTION_TYPES, DDIMScheduler, DDPMScheduler, ddim_sample, ddpm_sample, diffusion_loss
 from .layers import unet_from_preset
 from .metrics import ahd, dice, hausdorff
-from .train import TrainConfig, Task, register_experiment, supervised
+from .config import TrainConfig, Task, register_experiment, supervised
 from .utils import (check_choice, check_int, check_mask, check_number, check_positive, check_same_shape,
                                check_tensor, make_generator, markdown_table, require)
 from . import phantom
 from .layers import UNET_PRESETS
-from .train import load_checkpoint
+from .run_state import load_checkpoint
 
 # %% auto #0
 __all__ = ['DIRECTIONS', 'DIRECTION_ALIASES', 'TEST_ANATOMY', 'TEST_SEEDS', 'SAMPLERS', 'TISSUE_CLASSES', 'SEGMENTATION_METHODS',

@@ -395,7 +395,7 @@ def apply_network(net: nn.Module, name: str, batch: dict, chunk: int = 16) -> Te
     with eval_mode(net): return in_chunks(net, inp, chunk=chunk, device=model_device(net))   # back on the batch's device
 
 # %% ../nbs/40_lip_car.ipynb #614972b8
-from .train import Phase, Task, TrainConfig, register_experiment
+from .config import Phase, Task, TrainConfig, register_experiment
 
 @dataclass
 class LipCarConfig(TrainConfig):

@@ -18,7 +18,7 @@ from . import wgan
 from .data import DoseSeriesDataset, center_crop_or_pad, slices_to_volume, volume_to_slices
 from .layers import CondCritic, CondUNet
 from .metrics import ce_mask, mae_ce, mae_sigma, mae_sigma_noise, psnr, ssim
-from .train import TrainConfig, Task, adversarial, register_experiment
+from .config import TrainConfig, Task, adversarial, register_experiment
 from .utils import (IMAGE_CMAP, check_choice, check_int, check_number, check_positive, check_same_batch,
                                check_same_shape, check_tensor, eval_mode, make_generator, model_device, require, seeded)
 from .wasserstein import gaussian_downsample, wasserstein_patch_loss

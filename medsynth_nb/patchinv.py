@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import DCGANCritic, SplitHeadUNet
-from .train import Task, TrainConfig, adversarial, register_experiment
+from .config import Task, TrainConfig, adversarial, register_variants
 from .utils import (check_choice, check_int, check_number, check_positive, check_same_shape, check_tensor,
                                eval_mode, in_chunks, make_generator, markdown_table, model_device, numpy_rng, require)
 from . import phantom as P
@@ -24,17 +24,17 @@ from .kspace import fft2c, ifft2c, random_line_mask
 from . import wgan
 from .metrics import psnr, ssim
 from .metrics import pcc
-from .train import get_experiment, train
+from .config import get_experiment
+from .engine import train
 
 # %% auto #0
 __all__ = ['RESIZE_STYLES', 'TF_TABLE_SIZE', 'UAPI_VARIANTS', 'SIGMA_RESAMPLES', 'SIGMA_MAPS', 'SCENARIOS', 'T1W_PROTOCOL',
            'T2W_PROTOCOL', 'TASKS', 'TEST_SUBJECTS', 'TEST_ANATOMY', 'GENERATOR_LAYOUTS', 'PATCHINV_METHODS',
-           'build_patchinv_wgan', 'build_patchinv_pi', 'build_patchinv_uapi', 'METRIC_RECIPES', 'cubic_kernel',
-           'resize_matrix', 'patch_op', 'sample_patch_params', 'patch_loss', 'robust_rho', 'uapi_loss',
-           'resample_scale', 'uapi_term', 'perturb', 'contrast_slices', 'simulate_zero_filled', 'task_pairs',
-           'TwoHeadGenerator', 'PatchInvConfig', 'domains', 'unpaired_stream', 'build_patchinv', 'translate', 'scores',
-           'evaluate_scenarios', 'uncertainty_scores', 'table1', 'format_table1', 'show_uncertainty',
-           'scatter_uncertainty']
+           'METRIC_RECIPES', 'cubic_kernel', 'resize_matrix', 'patch_op', 'sample_patch_params', 'patch_loss',
+           'robust_rho', 'uapi_loss', 'resample_scale', 'uapi_term', 'perturb', 'contrast_slices',
+           'simulate_zero_filled', 'task_pairs', 'TwoHeadGenerator', 'PatchInvConfig', 'domains', 'unpaired_stream',
+           'build_patchinv', 'translate', 'scores', 'evaluate_scenarios', 'uncertainty_scores', 'table1',
+           'format_table1', 'show_uncertainty', 'scatter_uncertainty']
 
 # %% ../nbs/13_patch_invariance.ipynb #6356709d
 def cubic_kernel(t: Tensor, # distances (any shape)
@@ -444,16 +444,10 @@ _PRESETS = {
                   lam=0.5, lam_warmup=150, log_every=50, ckpt_every=1000),
 }
 
-def _register(method: str, text: str):
-    def build(cfg: PatchInvConfig) -> Task: return build_patchinv(cfg)
-    build.__name__ = build.__qualname__ = f"build_patchinv_{method}"
-    build.__doc__ = f"Build the Task of patchinv-{method} (see `build_patchinv`)."
-    return register_experiment(f"patchinv-{method}", PatchInvConfig, description=f"Angermann et al.: {text}",
-                               presets={k: dict(v, method=method) for k, v in _PRESETS.items()})(build)
-
-build_patchinv_wgan = _register("wgan", "unpaired WGAN-GP translation without structural constraint (baseline)")
-build_patchinv_pi = _register("pi", "patch-invariant WGAN (PI, Eq. 6)")
-build_patchinv_uapi = _register("uapi", "uncertainty-aware patch-invariant WGAN (UAPI, Eq. 9)")
+register_variants("patchinv", PatchInvConfig, "method", {
+    "wgan": "Angermann et al.: unpaired WGAN-GP translation without structural constraint (baseline)",
+    "pi": "Angermann et al.: patch-invariant WGAN (PI, Eq. 6)",
+    "uapi": "Angermann et al.: uncertainty-aware patch-invariant WGAN (UAPI, Eq. 9)"}, _PRESETS)(build_patchinv)
 
 # %% ../nbs/13_patch_invariance.ipynb #6acf5884
 @torch.no_grad()

@@ -18,13 +18,15 @@ from torch import Tensor, nn
 from .kspace import (SenseOperator, birdcage_maps, check_measurement, complex_to_deepinv,
                                 deepinv_to_complex, fft2c, gradient_dc, hard_dc, hard_dc_kspace, ifft2c,
                                 kspace_residual, poisson_disc_mask, soft_dc, zero_filled)
-from .train import Task, TrainConfig, adversarial, register_experiment, supervised
+from .config import Task, TrainConfig, adversarial, register_variants, supervised
 from .utils import (check_choice, check_int, check_number, check_same_shape, check_tensor, eval_mode, in_chunks,
                                make_generator, markdown_table, model_device, numpy_rng, require)
 from .phantom import axial_slices, smooth_phase, subject_volumes
 from .metrics import snr_db, ssim
 from . import wgan
-from .train import get_experiment, load_checkpoint, load_models, train
+from .config import get_experiment
+from .run_state import load_checkpoint
+from .engine import load_models, train
 
 # %% auto #0
 __all__ = ['BLOCKS', 'CS_GRID', 'CS_LAM', 'VAL_SUBJECTS', 'REGIMES', 'RECIPES', 'TEST_SUBJECTS', 'TEST_ANATOMY',
@@ -32,8 +34,7 @@ __all__ = ['BLOCKS', 'CS_GRID', 'CS_LAM', 'VAL_SUBJECTS', 'REGIMES', 'RECIPES', 
            'measure', 'recon_setup', 'reconstruct', 'recon_scores', 'PreActBlock', 'PostActBlock', 'ProxResNet',
            'PlainGenerator', 'UnrolledGenerator', 'final_dc_input', 'LeiCritic', 'critic_view', 'hybrid_l1_weight',
            'haar2', 'ihaar2', 'cs_wavelet_fista', 'cs_wavelet_recon', 'tune_cs_lambda', 'ReconConfig', 'input_subjects',
-           'label_subjects', 'make_generator_net', 'build_recon', 'build_recon_unpaired', 'build_recon_l1',
-           'build_recon_hybrid', 'table2', 'format_table2', 'time_per_slice']
+           'label_subjects', 'make_generator_net', 'build_recon', 'table2', 'format_table2', 'time_per_slice']
 
 # %% ../nbs/31_unrolled_recon.ipynb #e6f14c0e
 def to_channels(x: Tensor, # (B, 1, H, W) complex image
@@ -542,23 +543,11 @@ _PRESETS = {
 PAIRED_SUBJECTS = 6 # Sec. IV.D: "input and label pairs from 6 subjects" (the unpaired run: 7 input + 6 label subjects)
 _PAIRED = {k: dict(v, input_subjects=min(v["input_subjects"], PAIRED_SUBJECTS)) for k, v in _PRESETS.items()}
 
-@register_experiment("recon-unpaired", ReconConfig, description="Lei et al.: unrolled G + WGAN-GP, unpaired (disjoint or partial labels)",
-                     presets={k: dict(v, regime="unpaired") for k, v in _PRESETS.items()})
-def build_recon_unpaired(cfg: ReconConfig) -> Task:
-    "Unpaired WGAN-GP reconstruction (label set disjoint from the inputs unless label_mode='partial')."
-    return build_recon(cfg)
-
-@register_experiment("recon-l1", ReconConfig, description="Lei et al.: unrolled G trained with paired l1 (l1-net)",
-                     presets={k: dict(v, regime="l1") for k, v in _PAIRED.items()})
-def build_recon_l1(cfg: ReconConfig) -> Task:
-    "Paired l1 reconstruction (l1-net)."
-    return build_recon(cfg)
-
-@register_experiment("recon-hybrid", ReconConfig, description="Lei et al.: unrolled G trained with paired WGAN-GP + l1 (hybrid)",
-                     presets={k: dict(v, regime="hybrid") for k, v in _PAIRED.items()})
-def build_recon_hybrid(cfg: ReconConfig) -> Task:
-    "Hybrid (1 - f) WGAN + f l1 with Lei's f schedule."
-    return build_recon(cfg)
+register_variants("recon", ReconConfig, "regime", {
+    "unpaired": "Lei et al.: unrolled G + WGAN-GP, unpaired (disjoint or partial labels)",
+    "l1": "Lei et al.: unrolled G trained with paired l1 (l1-net)",
+    "hybrid": "Lei et al.: unrolled G trained with paired WGAN-GP + l1 (hybrid; Lei's f schedule)"},
+    lambda regime: _PRESETS if regime == "unpaired" else _PAIRED)(build_recon)
 
 # %% ../nbs/31_unrolled_recon.ipynb #9c6d278d
 def table2(accelerations: Sequence[float] = (5.0, 7.0, 10.0), # Poisson-disc R of each column group

@@ -222,7 +222,9 @@ def test_stripe_index_detects_per_slice_offsets():
 
 
 def test_smoke_training_through_engine(tmp_path):
-    from medsynth_nb.train import get_experiment, read_log, train
+    from medsynth_nb.config import get_experiment
+    from medsynth_nb.run_state import read_log
+    from medsynth_nb.engine import train
     exp = get_experiment("harmonize")
     assert exp.config_class is HarmonizeConfig
     res = train("harmonize", "smoke", out=tmp_path / "run", progress=False, steps=4, crop=(16, 16), batch_size=2)
@@ -244,7 +246,7 @@ def test_smoke_training_through_engine(tmp_path):
 
 def test_prediction_type_round_trip(tmp_path):
     "A v-prediction run stores its target; the reloaded scheduler reads the network's output the same way."
-    from medsynth_nb.train import train
+    from medsynth_nb.engine import train
     train("harmonize", "smoke", out=tmp_path / "v", progress=False, steps=2, crop=(16, 16), batch_size=2,
           prediction_type="v_prediction")
     model, sched, cfg = load_harmonizer(tmp_path / "v")
@@ -275,7 +277,7 @@ def test_config_normalises_old_direction_names(tmp_path):
     assert all(">" not in d for d in DIRECTIONS)
     with pytest.raises(ValueError, match="direction: expected one of"): HarmonizeConfig(direction="3T-to-7T")
     # an old run: a checkpoint whose stored config says '3T->1.5T' still loads
-    from medsynth_nb.train import train
+    from medsynth_nb.engine import train
     train("harmonize", "smoke", out=tmp_path / "run", progress=False, steps=1, crop=(16, 16), batch_size=2,
           direction="3T-to-1.5T")
     ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
@@ -297,7 +299,7 @@ def test_cli_accepts_direction_without_shell_redirection(tmp_path):
     args = build_parser().parse_args(["train", "harmonize", "--out", str(tmp_path / "r"), "--set", "direction=1.5T-to-3T"])
     key, value = parse_set(args.set[0])
     assert (key, value) == ("direction", "1.5T-to-3T")
-    from medsynth_nb.train import get_experiment
+    from medsynth_nb.config import get_experiment
     assert get_experiment("harmonize").config("paper", **{key: value}).direction == "1.5T-to-3T"
 
 
@@ -414,7 +416,7 @@ def test_translate_slices_refuses_bad_settings(kw, exc, msg):
 def test_old_unet_preset_name_loads_as_demo():
     "Runs written before the U-Net presets took the experiments' names store unet='bench': they load and resume as 'demo'."
     from medsynth_nb.layers import UNET_PRESETS
-    from medsynth_nb.train import check_compatible
+    from medsynth_nb.run_state import check_compatible
     assert set(UNET_PRESETS) == {"smoke", "demo", "paper"} and HARMONIZE_PRESETS["demo"]["unet"] == "demo"
     assert HarmonizeConfig(unet="bench").unet == "demo"
     new = HarmonizeConfig(**HARMONIZE_PRESETS["demo"])

@@ -254,7 +254,7 @@ def test_apply_network_and_run_methods_move_inputs():
 
 
 def test_smoke_training_four_networks(tmp_path):
-    from medsynth_nb.train import train
+    from medsynth_nb.engine import train
     res = train("lip-car", preset="smoke", out=tmp_path / "run", progress=False)
     assert set(res.models) == set(NETWORKS) and res.step == 3
     last = res.history[-1]

@@ -12,7 +12,8 @@ from medsynth_nb.lowdose import (DoseCropStream, LowDoseConfig, VGG16Features, b
                                  content_loss, enhancement_curve, evaluate_lowdose, generate, load_vgg16_features,
                                  lowdose_metrics, normalized_series, synthesize, synthesize_volume)
 import medsynth_nb.lowdose as L
-from medsynth_nb.train import get_experiment, load_models, train
+from medsynth_nb.config import get_experiment
+from medsynth_nb.engine import load_models, train
 from medsynth_nb.utils import make_generator, seeded, test_allclose
 from medsynth_nb.wasserstein import gaussian_downsample, wasserstein_patch_loss
 from meta_device import MetaDeviceModel
@@ -265,7 +266,7 @@ def test_volume_synthesis_and_curve(smoke_runs, samples):
 
 # --- wiring: signs, conditions, label noise, devices -----------------------------------------------------------------
 from medsynth_nb.lowdose import lowdose_critic_loss, lowdose_generator_loss, smoothed_condition  # noqa: E402
-from medsynth_nb.train import Context  # noqa: E402
+from medsynth_nb.engine import Context  # noqa: E402
 
 
 def _toy(samples, seed=0, **kw):

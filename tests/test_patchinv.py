@@ -15,7 +15,8 @@ from medsynth_nb.patchinv import (PATCHINV_METHODS, SCENARIOS, PatchInvConfig, T
                                   patch_loss, patch_op, perturb, resample_scale, resize_matrix, robust_rho,
                                   sample_patch_params, scores, table1, translate, uapi_loss, uapi_term,
                                   task_pairs, uncertainty_scores, unpaired_stream, simulate_zero_filled)
-from medsynth_nb.train import Context, get_experiment, train
+from medsynth_nb.engine import Context, train
+from medsynth_nb.config import get_experiment
 from medsynth_nb.utils import make_generator, seeded, test_allclose
 from meta_device import MetaDeviceModel
 

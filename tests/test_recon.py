@@ -112,7 +112,7 @@ def test_hybrid_schedule():
     assert all(a >= b for a, b in zip(ws, ws[1:]))
 
 def test_label_sets():
-    from medsynth_nb.train import get_experiment
+    from medsynth_nb.config import get_experiment
     cfg = get_experiment("recon-unpaired").config("smoke")
     assert not set(recon.input_subjects(cfg)) & set(recon.label_subjects(cfg))
     assert not set(recon.TEST_SUBJECTS) & (set(recon.input_subjects(cfg)) | set(recon.label_subjects(cfg)))
@@ -121,7 +121,7 @@ def test_label_sets():
 
 @pytest.mark.parametrize("name", ["recon-unpaired", "recon-l1", "recon-hybrid"])
 def test_smoke_training(name, tmp_path):
-    from medsynth_nb.train import train, load_models
+    from medsynth_nb.engine import train, load_models
     with num_threads(1):
         r = train(name, "smoke", tmp_path / "run", progress=False)
     last = r.history[-1]
@@ -130,7 +130,7 @@ def test_smoke_training(name, tmp_path):
     assert key in load_models(tmp_path / "run")
 
 def test_plain_generator_smoke():
-    from medsynth_nb.train import train
+    from medsynth_nb.engine import train
     with num_threads(1):
         r = train("recon-unpaired", "smoke", progress=False, generator="plain", blocks=2, label_mode="partial")
     assert math.isfinite(r.history[-1]["generator/loss"])
@@ -169,7 +169,7 @@ def test_bad_inputs(acq):
     with pytest.raises(TypeError, match="x"): recon.LeiCritic()(x)
     with pytest.raises(ValueError, match="dc"): recon.UnrolledGenerator(dc="hard")
     with pytest.raises(ValueError, match="levels"): recon.cs_wavelet_fista(recon.measure(torch.ones(1, 1, 20, 20, dtype=torch.complex64), torch.ones(20, 20)), torch.ones(20, 20), levels=3)
-    from medsynth_nb.train import get_experiment
+    from medsynth_nb.config import get_experiment
     for bad, msg in [(dict(regime="gan"), "regime"), (dict(label_mode="partial", label_subjects=9), "label_subjects"),
                      (dict(shape=(8, 8)), "shape"), (dict(critic_input="phase"), "critic_input")]:
         with pytest.raises(ValueError, match=msg): get_experiment("recon-unpaired").config("smoke", **bad)
@@ -195,7 +195,7 @@ def test_lei_crop_is_the_centre_272_by_216():
 
 def test_recipes_paper_default_code_option():
     "Paper values (Sec. IV.A/IV.D, Fig. 6) are the defaults; the authors' code's are recipe='code'; explicit values win."
-    from medsynth_nb.train import get_experiment
+    from medsynth_nb.config import get_experiment
     c = recon.ReconConfig()
     assert (c.lr, c.critic_lr, c.betas, c.l1_final, c.block) == (1e-4, 1e-4, (0.9, 0.999), 0.99, "postact")
     k = recon.ReconConfig(recipe="code")
@@ -212,7 +212,7 @@ def test_recipes_paper_default_code_option():
 
 def test_disjoint_unpaired_critic_sees_magnitudes():
     "Sec. IV.C: magnitude labels and a 1-channel critic for disjoint unpaired training; paired critics see complex images."
-    from medsynth_nb.train import get_experiment
+    from medsynth_nb.config import get_experiment
     for preset in ("smoke", "demo", "paper"):
         assert get_experiment("recon-unpaired").config(preset).critic_input == "magnitude"
         assert get_experiment("recon-hybrid").config(preset).critic_input == "complex"
@@ -241,7 +241,7 @@ def test_post_activation_block():
 
 # ---------------------------------------------------------------- GAN wiring
 def _task(name="recon-unpaired", **kw):
-    from medsynth_nb.train import get_experiment
+    from medsynth_nb.config import get_experiment
     cfg = get_experiment(name).config("smoke", **kw)
     torch.manual_seed(0)
     task = recon.build_recon(cfg)
@@ -250,7 +250,7 @@ def _task(name="recon-unpaired", **kw):
 
 
 def _ctx(task, cfg, step=0):
-    from medsynth_nb.train import Context
+    from medsynth_nb.engine import Context
     ctx = Context(task.models, task.models, torch.Generator().manual_seed(2), torch.device("cpu"), cfg)
     ctx.step = step
     return ctx
@@ -342,7 +342,7 @@ def test_reconstruct_moves_inputs_to_the_models_device(acq):
 def test_test_subjects_are_colin27():
     "Table II's test subjects warp Colin27 (another person): GM/WM Dice < 0.75 to every training subject (warped ICBM152)."
     from medsynth_nb.phantom import anatomy_dice, random_subject
-    from medsynth_nb.train import get_experiment
+    from medsynth_nb.config import get_experiment
     assert recon.TEST_ANATOMY == "colin27"
     lab = lambda s, a, d=2.0: random_subject(s, doses=(0.0,), anatomy=a, deform_voxels=d)["labels"]   # as complex_slices
     cfg = get_experiment("recon-unpaired").config("demo")
@@ -369,14 +369,14 @@ def test_table2_evaluates_on_test_anatomy(monkeypatch):
     monkeypatch.setattr(recon, "simulate_set", fake)
     with pytest.raises(Stop): recon.table2((5.0,), "smoke")
     assert seen == [(tuple(recon.TEST_SUBJECTS[:2]), "colin27")]
-    from medsynth_nb.train import get_experiment
+    from medsynth_nb.config import get_experiment
     seen.clear()
     with pytest.raises(Stop): recon.build_recon(get_experiment("recon-l1").config("smoke"))
     assert seen and all(a == "icbm152" for _, a in seen)
 
 def test_table2_reuse_refuses_another_run(tmp_path):
     "reuse=True evaluates a finished run of the same config and refuses a run of other settings."
-    from medsynth_nb.train import train
+    from medsynth_nb.engine import train
     with num_threads(1):
         for exp in ("recon-unpaired", "recon-l1", "recon-hybrid"):
             train(exp, "smoke", tmp_path / f"{exp}-R5", acceleration=5.0, progress=False)
@@ -446,12 +446,17 @@ def test_recon_refuses_bad_input(acq, call, exc, msg):
     (dict(shape=(32.0, 32)), TypeError, ("shape", "expected", "32.0")),
     (dict(l1_final=1.5), ValueError, "l1_final: expected a number in [0, 1], got 1.5"),
     (dict(critic_lr=0.0), ValueError, "critic_lr: expected a number > 0, got 0"),
-    (dict(regime="gan"), ValueError, "regime: expected one of ('unpaired', 'l1', 'hybrid'), got 'gan'"),
+    (dict(regime="gan"), ValueError, "regime: experiment 'recon-unpaired' is the variant regime='unpaired', got 'gan'"),
 ])
 def test_recon_config_refuses(bad, exc, msg):
-    from medsynth_nb.train import get_experiment
+    from medsynth_nb.config import get_experiment
     with pytest.raises(exc) as e: get_experiment("recon-unpaired").config("smoke", **bad)
     assert all(m in str(e.value) for m in ((msg,) if isinstance(msg, str) else msg)), str(e.value)
+
+
+def test_recon_config_refuses_an_unknown_regime():
+    with pytest.raises(ValueError, match=r"regime: expected one of \('unpaired', 'l1', 'hybrid'\), got 'gan'"):
+        recon.ReconConfig(regime="gan")
 
 
 def test_generators_check_once_not_per_step(acq, monkeypatch):

@@ -1,4 +1,4 @@
-"""The training engine (medsynth_nb.train, medsynth_nb.cli): resume bit-for-bit, a save killed by SIGKILL, a 2-process
+"""The training engine (medsynth_nb.config, run_state, engine, toy, cli): resume bit-for-bit, a save killed by SIGKILL, a 2-process
 torchrun (gloo) run with identical replicas, config errors, checkpoints from another config, the command line."""
 import json, math, os, re, signal, subprocess, sys
 from pathlib import Path
@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from medsynth_nb import cli
-from medsynth_nb.train import (CheckpointError, ConfigMismatchError, RunSetupError, Phase, Task, TrainConfig, fit, get_experiment,
-                               list_experiments, load_checkpoint, load_models, read_log, state_fingerprint, supervised, train)
+from medsynth_nb.run_state import CheckpointError, ConfigMismatchError, RunSetupError, load_checkpoint, read_log, state_fingerprint
+from medsynth_nb.config import Phase, Task, TrainConfig, get_experiment, list_experiments, supervised
+from medsynth_nb.engine import fit, load_models, train
 from medsynth_nb.utils import make_generator, seeded
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +92,7 @@ def test_fit_custom_task_resumes_bit_for_bit_with_accumulation_clipping_fp16_sch
 
 def test_ema_warmup_closed_form_and_constant_mode():
     from math import factorial, prod
-    from medsynth_nb.train import EMA
+    from medsynth_nb.run_state import EMA
     lin = nn.Linear(2, 1)
     with torch.no_grad(): lin.weight.fill_(1.0); lin.bias.fill_(1.0)
     for warmup, n in ((True, 30), (False, 30), (True, 200)):
@@ -212,7 +213,8 @@ def test_killed_save_leaves_previous_checkpoint_and_resume_is_exact(tmp_path):
 
 TWO_RUNS = r"""
 import json, sys, torch.distributed as dist
-from medsynth_nb.train import RunSetupError, train
+from medsynth_nb.run_state import RunSetupError
+from medsynth_nb.engine import train
 dist.init_process_group("gloo")        # one group for three runs (fit leaves a group it did not create alone)
 out = sys.argv[1]
 train("toy-regression", "smoke", out=f"{out}/toy-regression", dropout=0.0, progress=False)
@@ -319,7 +321,7 @@ def test_checkpoint_from_another_config_refuses(tmp_path):
 
 def test_checkpoint_without_a_newer_field_counts_it_as_default():
     "A field added to the config after a checkpoint was written (here sync_bn) reads as its default, not as a mismatch."
-    from medsynth_nb.train import check_compatible
+    from medsynth_nb.run_state import check_compatible
     cfg = get_experiment("toy-regression").config("smoke")
     ck = {"experiment": "toy-regression", "config_class": "ToyRegressionConfig",
           "config": {k: v for k, v in cfg.to_dict().items() if k != "sync_bn"}}
@@ -330,7 +332,7 @@ def test_checkpoint_without_a_newer_field_counts_it_as_default():
 
 def test_checkpoint_with_an_old_spelling_compares_after_normalisation():
     "A checkpoint that stores harmonize's old direction '1.5T->3T' resumes under '1.5T-to-3T'; a real change still refuses."
-    from medsynth_nb.train import check_compatible
+    from medsynth_nb.run_state import check_compatible
     cfg = get_experiment("harmonize").config("smoke")
     old = {**cfg.to_dict(), "direction": "1.5T->3T"}
     ck = {"experiment": "harmonize", "config_class": type(cfg).__name__, "config": old}
@@ -437,7 +439,7 @@ class _ProbeConfig(TrainConfig):
 _PROBED = []
 
 def _register_probe():
-    from medsynth_nb.train import register_experiment
+    from medsynth_nb.config import register_experiment
     @register_experiment("_cli-probe", _ProbeConfig, {"smoke": {"steps": 1, "batch_size": 4}})
     def _probe(cfg):
         _PROBED.append(cfg)
@@ -489,3 +491,50 @@ def test_cli_train_resume_and_refusals(tmp_path, capsys):
     assert "hidden: checkpoint 16, now 32" in capsys.readouterr().err
     assert cli.main(["train", "toy-wgan", "--out", out, "--steps", "5", "--resume", "--set", "hidden=16", "--no-progress"]) == 0
     assert load_checkpoint(out)["step"] == 5
+
+
+def test_engine_modules_hold_no_experiment_and_toys_live_with_their_lessons():
+    import medsynth_nb.engine as E, medsynth_nb.config as C, medsynth_nb.run_state as R
+    for name, module in (("toy-regression", "medsynth_nb.toy"), ("toy-wgan", "medsynth_nb.wgan")):
+        assert get_experiment(name).build.__module__ == module
+    assert not any(e.build.__module__ in (E.__name__, C.__name__, R.__name__) for e in list_experiments())
+
+
+from dataclasses import dataclass as _dc
+
+@_dc
+class _VariantConfig(TrainConfig):
+    loss: str = "l1"
+
+def test_variants_fix_their_field_and_train():
+    from medsynth_nb.config import _REGISTRY, register_variants
+    def build(cfg):
+        net = nn.Linear(1, 1)
+        f = F.l1_loss if cfg.loss == "l1" else F.mse_loss
+        return supervised(net, torch.optim.SGD(net.parameters(), lr=0.1), torch.utils.data.TensorDataset(torch.ones(4, 1)),
+                          lambda b, ctx: f(ctx.models.model(b[0]), 2 * b[0]))
+    register_variants("_var", _VariantConfig, "loss", {"l1": "ℓ1", "l2": "ℓ2"},
+                      lambda v: {"smoke": {"steps": 2 if v == "l1" else 3, "batch_size": 4}})(build)
+    try:
+        assert [(e.name, e.config().loss, e.config().steps, e.description) for e in (get_experiment("_var-l1"),
+                get_experiment("_var-l2"))] == [("_var-l1", "l1", 2, "ℓ1"), ("_var-l2", "l2", 3, "ℓ2")]
+        with pytest.raises(ValueError, match="loss: experiment '_var-l2' is the variant loss='l2', got 'l1'"):
+            train("_var-l2", loss="l1", progress=False)
+        res = train("_var-l2", steps=1, progress=False)                  # the builder sees the variant's value
+        assert res.config.loss == "l2" and res.step == 1
+        with pytest.raises(ValueError, match="variants: expected at least one value"):
+            register_variants("_var", _VariantConfig, "loss", {}, {})
+    finally:
+        _REGISTRY.pop("_var-l1", None); _REGISTRY.pop("_var-l2", None)
+
+
+def test_lei_and_angermann_variants_are_registered_one_way():
+    for prefix, field, values in (("recon", "regime", ("unpaired", "l1", "hybrid")), ("patchinv", "method", ("wgan", "pi", "uapi"))):
+        builders = {get_experiment(f"{prefix}-{v}").build for v in values}
+        assert len(builders) == 1, builders                              # one builder, the field differs
+        for v in values:
+            exp = get_experiment(f"{prefix}-{v}")
+            assert exp.fixed == {field: v} and all(p[field] == v for p in exp.presets.values())
+            other = next(o for o in values if o != v)
+            with pytest.raises(ValueError, match=f"{field}: experiment '{prefix}-{v}' is the variant"):
+                exp.config("smoke", **{field: other})

@@ -26,6 +26,7 @@ from .data import (array_sha256, decode_file, load_nifti, samples_root, save_fas
 from .utils import (atomic_write, check_choice, check_finite, check_int, check_number, check_positive, numpy_rng,
                                report_result, require)
 from .data import verify_manifest
+from .kspace import birdcage_maps, fft2c, ifft2c, rss
 
 # %% auto #0
 __all__ = ['ANATOMY_FILES', 'COLIN27_FILES', 'ANATOMIES', 'TISSUES', 'LABELS', 'ICBM_NOTICE', 'COLIN27_NOTICE', 'FIELDS',
@@ -33,10 +34,10 @@ __all__ = ['ANATOMY_FILES', 'COLIN27_FILES', 'ANATOMIES', 'TISSUES', 'LABELS', '
            'SEQUENCES', 'SUBJECT_CACHE_SIZE', 'SNR', 'SAMPLE_DOSES', 'SAMPLE_WRITERS', 'load_anatomy',
            'derive_anatomy_from_nilearn', 'partial_volume_fractions', 'resample_to_grid', 'derive_anatomy_from_mricron',
            'relaxation', 'spgr_signal', 'spin_echo_signal', 'mprage_signal', 'tissue_signals', 'simulate_image',
-           'tissue_labels', 'add_lesions', 'bias_field', 'add_rician_noise', 'birdcage_maps', 'smooth_phase',
-           'multicoil_kspace', 'rss', 'anatomy_maps', 'deform', 'random_subject', 'RandomDoseSeriesDataset',
-           'anatomy_dice', 'axial_slices', 'subject_cache', 'subject_volumes', 'sample_subject', 'write_dose_series',
-           'write_mprage_pair', 'write_lipcar_slices', 'write_kspace_sample', 'build_samples', 'main']
+           'tissue_labels', 'add_lesions', 'bias_field', 'add_rician_noise', 'axial_slices', 'smooth_phase',
+           'multicoil_kspace', 'anatomy_maps', 'deform', 'random_subject', 'RandomDoseSeriesDataset', 'anatomy_dice',
+           'subject_cache', 'subject_volumes', 'sample_subject', 'write_dose_series', 'write_mprage_pair',
+           'write_lipcar_slices', 'write_kspace_sample', 'build_samples', 'main']
 
 # %% ../nbs/02_phantom.ipynb #1812534f
 ANATOMY_FILES = {k: f"icbm152_2009a_2mm_{k}.nii.gz" for k in ("t1", "gm", "wm", "mask")}
@@ -404,31 +405,31 @@ def add_rician_noise(image: np.ndarray, sigma: float, seed: int | np.random.Gene
     n = rng.standard_normal((2,) + np.shape(image))
     return np.hypot(image + sigma * n[0], sigma * n[1])
 
+# %% ../nbs/02_phantom.ipynb #b67177a9
+def axial_slices(vol: np.ndarray | Tensor, # (X, Y, Z) volume on the phantom's RAS grid
+                 z: Sequence[int] | None = None, # which axial slices (None: all Z)
+                 side: int | None = None, # zero-pad centrally to side × side (None: the larger of Y and X)
+                 size: int | tuple[int, int] | None = None, # then resize to (H, W): bilinear, antialiased, clamped ≥ 0
+                ) -> Tensor:
+    "Axial slices (n, H, W), anterior up and the patient's left on the left, zero-padded to a square (and resized)."
+    v = torch.as_tensor(np.array(vol)) if isinstance(vol, np.ndarray) else vol
+    require(isinstance(v, Tensor) and v.ndim == 3, "vol", "an (X, Y, Z) array or tensor", getattr(v, "shape", v))
+    zs = np.arange(v.shape[2]) if z is None else np.asarray(z)
+    require(zs.ndim == 1 and zs.size > 0 and np.issubdtype(zs.dtype, np.integer) and (zs >= 0).all()
+            and (zs < v.shape[2]).all(), "z", f"a non-empty sequence of slice indices in [0, {v.shape[2]})", z)
+    sl = v[:, :, torch.from_numpy(zs.astype(np.int64))].permute(2, 1, 0).flip(1)   # (n, Y, X), row 0 = largest y
+    h, w = sl.shape[-2:]
+    side = max(h, w) if side is None else check_int(side, "side", min=max(h, w))
+    ph, pw = side - h, side - w
+    sl = F.pad(sl, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+    if size is None: return sl
+    hw = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    require(len(hw) == 2, "size", "an int or (H, W)", size)
+    hw = tuple(check_int(n, "size", min=1) for n in hw)
+    require(sl.is_floating_point(), "vol", "a floating-point volume to resize", sl.dtype)
+    return F.interpolate(sl[:, None], size=hw, mode="bilinear", antialias=True, align_corners=False)[:, 0].clamp_min(0)
+
 # %% ../nbs/02_phantom.ipynb #3640c645
-def _fft2c(x: np.ndarray) -> np.ndarray:
-    "Centred orthonormal 2-D FFT over the last two dims (fastMRI: ifftshift → fftn(norm='ortho') → fftshift)."
-    ax = (-2, -1)
-    return np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(x, axes=ax), axes=ax, norm="ortho"), axes=ax)
-
-def _ifft2c(k: np.ndarray) -> np.ndarray:
-    "Inverse of `_fft2c`."
-    ax = (-2, -1)
-    return np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(k, axes=ax), axes=ax, norm="ortho"), axes=ax)
-
-def birdcage_maps(shape: tuple[int, int, int], # (coils, H, W)
-                  r: float = 1.5, # coil radius relative to the half field of view
-                 ) -> np.ndarray:
-    "Birdcage coil sensitivity maps (coils, H, W), complex128, normalised to unit root-sum-of-squares."
-    require(len(shape) == 3, "shape", "(coils, H, W)", tuple(shape))
-    nc, ny, nx = (check_int(n, f"shape[{i}]", min=1) for i, n in enumerate(shape))
-    check_positive(r, "r")
-    c, y, x = np.mgrid[:nc, :ny, :nx]
-    coilx, coily = r * np.cos(c * (2 * np.pi / nc)), r * np.sin(c * (2 * np.pi / nc))
-    x_co = (x - nx / 2.0) / (nx / 2.0) - coilx
-    y_co = (y - ny / 2.0) / (ny / 2.0) - coily
-    out = (1.0 / np.sqrt(x_co ** 2 + y_co ** 2)) * np.exp(1j * (np.arctan2(x_co, -y_co) - c * (2 * np.pi / nc)))
-    return out / np.sqrt((np.abs(out) ** 2).sum(0))
-
 def smooth_phase(shape: Sequence[int], max_phase: float = np.pi / 2, seed: int | np.random.Generator | None = 0) -> np.ndarray:
     "A smooth random phase map (radians): a random quadratic over the last two dims, peak |phase| = max_phase."
     require(len(shape) >= 2, "shape", "at least (H, W)", tuple(shape))
@@ -439,6 +440,7 @@ def smooth_phase(shape: Sequence[int], max_phase: float = np.pi / 2, seed: int |
     p = sum(c * t for c, t in zip(rng.standard_normal(5), (yy, xx, yy * yy, xx * xx, yy * xx)))
     return np.broadcast_to(p / (np.abs(p).max() + 1e-12) * max_phase, tuple(shape)).copy()
 
+# %% ../nbs/02_phantom.ipynb #db26e9fd
 def multicoil_kspace(image: np.ndarray, # (slices, H, W) real magnitude image
                      n_coils: int = 8, noise_sigma: float = 0.0, # complex Gaussian noise per k-space sample (= per image pixel)
                      max_phase: float = np.pi / 2, seed: int | np.random.Generator | None = 0,
@@ -448,16 +450,11 @@ def multicoil_kspace(image: np.ndarray, # (slices, H, W) real magnitude image
     check_finite(image, "image"); check_int(n_coils, "n_coils", min=1); check_number(noise_sigma, "noise_sigma", min=0)
     rng = numpy_rng(seed)
     S, H, W = image.shape
-    maps = birdcage_maps((n_coils, H, W))
+    maps = birdcage_maps((H, W), n_coils, dtype=torch.complex128).numpy()   # kspace's coil model, (coils, H, W)
     x = image * np.exp(1j * np.stack([smooth_phase((H, W), max_phase, rng) for _ in range(S)]))
-    k = _fft2c(maps[None] * x[:, None])
+    k = fft2c(torch.from_numpy(maps[None] * x[:, None])).numpy()
     if noise_sigma > 0: k = k + noise_sigma * (rng.standard_normal(k.shape) + 1j * rng.standard_normal(k.shape))
     return k.astype(np.complex64), maps, x
-
-def rss(coil_images: np.ndarray, axis: int = -3) -> np.ndarray:
-    "Root-sum-of-squares over the coil axis (NaN/inf pass through: an elementwise formula, no boundary of its own)."
-    check_int(axis, "axis")
-    return np.sqrt((np.abs(coil_images) ** 2).sum(axis))
 
 # %% ../nbs/02_phantom.ipynb #1ef5227e
 _ANATOMY_CACHE: dict = {}
@@ -595,30 +592,6 @@ def anatomy_dice(a: np.ndarray | Tensor, b: np.ndarray | Tensor, # (X, Y, Z) lab
         out[t] = float(2 * (x & y).sum() / n) if n else float("nan")
     return out
 
-# %% ../nbs/02_phantom.ipynb #b67177a9
-def axial_slices(vol: np.ndarray | Tensor, # (X, Y, Z) volume on the phantom's RAS grid
-                 z: Sequence[int] | None = None, # which axial slices (None: all Z)
-                 side: int | None = None, # zero-pad centrally to side × side (None: the larger of Y and X)
-                 size: int | tuple[int, int] | None = None, # then resize to (H, W): bilinear, antialiased, clamped ≥ 0
-                ) -> Tensor:
-    "Axial slices (n, H, W), anterior up and the patient's left on the left, zero-padded to a square (and resized)."
-    v = torch.as_tensor(np.array(vol)) if isinstance(vol, np.ndarray) else vol
-    require(isinstance(v, Tensor) and v.ndim == 3, "vol", "an (X, Y, Z) array or tensor", getattr(v, "shape", v))
-    zs = np.arange(v.shape[2]) if z is None else np.asarray(z)
-    require(zs.ndim == 1 and zs.size > 0 and np.issubdtype(zs.dtype, np.integer) and (zs >= 0).all()
-            and (zs < v.shape[2]).all(), "z", f"a non-empty sequence of slice indices in [0, {v.shape[2]})", z)
-    sl = v[:, :, torch.from_numpy(zs.astype(np.int64))].permute(2, 1, 0).flip(1)   # (n, Y, X), row 0 = largest y
-    h, w = sl.shape[-2:]
-    side = max(h, w) if side is None else check_int(side, "side", min=max(h, w))
-    ph, pw = side - h, side - w
-    sl = F.pad(sl, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-    if size is None: return sl
-    hw = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-    require(len(hw) == 2, "size", "an int or (H, W)", size)
-    hw = tuple(check_int(n, "size", min=1) for n in hw)
-    require(sl.is_floating_point(), "vol", "a floating-point volume to resize", sl.dtype)
-    return F.interpolate(sl[:, None], size=hw, mode="bilinear", antialias=True, align_corners=False)[:, 0].clamp_min(0)
-
 # %% ../nbs/02_phantom.ipynb #054828af
 SUBJECT_CACHE_SIZE = 64 # subjects each cached simulator keeps (least recently used dropped first; ≤ ~30 MB each)
 
@@ -651,7 +624,7 @@ def subject_volumes(seed: int, # subject id (see `random_subject`)
     "`random_subject(seed, **kw)`, simulated once per process (`subject_cache`): images (len(doses), X, Y, Z), labels, …"
     free = sorted(set(_SUBJECT_ARGS.parameters) - {"seed"})
     bad = sorted(set(kw) - set(free))
-    if bad: raise TypeError(f"kw: expected arguments of random_subject {free}, got {bad}")
+    require(not bad, "kw", f"arguments of random_subject {free}", bad)
     a = _SUBJECT_ARGS.bind(seed, **kw); a.apply_defaults()
     g = a.arguments
     _check_subject(g["seed"], g["field"], g["doses"], g["sequence"], g["agent"], g["n_lesions"], g["snr"],
@@ -745,7 +718,7 @@ def write_kspace_sample(out: Path, anat: dict, seed: int = 0) -> list[dict]:
                                         bias_field(labels.shape, 0.15, seed=_sample_rng(seed, 2, 30))), zk)
     sigma_k = tissue_signals(3.0, "spgr")["wm"] / SNR[3.0]
     k, _, _ = multicoil_kspace(img, 8, sigma_k, seed=_sample_rng(seed, 7))
-    p = save_fastmri_h5(out / "kspace_3T_axt1post.h5", k, rss(_ifft2c(k.astype(np.complex128))).astype(np.float32),
+    p = save_fastmri_h5(out / "kspace_3T_axt1post.h5", k, rss(ifft2c(torch.from_numpy(k.astype(np.complex128))))[:, 0].numpy().astype(np.float32),
                         ismrmrd_header((128, 128), (256.0, 256.0), 2.0, 3.0, 8, "AXT1POST_MEDSYNTH"),
                         acquisition="AXT1POST", patient_id=f"medsynth-{seed:04d}")
     return [_entry(p, "kspace", "fastMRI layout: kspace (4 slices, 8 coils, 128, 128) complex64 of 3 T post-contrast "

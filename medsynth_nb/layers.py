@@ -10,6 +10,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch import Tensor, nn
 
 from .utils import check_choice, check_int, check_number, check_positive, check_tensor, require, seeded
@@ -206,36 +207,38 @@ class UNet(nn.Module):
         self.out = nn.Sequential(normalization(ch, num_groups), nn.SiLU(),
                                  zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1)))
 
-    def forward(self, x: Tensor, # (B, in_channels, H, W)
-                t: Tensor, # (B,) timesteps, or a scalar / int broadcast to the batch
-                cond: Tensor | None = None, # (B, num_cond) vector condition, when num_cond > 0
-               ) -> Tensor:
-        check_tensor(x, "x", ndim=4, finite=False)   # no NaN scan per sampler step: samplers check at their entry
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"x: expected {self.in_channels} channels, got {x.shape[1]} with shape {tuple(x.shape)}")
-        f = 2 ** (len(self.channel_mult) - 1)
-        if x.shape[-2] % f or x.shape[-1] % f:
-            raise ValueError(f"x: H and W must be divisible by {f} for {len(self.channel_mult)} levels, "
-                             f"got {tuple(x.shape[-2:])}")
-        if not torch.is_tensor(t): t = torch.tensor(t, device=x.device)
-        if t.ndim == 0: t = t.expand(x.shape[0])
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t: expected shape ({x.shape[0]},) or a scalar, got {tuple(t.shape)}")
-        emb = self.time_embed(timestep_embedding(t.to(x.device), self.model_channels))
-        if self.cond_embed is not None:
-            if cond is None:
-                raise ValueError(f"cond: this UNet expects a (B, {self.num_cond}) condition vector, got None")
-            check_tensor(cond, "cond", ndim=2, finite=False)
-            want = (x.shape[0], self.num_cond)
-            require(tuple(cond.shape) == want, "cond", f"shape {want}", tuple(cond.shape))
-            emb = emb + self.cond_embed(cond)
-        elif cond is not None:
-            raise ValueError(f"cond: this UNet has no vector condition (num_cond=0), got shape {tuple(cond.shape)}")
-        hs, h = [], x
-        for block in self.input_blocks: h = block(h, emb); hs.append(h)
-        h = self.middle_block(h, emb)
-        for block in self.output_blocks: h = block(torch.cat([h, hs.pop()], dim=1), emb)
-        return self.out(h)
+# %% ../nbs/04_layers.ipynb #a0dab8dc
+@patch
+def forward(self: UNet, x: Tensor, # (B, in_channels, H, W)
+            t: Tensor, # (B,) timesteps, or a scalar / int broadcast to the batch
+            cond: Tensor | None = None, # (B, num_cond) vector condition, when num_cond > 0
+           ) -> Tensor:
+    check_tensor(x, "x", ndim=4, finite=False)   # no NaN scan per sampler step: samplers check at their entry
+    if x.shape[1] != self.in_channels:
+        raise ValueError(f"x: expected {self.in_channels} channels, got {x.shape[1]} with shape {tuple(x.shape)}")
+    f = 2 ** (len(self.channel_mult) - 1)
+    if x.shape[-2] % f or x.shape[-1] % f:
+        raise ValueError(f"x: H and W must be divisible by {f} for {len(self.channel_mult)} levels, "
+                         f"got {tuple(x.shape[-2:])}")
+    if not torch.is_tensor(t): t = torch.tensor(t, device=x.device)
+    if t.ndim == 0: t = t.expand(x.shape[0])
+    if t.shape != (x.shape[0],):
+        raise ValueError(f"t: expected shape ({x.shape[0]},) or a scalar, got {tuple(t.shape)}")
+    emb = self.time_embed(timestep_embedding(t.to(x.device), self.model_channels))
+    if self.cond_embed is not None:
+        if cond is None:
+            raise ValueError(f"cond: this UNet expects a (B, {self.num_cond}) condition vector, got None")
+        check_tensor(cond, "cond", ndim=2, finite=False)
+        want = (x.shape[0], self.num_cond)
+        require(tuple(cond.shape) == want, "cond", f"shape {want}", tuple(cond.shape))
+        emb = emb + self.cond_embed(cond)
+    elif cond is not None:
+        raise ValueError(f"cond: this UNet has no vector condition (num_cond=0), got shape {tuple(cond.shape)}")
+    hs, h = [], x
+    for block in self.input_blocks: h = block(h, emb); hs.append(h)
+    h = self.middle_block(h, emb)
+    for block in self.output_blocks: h = block(torch.cat([h, hs.pop()], dim=1), emb)
+    return self.out(h)
 
 # %% ../nbs/04_layers.ipynb #4b8f7b67
 def count_parameters(model: nn.Module) -> int:
@@ -450,20 +453,22 @@ class CondUNet(nn.Module):
                                                   conv_nd(dims, chs[i], out_channels, 1))
                                     for i in range(out_scales)])
 
-    def forward(self, x: Tensor, # (B, in_channels, *spatial), spatial sizes divisible by 2^levels
-                cond: Tensor | None = None, # (B, cond_dim)
-               ) -> list[Tensor]: # out_scales tensors (B, out_channels, *spatial / 2^s), finest first
-        _check_input(x, self.dims, self.in_channels, self.levels, cond, self.cond_dim)
-        emb = self.embed(cond.to(x.dtype)) if self.embed is not None else None
-        h, skips = self.stem(x), []
-        for i, blk in enumerate(self.down):
-            h = blk(h, emb); skips.append(h); h = self.pool(h)
-        h = self.middle(h, emb)
-        outs = []
-        for i in reversed(range(self.levels)):
-            h = self.up[i](torch.cat([_up(h), skips[i]], dim=1), emb)
-            if i < len(self.heads): outs.append(self.heads[i](h))
-        return outs[::-1]
+# %% ../nbs/04_layers.ipynb #8a29b913
+@patch
+def forward(self: CondUNet, x: Tensor, # (B, in_channels, *spatial), spatial sizes divisible by 2^levels
+            cond: Tensor | None = None, # (B, cond_dim)
+           ) -> list[Tensor]: # out_scales tensors (B, out_channels, *spatial / 2^s), finest first
+    _check_input(x, self.dims, self.in_channels, self.levels, cond, self.cond_dim)
+    emb = self.embed(cond.to(x.dtype)) if self.embed is not None else None
+    h, skips = self.stem(x), []
+    for i, blk in enumerate(self.down):
+        h = blk(h, emb); skips.append(h); h = self.pool(h)
+    h = self.middle(h, emb)
+    outs = []
+    for i in reversed(range(self.levels)):
+        h = self.up[i](torch.cat([_up(h), skips[i]], dim=1), emb)
+        if i < len(self.heads): outs.append(self.heads[i](h))
+    return outs[::-1]
 
 # %% ../nbs/04_layers.ipynb #c3fffce9
 class CondCritic(nn.Module):
@@ -584,21 +589,23 @@ class SplitHeadUNet(nn.Module):
         self.heads = nn.ModuleList([nn.Sequential(_he_init(nn.Conv2d(ch[0], c, 3, padding=1)), _head_act(a))
                                     for c, a in zip(head_channels, head_activations)])
 
-    def forward(self, x: Tensor, # (B, in_channels, H, W), H and W divisible by 2^depth
-               ) -> list[Tensor]: # one (B, head_channels[k], H, W) tensor per head
-        check_tensor(x, "x", ndim=4, finite=False)   # shapes only: no NaN scan per training step
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"x: expected {self.in_channels} channels, got {x.shape[1]} with shape {tuple(x.shape)}")
-        f = 2 ** self.depth
-        if x.shape[-2] % f or x.shape[-1] % f:
-            raise ValueError(f"x: H and W must be divisible by 2^depth = {f}, got {tuple(x.shape[-2:])}")
-        h, skips = self.stem(x), []
-        for blk in self.down:
-            h = blk(h); skips.append(h)
-            h = F.max_pool2d(h, 2) if self.pools is None else self.pools[len(skips) - 1](h)
-        h = self.bottom(h)
-        for i in reversed(range(1, self.depth)): h = self.up[i - 1](h, skips[i])
-        return [head(branch(h, skips[0])) for branch, head in zip(self.branches, self.heads)]
+# %% ../nbs/04_layers.ipynb #c674d1df
+@patch
+def forward(self: SplitHeadUNet, x: Tensor, # (B, in_channels, H, W), H and W divisible by 2^depth
+           ) -> list[Tensor]: # one (B, head_channels[k], H, W) tensor per head
+    check_tensor(x, "x", ndim=4, finite=False)   # shapes only: no NaN scan per training step
+    if x.shape[1] != self.in_channels:
+        raise ValueError(f"x: expected {self.in_channels} channels, got {x.shape[1]} with shape {tuple(x.shape)}")
+    f = 2 ** self.depth
+    if x.shape[-2] % f or x.shape[-1] % f:
+        raise ValueError(f"x: H and W must be divisible by 2^depth = {f}, got {tuple(x.shape[-2:])}")
+    h, skips = self.stem(x), []
+    for blk in self.down:
+        h = blk(h); skips.append(h)
+        h = F.max_pool2d(h, 2) if self.pools is None else self.pools[len(skips) - 1](h)
+    h = self.bottom(h)
+    for i in reversed(range(1, self.depth)): h = self.up[i - 1](h, skips[i])
+    return [head(branch(h, skips[0])) for branch, head in zip(self.branches, self.heads)]
 
 # %% ../nbs/04_layers.ipynb #6d800c76
 class DCGANCritic(nn.Module):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from medsynth_nb.layers import DCGANCritic, SplitHeadUNet, conv_norm_act
+from medsynth_nb.layers import CondUNet, DCGANCritic, SplitHeadUNet, conv_norm_act
 from medsynth_nb.layers import (AttentionBlock, ResBlock, UNet, UNET_PRESETS, count_parameters, normalization,
                                 timestep_embedding, unet_from_preset)
 from medsynth_nb.utils import make_generator, seeded, test_allclose
@@ -201,3 +201,33 @@ BAD_LAYER_INPUTS = [
 def test_layers_refuse_bad_input(call, exc, msg):
     with pytest.raises(exc) as e: call()
     assert msg in str(e.value), str(e.value)
+
+
+def _sums(outs):
+    "(sum, sum |·|) of each output, in float64."
+    return [v for o in (outs if isinstance(outs, list) else [outs]) for v in (o.double().sum().item(), o.double().abs().sum().item())]
+
+
+def test_forward_pinned():
+    """The three U-Nets' forward passes (methods added with @patch in the lesson) on fixed seeds and inputs, pinned to
+    the values of the version before the split (the UNet's parameters redrawn: its zero-initialised convolutions would
+    hide every path but the skip connections)."""
+    g = lambda *s, seed=0: torch.randn(*s, generator=make_generator(seed))
+    with seeded(0):
+        u = UNet(2, 16, 2, num_res_blocks=1, channel_mult=(1, 2), attention_resolutions=(2,), num_groups=8, num_cond=2)
+    with seeded(1), torch.no_grad():
+        for p in u.parameters(): p.normal_(0, 0.2)
+    with seeded(0): c = CondUNet(dims=2, base_channels=4, channel_mult=(1, 2, 2), attention_levels=(1,), out_scales=2)
+    with seeded(0): s = SplitHeadUNet(1, (1, 1), ("tanh", "softplus"), base_channels=4, depth=3)
+    with torch.no_grad():
+        got = {"UNet": _sums(u(g(2, 2, 8, 8), torch.tensor([3, 700]), g(2, 2, seed=1))),
+               "CondUNet": _sums(c(g(2, 3, 8, 12), g(2, 2, seed=1))), "SplitHeadUNet": _sums(s(g(2, 1, 16, 16)))}
+    want = {"UNet": [38.302211, 55.866027], "CondUNet": [18.095567, 75.196591, -6.609906, 11.758271],
+            "SplitHeadUNet": [-254.058381, 291.553690, 552.747180, 552.747180]}
+    for k in want: assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-4), k
+
+
+def test_cond_unet_scales_finest_first():
+    with seeded(0): net = CondUNet(dims=2, base_channels=4, channel_mult=(1, 2, 2), attention_levels=(1,), out_scales=2)
+    outs = net(torch.randn(3, 3, 8, 12, generator=make_generator(0)), torch.zeros(3, 2))
+    assert [tuple(o.shape) for o in outs] == [(3, 1, 8, 12), (3, 1, 4, 6)]

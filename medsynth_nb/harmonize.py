@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -356,7 +357,6 @@ def compare_samplers(model: Callable, scheduler: DDPMScheduler,
                      **kw, # passed to `translate_volume` (axis, batch_size, ...)
                     ) -> dict:
     "Translate with each sampler, timed: name → {'seconds', 'pred', and the `evaluate_harmonization` metrics (MSE, AHD)}."
-    import time
     samplers = samplers or {"ancestral-1000": ("ddpm", None), "DDIM-50": ("ddim", 50)}
     check_int(seed, "seed", min=0); check_tensor(source, "source", ndim=3); check_tensor(target, "target", ndim=3)
     check_same_shape(source, target, ("source", "target"))

@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -561,8 +563,6 @@ def table2(accelerations: Sequence[float] = (5.0, 7.0, 10.0), # Poisson-disc R o
            reuse: bool = False, # evaluate the runs already in `out` when their config matches (else train them)
            **overrides) -> list[dict]:
     "Lei's Table II on held-out subjects: SNR/SSIM and k-space residual of ZF, unpaired WGAN, l1-net, WGAN + l1 and CS per R."
-    import tempfile
-    from pathlib import Path
     root = Path(out or tempfile.mkdtemp(prefix="medsynth-table2-"))
     rows = []
     for R in accelerations:

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from .config import Task, TrainConfig, adversarial, register_experiment
-from .utils import (check_choice, check_int, check_number, check_positive, check_same_batch, check_same_device,
-                               check_same_dtype, check_same_shape, check_tensor, make_generator, require, seeded,
-                               num_threads as _threads)
+from .utils import (check_choice, check_int, check_number, check_positive, check_same_batch,
+                               check_same_device, check_same_dtype, check_same_shape, check_tensor, make_generator,
+                               require, seeded, num_threads as _threads)
 
 # %% auto #0
 __all__ = ['critic_loss', 'generator_loss', 'gradient_penalty', 'drift_penalty', 'clip_weights', 'ring_centres',
@@ -40,6 +40,7 @@ def critic_loss(d_real: Tensor, # critic scores f(x) of real samples, any shape 
     loss = d_fake.mean() - d_real.mean()
     return -loss if pinetz_sign else loss
 
+# %% ../nbs/11_wgan_gp.ipynb #41a70e68
 def generator_loss(d_fake: Tensor, # critic scores f(G(z)) of generated samples
                    pinetz_sign: bool = False, # Pinetz et al.'s code: the generator minimises +mean f(G(z))
                   ) -> Tensor:
@@ -50,7 +51,8 @@ def generator_loss(d_fake: Tensor, # critic scores f(G(z)) of generated samples
 
 # %% ../nbs/11_wgan_gp.ipynb #55d46834
 def _has_batchnorm(critic) -> bool:
-    return isinstance(critic, nn.Module) and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in critic.modules())
+    return isinstance(critic, nn.Module) and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                                 for m in critic.modules())
 
 def _autocast_off(device: torch.device):
     "Autocast disabled on `device` for a block (a no-op where the device has no autocast)."
@@ -64,18 +66,20 @@ def _check_pair(a: Tensor, b: Tensor, names: tuple[str, str]):
         raise ValueError(f"{names[0]}: expected a batch (B, ...) with B >= 1, got shape {tuple(a.shape)}")
     check_same_dtype(a, b, names); check_same_device(a, b, names)
 
+# %% ../nbs/11_wgan_gp.ipynb #a0b80848
 def gradient_penalty(critic: Callable, # f: called as critic(x) or critic(x, cond); one score per sample
                      real: Tensor, # (B, ...) real samples x
                      fake: Tensor, # (B, ...) generated samples x̃ (same shape as real)
                      cond_real: Tensor | None = None, # (B, ...) conditions c of the real samples
                      cond_fake: Tensor | None = None, # (B, ...) conditions ĉ of the fake samples (same shape)
-                     one_sided: bool = False, # max(0, ‖∇f‖ - 1)² (Angermann) instead of (‖∇f‖ - 1)² (Gulrajani, Lei, Pinetz)
+                     one_sided: bool = False, # max(0, ‖∇f‖ - 1)² (Angermann), not (‖∇f‖ - 1)² (Gulrajani, Lei, Pinetz)
                      generator: torch.Generator | None = None, # draws α; the global RNG is used only when None
                      eps: float = 0.0, # added inside the square root of the norm (Pinetz's code: 1e-6)
                     ) -> Tensor:
     """Unweighted WGAN-GP penalty mean_i (‖∇f(x̂_i, ĉ_i)‖ - 1)², x̂ = x + α(x̃ - x), α ~ U[0, 1] per sample (fp32/64).
     Called every critic step: samples are not scanned for NaN/inf (a non-finite penalty shows in the logged loss)."""
-    if not callable(critic): raise TypeError(f"critic: expected a callable (an nn.Module or function), got {type(critic).__name__}")
+    if not callable(critic):
+        raise TypeError(f"critic: expected a callable (an nn.Module or function), got {type(critic).__name__}")
     _check_pair(real, fake, ("real", "fake"))
     if (cond_real is None) != (cond_fake is None):
         given = "cond_real" if cond_real is not None else "cond_fake"
@@ -95,6 +99,7 @@ def gradient_penalty(critic: Callable, # f: called as critic(x) or critic(x, con
     with _autocast_off(real.device):   # under autocast the norm and its gradient would be bf16/fp16: 8 or 11 bits
         return _penalty(critic, real, fake, cond_real, cond_fake, one_sided, generator, eps)
 
+# %% ../nbs/11_wgan_gp.ipynb #2572cd04
 def _penalty(critic, real, fake, cond_real, cond_fake, one_sided, generator, eps) -> Tensor:
     "gradient_penalty's computation on checked inputs, in float32 (float64 inputs stay float64)."
     B, full = real.shape[0], torch.promote_types(real.dtype, torch.float32)
@@ -113,7 +118,8 @@ def _penalty(critic, real, fake, cond_real, cond_fake, one_sided, generator, eps
     if not out.requires_grad:
         raise ValueError("critic: its output does not depend on its input (no gradient to penalise)")
     grads = torch.autograd.grad(out.sum(), inputs, create_graph=True, allow_unused=True)
-    flat = torch.cat([(g if g is not None else torch.zeros_like(i)).reshape(B, -1) for g, i in zip(grads, inputs)], dim=1)
+    flat = torch.cat([(g if g is not None else torch.zeros_like(i)).reshape(B, -1)
+                      for g, i in zip(grads, inputs)], dim=1)
     norm = torch.linalg.vector_norm(flat, dim=1) if eps == 0 else (flat.pow(2).sum(dim=1) + eps).sqrt()
     excess = norm - 1
     if one_sided: excess = excess.clamp_min(0)
@@ -128,6 +134,7 @@ def drift_penalty(d_real: Tensor, # critic scores of real samples
     _check_scores(d_real, "d_real"); _check_scores(d_fake, "d_fake")
     return d_real.pow(2).mean() + d_fake.pow(2).mean()
 
+# %% ../nbs/11_wgan_gp.ipynb #caa08e21
 @torch.no_grad()
 def clip_weights(module: nn.Module, # the critic
                  c: float = 0.01, # clip every parameter to [-c, c] (Arjovsky et al.: 0.01)
@@ -147,6 +154,7 @@ def ring_centres(modes: int = 8, # number of Gaussians on the circle
     ang = 2 * math.pi * torch.arange(modes, dtype=torch.float64) / modes
     return (radius * torch.stack([ang.cos(), ang.sin()], dim=1)).float()
 
+# %% ../nbs/11_wgan_gp.ipynb #c3dd2f29
 def ring_of_gaussians(n: int, # number of samples
                       modes: int = 8, radius: float = 2.0, # the ring
                       std: float = 0.02, # standard deviation of each Gaussian
@@ -161,12 +169,14 @@ def ring_of_gaussians(n: int, # number of samples
     noise = torch.randn(n, 2, generator=generator, dtype=torch.float64, device=device)
     return (centres[k] + std * noise).float()
 
+# %% ../nbs/11_wgan_gp.ipynb #4d0ea845
 def mode_coverage(samples: Tensor, # (n, 2) generated samples
                   modes: int = 8, radius: float = 2.0, std: float = 0.02, # the ring they should match
                   n_std: float = 3.0, # a sample is "high quality" within n_std·std of its nearest centre
                   min_share: float = 0.25, # a mode is covered with at least min_share · n/modes high-quality samples
                  ) -> dict:
-    "Fraction of samples within n_std·std of a mode, the number of modes covered, and the mean distance to the nearest mode."
+    """Fraction of samples within n_std·std of a mode, the number of modes covered, and the mean distance to the
+    nearest mode."""
     check_tensor(samples, "samples", ndim=2)
     check_positive(std, "std"); check_positive(n_std, "n_std"); check_number(min_share, "min_share", min=0)
     if samples.shape[1] != 2: raise ValueError(f"samples: expected shape (n, 2), got {tuple(samples.shape)}")
@@ -201,6 +211,7 @@ class ToyGenerator(nn.Module):
         z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
         with torch.no_grad(): return self(z)
 
+# %% ../nbs/11_wgan_gp.ipynb #2b5c72f2
 class ToyCritic(nn.Module):
     "MLP critic f: R^2 → R for the 2-D toy; returns (B,) scores."
     def __init__(self, hidden: int = 256, depth: int = 3, batchnorm: bool = False):
@@ -237,6 +248,7 @@ def toy_critic_step(G: nn.Module, D: nn.Module, opt_d: torch.optim.Optimizer,
     if clip is not None: clip_weights(D, clip)
     return dict(loss=float(loss.detach()), wasserstein=float(-w_loss.detach()), gp=float(gp.detach()))
 
+# %% ../nbs/11_wgan_gp.ipynb #ed2ae5bd
 def toy_generator_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
                        z: Tensor, # (B, latent_dim) latent codes
                       ) -> dict:
@@ -262,6 +274,7 @@ def _toy_round(G, D, opt_g, opt_d, method, n_critic, batch, lambda_gp, clip, rin
     hist["wasserstein"].append(out["wasserstein"]); hist["gp"].append(out["gp"])
     hist["g_loss"].append(toy_generator_step(G, D, opt_g, torch.randn(batch, 2, generator=gen, device=device))["loss"])
 
+# %% ../nbs/11_wgan_gp.ipynb #241266f5
 def train_toy(method: str = "gp", # 'gp' (WGAN-GP, Adam) or 'clip' (weight clipping, RMSprop)
               steps: int = 200, # generator updates
               n_critic: int = 5, # critic updates per generator update
@@ -295,7 +308,8 @@ def train_toy(method: str = "gp", # 'gp' (WGAN-GP, Adam) or 'clip' (weight clipp
     hist = dict(wasserstein=[], gp=[], g_loss=[])
     with _threads(num_threads if torch.device(device).type == "cpu" else None):
         for _ in range(steps):
-            _toy_round(G, D, opt_g, opt_d, method, n_critic, batch, lambda_gp, clip, (modes, radius, std), gen, device, hist)
+            _toy_round(G, D, opt_g, opt_d, method, n_critic, batch, lambda_gp, clip, (modes, radius, std),
+                       gen, device, hist)
             for s in scheds: s.step()
     return G, D, hist
 
@@ -336,7 +350,8 @@ def build_toy_wgan(cfg: ToyWGANConfig) -> Task:
     "Generator, critic, the ring stream and the WGAN-GP phases of this lesson."
     G = ToyGenerator(latent_dim=cfg.latent_dim, hidden=cfg.hidden, depth=cfg.depth)
     D = ToyCritic(hidden=cfg.hidden, depth=cfg.depth)
-    def real(n, generator): return ring_of_gaussians(n, modes=cfg.modes, radius=cfg.radius, std=cfg.std, generator=generator)
+    def real(n, generator):
+        return ring_of_gaussians(n, modes=cfg.modes, radius=cfg.radius, std=cfg.std, generator=generator)
     def fake(n, ctx): return ctx.models.generator(torch.randn(n, cfg.latent_dim, generator=ctx.rng, device=ctx.device))
     def critic_loss_(x, ctx):
         with torch.no_grad(): x_fake = fake(x.shape[0], ctx).to(x.dtype)  # under autocast G returns bf16/fp16

@@ -15,9 +15,10 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .config import PRESET_NAMES, discover_experiments, get_experiment, list_experiments
+from .config import discover_experiments, get_experiment, list_experiments
 from .engine import train
 from .run_state import RunSetupError
+from .utils import PRESET_NAMES
 
 # %% auto #0
 __all__ = ['parse_set', 'build_parser', 'main']

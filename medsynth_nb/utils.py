@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['PRESETS', 'IMAGE_CMAP', 'DIFF_CMAP', 'make_generator', 'numpy_rng', 'seeded', 'num_threads', 'get_device',
+__all__ = ['PRESET_NAMES', 'IMAGE_CMAP', 'DIFF_CMAP', 'make_generator', 'numpy_rng', 'seeded', 'num_threads', 'get_device',
            'size_preset', 'is_smoke', 'check_tensor', 'check_same_shape', 'check_int', 'check_number', 'check_positive',
            'check_choice', 'check_finite', 'check_mask', 'check_same_batch', 'check_same_dtype', 'check_same_device',
            'require', 'test_allclose', 'atomic_write', 'model_device', 'eval_mode', 'in_chunks', 'markdown_table',
@@ -75,20 +75,21 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 # %% ../nbs/00_utils.ipynb #854637d1
-PRESETS = ("smoke", "full")
+PRESET_NAMES = ("smoke", "demo", "paper")    # seconds on CPU (tests) / minutes on CPU / the paper's sizes on a GPU
 
 # %% ../nbs/00_utils.ipynb #9f76bb79
 def _truthy(v: str | None) -> bool: return bool(v) and v.strip().lower() not in ("0", "false", "no", "")
 
 def size_preset(preset: str | None = None) -> str:
-    "'smoke' or 'full': `preset`, else `$MEDSYNTH_SIZE`, else smoke under tests/CI or without CUDA."
+    "'smoke', 'demo' or 'paper': `preset`, else `$MEDSYNTH_SIZE`, else smoke under tests/CI or without CUDA."
     preset = preset or os.environ.get("MEDSYNTH_SIZE") or None
     if preset is not None:
-        if preset not in PRESETS: raise ValueError(f"preset: expected one of {PRESETS}, got {preset!r}")
+        if preset not in PRESET_NAMES:
+            raise ValueError(f"preset: expected one of {PRESET_NAMES} (or $MEDSYNTH_SIZE), got {preset!r}")
         return preset
     if _truthy(os.environ.get("IN_TEST")) or _truthy(os.environ.get("CI")) or not torch.cuda.is_available():
         return "smoke"
-    return "full"
+    return "paper"
 
 # %% ../nbs/00_utils.ipynb #143a9afe
 def is_smoke(preset: str | None = None) -> bool:

@@ -19,8 +19,9 @@ from .data import DoseSeriesDataset, center_crop_or_pad, slices_to_volume, volum
 from .layers import CondCritic, CondUNet
 from .metrics import ce_mask, mae_ce, mae_sigma, mae_sigma_noise, psnr, ssim
 from .config import TrainConfig, Task, adversarial, register_experiment
-from .utils import (IMAGE_CMAP, check_choice, check_int, check_number, check_positive, check_same_batch,
-                               check_same_shape, check_tensor, eval_mode, make_generator, model_device, require, seeded)
+from .utils import (IMAGE_CMAP, check_choice, check_int, check_number, check_positive,
+                               check_same_batch, check_same_shape, check_tensor, eval_mode, make_generator,
+                               model_device, require, seeded)
 from .wasserstein import gaussian_downsample, wasserstein_patch_loss
 from .phantom import subject_volumes
 
@@ -35,8 +36,11 @@ __all__ = ['FIELDS', 'DOSE_RANGE', 'CONTENT_LOSSES', 'CONTENT_REDUCTIONS', 'VGG1
 
 # %% ../nbs/12_lowdose_gan.ipynb #b25edd19
 FIELDS = (1.5, 3.0)   # tesla: the scanners of the paper's data (and of the phantom)
+
+# %% ../nbs/12_lowdose_gan.ipynb #33547b09
 DOSE_RANGE = (0.05, 0.5)   # 𝒟 of the random doses d̂ of the adversarial pass (paper §2.1)
 
+# %% ../nbs/12_lowdose_gan.ipynb #853209dc
 def condition_vector(dose, # d: float or (B,) tensor, dose fraction in [0, 1] (1 = standard 0.1 mmol/kg)
                      field, # B: float or (B,) tensor, 1.5 or 3 tesla
                      batch: int | None = None, # broadcast scalars to this batch size
@@ -61,10 +65,11 @@ def condition_vector(dose, # d: float or (B,) tensor, dose fraction in [0, 1] (1
 # %% ../nbs/12_lowdose_gan.ipynb #578bc1ae
 def simulate_dose_series(seeds: Sequence[int], # one random subject per seed (phantom.subject_volumes)
                          fields: Sequence[float] | None = None, # per subject; default alternates 1.5 T, 3 T
-                         doses: Sequence[float] = (0.1, 0.2, 0.33), # low doses to simulate (native and 100 % always)
+                         doses: Sequence[float] = (0.1, 0.2, 0.33), # low doses (native and 100 % always simulated)
                          **subject_kw, # passed on (snr, n_lesions …)
                         ) -> list[dict]:
-    "Raw dose series {native, standard, low {d: vol}, field, labels} of simulated subjects (`phantom.subject_volumes`)."
+    """Raw dose series {native, standard, low {d: vol}, field, labels} of simulated subjects
+    (`phantom.subject_volumes`)."""
     seeds = list(seeds)
     for i, s in enumerate(seeds): check_int(s, f"seeds[{i}]", min=0)
     fields = [FIELDS[i % 2] for i in range(len(seeds))] if fields is None else list(fields)
@@ -81,6 +86,7 @@ def simulate_dose_series(seeds: Sequence[int], # one random subject per seed (ph
                         field=float(B), labels=sub["labels"]))
     return out
 
+# %% ../nbs/12_lowdose_gan.ipynb #bc395b40
 def normalized_series(series: Sequence[dict]) -> list[dict]:
     "Series divided by the 95th percentile of their native image (Pinetz's preprocessing, via DoseSeriesDataset)."
     norm = DoseSeriesDataset(series).series
@@ -90,12 +96,13 @@ def normalized_series(series: Sequence[dict]) -> list[dict]:
 
 # %% ../nbs/12_lowdose_gan.ipynb #8fbe3a4b
 class DoseCropStream:
-    "A stream (n, generator) → batch of random crops {x_NA, x_SD, y_LD, dose, field}: a random subject, dose and slice/position."
+    """A stream (n, generator) → batch of random crops {x_NA, x_SD, y_LD, dose, field}: a random subject, dose and
+    slice/position."""
     def __init__(self, series: Sequence[dict], # normalised series (see `normalized_series`)
                  dims: int = 2, # 2: crops of axial slices; 3: crops of the volume
                  crop: int = 64, # side of the square/cubic crop
                  slice_axis: int = 2, # axis the 2-D slices are cut along
-                 ce_fraction: float = 0.0, # share of crops centred (± crop/4) on a contrast-enhanced voxel (x_SD ≥ 1.1 x_NA)
+                 ce_fraction: float = 0.0, # share of crops centred (± crop/4) on a CE voxel (x_SD ≥ 1.1 x_NA)
                 ):
         check_choice(dims, "dims", (2, 3)); check_int(crop, "crop", min=1)
         check_int(slice_axis, "slice_axis", min=0, max=2)
@@ -136,7 +143,8 @@ class DoseCropStream:
             if centre is None: starts = [rint(s - self.crop + 1) for s in v.shape[1:]]
             else:
                 q = self.crop // 4
-                starts = [min(max(c - self.crop // 2 + rint(2 * q + 1) - q, 0), s - self.crop) for c, s in zip(centre, v.shape[1:])]
+                starts = [min(max(c - self.crop // 2 + rint(2 * q + 1) - q, 0), s - self.crop)
+                          for c, s in zip(centre, v.shape[1:])]
             v = v[(slice(None), *(slice(a, a + self.crop) for a in starts))]
             na, sd, ld = v[0], v[1], v[2 + k]
             out["x_NA"].append(na[None]); out["x_SD"].append(sd[None]); out["y_LD"].append((ld - na)[None])
@@ -165,6 +173,7 @@ def generate(G: nn.Module, # CondUNet with in_channels 3
                     device=generator.device if generator is not None else dev).to(dev)
     return G(torch.cat([z, x_NA, x_SD], dim=1), cond)
 
+# %% ../nbs/12_lowdose_gan.ipynb #975baf49
 def _pad_to(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, ...]]:
     shape = tuple(x.shape[2:])
     return center_crop_or_pad(x, [-(-s // multiple) * multiple for s in shape]), shape
@@ -177,7 +186,8 @@ def synthesize(G: nn.Module, # trained generator
                mask: bool = True, # zero the result outside the native's support (inputs are brain-masked)
               ) -> Tensor: # (B, 1, *spatial) x̂_LD on G's device
     "Synthetic low-dose image x̂_LD = x_NA + ŷ_LD at dose d̂ and field B (eval mode, no gradient, on G's device)."
-    check_tensor(x_NA, "x_NA", ndim=(4, 5)); check_tensor(x_SD, "x_SD"); check_same_shape(x_NA, x_SD, ("x_NA", "x_SD"))
+    check_tensor(x_NA, "x_NA", ndim=(4, 5)); check_tensor(x_SD, "x_SD")
+    check_same_shape(x_NA, x_SD, ("x_NA", "x_SD"))
     check_choice(mask, "mask", (True, False))
     cond = condition_vector(dose, field, batch=x_NA.shape[0])     # validated on the CPU, then moved
     dev = _device(G)
@@ -189,6 +199,7 @@ def synthesize(G: nn.Module, # trained generator
     x = x_NA + y
     return x * (x_NA != 0) if mask else x
 
+# %% ../nbs/12_lowdose_gan.ipynb #f32fe579
 def _check_series(s, name: str):
     "One normalised series: a dict with native, standard, low {dose: vol} and field."
     require(isinstance(s, dict), name, "a dict (one normalised series)", type(s).__name__)
@@ -201,9 +212,11 @@ def synthesize_volume(G: nn.Module, series: dict, # one normalised series
                       chunk: int = 32, # slices per forward pass
                      ) -> Tensor: # (X, Y, Z) x̂_LD on G's device
     "x̂_LD of a whole volume: directly (3-D generator) or slice by slice along `slice_axis` (2-D generator)."
-    _check_series(series, "series"); check_int(slice_axis, "slice_axis", min=0, max=2); check_int(chunk, "chunk", min=1)
+    _check_series(series, "series"); check_int(slice_axis, "slice_axis", min=0, max=2)
+    check_int(chunk, "chunk", min=1)
     na, sd = series["native"], series["standard"]
-    if G.dims == 3: return synthesize(G, na[None, None], sd[None, None], dose, series["field"], generator)[0, 0]
+    if G.dims == 3:
+        return synthesize(G, na[None, None], sd[None, None], dose, series["field"], generator)[0, 0]
     a, b = volume_to_slices(na, slice_axis), volume_to_slices(sd, slice_axis)
     out = torch.cat([synthesize(G, a[i:i + chunk], b[i:i + chunk], dose, series["field"], generator)
                      for i in range(0, len(a), chunk)])
@@ -211,8 +224,11 @@ def synthesize_volume(G: nn.Module, series: dict, # one normalised series
 
 # %% ../nbs/12_lowdose_gan.ipynb #c9b2a17c
 CONTENT_LOSSES = ("l1", "np", "l1+np", "vgg")
+
+# %% ../nbs/12_lowdose_gan.ipynb #f205a876
 CONTENT_REDUCTIONS = ("sum", "mean", "code")
 
+# %% ../nbs/12_lowdose_gan.ipynb #da2bf772
 def downsampled_targets(target: Tensor, scales: int) -> list[Tensor]:
     "y, G y, G² y …: the targets of the multi-scale heads (9^d Gaussian σ = 1, stride 2, as Pinetz's code)."
     check_int(scales, "scales", min=1)
@@ -223,7 +239,7 @@ def downsampled_targets(target: Tensor, scales: int) -> list[Tensor]:
 # %% ../nbs/12_lowdose_gan.ipynb #c9b2a17d
 def content_loss(preds, # a tensor ŷ or the generator's list of multi-scale residuals, finest first
                  target: Tensor, # y_LD at full resolution
-                 kind: str = "np", # 'l1', 'np' (patch W1, the paper's ℓ_NP), 'l1+np' (the code's w0·ℓ1 + w2·W), 'vgg'
+                 kind: str = "np", # 'l1', 'np' (patch W1, the paper's ℓ_NP), 'l1+np' (code: w0·ℓ1 + w2·W), 'vgg'
                  patch_size: int = 8, # NP: patch side n (8 in 2-D: 64 pixels, as the code's 4³ voxels in 3-D)
                  generator: torch.Generator | None = None, # NP: the random patch-grid offset
                  vgg: nn.Module | None = None, # VGG16Features for kind='vgg'
@@ -255,10 +271,12 @@ def content_loss(preds, # a tensor ŷ or the generator's list of multi-scale res
 def _reduce_l1(e: Tensor, reduction: str) -> Tensor: return e.sum() if reduction == "sum" else e.mean()
 
 # %% ../nbs/12_lowdose_gan.ipynb #eab9002a
-VGG16_RELU3_3 = (64, 64, "M", 128, 128, "M", 256, 256, 256)   # VGG-16 'features' up to relu3_3 (torchvision indices 0–15)
+VGG16_RELU3_3 = (64, 64, "M", 128, 128, "M", 256, 256, 256)   # VGG-16 'features' to relu3_3 (torchvision 0–15)
 
+# %% ../nbs/12_lowdose_gan.ipynb #d5edbea8
 class VGG16Features(nn.Module):
-    "VGG-16 feature extractor h(x) up to relu3_3 (Johnson et al.), with torchvision's layer indices; grey inputs repeated to 3 channels."
+    """VGG-16 feature extractor h(x) up to relu3_3 (Johnson et al.), with torchvision's layer indices; grey inputs
+    repeated to 3 channels."""
     def __init__(self):
         super().__init__()
         layers, c = [], 3
@@ -275,9 +293,11 @@ class VGG16Features(nn.Module):
         if x.shape[1] == 1: x = x.expand(-1, 3, -1, -1)
         return self.features(x)
 
+# %% ../nbs/12_lowdose_gan.ipynb #c9091310
 def load_vgg16_features(path: str | os.PathLike, # a local torchvision VGG-16 state dict (e.g. vgg16-397923af.pth)
                        ) -> VGG16Features:
-    "VGG16Features with weights from a local file (nothing is downloaded); a clear error when the file is missing or wrong."
+    """VGG16Features with weights from a local file (nothing is downloaded); a clear error when the file is missing
+    or wrong."""
     if not path:
         raise ValueError("vgg_weights: the 'vgg' content loss needs local VGG-16 weights; download torchvision's vgg16 "
                          "state dict (vgg16-397923af.pth) yourself and pass its path (medsynth_nb never downloads)")
@@ -299,8 +319,8 @@ def load_vgg16_features(path: str | os.PathLike, # a local torchvision VGG-16 st
         if k2 in want: got[k2] = v
     missing = [k for k in want if k not in got]
     if missing:
-        raise ValueError(f"vgg_weights: {p} is not a VGG-16 state dict: missing {missing[:3]} (expected torchvision keys "
-                         "'features.0.weight' … 'features.14.bias')")
+        raise ValueError(f"vgg_weights: {p} is not a VGG-16 state dict: missing {missing[:3]} (expected torchvision "
+                         "keys 'features.0.weight' … 'features.14.bias')")
     try: net.load_state_dict(got)
     except RuntimeError as e: raise ValueError(f"vgg_weights: {p} is not a VGG-16 state dict: {e}") from e
     return net.eval()
@@ -308,6 +328,7 @@ def load_vgg16_features(path: str | os.PathLike, # a local torchvision VGG-16 st
 # %% ../nbs/12_lowdose_gan.ipynb #2e48f86e
 LABEL_NOISE_ON = ("dose", "all")
 
+# %% ../nbs/12_lowdose_gan.ipynb #5e5da65e
 @dataclass
 class LowDoseConfig(TrainConfig):
     "Pinetz et al.'s conditional low-dose GAN: sizes, losses and data."
@@ -324,7 +345,7 @@ class LowDoseConfig(TrainConfig):
     betas: tuple[float, float] = (0.5, 0.9) # Adam (β1, β2), both networks (the code)
     n_critic: int = 5 # critic updates per generator update (the code: optimizer frequency 5)
     label_noise: float = 0.05 # σ of the N(0, σ) "label smoothing" of the real condition (paper §2.1, the code)
-    label_noise_on: str = "dose" # 'dose' (paper §2.1: "the real dose is augmented") or 'all' (the code: dose and field)
+    label_noise_on: str = "dose" # 'dose' (paper §2.1: "the real dose is augmented"), 'all' (code: dose and field)
     dose_min: float = 0.05 # d̂ ~ U[dose_min, dose_max] in the adversarial pass (paper §2.1)
     dose_max: float = 0.5
     base_channels: int = 8 # generator c (channels 2c/4c/8c/8c, the code)
@@ -356,16 +377,21 @@ class LowDoseConfig(TrainConfig):
         for i, b in enumerate(self.betas): check_number(b, f"betas[{i}]", 0, 1, max_open=True)
         for k in ("ce_fraction", "dose_min", "dose_max"): check_number(getattr(self, k), k, 0, 1)
         f = 2 ** max(self.levels, self.critic_levels)
-        require(self.crop >= f and self.crop % f == 0, "crop", f"a multiple of 2^max(levels, critic_levels) = {f}", self.crop)
+        require(self.crop >= f and self.crop % f == 0, "crop", f"a multiple of 2^max(levels, critic_levels) = {f}",
+                self.crop)
         require(1 <= self.out_scales <= self.levels, "out_scales", f"1..levels ({self.levels})", self.out_scales)
-        require(self.crop // 2 ** (self.out_scales - 1) >= self.patch_size, "crop", f"at least patch_size at the coarsest output scale", self.crop)
-        require(0 <= self.dose_min < self.dose_max <= 1, "dose_min/dose_max", "0 <= dose_min < dose_max <= 1", (self.dose_min, self.dose_max))
+        require(self.crop // 2 ** (self.out_scales - 1) >= self.patch_size, "crop",
+                f"at least patch_size at the coarsest output scale", self.crop)
+        require(0 <= self.dose_min < self.dose_max <= 1, "dose_min/dose_max", "0 <= dose_min < dose_max <= 1",
+                (self.dose_min, self.dose_max))
         for k in ("content_weight", "l1_weight", "np_weight", "adv_weight", "gp_weight", "label_noise"):
             check_number(getattr(self, k), k, min=0)
         if self.content_loss == "vgg" and not self.vgg_weights:
-            raise ValueError("vgg_weights: content_loss='vgg' needs a local VGG-16 state dict (torchvision's vgg16-397923af.pth, "
-                             "downloaded by you); pass vgg_weights=PATH; medsynth_nb never downloads weights")
+            raise ValueError("vgg_weights: content_loss='vgg' needs a local VGG-16 state dict (torchvision's "
+                             "vgg16-397923af.pth, downloaded by you); pass vgg_weights=PATH; medsynth_nb never "
+                             "downloads weights")
 
+# %% ../nbs/12_lowdose_gan.ipynb #3bed8e0a
 def build_networks(cfg: LowDoseConfig) -> tuple[CondUNet, CondCritic]:
     "Generator g_θ and critic f_φ with the config's sizes."
     require(isinstance(cfg, LowDoseConfig), "cfg", "a LowDoseConfig", type(cfg).__name__)
@@ -374,6 +400,7 @@ def build_networks(cfg: LowDoseConfig) -> tuple[CondUNet, CondCritic]:
     D = CondCritic(3, 2, cfg.dims, cfg.critic_channels, tuple(min(2 ** i, 8) for i in range(cfg.critic_levels + 1)))
     return G, D
 
+# %% ../nbs/12_lowdose_gan.ipynb #45b2c87f
 def training_series(cfg: LowDoseConfig) -> list[dict]:
     "Normalised training series: data_samples/ (train_subjects = 0) or simulated subjects."
     require(isinstance(cfg, LowDoseConfig), "cfg", "a LowDoseConfig", type(cfg).__name__)
@@ -393,7 +420,8 @@ def smoothed_condition(cond: Tensor, # (B, 2) real condition [d, (B − 2.25)/0.
                        on: str = "dose", # 'dose' (paper §2.1) or 'all' (the authors' code)
                        generator: torch.Generator | None = None,
                       ) -> Tensor:
-    "Label smoothing of the critic's real branch: c + N(0, σ²) on the dose only ('dose') or on every entry ('all')."
+    """Label smoothing of the critic's real branch: c + N(0, σ²) on the dose only ('dose') or on every entry
+    ('all')."""
     check_choice(on, "on", LABEL_NOISE_ON); check_number(sigma, "sigma", min=0)
     require(cond.ndim == 2 and cond.shape[1] == 2, "cond", "a (B, 2) condition", tuple(cond.shape))
     noise = sigma * torch.randn(cond.shape, generator=generator, device=cond.device, dtype=cond.dtype)
@@ -416,8 +444,10 @@ def lowdose_critic_loss(batch: dict, ctx, cfg: LowDoseConfig):
     gp = wgan.gradient_penalty(D, real, fake, cond_real, cond_fake, generator=ctx.rng, eps=1e-6)
     return w + cfg.gp_weight * gp, {"wasserstein": -w.detach(), "gp": gp.detach()}
 
+# %% ../nbs/12_lowdose_gan.ipynb #bd0db4eb
 def lowdose_generator_loss(batch: dict, ctx, cfg: LowDoseConfig, vgg: nn.Module | None = None):
-    "Generator: pass 1 (real dose, fresh z) → λ_C·ℓ_C over the scales; pass 2 (random dose d̂) → adversarial −f̄(ŷ, ĉ)."
+    """Generator: pass 1 (real dose, fresh z) → λ_C·ℓ_C over the scales; pass 2 (random dose d̂) → adversarial
+    −f̄(ŷ, ĉ)."""
     # every training step: no NaN scan, as in `lowdose_critic_loss`
     G, D = ctx.models.generator, ctx.models.critic
     na, sd, y = batch["x_NA"], batch["x_SD"], batch["y_LD"]
@@ -432,22 +462,23 @@ def lowdose_generator_loss(batch: dict, ctx, cfg: LowDoseConfig, vgg: nn.Module 
     return cfg.content_weight * lc + cfg.adv_weight * adv, {"content": lc.detach(), "adv": adv.detach(), "l1": l1}
 
 # %% ../nbs/12_lowdose_gan.ipynb #1054e776
-CODE_RECIPE = dict(content_loss="l1+np", content_reduction="code", label_noise_on="all")  # the authors' code where it differs
+CODE_RECIPE = dict(content_loss="l1+np", content_reduction="code", label_noise_on="all")  # the code, where it differs
 
+# %% ../nbs/12_lowdose_gan.ipynb #c5a8682f
 @register_experiment("lowdose-gan", LowDoseConfig,
     description="Pinetz et al. 2023: conditional low-dose contrast synthesis GAN, content loss l1 | np | l1+np | vgg",
     presets={
-    "smoke": dict(steps=3, batch_size=2, crop=16, base_channels=4, levels=2, out_scales=2, num_heads=2, critic_channels=4,
-                  critic_levels=2, n_critic=2, lr=1e-3, critic_lr=1e-3, ckpt_every=0),
+    "smoke": dict(steps=3, batch_size=2, crop=16, base_channels=4, levels=2, out_scales=2, num_heads=2,
+                  critic_channels=4, critic_levels=2, n_critic=2, lr=1e-3, critic_lr=1e-3, ckpt_every=0),
     # ours throughout (2-D, CPU); 'mean' + λ_C = 100 lets ℓ1 and NP share one λ_C at the same per-voxel scale
-    "demo": dict(steps=500, batch_size=8, crop=32, base_channels=4, levels=3, out_scales=3, num_heads=2, critic_channels=8,
-                 critic_levels=3, n_critic=3, lr=1e-3, critic_lr=5e-4, train_subjects=6, ce_fraction=0.5, log_every=10,
-                 content_reduction="mean", content_weight=100.0),
+    "demo": dict(steps=500, batch_size=8, crop=32, base_channels=4, levels=3, out_scales=3, num_heads=2,
+                 critic_channels=8, critic_levels=3, n_critic=3, lr=1e-3, critic_lr=5e-4, train_subjects=6,
+                 ce_fraction=0.5, log_every=10, content_reduction="mean", content_weight=100.0),
     # sourced: 3-D, n = 4 (4³ voxels), sum, label noise on the dose, c = 8 / 32, 1:5, β; NOT published (ours): steps,
     # batch, crop, lr, λ_C (0.01 ≈ the demo's balance per patch over the 8192 patches of 2 × 64³), λ_GP, subjects
-    "paper": dict(steps=50_000, dims=3, batch_size=2, crop=64, patch_size=4, base_channels=8, levels=3, critic_channels=32,
-                  critic_levels=4, n_critic=5, lr=1e-4, critic_lr=1e-4, content_weight=0.01, train_subjects=64,
-                  log_every=50, ckpt_every=2500)})
+    "paper": dict(steps=50_000, dims=3, batch_size=2, crop=64, patch_size=4, base_channels=8, levels=3,
+                  critic_channels=32, critic_levels=4, n_critic=5, lr=1e-4, critic_lr=1e-4, content_weight=0.01,
+                  train_subjects=64, log_every=50, ckpt_every=2500)})
 def build_lowdose_gan(cfg: LowDoseConfig) -> Task:
     "Networks, Adam(β) optimizers, the crop stream and the two phases of Pinetz's training step."
     vgg = load_vgg16_features(cfg.vgg_weights) if cfg.content_loss == "vgg" else None
@@ -463,11 +494,12 @@ def build_lowdose_gan(cfg: LowDoseConfig) -> Task:
 # %% ../nbs/12_lowdose_gan.ipynb #6a52f9a2
 def held_out_series(seeds: Sequence[int] = (9000, 9001), # held-out subjects (disjoint from the training seeds)
                     doses: Sequence[float] = (0.1, 0.17, 0.2, 0.33, 0.47),
-                    anatomy: str = "colin27", # Colin27 (one person), not the ICBM152 average the training subjects warp
+                    anatomy: str = "colin27", # Colin27 (one person), not the ICBM152 average of the training set
                    ) -> list[dict]:
     "Normalised held-out simulated subjects with real low-dose images at `doses` (incl. the unseen 17 % and 47 %)."
     return normalized_series(simulate_dose_series(seeds, doses=doses, anatomy=anatomy))
 
+# %% ../nbs/12_lowdose_gan.ipynb #a3bfa591
 def lowdose_metrics(pred: Tensor, target: Tensor, # (X, Y, Z) synthetic and real x_LD
                     native: Tensor, standard: Tensor, # x_NA and x_SD (define CE voxels and the brain)
                    ) -> dict[str, float]:
@@ -487,6 +519,7 @@ def lowdose_metrics(pred: Tensor, target: Tensor, # (X, Y, Z) synthetic and real
                 mae_sigma_residual=float(mae_sigma(res_p, res_t, excl)),
                 mae_sigma_noise=float(mae_sigma_noise(p, t, excl, support=brain)))
 
+# %% ../nbs/12_lowdose_gan.ipynb #990ae504
 def evaluate_lowdose(G: nn.Module, series: Sequence[dict], # normalised held-out series
                      doses: Sequence[float] | None = None, # default: every low dose of each series
                      seed: int = 0) -> list[dict]:
@@ -505,8 +538,10 @@ def evaluate_lowdose(G: nn.Module, series: Sequence[dict], # normalised held-out
                              **lowdose_metrics(pred, s["low"][d], s["native"], s["standard"])))
     return rows
 
+# %% ../nbs/12_lowdose_gan.ipynb #c6fa157a
 TABLE1_KEYS = ("psnr", "ssim", "mae_ce", "mae_sigma", "mae_sigma_residual", "mae_sigma_noise")
 
+# %% ../nbs/12_lowdose_gan.ipynb #6a4bf6c5
 def summarize(rows: Sequence[dict], keys=TABLE1_KEYS) -> dict[str, float]:
     "Mean of each metric over rows."
     require(len(rows) > 0, "rows", "at least one row", list(rows))
@@ -515,39 +550,47 @@ def summarize(rows: Sequence[dict], keys=TABLE1_KEYS) -> dict[str, float]:
         require(not missing, f"rows[{i}]", f"the metrics {tuple(keys)}", f"missing {missing}")
     return {k: float(np.mean([r[k] for r in rows])) for k in keys}
 
+# %% ../nbs/12_lowdose_gan.ipynb #eab0d99a
 def enhancement_curve(G: nn.Module, s: dict, # one normalised series
                       doses: Sequence[float], seed: int = 0,
-                     ) -> tuple[Tensor, Tensor]: # (synthetic, real) mean enhancement x_LD − x_NA in CE voxels per dose (real: NaN where absent)
-    "Mean contrast enhancement in the CE voxels of x_SD vs dose: synthesised at every dose, real where the series has that dose."
+                     ) -> tuple[Tensor, Tensor]: # (synthetic, real) mean x_LD − x_NA in CE voxels (real: NaN if absent)
+    """Mean contrast enhancement in the CE voxels of x_SD vs dose: synthesised at every dose, real where the series
+    has that dose."""
     _check_series(s, "s"); check_int(seed, "seed", min=0)
     require(len(doses) > 0, "doses", "at least one dose", doses)
     for i, d in enumerate(doses): check_number(d, f"doses[{i}]", 0, 1)
     ce = ce_mask(s["native"][None, None], s["standard"][None, None], 1.1, (s["native"] > 0)[None, None])[0, 0]
     require(bool(ce.any()), "s", "contrast-enhanced voxels (x_SD >= 1.1 x_NA) to average over", "none")
     gen = make_generator(seed)
-    syn = torch.tensor([float((synthesize_volume(G, s, d, gen).to(ce.device) - s["native"])[ce].mean()) for d in doses])
-    real = torch.tensor([float((s["low"][d] - s["native"])[ce].mean()) if d in s["low"] else float("nan") for d in doses])
+    syn = torch.tensor([float((synthesize_volume(G, s, d, gen).to(ce.device) - s["native"])[ce].mean())
+                        for d in doses])
+    real = torch.tensor([float((s["low"][d] - s["native"])[ce].mean()) if d in s["low"] else float("nan")
+                         for d in doses])
     return syn, real
 
+# %% ../nbs/12_lowdose_gan.ipynb #9ee4214b
 def dose_slider(G: nn.Module, s: dict, # one normalised series
                 index: int | None = None, # slice along axis 2 (default: the one with most CE voxels)
                 seed: int = 0):
     "An ipywidgets slider over d̂ showing x_NA, the synthesised x̂_LD(d̂) and x_SD of one axial slice."
-    import ipywidgets as widgets
+    import ipywidgets as widgets     # heavy optional dependencies: imported only when a slider is asked for
     import matplotlib.pyplot as plt
     _check_series(s, "s"); check_int(seed, "seed", min=0)
     if index is not None: check_int(index, "index", min=0, max=s["native"].shape[2] - 1)
     na, sd = s["native"], s["standard"]
-    if index is None: index = int(ce_mask(na[None, None], sd[None, None], 1.1, (na > 0)[None, None])[0, 0].sum((0, 1)).argmax())
+    if index is None:
+        index = int(ce_mask(na[None, None], sd[None, None], 1.1, (na > 0)[None, None])[0, 0].sum((0, 1)).argmax())
     a, b = na[:, :, index][None, None], sd[:, :, index][None, None]
     vmax = float(sd.max())
     def show(dose=0.33):
         x = synthesize(G, a, b, dose, s["field"], make_generator(seed))[0, 0].cpu()
         fig, axs = plt.subplots(1, 3, figsize=(9, 3.2))
         for ax, im, t in zip(axs, (a[0, 0], x, b[0, 0]), ("x_NA", f"x̂_LD, d̂ = {dose:.2f}", "x_SD")):
-            h = ax.imshow(im.T.numpy(), cmap=IMAGE_CMAP, vmin=0, vmax=vmax, origin="lower"); ax.set_title(t); ax.axis("off")
+            h = ax.imshow(im.T.numpy(), cmap=IMAGE_CMAP, vmin=0, vmax=vmax, origin="lower")
+            ax.set_title(t); ax.axis("off")
         fig.colorbar(h, ax=axs, fraction=0.02); plt.show()
-    return widgets.interactive(show, dose=widgets.FloatSlider(value=0.33, min=0.0, max=1.0, step=0.01, description="dose d̂"))
+    return widgets.interactive(show, dose=widgets.FloatSlider(value=0.33, min=0.0, max=1.0, step=0.01,
+                                                              description="dose d̂"))
 
 # %% ../nbs/12_lowdose_gan.ipynb #a7b10002
 def with_synthetic_low(G: nn.Module, series: Sequence[dict], # normalised series
@@ -558,6 +601,7 @@ def with_synthetic_low(G: nn.Module, series: Sequence[dict], # normalised series
     gen = make_generator(seed)
     return [dict(s, low={dose: synthesize_volume(G, s, dose, gen).to(s["native"].device)}) for s in series]
 
+# %% ../nbs/12_lowdose_gan.ipynb #be22b1c3
 def only_dose(series: Sequence[dict], dose: float = 0.33) -> list[dict]:
     "Copies of `series` keeping only the real low-dose image at `dose` (the VCM's real training data)."
     for i, s in enumerate(series):
@@ -595,10 +639,12 @@ def predict_standard(net: CondUNet, s: dict, # one normalised series with a REAL
     check_int(slice_axis, "slice_axis", min=0, max=2)
     na = volume_to_slices(s["native"], slice_axis).to(_device(net))
     ld = volume_to_slices(s["low"][dose], slice_axis).to(na.device)
-    (x, shape), cond = _pad_to(torch.cat([na, ld], 1), 2 ** net.levels), condition_vector(dose, s["field"], batch=len(na))
+    (x, shape), cond = (_pad_to(torch.cat([na, ld], 1), 2 ** net.levels),
+                        condition_vector(dose, s["field"], batch=len(na)))
     out = na + center_crop_or_pad(net(x, cond.to(na.device))[0], shape)
     return slices_to_volume((out * (na > 0)).cpu(), slice_axis)
 
+# %% ../nbs/12_lowdose_gan.ipynb #1f42b702
 def sd_prediction_metrics(net: CondUNet, series: Sequence[dict], dose: float = 0.33) -> dict[str, float]:
     "Table 1 right: mean PSNR / SSIM of x̂_SD (from the real x_LD) against the real x_SD over the volumes."
     require(len(series) > 0, "series", "at least one series", list(series))

@@ -687,22 +687,18 @@ def _lesion_z(labels: np.ndarray) -> np.ndarray:
     "The 8 axial slice indices with the most lesion voxels, ascending."
     return np.sort(np.argsort(-(labels >= LABELS["rim"]).sum((0, 1)), kind="stable")[:8])
 
-def _sample_slices(v: np.ndarray, zs: np.ndarray) -> np.ndarray:
-    "The sample files' slices (N, Y, X), padded 117×99 → 128×128: posterior up (the sample's own orientation)."
-    return np.pad(v[:, :, zs].transpose(2, 1, 0), ((0, 0), (5, 6), (14, 15)))
-
 def write_lipcar_slices(out: Path, anat: dict, seed: int = 0) -> list[dict]:
-    "(c) LIP-CAR: `lipcar_slices.npz`, pre/low/high T1w spin-echo slices through the lesions, joint min-max to [0, 1]."
+    "(c) LIP-CAR: `lipcar_slices.npz`, pre/low/high T1w spin-echo axial slices (anterior up) through the lesions."
     fr, labels = sample_subject(anat, seed)
     zs, B = _lesion_z(labels), 3.0
     sigma = tissue_signals(B, "spin_echo")["wm"] / SNR[B]
     b = bias_field(labels.shape, 0.1, seed=_sample_rng(seed, 5))
-    lip = {name: _sample_slices(add_rician_noise(simulate_image(fr, B, "spin_echo", d, "gadobutrol", b), sigma,
-                                                 seed=_sample_rng(seed, 6, k)), zs)
+    lip = {name: axial_slices(add_rician_noise(simulate_image(fr, B, "spin_echo", d, "gadobutrol", b), sigma,
+                                               seed=_sample_rng(seed, 6, k)), zs, side=128).numpy()
            for k, (name, d) in enumerate((("pre", 0.0), ("low", 0.2), ("high", 1.0)))}
     lo, hi = min(v.min() for v in lip.values()), max(v.max() for v in lip.values())
     arrays = {k: ((v - lo) / (hi - lo)).astype(np.float32) for k, v in lip.items()}
-    arrays["labels"] = _sample_slices(labels, zs).astype(np.uint8); arrays["z_index"] = zs.astype(np.int64)
+    arrays["labels"] = axial_slices(labels, zs, side=128).numpy().astype(np.uint8); arrays["z_index"] = zs.astype(np.int64)
     with atomic_write(out / "lipcar_slices.npz", suffix=".npz") as tmp:
         with open(tmp, "wb") as fh: np.savez_compressed(fh, **arrays)
     return [_entry(out / "lipcar_slices.npz", "lipcar", "LIP-CAR: 8 axial 128×128 T1w spin-echo slices (TR 500/TE 10, "
@@ -714,8 +710,8 @@ def write_kspace_sample(out: Path, anat: dict, seed: int = 0) -> list[dict]:
     "(d) fastMRI: `kspace_3T_axt1post.h5`, 8-coil k-space of 4 post-contrast axial slices and its RSS target."
     fr, labels = sample_subject(anat, seed)
     zk = np.sort(_lesion_z(labels)[:4])
-    img = _sample_slices(simulate_image(fr, 3.0, "spgr", 1.0, "gadobutrol",
-                                        bias_field(labels.shape, 0.15, seed=_sample_rng(seed, 2, 30))), zk)
+    vol = simulate_image(fr, 3.0, "spgr", 1.0, "gadobutrol", bias_field(labels.shape, 0.15, seed=_sample_rng(seed, 2, 30)))
+    img = axial_slices(vol, zk, side=128).numpy()   # anterior up
     sigma_k = tissue_signals(3.0, "spgr")["wm"] / SNR[3.0]
     k, _, _ = multicoil_kspace(img, 8, sigma_k, seed=_sample_rng(seed, 7))
     p = save_fastmri_h5(out / "kspace_3T_axt1post.h5", k, rss(ifft2c(torch.from_numpy(k.astype(np.complex128))))[:, 0].numpy().astype(np.float32),

@@ -334,3 +334,15 @@ def test_sample_writers_each_reproduce_their_files(tmp_path):
         assert entries and entries == [shipped[e["path"]] for e in entries], write.__name__
         seen += [e["path"] for e in entries]
     assert set(seen) == {p for p, e in shipped.items() if e["kind"] != "anatomy"}
+
+def test_samples_are_cut_in_the_one_orientation():
+    "The LIP-CAR and k-space samples are axial_slices of the samples' subject (anterior up), like every simulated set."
+    from medsynth_nb.data import load_fastmri_h5, load_nifti
+    lab = load_nifti(SAMPLES / "dose_labels.nii.gz", dtype=None)[0].astype(np.int64)
+    z = np.load(SAMPLES / "lipcar_slices.npz")
+    assert np.array_equal(z["labels"], P.axial_slices(lab, z["z_index"], side=128).numpy())
+    rss = load_fastmri_h5(SAMPLES / "kspace_3T_axt1post.h5")["reconstruction_rss"]
+    brain = P.axial_slices(lab, np.sort(P._lesion_z(lab)[:4]), side=128).numpy() > 0
+    head = rss > 0.25 * rss.max()
+    dice = lambda a, b: 2 * (a & b).sum() / (a.sum() + b.sum())
+    assert dice(head, brain) > 0.99 > dice(head, brain[:, ::-1]), (dice(head, brain), dice(head, brain[:, ::-1]))

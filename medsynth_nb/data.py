@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -397,31 +398,36 @@ class DoseSeriesDataset(Dataset):
                         if skip_empty and not s["native"].select(slice_axis, j).any(): continue
                         self.index.append((i, d, j))
 
-    def __len__(self): return len(self.index)
+# %% ../nbs/01_data.ipynb #fb9bf2d2
+@patch
+def __len__(self: DoseSeriesDataset): return len(self.index)
 
-    def __getitem__(self, k: int) -> dict:
-        i, d, j = self.index[k]
-        s = self.series[i]
-        pick = (lambda v: v) if j is None else (lambda v: v.select(self.slice_axis, j))
-        na, sd, ld = pick(s["native"]), pick(s["standard"]), pick(s["low"][d])
-        return dict(x_NA=na[None], x_SD=sd[None], y_LD=(ld - na)[None], x_LD=ld[None],
-                    dose=torch.tensor(d, dtype=torch.float32), field=torch.tensor(s["field"], dtype=torch.float32))
+@patch
+def __getitem__(self: DoseSeriesDataset, k: int) -> dict:
+    i, d, j = self.index[k]
+    s = self.series[i]
+    pick = (lambda v: v) if j is None else (lambda v: v.select(self.slice_axis, j))
+    na, sd, ld = pick(s["native"]), pick(s["standard"]), pick(s["low"][d])
+    return dict(x_NA=na[None], x_SD=sd[None], y_LD=(ld - na)[None], x_LD=ld[None],
+                dose=torch.tensor(d, dtype=torch.float32), field=torch.tensor(s["field"], dtype=torch.float32))
 
-    @classmethod
-    def from_samples(cls, root=None, fields: Sequence[float] = (1.5, 3.0), doses: Sequence[float] | None = None, **kw):
-        "The dose series in `data_samples/` (one subject per field strength)."
-        series = []
-        for B in fields:
-            entries = find_samples("dose_series", root, field=B)
-            vols = {e["dose"]: load_nifti(samples_root(root) / e["path"])[0] for e in entries}
-            low = {d: v for d, v in vols.items() if 0 < d < 1 and (doses is None or d in doses)}
-            have = sorted(d for d in vols if 0 < d < 1)
-            for d in doses or ():
-                require(d in have, "doses", f"doses of the {B:g} T samples {have}", d)
-            want = f"native (0) and standard (1) dose files at {B:g} T"
-            require(0.0 in vols and 1.0 in vols, "root", want, sorted(vols))
-            series.append(dict(native=vols[0.0], standard=vols[1.0], low=low, field=B))
-        return cls(series, **kw)
+# %% ../nbs/01_data.ipynb #ba143691
+@patch(cls_method=True)
+def from_samples(cls: DoseSeriesDataset, root=None, fields: Sequence[float] = (1.5, 3.0),
+                 doses: Sequence[float] | None = None, **kw):
+    "The dose series in `data_samples/` (one subject per field strength)."
+    series = []
+    for B in fields:
+        entries = find_samples("dose_series", root, field=B)
+        vols = {e["dose"]: load_nifti(samples_root(root) / e["path"])[0] for e in entries}
+        low = {d: v for d, v in vols.items() if 0 < d < 1 and (doses is None or d in doses)}
+        have = sorted(d for d in vols if 0 < d < 1)
+        for d in doses or ():
+            require(d in have, "doses", f"doses of the {B:g} T samples {have}", d)
+        want = f"native (0) and standard (1) dose files at {B:g} T"
+        require(0.0 in vols and 1.0 in vols, "root", want, sorted(vols))
+        series.append(dict(native=vols[0.0], standard=vols[1.0], low=low, field=B))
+    return cls(series, **kw)
 
 # %% ../nbs/01_data.ipynb #df5c57c0
 def durrer_preprocess(vol: Tensor) -> Tensor:
@@ -465,28 +471,33 @@ class PairedContrastDataset(Dataset):
                 if skip_empty and not sl["source"][j].any(): continue
                 self.items.append((i, j, {k: v[j] for k, v in sl.items()}))
 
-    def __len__(self): return len(self.items)
+# %% ../nbs/01_data.ipynb #0a4129f9
+@patch
+def __len__(self: PairedContrastDataset): return len(self.items)
 
-    def __getitem__(self, k: int) -> dict:
-        i, j, d = self.items[k]
-        out = {n: (center_crop_or_pad(v, self.crop) if self.crop else v)[None] for n, v in d.items()}
-        out.update(volume=torch.tensor(i), slice=torch.tensor(j))
-        return out
+@patch
+def __getitem__(self: PairedContrastDataset, k: int) -> dict:
+    i, j, d = self.items[k]
+    out = {n: (center_crop_or_pad(v, self.crop) if self.crop else v)[None] for n, v in d.items()}
+    out.update(volume=torch.tensor(i), slice=torch.tensor(j))
+    return out
 
-    @classmethod
-    def from_samples(cls, root=None, kind: str = "mprage", source: str = "1.5T", target: str = "3T", **kw):
-        "Durrer pairs (kind='mprage', source/target '1.5T'/'3T', Durrer preprocessing) or LIP-CAR (kind='lipcar')."
-        check_choice(kind, "kind", ("mprage", "lipcar"))
-        if kind == "mprage":
-            check_choice(source, "source", ("1.5T", "3T")); check_choice(target, "target", ("1.5T", "3T"))
-            f = {e["field"]: samples_root(root) / e["path"] for e in find_samples("mprage", root)}
-            sB, tB = float(source.rstrip("T")), float(target.rstrip("T"))
-            kw.setdefault("transform", durrer_preprocess)
-            return cls([load_nifti(f[sB])[0]], [load_nifti(f[tB])[0]], **kw)
-        if kind == "lipcar":
-            z = np.load(samples_root(root) / find_samples("lipcar", root)[0]["path"])
-            kw.setdefault("slice_axis", 0)
-            return cls([z["low"]], [z["high"]], condition=[z["pre"]], **kw)
+# %% ../nbs/01_data.ipynb #25f2e5c8
+@patch(cls_method=True)
+def from_samples(cls: PairedContrastDataset, root=None, kind: str = "mprage", source: str = "1.5T",
+                 target: str = "3T", **kw):
+    "Durrer pairs (kind='mprage', source/target '1.5T'/'3T', Durrer preprocessing) or LIP-CAR (kind='lipcar')."
+    check_choice(kind, "kind", ("mprage", "lipcar"))
+    if kind == "mprage":
+        check_choice(source, "source", ("1.5T", "3T")); check_choice(target, "target", ("1.5T", "3T"))
+        f = {e["field"]: samples_root(root) / e["path"] for e in find_samples("mprage", root)}
+        sB, tB = float(source.rstrip("T")), float(target.rstrip("T"))
+        kw.setdefault("transform", durrer_preprocess)
+        return cls([load_nifti(f[sB])[0]], [load_nifti(f[tB])[0]], **kw)
+    if kind == "lipcar":
+        z = np.load(samples_root(root) / find_samples("lipcar", root)[0]["path"])
+        kw.setdefault("slice_axis", 0)
+        return cls([z["low"]], [z["high"]], condition=[z["pre"]], **kw)
 
 # %% ../nbs/01_data.ipynb #9d0bc1ac
 class KSpaceSliceDataset(Dataset):
@@ -510,27 +521,30 @@ class KSpaceSliceDataset(Dataset):
                 n = f["kspace"].shape[0]
             self.index += [(p, j) for j in range(n)]
 
-    def __len__(self): return len(self.index)
+# %% ../nbs/01_data.ipynb #d1af2a1a
+@patch
+def __len__(self: KSpaceSliceDataset): return len(self.index)
 
-    def __getitem__(self, k: int) -> dict:
-        p, j = self.index[k]
-        d = load_fastmri_h5(p, keys=("kspace", "reconstruction_rss"), slices=j)
-        ks = torch.from_numpy(d["kspace"]); tgt = torch.from_numpy(d["reconstruction_rss"].astype(np.float32))
-        H, W = ks.shape[-2:]
-        if self.mask_func is None: mask, nlow = torch.ones(1, H, W), W
-        else:
-            r = self.mask_func((H, W), make_generator(self.seed + k))
-            mask, nlow = (r if isinstance(r, tuple) else (r, 0))
-            check_mask(torch.as_tensor(mask), "mask_func(...)")
-            check_int(nlow, "mask_func(...) num_low_frequencies", min=0)
-            ms = tuple(torch.as_tensor(mask).shape)
-            lead = zip(ms[-3:-1], (1, H)[-len(ms) + 1:])      # the dims before W: 1, or H for the row dim
-            fits = 1 <= len(ms) <= 3 and ms[-1] == W and all(a in (1, b) for a, b in lead)
-            require(fits, "mask_func(...)", f"a mask broadcastable to (1, {H}, {W}): (W,), (1|H, W) or (1, 1|H, W)", ms)
-            mask = torch.as_tensor(mask, dtype=torch.float32)
-            mask = torch.broadcast_to(mask.reshape((1,) * (3 - mask.ndim) + tuple(mask.shape)), (1, H, W)).contiguous()
-        return dict(kspace=ks * mask, mask=mask, target=tgt[None], max=torch.tensor(float(d["attrs"]["max"])),
-                    num_low_frequencies=torch.tensor(int(nlow)), slice=torch.tensor(j))
+@patch
+def __getitem__(self: KSpaceSliceDataset, k: int) -> dict:
+    p, j = self.index[k]
+    d = load_fastmri_h5(p, keys=("kspace", "reconstruction_rss"), slices=j)
+    ks = torch.from_numpy(d["kspace"]); tgt = torch.from_numpy(d["reconstruction_rss"].astype(np.float32))
+    H, W = ks.shape[-2:]
+    if self.mask_func is None: mask, nlow = torch.ones(1, H, W), W
+    else:
+        r = self.mask_func((H, W), make_generator(self.seed + k))
+        mask, nlow = (r if isinstance(r, tuple) else (r, 0))
+        check_mask(torch.as_tensor(mask), "mask_func(...)")
+        check_int(nlow, "mask_func(...) num_low_frequencies", min=0)
+        ms = tuple(torch.as_tensor(mask).shape)
+        lead = zip(ms[-3:-1], (1, H)[-len(ms) + 1:])      # the dims before W: 1, or H for the row dim
+        fits = 1 <= len(ms) <= 3 and ms[-1] == W and all(a in (1, b) for a, b in lead)
+        require(fits, "mask_func(...)", f"a mask broadcastable to (1, {H}, {W}): (W,), (1|H, W) or (1, 1|H, W)", ms)
+        mask = torch.as_tensor(mask, dtype=torch.float32)
+        mask = torch.broadcast_to(mask.reshape((1,) * (3 - mask.ndim) + tuple(mask.shape)), (1, H, W)).contiguous()
+    return dict(kspace=ks * mask, mask=mask, target=tgt[None], max=torch.tensor(float(d["attrs"]["max"])),
+                num_low_frequencies=torch.tensor(int(nlow)), slice=torch.tensor(j))
 
 # %% ../nbs/01_data.ipynb #4ac0f169
 def array_sha256(a: np.ndarray) -> str:

@@ -12,7 +12,7 @@ from medsynth_nb.data import (DoseSeriesDataset, decode_file, ismrmrd_header, lo
                               center_crop_or_pad, find_samples, load_fastmri_h5, load_nifti, percentile,
                               percentile_clip, percentile_normalize, minmax_normalize, save_fastmri_h5, save_nifti,
                               samples_root, slices_to_volume, verify_manifest, volume_to_slices)
-from medsynth_nb.utils import test_allclose
+from medsynth_nb.utils import make_generator, test_allclose
 from refusals import refusal_test
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,6 +223,9 @@ def test_kspace_dataset_from_samples():
     a, b = KSpaceSliceDataset(p, rand_cols, seed=1)[0], KSpaceSliceDataset(p, rand_cols, seed=1)[0]
     assert torch.equal(a["mask"], b["mask"]) and 0 < a["mask"].mean() < 1  # reproducible per item
     assert torch.equal(a["kspace"], kd[0]["kspace"] * a["mask"])
+    # item k draws its mask from a generator seeded with seed + k: reproducible, and different per item
+    c1 = KSpaceSliceDataset(p, rand_cols, seed=1)[1]["mask"]
+    assert torch.equal(c1[0, 0], rand_cols((128, 128), make_generator(2))[0]) and not torch.equal(c1, a["mask"])
 
 def test_dataset_bad_inputs(tmp_path):
     z = np.zeros((2, 3, 4), np.float32)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,8 +18,9 @@ from torch import Tensor, nn
 
 from .layers import DCGANCritic, SplitHeadUNet
 from .config import Task, TrainConfig, adversarial, register_variants
-from .utils import (check_choice, check_int, check_number, check_positive, check_same_shape, check_tensor,
-                               eval_mode, in_chunks, make_generator, markdown_table, model_device, numpy_rng, require)
+from .utils import (check_choice, check_int, check_number, check_positive, check_same_shape,
+                               check_tensor, eval_mode, in_chunks, make_generator, markdown_table, model_device,
+                               numpy_rng, require)
 from . import phantom as P
 from .kspace import fft2c, ifft2c, random_line_mask
 from . import wgan
@@ -46,14 +48,18 @@ def cubic_kernel(t: Tensor, # distances (any shape)
     far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
     return torch.where(t <= 1, near, torch.where(t < 2, far, torch.zeros_like(t)))
 
+# %% ../nbs/13_patch_invariance.ipynb #94039639
 RESIZE_STYLES = ("tf", "torch")
+
+# %% ../nbs/13_patch_invariance.ipynb #5da6b755
 TF_TABLE_SIZE = 1024  # TensorFlow's bicubic reads the kernel from a table of this many steps per unit
 
+# %% ../nbs/13_patch_invariance.ipynb #27bf4b07
 def resize_matrix(size: int, # d, output (and full image) length along the axis
                   start: Tensor, # (B,) integer first index j of each crop
                   side: Tensor, # (B,) integer crop length s
                   a: float = -0.5, # cubic kernel parameter
-                  style: str = "tf", # 'tf': taps outside the crop dropped, weights renormalised, tabled kernel; 'torch': edges replicated
+                  style: str = "tf", # 'tf': outside taps dropped, rest renormalised, tabled; 'torch': edges replicated
                   dtype: torch.dtype = torch.float32,
                  ) -> Tensor:
     "(B, d, d) matrices A with (A x)[o] = bicubic resize of the crop x[j : j + s] to d samples (half-pixel centres)."
@@ -71,29 +77,36 @@ def resize_matrix(size: int, # d, output (and full image) length along the axis
     for k in (-1, 0, 1, 2):
         idx = base + k
         w = cubic_kernel(frac - k, a)
-        if style == "tf": w = torch.where((idx >= 0) & (idx <= s - 1), w, torch.zeros_like(w))   # TF: outside taps dropped
+        if style == "tf": w = torch.where((idx >= 0) & (idx <= s - 1), w, torch.zeros_like(w))   # TF: outside dropped
         col = (j + idx.clamp(torch.zeros_like(s), s - 1)).long()        # 'torch': clamped = edge replicated
         A.scatter_add_(2, col[..., None], w[..., None])
     if style == "tf": A = A / A.sum(-1, keepdim=True)                   # ... and the remaining weights renormalised
     return A.to(dtype)
 
+# %% ../nbs/13_patch_invariance.ipynb #3ed32e69
 def _check_params(x: Tensor, scale: Tensor, top: Tensor, left: Tensor) -> tuple[Tensor, Tensor]:
     B, _, H, W = x.shape
     for n, v in (("scale", scale), ("top", top), ("left", left)):
-        if not isinstance(v, Tensor): raise TypeError(f"{n}: expected a torch.Tensor of shape ({B},), got {type(v).__name__}")
-        if tuple(v.shape) != (B,): raise ValueError(f"{n}: expected shape ({B},) (one value per sample of x), got {tuple(v.shape)}")
-    if not scale.is_floating_point(): raise TypeError(f"scale: expected a floating-point tensor, got dtype {scale.dtype}")
+        if not isinstance(v, Tensor):
+            raise TypeError(f"{n}: expected a torch.Tensor of shape ({B},), got {type(v).__name__}")
+        if tuple(v.shape) != (B,):
+            raise ValueError(f"{n}: expected shape ({B},) (one value per sample of x), got {tuple(v.shape)}")
+    if not scale.is_floating_point():
+        raise TypeError(f"scale: expected a floating-point tensor, got dtype {scale.dtype}")
     for n, v in (("top", top), ("left", left)):
-        if v.is_floating_point() or v.is_complex() or v.dtype == torch.bool: raise TypeError(f"{n}: expected an integer tensor, got dtype {v.dtype}")
+        if v.is_floating_point() or v.is_complex() or v.dtype == torch.bool:
+            raise TypeError(f"{n}: expected an integer tensor, got dtype {v.dtype}")
     if not bool(((scale > 0) & (scale <= 1)).all()):
-        raise ValueError(f"scale: expected values rho in (0, 1], got min {float(scale.min()):.4g}, max {float(scale.max()):.4g}")
+        raise ValueError(f"scale: expected values rho in (0, 1], got min {float(scale.min()):.4g}, "
+                         f"max {float(scale.max()):.4g}")
     sh, sw = (scale.double() * H).round().long().clamp_min(1), (scale.double() * W).round().long().clamp_min(1)
     if bool((top < 0).any()) or bool((left < 0).any()): raise ValueError("top and left: expected offsets >= 0")
     bad = (top + sh > H) | (left + sw > W)
     if bool(bad.any()):
         i = int(bad.nonzero()[0])
-        raise ValueError(f"top and left: the crop of sample {i} (top {int(top[i])}, left {int(left[i])}, side {int(sh[i])}x{int(sw[i])}) "
-                         f"leaves the {H}x{W} image; expected top + side <= H and left + side <= W")
+        raise ValueError(f"top and left: the crop of sample {i} (top {int(top[i])}, left {int(left[i])}, "
+                         f"side {int(sh[i])}x{int(sw[i])}) leaves the {H}x{W} image; "
+                         "expected top + side <= H and left + side <= W")
     return sh, sw
 
 def patch_op(x: Tensor, # (B, C, H, W) images (or scale maps)
@@ -119,9 +132,11 @@ def sample_patch_params(batch: int, # B, one crop per sample
                         max_scale: float = 1.0, # largest rho (paper: 1)
                         device: str | torch.device | None = None, # default: the generator's device
                        ) -> tuple[Tensor, Tensor, Tensor]:
-    "Random crops (scale, top, left), each (B,): rho ~ U[min_scale, max_scale], side floor(rho·d), offsets uniform inside the image."
+    """Random crops (scale, top, left), each (B,): rho ~ U[min_scale, max_scale], side floor(rho·d), offsets uniform
+    inside the image."""
     check_int(batch, "batch", min=1); check_int(size, "size", min=2)
-    for n, v in (("min_scale", min_scale), ("max_scale", max_scale)): check_number(v, n, min=0, max=1, min_open=True)
+    for n, v in (("min_scale", min_scale), ("max_scale", max_scale)):
+        check_number(v, n, min=0, max=1, min_open=True)
     require(min_scale <= max_scale, "min_scale and max_scale", "min_scale <= max_scale", (min_scale, max_scale))
     if device is None: device = generator.device if generator is not None else "cpu"
     u = torch.rand(3, batch, generator=generator, device=device, dtype=torch.float64)
@@ -134,6 +149,7 @@ def sample_patch_params(batch: int, # B, one crop per sample
 # %% ../nbs/13_patch_invariance.ipynb #0accd81c
 UAPI_VARIANTS = ("laplace", "robust")
 
+# %% ../nbs/13_patch_invariance.ipynb #cd315b1f
 def _check_loss_pair(a: Tensor, b: Tensor, names=("a", "b")):
     check_tensor(a, names[0]); check_tensor(b, names[1])
     check_same_shape(a, b, names)
@@ -145,22 +161,26 @@ def patch_loss(a: Tensor, # G(P x), the translated patch
     _check_loss_pair(a, b)
     return (a - b).abs().mean()
 
+# %% ../nbs/13_patch_invariance.ipynb #b50c5aeb
 def robust_rho(t: Tensor # normalised residuals |a - b| / σ >= 0
               ) -> Tensor:
     "rho(t) = t for t <= 2, 2 + log(t - 1) beyond (the code's robustified Laplace term; C1 at t = 2)."
     return torch.where(t <= 2, t, 2 + torch.log((t - 1).clamp_min(1.0)))
 
+# %% ../nbs/13_patch_invariance.ipynb #460b75d2
 def uapi_loss(a: Tensor, # G(P x), the translated patch
               b: Tensor, # P G(x), the patch of the translation (same shape)
               sigma: Tensor, # predicted Laplace scale σ >= 0 per pixel (same shape)
-              variant: str = "laplace", # 'laplace': Eq. 9 mean(|a-b|/s + log 2s); 'robust' (code): mean(rho(|a-b|/s) + log(1 + 2s))
+              variant: str = "laplace", # 'laplace': Eq. 9, |a-b|/s + log 2s; 'robust' (code): rho(|a-b|/s) + log(1+2s)
               sigma_floor: float = 1e-2, # s = σ + sigma_floor (ours: 0.01; paper: none; the code clips σ at 1e-7)
              ) -> Tensor:
-    "Uncertainty-aware patch-invariance loss (Eq. 9, or the code's robust form) on s = σ + floor, averaged over everything."
+    """Uncertainty-aware patch-invariance loss (Eq. 9, or the code's robust form) on s = σ + floor, averaged over
+    everything."""
     _check_loss_pair(a, b)
     check_tensor(sigma, "sigma"); check_same_shape(a, sigma, ("a", "sigma"))
     check_choice(variant, "variant", UAPI_VARIANTS); check_number(sigma_floor, "sigma_floor", min=0)
-    if bool((sigma < 0).any()): raise ValueError(f"sigma: expected a non-negative scale map, got min {float(sigma.min()):.4g}")
+    if bool((sigma < 0).any()):
+        raise ValueError(f"sigma: expected a non-negative scale map, got min {float(sigma.min()):.4g}")
     s = sigma + sigma_floor
     t = (a - b).abs() / s
     if variant == "laplace": return (t + torch.log(2 * s)).mean()
@@ -168,8 +188,11 @@ def uapi_loss(a: Tensor, # G(P x), the translated patch
 
 # %% ../nbs/13_patch_invariance.ipynb #a7c1e0d2
 SIGMA_RESAMPLES = ("log", "clamp")
+
+# %% ../nbs/13_patch_invariance.ipynb #a5739734
 SIGMA_MAPS = ("both", "patch")
 
+# %% ../nbs/13_patch_invariance.ipynb #b9954a16
 def resample_scale(sigma: Tensor, # (B, C, H, W) scale map σ >= 0
                    scale: Tensor, top: Tensor, left: Tensor, # the crop φ, as for `patch_op`
                    mode: str = "log", # 'log': exp(P log σ) (ours, > 0); 'clamp': max(P σ, 0) (our first version)
@@ -180,6 +203,7 @@ def resample_scale(sigma: Tensor, # (B, C, H, W) scale map σ >= 0
     if mode == "log": return torch.exp(patch_op(torch.log(sigma.clamp_min(1e-30)), scale, top, left))
     return patch_op(sigma, scale, top, left).clamp_min(0)
 
+# %% ../nbs/13_patch_invariance.ipynb #6ebb5890
 def uapi_term(a: Tensor, # G^I(P x), the translated patch
               b: Tensor, # P G^I(x), the patch of the translation (clipped to [-1, 1] inside, as the code)
               sigma_patch: Tensor, # G^σ(P x)
@@ -188,7 +212,8 @@ def uapi_term(a: Tensor, # G^I(P x), the translated patch
               maps: str = "both", # 'patch': Eq. 9's σ = G^σ(P x) (paper); 'both': mean with σ = P G^σ(x) (code)
               resample: str = "log", variant: str = "laplace", sigma_floor: float = 1e-2,
              ) -> Tensor:
-    "The generator's UAPI term: `uapi_loss` on G^σ(P x), averaged with `uapi_loss` on the resampled P G^σ(x) when maps='both'."
+    """The generator's UAPI term: `uapi_loss` on G^σ(P x), averaged with `uapi_loss` on the resampled P G^σ(x) when
+    maps='both'."""
     check_choice(maps, "maps", SIGMA_MAPS)
     require(isinstance(phi, (tuple, list)) and len(phi) == 3, "phi", "the crop (scale, top, left)", type(phi).__name__)
     b = b.clamp(-1, 1)
@@ -200,12 +225,14 @@ def uapi_term(a: Tensor, # G^I(P x), the translated patch
 # %% ../nbs/13_patch_invariance.ipynb #87f2c55c
 SCENARIOS = ("GN0", "GN5", "GN10", "GN20", "IP2", "IP5", "IP10")
 
+# %% ../nbs/13_patch_invariance.ipynb #8fdc2495
 def perturb(x: Tensor, # (B, C, H, W) inputs in [lo, hi]
             scenario: str, # one of SCENARIOS
             generator: torch.Generator | None = None,
             value_range: tuple[float, float] = (-1.0, 1.0), # the image range (lo, hi)
            ) -> Tensor:
-    "Angermann's test perturbations: GNk adds N(0, (k% of the range)²) noise, IPk replaces k% of the pixels by U(range); clipped to the range."
+    """Angermann's test perturbations: GNk adds N(0, (k% of the range)²) noise, IPk replaces k% of the pixels by
+    U(range); clipped to the range."""
     check_tensor(x, "x", ndim=4)
     check_choice(scenario, "scenario", SCENARIOS)
     pair = isinstance(value_range, (tuple, list)) and len(value_range) == 2
@@ -223,9 +250,17 @@ def perturb(x: Tensor, # (B, C, H, W) inputs in [lo, hi]
 
 # %% ../nbs/13_patch_invariance.ipynb #c829d2ee
 T1W_PROTOCOL = dict(TR=500.0, TE=10.0)     # the simulator's T1w spin echo (ms)
+
+# %% ../nbs/13_patch_invariance.ipynb #4c9be53e
 T2W_PROTOCOL = dict(TR=4000.0, TE=100.0)   # T2w spin echo (ms), our choice
+
+# %% ../nbs/13_patch_invariance.ipynb #3da85a0e
 TASKS = ("t1t2", "zf")
+
+# %% ../nbs/13_patch_invariance.ipynb #01098915
 TEST_SUBJECTS = tuple(range(2000, 2008))
+
+# %% ../nbs/13_patch_invariance.ipynb #8436cd17
 TEST_ANATOMY = "colin27"   # held-out subjects: another person than the ICBM152 average the training subjects warp
 
 # %% ../nbs/13_patch_invariance.ipynb #45089949
@@ -256,7 +291,7 @@ def contrast_slices(seed: int, # subject id
                     n_slices: int = 8, # axial slices over the central 40 % of the brain
                     deform: bool = True, # random smooth deformation and lesions (False: the template, faster)
                     snr: float = 25.0, # white-matter SNR of the T1w image (Rician noise, same σ for T2w)
-                    anatomy: str = "icbm152", # phantom anatomy: 'icbm152' (training subjects) or 'colin27' (held-out)
+                    anatomy: str = "icbm152", # 'icbm152' (training subjects) or 'colin27' (held-out)
                    ) -> dict:
     "t1w, t2w axial slices (n_slices, 1, d, d) in [0, 1] (per-slice max) of one subject; labels (X, Y, n_slices)."
     check_int(seed, "seed"); check_int(size, "size", min=1); check_int(n_slices, "n_slices", min=1)
@@ -273,19 +308,23 @@ def simulate_zero_filled(x: Tensor, # (n, 1, d, d) fully sampled magnitude image
                 seed: int = 0, # mask seeds are (seed, slice index)
                 acceleration: float = 4.0, center_fraction: float = 0.08,
                ) -> Tensor:
-    "Magnitude of the zero-filled reconstruction |F^H M F x| with a fastMRI random line mask per slice, rescaled per slice to [0, 1]."
+    """Magnitude of the zero-filled reconstruction |F^H M F x| with a fastMRI random line mask per slice, rescaled per
+    slice to [0, 1]."""
     check_tensor(x, "x", ndim=4); check_int(seed, "seed")   # acceleration, center_fraction: checked by random_line_mask
-    masks = torch.stack([random_line_mask(tuple(x.shape[-2:]), [center_fraction], [acceleration], seed=numpy_rng([int(seed), i, 4]))[0]
+    masks = torch.stack([random_line_mask(tuple(x.shape[-2:]), [center_fraction], [acceleration],
+                                          seed=numpy_rng([int(seed), i, 4]))[0]
                          for i in range(x.shape[0])])[:, None].to(x.device)
     zf = ifft2c(fft2c(x.to(torch.complex64)) * masks).abs()
     return zf / zf.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
 
+# %% ../nbs/13_patch_invariance.ipynb #10f819b8
 def task_pairs(task: str, # 't1t2' or 'zf'
                subjects: Sequence[int], size: int = 64, n_slices: int = 8, deform: bool = True,
                acceleration: float = 4.0, center_fraction: float = 0.08,
                anatomy: str = "icbm152", # phantom anatomy of these subjects (see `contrast_slices`)
               ) -> tuple[Tensor, Tensor]:
-    "(inputs, targets), each (len(subjects)·n_slices, 1, d, d) in [-1, 1], of the same subjects (paired; use for testing)."
+    """(inputs, targets), each (len(subjects)·n_slices, 1, d, d) in [-1, 1], of the same subjects (paired; use for
+    testing)."""
     check_choice(task, "task", TASKS)
     require(len(subjects) > 0, "subjects", "at least one subject id", subjects)
     xs, ys = [], []
@@ -298,18 +337,20 @@ def task_pairs(task: str, # 't1t2' or 'zf'
 # %% ../nbs/13_patch_invariance.ipynb #79f906a6
 GENERATOR_LAYOUTS = {"ours": {}, "code": dict(downsample="conv", up_kernel=4, decoder_slope=0.1)}
 
+# %% ../nbs/13_patch_invariance.ipynb #c864f84e
 class TwoHeadGenerator(nn.Module):
-    "G(x) = [G^I(x), G^σ(x)]: a split-head U-Net with a tanh image head and a softplus scale head (Angermann Sec. 3.4)."
+    """G(x) = [G^I(x), G^σ(x)]: a split-head U-Net with a tanh image head and a softplus scale head (Angermann
+    Sec. 3.4)."""
     def __init__(self, in_channels: int = 1, out_channels: int = 1,
                  base_channels: int = 16, # f (paper: 16)
                  depth: int = 5, # max-poolings (paper: 5)
                  norm: str = "instance",
-                 layout: str = "ours", # 'ours' (max-pool, 3×3 up-conv, ReLU) or 'code' (stride-2 conv, 4×4 up-conv, LeakyReLU 0.1)
+                 layout: str = "ours", # 'ours' (max-pool, 3×3 up-conv, ReLU), 'code' (stride-2, 4×4 up, LeakyReLU 0.1)
                 ):
         super().__init__()
         check_choice(layout, "layout", GENERATOR_LAYOUTS)
-        self.net = SplitHeadUNet(in_channels, (out_channels, out_channels), ("tanh", "softplus"), base_channels, depth, norm,
-                                 **GENERATOR_LAYOUTS[layout])
+        self.net = SplitHeadUNet(in_channels, (out_channels, out_channels), ("tanh", "softplus"), base_channels, depth,
+                                 norm, **GENERATOR_LAYOUTS[layout])
 
     def forward(self, x: Tensor, # (B, in_channels, H, W) in [-1, 1]
                ) -> tuple[Tensor, Tensor]: # image in (-1, 1) and scale map σ > 0, both (B, out_channels, H, W)
@@ -319,20 +360,22 @@ class TwoHeadGenerator(nn.Module):
 # %% ../nbs/13_patch_invariance.ipynb #4fb9ad3b
 PATCHINV_METHODS = ("wgan", "pi", "uapi")
 
+# %% ../nbs/13_patch_invariance.ipynb #9a1e709d
 @dataclass
 class PatchInvConfig(TrainConfig):
-    "Angermann et al.'s unpaired translation: task, method (plain WGAN, PI, UAPI), networks, data and the WGAN-GP settings."
+    """Angermann et al.'s unpaired translation: task, method (plain WGAN, PI, UAPI), networks, data and the WGAN-GP
+    settings."""
     task: str = "t1t2" # 't1t2' (modality propagation) or 'zf' (4x zero-filled -> fully sampled)
     method: str = "uapi" # 'wgan' (adversarial only), 'pi' (Eq. 6) or 'uapi' (Eq. 9)
     variant: str = "laplace" # UAPI loss: 'laplace' (Eq. 9) or 'robust' (the code's)
-    sigma_maps: str = "both" # UAPI scale maps: 'both' (G^σ(Px) and P G^σ(x), the code) or 'patch' (G^σ(Px) only, Eq. 9)
+    sigma_maps: str = "both" # UAPI scale maps: 'both' (G^σ(Px) and P G^σ(x), the code), 'patch' (G^σ(Px), Eq. 9)
     sigma_resample: str = "log" # P G^σ(x) as exp(P log σ) ('log', ours) or max(P σ, 0) ('clamp', our first version)
     sigma_floor: float = 1e-2 # σ_min added to every scale (ours; paper: none; code: σ clipped at 1e-7)
     lam: float = 0.5 # λ, weight of the patch term (the code's 0.5; the paper grid-searches it per data set)
     lam_warmup: int = 0 # λ ramps linearly from 0 over this many steps (ours; the code keeps λ constant)
     size: int = 256 # d
     base_channels: int = 16 # generator f (paper ≈ 8.7 M parameters; code 16)
-    generator_layout: str = "ours" # 'ours' (max-pool, 3×3 up-conv, ReLU) or 'code' (stride-2 conv, 4×4 up-conv, LeakyReLU 0.1)
+    generator_layout: str = "ours" # 'ours' (max-pool, 3×3 up, ReLU), 'code' (stride-2, 4×4 up, LeakyReLU 0.1)
     depth: int = 5 # generator poolings
     critic_channels: int = 32 # critic f (32: the paper's ≈ 2.8 M parameters; the code's config: 24)
     critic_downsamplings: int = 5 # critic stride-2 convolutions
@@ -351,29 +394,35 @@ class PatchInvConfig(TrainConfig):
 
     def validate(self):
         super().validate()
-        for k, choices in (("task", TASKS), ("method", PATCHINV_METHODS), ("variant", UAPI_VARIANTS), ("sigma_maps", SIGMA_MAPS),
-                           ("sigma_resample", SIGMA_RESAMPLES), ("generator_layout", GENERATOR_LAYOUTS)):
+        for k, choices in (("task", TASKS), ("method", PATCHINV_METHODS), ("variant", UAPI_VARIANTS),
+                           ("sigma_maps", SIGMA_MAPS), ("sigma_resample", SIGMA_RESAMPLES),
+                           ("generator_layout", GENERATOR_LAYOUTS)):
             check_choice(getattr(self, k), k, choices)
         for k in ("size", "base_channels", "depth", "critic_channels", "critic_downsamplings", "n_critic",
                   "input_subjects", "target_subjects", "slices_per_subject"):
             check_int(getattr(self, k), k, min=1)
         check_int(self.lam_warmup, "lam_warmup", min=0)
         for k in ("sigma_floor", "lam", "gp_weight", "drift"): check_number(getattr(self, k), k, min=0)
-        require(self.depth >= 1 and self.size % 2 ** self.depth == 0 and self.size % 2 ** self.critic_downsamplings == 0, "size",
-                 f"a multiple of 2^depth = {2 ** self.depth} and of 2^critic_downsamplings = {2 ** self.critic_downsamplings}", self.size)
+        require(self.depth >= 1 and self.size % 2 ** self.depth == 0
+                and self.size % 2 ** self.critic_downsamplings == 0,
+                "size", f"a multiple of 2^depth = {2 ** self.depth} and of 2^critic_downsamplings = "
+                        f"{2 ** self.critic_downsamplings}", self.size)
         require(self.size >= 11, "size", "at least 11 (the SSIM window)", self.size)
         require(0 < check_number(self.min_scale, "min_scale") <= 1, "min_scale", "a scale in (0, 1]", self.min_scale)
         check_positive(self.critic_lr, "critic_lr")
         check_number(self.acceleration, "acceleration", min=1, min_open=True)
         check_number(self.center_fraction, "center_fraction", min=0, max=1, min_open=True, max_open=True)
 
+# %% ../nbs/13_patch_invariance.ipynb #42f3ca87
 def domains(cfg: PatchInvConfig) -> tuple[Tensor, Tensor]:
     "The unpaired training sets: inputs of subjects 0..M-1 and targets of subjects 1000..1000+N-1 (disjoint)."
-    kw = dict(size=cfg.size, n_slices=cfg.slices_per_subject, deform=cfg.deform, acceleration=cfg.acceleration, center_fraction=cfg.center_fraction)
+    kw = dict(size=cfg.size, n_slices=cfg.slices_per_subject, deform=cfg.deform, acceleration=cfg.acceleration,
+              center_fraction=cfg.center_fraction)
     x, _ = task_pairs(cfg.task, range(cfg.input_subjects), **kw)
     _, y = task_pairs(cfg.task, range(1000, 1000 + cfg.target_subjects), **kw)
     return x, y
 
+# %% ../nbs/13_patch_invariance.ipynb #04105202
 def unpaired_stream(x: Tensor, # (M', C, d, d) input-domain images
                     y: Tensor, # (N', C, d, d) target-domain images (other subjects)
                    ):
@@ -381,15 +430,18 @@ def unpaired_stream(x: Tensor, # (M', C, d, d) input-domain images
     check_tensor(x, "x", ndim=4); check_tensor(y, "y", ndim=4)   # once, here: the stream itself scans nothing
     require(len(x) > 0 and len(y) > 0, "x and y", "non-empty image sets", (len(x), len(y)))
     def data(n: int, generator: torch.Generator) -> dict:
-        return dict(x=x[torch.randint(len(x), (n,), generator=generator)], y=y[torch.randint(len(y), (n,), generator=generator)])
+        return dict(x=x[torch.randint(len(x), (n,), generator=generator)],
+                    y=y[torch.randint(len(y), (n,), generator=generator)])
     return data
 
+# %% ../nbs/13_patch_invariance.ipynb #52d6012c
 def _critic_terms(D, real: Tensor, fake: Tensor, cfg: PatchInvConfig, rng) -> tuple[Tensor, Tensor, Tensor]:
     d_real, d_fake = D(real), D(fake)
     w = wgan.critic_loss(d_real, d_fake)
     gp = wgan.gradient_penalty(D, real, fake, one_sided=True, generator=rng)
     return w + cfg.gp_weight * gp + cfg.drift * wgan.drift_penalty(d_real, d_fake), w, gp
 
+# %% ../nbs/13_patch_invariance.ipynb #c4b4253d
 def build_patchinv(cfg: PatchInvConfig) -> Task:
     "Networks, Adam(0, 0.9) optimizers, the unpaired stream and the critic/generator phases of plain WGAN, PI or UAPI."
     G = TwoHeadGenerator(1, 1, cfg.base_channels, cfg.depth, layout=cfg.generator_layout)
@@ -399,7 +451,8 @@ def build_patchinv(cfg: PatchInvConfig) -> Task:
         state["phi"] = sample_patch_params(ctx.micro_batch, cfg.size, generator=ctx.rng, min_scale=cfg.min_scale)
     def phi(n: int, ctx):
         p = state.get("phi")
-        if p is None or p[0].shape[0] != n: p = sample_patch_params(n, cfg.size, generator=ctx.rng, min_scale=cfg.min_scale)
+        if p is None or p[0].shape[0] != n:
+            p = sample_patch_params(n, cfg.size, generator=ctx.rng, min_scale=cfg.min_scale)
         return p
     def critic_loss(b, ctx):
         x, y = b["x"], b["y"]
@@ -423,9 +476,11 @@ def build_patchinv(cfg: PatchInvConfig) -> Task:
         l1 = patch_loss(gp_img, pg)                                                # Eq. 6: G(P x) vs P G(x)
         logs = {"adversarial": adv.detach(), "patch_l1": l1.detach(), "lam": lam}
         if cfg.method == "pi": return adv + lam * l1, logs
-        term = uapi_term(gp_img, pg, gp_sigma, sigma, p, cfg.sigma_maps, cfg.sigma_resample, cfg.variant, cfg.sigma_floor)
+        term = uapi_term(gp_img, pg, gp_sigma, sigma, p, cfg.sigma_maps, cfg.sigma_resample, cfg.variant,
+                         cfg.sigma_floor)
         with torch.no_grad():
-            used = gp_sigma if cfg.sigma_maps == "patch" else torch.cat([gp_sigma, resample_scale(sigma, *p, mode=cfg.sigma_resample)])
+            used = (gp_sigma if cfg.sigma_maps == "patch"
+                    else torch.cat([gp_sigma, resample_scale(sigma, *p, mode=cfg.sigma_resample)]))
             logs.update(uapi=term.detach(), sigma_min=used.min(), undershoot=(patch_op(sigma, *p) < 0).float().mean())
         return adv + lam * term, logs
     x, y = domains(cfg)
@@ -433,15 +488,17 @@ def build_patchinv(cfg: PatchInvConfig) -> Task:
     return adversarial(G, D, opt(G, cfg.lr), opt(D, cfg.critic_lr), unpaired_stream(x, y), critic_loss, generator_loss,
                        n_critic=cfg.n_critic, before_step=before_step, find_unused_parameters=cfg.method != "uapi")
 
+# %% ../nbs/13_patch_invariance.ipynb #45e0562e
 _PRESETS = {
     "smoke": dict(steps=2, batch_size=2, size=16, base_channels=4, depth=2, critic_channels=4, critic_downsamplings=2,
-                  n_critic=2, input_subjects=1, target_subjects=1, slices_per_subject=2, deform=False, lr=1e-3, critic_lr=4e-4),
+                  n_critic=2, input_subjects=1, target_subjects=1, slices_per_subject=2, deform=False, lr=1e-3,
+                  critic_lr=4e-4),
     "demo": dict(steps=300, batch_size=8, size=32, base_channels=8, depth=3, critic_channels=8, critic_downsamplings=3,
                  n_critic=4, input_subjects=6, target_subjects=6, slices_per_subject=8, lr=5e-4, critic_lr=2e-4,
                  lam=0.5, lam_warmup=30, log_every=10, ckpt_every=100),
-    "paper": dict(steps=15_000, batch_size=8, size=256, base_channels=16, depth=5, critic_channels=32, critic_downsamplings=5,
-                  n_critic=15, input_subjects=40, target_subjects=40, slices_per_subject=16, lr=5e-5, critic_lr=2e-5,
-                  lam=0.5, lam_warmup=150, log_every=50, ckpt_every=1000),
+    "paper": dict(steps=15_000, batch_size=8, size=256, base_channels=16, depth=5, critic_channels=32,
+                  critic_downsamplings=5, n_critic=15, input_subjects=40, target_subjects=40, slices_per_subject=16,
+                  lr=5e-5, critic_lr=2e-5, lam=0.5, lam_warmup=150, log_every=50, ckpt_every=1000),
 }
 
 register_variants("patchinv", PatchInvConfig, "method", {
@@ -459,25 +516,30 @@ def translate(G: nn.Module, # a TwoHeadGenerator (put in eval mode here)
     with eval_mode(G): y, s = in_chunks(lambda b: tuple(G(b)[:2]), x, chunk=batch_size, device=model_device(G))
     return y.cpu(), s.cpu()
 
+# %% ../nbs/13_patch_invariance.ipynb #7e3ca4f3
 METRIC_RECIPES = ("paper", "code")
 
+# %% ../nbs/13_patch_invariance.ipynb #8d090003
 def scores(pred: Tensor, target: Tensor, # (B, 1, d, d) in [-1, 1]
            recipe: str = "paper", # 'paper': per-slice means; 'code': the authors' evall_2 (3-D SSIM, global PSNR)
           ) -> dict:
-    "SSIM (x100) and PSNR (dB) on the paper's [0, 255] scale: per-slice means ('paper') or over the whole stack ('code')."
+    """SSIM (x100) and PSNR (dB) on the paper's [0, 255] scale: per-slice means ('paper') or over the whole stack
+    ('code')."""
     check_tensor(pred, "pred", ndim=4); check_tensor(target, "target", ndim=4); check_same_shape(pred, target)
     check_choice(recipe, "recipe", METRIC_RECIPES)
     if recipe == "paper":   # data range 2 on [-1, 1] = 255 on [0, 255]
-        return dict(ssim=100 * float(ssim(pred, target, data_range=2.0)), psnr=float(psnr(pred.clamp(-1, 1), target, data_range=2.0)))
-    from skimage.metrics import structural_similarity
-    y, p = [((t[:, 0].double() + 1) * 127.5).numpy() for t in (target, pred)]          # (N, H, W) on [0, 255], as the code
-    return dict(ssim=100 * float(structural_similarity(y, p, data_range=y.max() - y.min())),   # one 3-D SSIM, 7^3 window
+        return dict(ssim=100 * float(ssim(pred, target, data_range=2.0)),
+                    psnr=float(psnr(pred.clamp(-1, 1), target, data_range=2.0)))
+    from skimage.metrics import structural_similarity   # heavy optional dependency: only for recipe='code'
+    y, p = [((t[:, 0].double() + 1) * 127.5).numpy() for t in (target, pred)]   # (N, H, W) on [0, 255], as the code
+    return dict(ssim=100 * float(structural_similarity(y, p, data_range=y.max() - y.min())),  # one 3-D SSIM, 7³ window
                 psnr=float(20 * np.log10(y.max()) - 10 * np.log10(np.mean((y - p) ** 2))))  # global max, global MSE
 
+# %% ../nbs/13_patch_invariance.ipynb #ffec63c7
 def evaluate_scenarios(G: nn.Module, x: Tensor, y: Tensor, # test inputs and their paired targets, (B, 1, d, d)
                        scenarios: Sequence[str] = SCENARIOS,
                        seed: int = 0, # perturbations are drawn from make_generator(seed), the same for every model
-                       recipe: str = "paper", # metrics: 'paper' (per slice) or 'code' (3-D SSIM, global PSNR), see `scores`
+                       recipe: str = "paper", # 'paper' (per slice) or 'code' (3-D SSIM, global PSNR), see `scores`
                       ) -> dict:
     "{scenario: {'ssim', 'psnr'}} of G on perturbed test inputs (Table 1)."
     check_same_shape(x, y, ("x", "y")); check_int(seed, "seed"); check_choice(recipe, "recipe", METRIC_RECIPES)
@@ -488,16 +550,20 @@ def evaluate_scenarios(G: nn.Module, x: Tensor, y: Tensor, # test inputs and the
         out[sc] = scores(pred, y, recipe)
     return out
 
+# %% ../nbs/13_patch_invariance.ipynb #9c796b63
 def uncertainty_scores(G: nn.Module, x: Tensor, y: Tensor, # test inputs and paired targets
                       ) -> dict:
-    "Scale maps vs absolute residuals: per-image means (the paper's scatter, Figs. 7/9), their PCC, and the pixelwise PCC."
+    """Scale maps vs absolute residuals: per-image means (the paper's scatter, Figs. 7/9), their PCC, and the
+    pixelwise PCC."""
     check_same_shape(x, y, ("x", "y"))
     pred, sigma = translate(G, x)
     res = (pred - y).abs()
     ms, mr = sigma.mean(dim=(1, 2, 3)), res.mean(dim=(1, 2, 3))
     return dict(pred=pred, sigma=sigma, residual=res, mean_sigma=ms, mean_residual=mr,
-                pcc_images=float(pcc(ms.double(), mr.double())), pcc_pixels=float(pcc(sigma.flatten().double(), res.flatten().double())))
+                pcc_images=float(pcc(ms.double(), mr.double())),
+                pcc_pixels=float(pcc(sigma.flatten().double(), res.flatten().double())))
 
+# %% ../nbs/13_patch_invariance.ipynb #e456583a
 def table1(task: str = "t1t2", # 't1t2' or 'zf'
            preset: str = "demo",
            methods: Sequence[str] = PATCHINV_METHODS,
@@ -507,8 +573,8 @@ def table1(task: str = "t1t2", # 't1t2' or 'zf'
            progress: bool = False,
            **overrides, # config fields for every method (e.g. steps=...)
           ) -> dict:
-    "Train each method (or reuse a finished run) and evaluate it: {method: {'scenarios', 'uncertainty' (UAPI only), 'seconds'}}."
-    import tempfile
+    """Train each method (or reuse a finished run) and evaluate it: {method: {'scenarios', 'uncertainty' (UAPI only),
+    'seconds'}}."""
     check_choice(task, "task", TASKS)
     for m in methods: check_choice(m, "methods", PATCHINV_METHODS)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="patchinv-"))
@@ -517,17 +583,19 @@ def table1(task: str = "t1t2", # 't1t2' or 'zf'
         exp = get_experiment(f"patchinv-{m}")
         cfg = exp.config(preset, task=task, **overrides)
         r = train(exp, preset, out=out / f"{task}-{m}", config=cfg, resume=True, progress=progress)
-        x, y = task_pairs(task, test_subjects, cfg.size, cfg.slices_per_subject, cfg.deform, cfg.acceleration, cfg.center_fraction,
-                          test_anatomy)
+        x, y = task_pairs(task, test_subjects, cfg.size, cfg.slices_per_subject, cfg.deform, cfg.acceleration,
+                          cfg.center_fraction, test_anatomy)
         G = r.models["generator"].cpu()
         res[m] = dict(scenarios=evaluate_scenarios(G, x, y), seconds=r.seconds, x=x, y=y, generator=G)
         if m == "uapi": res[m]["uncertainty"] = uncertainty_scores(G, x, y)
     return res
 
+# %% ../nbs/13_patch_invariance.ipynb #cb63e920
 def format_table1(res: dict, baseline: dict | None = None) -> str:
     "Markdown table 'SSIM/PSNR' per method and scenario (the input itself as a first row when `baseline` is given)."
     rows = ([("input x", baseline)] if baseline else []) + [(m, r["scenarios"]) for m, r in res.items()]
-    return markdown_table(["method", *SCENARIOS], ([m, *(f"{s[sc]['ssim']:.2f}/{s[sc]['psnr']:.2f}" for sc in SCENARIOS)] for m, s in rows))
+    return markdown_table(["method", *SCENARIOS],
+                          ([m, *(f"{s[sc]['ssim']:.2f}/{s[sc]['psnr']:.2f}" for sc in SCENARIOS)] for m, s in rows))
 
 # %% ../nbs/13_patch_invariance.ipynb #731ff1f7
 def show_uncertainty(x: Tensor, y: Tensor, # test inputs and ground truth (B, 1, d, d)
@@ -535,23 +603,25 @@ def show_uncertainty(x: Tensor, y: Tensor, # test inputs and ground truth (B, 1,
                      idx: Sequence[int] = (0, 1, 2), # test images to show (rows)
                      title: str = ""):
     "Rows of input | ground truth | UAPI prediction | |residual| | predicted σ (Figs. 6, 8); returns the figure."
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt   # heavy optional dependency: imported only when plotting
     cols = [("input", x, "gray"), ("ground truth", y, "gray"), ("prediction", u["pred"], "gray"),
             ("|residual|", u["residual"], "magma"), ("scale map σ", u["sigma"], "magma")]
     fig, axs = plt.subplots(len(idx), 5, figsize=(11, 2.3 * len(idx)), squeeze=False)
     rmax = float(u["residual"][list(idx)].max())
     for r, i in enumerate(idx):
         for c, (name, t, cmap) in enumerate(cols):
-            lim = dict(vmin=-1, vmax=1) if c < 3 else dict(vmin=0, vmax=rmax if c == 3 else float(u["sigma"][list(idx)].max()))
+            lim = (dict(vmin=-1, vmax=1) if c < 3
+                   else dict(vmin=0, vmax=rmax if c == 3 else float(u["sigma"][list(idx)].max())))
             h = axs[r, c].imshow(t[i, 0], cmap=cmap, **lim); axs[r, c].axis("off")
             if r == 0: axs[r, c].set_title(name, fontsize=9)
             if c >= 3: fig.colorbar(h, ax=axs[r, c], shrink=0.8)
     if title: fig.suptitle(title)
     return fig
 
+# %% ../nbs/13_patch_invariance.ipynb #d14f056b
 def scatter_uncertainty(u: dict, ax=None, label: str = "UAPI"):
     "Per-image mean |residual| vs mean σ with the Pearson correlation in the legend (Figs. 7, 9); returns the axes."
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt   # heavy optional dependency: imported only when plotting
     if ax is None: _, ax = plt.subplots(figsize=(4, 3.5))
     ax.scatter(u["mean_residual"], u["mean_sigma"], s=12, label=f"{label}: PCC = {u['pcc_images']:.2f}")
     ax.set_xlabel("mean absolute residual per image"); ax.set_ylabel("mean predicted scale σ per image"); ax.legend()

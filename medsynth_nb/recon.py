@@ -21,8 +21,8 @@ from .kspace import (SenseOperator, birdcage_maps, check_measurement, complex_to
                                 deepinv_to_complex, fft2c, gradient_dc, hard_dc, hard_dc_kspace, ifft2c,
                                 kspace_residual, poisson_disc_mask, soft_dc, zero_filled)
 from .config import Task, TrainConfig, adversarial, register_variants, supervised
-from .utils import (check_choice, check_int, check_number, check_same_shape, check_tensor, eval_mode, in_chunks,
-                               make_generator, markdown_table, model_device, numpy_rng, require)
+from .utils import (check_choice, check_int, check_number, check_same_shape, check_tensor, eval_mode,
+                               in_chunks, make_generator, markdown_table, model_device, numpy_rng, require)
 from .phantom import axial_slices, smooth_phase, subject_volumes
 from .metrics import snr_db, ssim
 from . import wgan
@@ -44,6 +44,7 @@ def to_channels(x: Tensor, # (B, 1, H, W) complex image
     "Complex image -> 2 real channels (real, imag), (B, 2, H, W): the networks' input and output layout."
     return complex_to_deepinv(x)
 
+# %% ../nbs/31_unrolled_recon.ipynb #ad111c6f
 def to_complex(x: Tensor, # (B, 2, H, W) real (real, imag)
               ) -> Tensor:
     "2 real channels (real, imag) -> complex image (B, 1, H, W)."
@@ -61,6 +62,7 @@ def lei_crop(shape: tuple[int, int], # (H, W) of the images
     _check_shape(shape)
     return round(24 * shape[0] / 320), round(20 * shape[1] / 256)
 
+# %% ../nbs/31_unrolled_recon.ipynb #f6907eca
 def lei_calib(shape: tuple[int, int]) -> tuple[int, int]:
     "Lei's fully sampled 20 x 20 Poisson-disc centre, scaled with min(H, W) / 256 (at least 4 x 4)."
     _check_shape(shape)
@@ -94,6 +96,7 @@ def simulate_set(subjects: Sequence[int], shape=(64, 64), n_slices: int = 8, def
     require(len(subjects) > 0, "subjects", "at least one subject id", subjects)
     return torch.cat([complex_slices(s, shape, n_slices, deform, anatomy=anatomy) for s in subjects])
 
+# %% ../nbs/31_unrolled_recon.ipynb #58eb44ce
 def measure(x: Tensor, # (B, 1, H, W) complex images
             mask: Tensor, # 0/1 (H, W)
             maps: Tensor | None = None, # (coils, H, W) or None = single coil
@@ -101,6 +104,7 @@ def measure(x: Tensor, # (B, 1, H, W) complex images
     "Undersampled k-space y = M F S x, (B, coils, H, W); x finite, mask binary (checked by `SenseOperator`)."
     return SenseOperator(maps, mask).A(x)
 
+# %% ../nbs/31_unrolled_recon.ipynb #d7acdd5b
 def recon_setup(shape: tuple[int, int] = (64, 64), # (H, W)
                 acceleration: float = 10.0, # Poisson-disc R
                 coils: int = 8, # birdcage coils; 1 = single coil (maps None)
@@ -128,6 +132,7 @@ def reconstruct(G: nn.Module, # a trained generator (put in eval mode here)
     with eval_mode(G): res = in_chunks(run, y.to(dev), chunk=batch_size)   # on G's device
     return res if pre_dc else res[0]
 
+# %% ../nbs/31_unrolled_recon.ipynb #f52207ff
 def recon_scores(pred: Tensor, # (B, 1, H, W) complex reconstructions (any device)
                  target: Tensor, # (B, 1, H, W) complex ground truth (magnitude <= 1)
                  crop: tuple[int, int] | None = None, # (rows, cols) off each border; default `lei_crop`
@@ -157,6 +162,7 @@ class PreActBlock(nn.Module):
                                   nn.BatchNorm2d(features), nn.ReLU(), _conv(features, features))
     def forward(self, x: Tensor) -> Tensor: return x + self.body(x)
 
+# %% ../nbs/31_unrolled_recon.ipynb #9d6cf642
 class PostActBlock(nn.Module):
     "Post-activation residual block ReLU(BN(x + conv(ReLU(BN(conv(x)))))): BN and ReLU after the sum (paper, Fig. 6)."
     def __init__(self, features: int = 64, # channels in and out
@@ -168,8 +174,10 @@ class PostActBlock(nn.Module):
         self.post = nn.Sequential(nn.BatchNorm2d(features), nn.ReLU())
     def forward(self, x: Tensor) -> Tensor: return self.post(x + self.body(x))
 
+# %% ../nbs/31_unrolled_recon.ipynb #1e63f716
 BLOCKS = {"postact": PostActBlock, "preact": PreActBlock}
 
+# %% ../nbs/31_unrolled_recon.ipynb #414c9d51
 class ProxResNet(nn.Module):
     "Lei's proximal ResNet on 2-channel images: conv, residual blocks, convs to 2 ch, plus the input (global skip)."
     def __init__(self, features: int = 64, # feature channels
@@ -210,6 +218,7 @@ class PlainGenerator(nn.Module):
         x = zero_filled(y, mask, maps, check=False)
         return hard_dc(to_complex(self.net(to_channels(x))), y, mask, maps, check=False)
 
+# %% ../nbs/31_unrolled_recon.ipynb #b8ccff8b
 class UnrolledGenerator(nn.Module):
     "Lei's unrolled G (Eqs. 5-7): x_0 = A^H y; K times x <- prox_k(x - mu_k (A^H A x - x_0)); final hard DC (Eq. 8)."
     def __init__(self, iterations: int = 3, # K
@@ -253,7 +262,8 @@ def final_dc_input(G: nn.Module, # a generator with a `pre_dc` module (PlainGene
 
 # %% ../nbs/31_unrolled_recon.ipynb #81836fec
 class LeiCritic(nn.Module):
-    "Lei's 7-layer critic (Fig. 6): four 3x3 stride-2 convs (4, 8, 16, 32 ch), 3x3, 1x1, 1x1 -> 1, spatial mean; no BatchNorm."
+    ("Lei's 7-layer critic (Fig. 6): four 3x3 stride-2 convs (4, 8, 16, 32 ch), 3x3, 1x1, 1x1 -> 1, spatial mean; "
+     "no BatchNorm.")
     def __init__(self, in_channels: int = 2, # 2 = (real, imag) of a complex image; 1 = magnitude
                  features: Sequence[int] = (4, 8, 16, 32), # channels of the stride-2 convs
                  negative_slope: float = 0.2, # LeakyReLU slope (0 = ReLU)
@@ -271,9 +281,11 @@ class LeiCritic(nn.Module):
     def forward(self, x: Tensor, # (B, in_channels, H, W) real
                ) -> Tensor: # (B,) scores
         check_tensor(x, "x", ndim=4, dtype="float", finite=False)
-        if x.shape[1] != self.in_channels: raise ValueError(f"x: expected {self.in_channels} channels, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"x: expected {self.in_channels} channels, got shape {tuple(x.shape)}")
         return self.net(x).mean((1, 2, 3))
 
+# %% ../nbs/31_unrolled_recon.ipynb #2b523dc7
 def critic_view(x: Tensor, # (B, 1, H, W) complex image
                 mode: str = "complex", # 'complex' -> (B, 2, H, W) real/imag; 'magnitude' -> (B, 1, H, W) |x|
                ) -> Tensor:
@@ -287,7 +299,8 @@ def hybrid_l1_weight(step: int, # batches seen (0-based)
                      ramp_end: int = 1000, # reach `final` at this batch
                      final: float = 0.99, # paper (Sec. IV.A, IV.D): 0.99; Lei's code: 0.995
                     ) -> float:
-    "Lei's hybrid weight f of l1 in (1 - f) WGAN + f l1: 1 up to `l1_only`, linear to `final` at `ramp_end`, then `final`."
+    ("Lei's hybrid weight f of l1 in (1 - f) WGAN + f l1: 1 up to `l1_only`, linear to `final` at `ramp_end`, "
+     "then `final`.")
     check_int(step, "step", min=0); check_int(l1_only, "l1_only", min=0); check_int(ramp_end, "ramp_end", min=0)
     if not l1_only <= ramp_end:
         raise ValueError(f"l1_only, ramp_end: expected 0 <= l1_only <= ramp_end, got {l1_only}, {ramp_end}")
@@ -298,8 +311,11 @@ def hybrid_l1_weight(step: int, # batches seen (0-based)
 
 # %% ../nbs/31_unrolled_recon.ipynb #cce250f3
 CS_GRID = tuple(float(v) for v in np.geomspace(1e-4, 1e-1, 13)) # the lambdas `tune_cs_lambda` tries, 4 per decade
+
+# %% ../nbs/31_unrolled_recon.ipynb #376d448f
 CS_LAM = CS_GRID[5] # 1.78e-3: the CS-wavelet lambda, argmax of `tune_cs_lambda()` on validation slices (run once)
 
+# %% ../nbs/31_unrolled_recon.ipynb #a9b6c4a7
 def _check_levels(x: Tensor, levels: int, name: str):
     "levels >= 0 and H, W of x divisible by 2**levels (shapes only: FISTA calls this every step)."
     check_int(levels, "levels", min=0); check_tensor(x, name, dtype="any", finite=False)
@@ -321,6 +337,7 @@ def haar2(x: Tensor, # (..., H, W), H and W divisible by 2**levels
         h, w = h // 2, w // 2
     return out
 
+# %% ../nbs/31_unrolled_recon.ipynb #6ea76cb8
 def ihaar2(c: Tensor, # (..., H, W) coefficients from `haar2`
            levels: int = 3) -> Tensor:
     "Inverse of `haar2` (its adjoint: the transform is orthonormal)."
@@ -336,6 +353,7 @@ def ihaar2(c: Tensor, # (..., H, W) coefficients from `haar2`
         out[..., :h, :w] = torch.stack([(lo + hi) / math.sqrt(2), (lo - hi) / math.sqrt(2)], -2).flatten(-3, -2)
     return out
 
+# %% ../nbs/31_unrolled_recon.ipynb #d296c5d0
 def _soft(z: Tensor, t: float) -> Tensor:
     "Complex soft threshold z max(1 - t / |z|, 0)."
     return z * torch.clamp(1 - t / z.abs().clamp_min(1e-30), min=0)
@@ -347,7 +365,8 @@ def cs_wavelet_fista(y: Tensor, # (B, coils, H, W) measured k-space
                      iterations: int = 30, # FISTA iterations
                      levels: int = 3, # Haar levels
                     ) -> Tensor:
-    "CS-wavelet: argmin_x 0.5 ||M F S x - y||^2 + lam ||W x||_1 by FISTA (step 1/||A||^2), orthonormal Haar W; (B, 1, H, W)."
+    ("CS-wavelet: argmin_x 0.5 ||M F S x - y||^2 + lam ||W x||_1 by FISTA (step 1/||A||^2), orthonormal Haar W; "
+     "(B, 1, H, W).")
     check_measurement(y, mask, maps)   # once, with the NaN scan; the loop below trusts it
     check_number(lam, "lam", min=0); check_int(iterations, "iterations", min=0); _check_levels(y, levels, "y")
     op = SenseOperator(maps, mask, check=False)
@@ -360,12 +379,13 @@ def cs_wavelet_fista(y: Tensor, # (B, coils, H, W) measured k-space
         z, x, t = x_new + (t - 1) / t_new * (x_new - x), x_new, t_new
     return x
 
+# %% ../nbs/31_unrolled_recon.ipynb #bb2510f9
 def cs_wavelet_recon(y: Tensor, # (B, coils, H, W) measured k-space
                      mask: Tensor, # 0/1 broadcasting to (H, W)
                      maps: Tensor | None = None, # (coils, H, W) or (B, coils, H, W); None = single coil
                      lam: float = CS_LAM, # lambda of lambda ||W x||_1 (default: tuned on validation slices)
                      iterations: int = 30, # Lei's Table III: 30-iteration CS
-                     backend: str = "auto", # 'sigpy' (L1WaveletRecon, db4), 'fista' (Haar, ours) or 'auto' (sigpy when installed)
+                     backend: str = "auto", # 'sigpy' (L1WaveletRecon, db4), 'fista' (Haar, ours) or 'auto' (sigpy)
                     ) -> Tensor:
     "CS-wavelet baseline (Lei's BART CS-Wavelet): sigpy's L1WaveletRecon per slice, or our Haar FISTA; (B, 1, H, W)."
     check_choice(backend, "backend", ("auto", "sigpy", "fista"))
@@ -388,6 +408,7 @@ def cs_wavelet_recon(y: Tensor, # (B, coils, H, W) measured k-space
 # %% ../nbs/31_unrolled_recon.ipynb #5f3e2743
 VAL_SUBJECTS = (3000, 3001) # validation subjects: the CS lambda is tuned here, never on TEST_SUBJECTS
 
+# %% ../nbs/31_unrolled_recon.ipynb #8136be72
 def tune_cs_lambda(lams: Sequence[float] = CS_GRID, # candidate lambdas
                    subjects: Sequence[int] = VAL_SUBJECTS, # validation subjects
                    shape: tuple[int, int] = (64, 64), coils: int = 4, acceleration: float = 10.0,
@@ -397,17 +418,20 @@ def tune_cs_lambda(lams: Sequence[float] = CS_GRID, # candidate lambdas
     mask, maps = recon_setup(shape, acceleration, coils)
     x = simulate_set(subjects, shape, n_slices)
     y = measure(x, mask, maps)
-    snr = {float(l): recon_scores(cs_wavelet_recon(y, mask, maps, float(l), iterations, backend), x)["snr"] for l in lams}
+    snr = {float(l): recon_scores(cs_wavelet_recon(y, mask, maps, float(l), iterations, backend), x)["snr"]
+           for l in lams}
     return max(snr, key=snr.get), snr
 
 # %% ../nbs/31_unrolled_recon.ipynb #03efc8b4
 REGIMES = ("unpaired", "l1", "hybrid")
 
+# %% ../nbs/31_unrolled_recon.ipynb #caa456f8
 RECIPES = { # values a recipe fills in where a config leaves them at None (see the settings table)
-    "paper": dict(lr=1e-4, critic_lr=1e-4, betas=(0.9, 0.999), l1_final=0.99, block="postact"), # Sec. IV.A, IV.D, Fig. 6
-    "code": dict(lr=5e-5, critic_lr=5e-5, betas=(0.5, 0.9), l1_final=0.995, block="preact"), # lisakelei/Unpaired-GANCS
+    "paper": dict(lr=1e-4, critic_lr=1e-4, betas=(0.9, 0.999), l1_final=0.99, block="postact"), # IV.A, IV.D, Fig. 6
+    "code": dict(lr=5e-5, critic_lr=5e-5, betas=(0.5, 0.9), l1_final=0.995, block="preact"), # Unpaired-GANCS repo
 }
 
+# %% ../nbs/31_unrolled_recon.ipynb #d7e0cd0d
 @dataclass
 class ReconConfig(TrainConfig):
     "Lei et al.'s reconstruction experiments: generator, acquisition, label sets and the WGAN / l1 / hybrid objective."
@@ -426,7 +450,7 @@ class ReconConfig(TrainConfig):
     mask_seed: int = 0 # seed of the mask
     input_subjects: int = 7 # M: subjects whose undersampled k-space are the inputs (seeds 0 .. M-1)
     label_subjects: int = 6 # N: subjects whose fully sampled images are the labels of the unpaired critic
-    label_mode: str = "disjoint" # unpaired labels: 'disjoint' (seeds 1000 .. 1000+N-1) or 'partial' (the first N input subjects)
+    label_mode: str = "disjoint" # unpaired labels: 'disjoint' (seeds 1000 ..) or 'partial' (the first N input subjects)
     slices_per_subject: int = 8 # axial slices taken from each subject
     deform: bool = True # simulate subjects with random deformations
     critic_input: str = "auto" # 'magnitude' (1 ch), 'complex' (2 ch) or 'auto': magnitude for disjoint unpaired
@@ -471,23 +495,32 @@ class ReconConfig(TrainConfig):
         require(self.l1_only <= self.ramp_end, "l1_only/ramp_end", "l1_only <= ramp_end", (self.l1_only, self.ramp_end))
         check_number(self.l1_final, "l1_final", min=0, max=1)
 
+# %% ../nbs/31_unrolled_recon.ipynb #9e13366c
 TEST_SUBJECTS = tuple(range(2000, 2004)) # held-out subjects for evaluation (never used in training)
+
+# %% ../nbs/31_unrolled_recon.ipynb #b07a8da9
 TEST_ANATOMY = "colin27" # test subjects warp Colin27 (another person); training and validation subjects warp ICBM152
 
+# %% ../nbs/31_unrolled_recon.ipynb #2f16e683
 def input_subjects(cfg: ReconConfig) -> list[int]: return list(range(cfg.input_subjects))
 
+# %% ../nbs/31_unrolled_recon.ipynb #5e9418eb
 def label_subjects(cfg: ReconConfig) -> list[int]:
     "Subjects whose images the critic sees as real: disjoint, partial, or (paired regimes) the input subjects."
     if cfg.regime != "unpaired": return input_subjects(cfg)
-    return list(range(1000, 1000 + cfg.label_subjects)) if cfg.label_mode == "disjoint" else list(range(cfg.label_subjects))
+    return (list(range(1000, 1000 + cfg.label_subjects)) if cfg.label_mode == "disjoint"
+            else list(range(cfg.label_subjects)))
 
+# %% ../nbs/31_unrolled_recon.ipynb #a7c171cd
 def make_generator_net(cfg: ReconConfig) -> nn.Module:
     "The generator a config asks for."
     if cfg.generator == "plain": return PlainGenerator(cfg.features, cfg.blocks, 3, block=cfg.block)
     return UnrolledGenerator(cfg.iterations, cfg.features, cfg.blocks, dc=cfg.dc, block=cfg.block)
 
+# %% ../nbs/31_unrolled_recon.ipynb #a36e13f5
 def _stream(cfg: ReconConfig):
-    "Batches {y, mask, maps, target, label}: inputs from the input subjects, labels drawn independently from the label subjects."
+    ("Batches {y, mask, maps, target, label}: inputs from the input subjects, labels drawn independently from the "
+     "label subjects.")
     mask, maps = recon_setup(cfg.shape, cfg.acceleration, cfg.coils, cfg.mask_seed)
     inputs = simulate_set(input_subjects(cfg), cfg.shape, cfg.slices_per_subject, cfg.deform)
     labels = simulate_set(label_subjects(cfg), cfg.shape, cfg.slices_per_subject, cfg.deform)
@@ -500,6 +533,7 @@ def _stream(cfg: ReconConfig):
         return batch
     return data
 
+# %% ../nbs/31_unrolled_recon.ipynb #9c700cd0
 def _run_g(G, b) -> Tensor: return G(b["y"], b["mask"], b.get("maps"))
 
 def _l1(out: Tensor, target: Tensor) -> Tensor: return F.l1_loss(to_channels(out), to_channels(target))
@@ -534,14 +568,19 @@ def build_recon(cfg: ReconConfig) -> Task:
     return adversarial(G, D, g_opt, c_opt, data, critic_loss, generator_loss, n_critic=cfg.n_critic,
                        schedulers={"generator": sched(g_opt), "critic": sched(c_opt)})
 
+# %% ../nbs/31_unrolled_recon.ipynb #0c4473d4
 _PRESETS = {
     "smoke": dict(steps=3, batch_size=2, shape=(32, 32), coils=4, features=8, input_subjects=2, label_subjects=1,
-                  slices_per_subject=2, deform=False, n_critic=2, l1_only=1, ramp_end=2, lr=1e-3, critic_lr=1e-3, log_every=1),
+                  slices_per_subject=2, deform=False, n_critic=2, l1_only=1, ramp_end=2, lr=1e-3, critic_lr=1e-3,
+                  log_every=1),
     "demo": dict(steps=400, batch_size=4, shape=(64, 64), coils=4, features=32, input_subjects=7, label_subjects=6,
-                 slices_per_subject=8, deform=True, lr=2e-4, critic_lr=2e-4, l1_only=100, ramp_end=200, log_every=20, ckpt_every=200),
-    "paper": dict(steps=100_000, batch_size=4, shape=(320, 256), coils=8, features=64, input_subjects=7, label_subjects=6,
-                  slices_per_subject=40, deform=True, log_every=100, ckpt_every=5000),
+                 slices_per_subject=8, deform=True, lr=2e-4, critic_lr=2e-4, l1_only=100, ramp_end=200, log_every=20,
+                 ckpt_every=200),
+    "paper": dict(steps=100_000, batch_size=4, shape=(320, 256), coils=8, features=64, input_subjects=7,
+                  label_subjects=6, slices_per_subject=40, deform=True, log_every=100, ckpt_every=5000),
 }
+
+# %% ../nbs/31_unrolled_recon.ipynb #1f0831b2
 PAIRED_SUBJECTS = 6 # Sec. IV.D: "input and label pairs from 6 subjects" (the unpaired run: 7 input + 6 label subjects)
 _PAIRED = {k: dict(v, input_subjects=min(v["input_subjects"], PAIRED_SUBJECTS)) for k, v in _PRESETS.items()}
 
@@ -562,7 +601,8 @@ def table2(accelerations: Sequence[float] = (5.0, 7.0, 10.0), # Poisson-disc R o
            progress: bool = False,
            reuse: bool = False, # evaluate the runs already in `out` when their config matches (else train them)
            **overrides) -> list[dict]:
-    "Lei's Table II on held-out subjects: SNR/SSIM and k-space residual of ZF, unpaired WGAN, l1-net, WGAN + l1 and CS per R."
+    ("Lei's Table II on held-out subjects: SNR/SSIM and k-space residual of ZF, unpaired WGAN, l1-net, WGAN + l1 "
+     "and CS per R.")
     root = Path(out or tempfile.mkdtemp(prefix="medsynth-table2-"))
     rows = []
     for R in accelerations:
@@ -576,8 +616,9 @@ def table2(accelerations: Sequence[float] = (5.0, 7.0, 10.0), # Poisson-disc R o
             run, want = root / f"{exp}-R{R:g}", get_experiment(exp).config(preset, acceleration=float(R), **overrides)
             ck = load_checkpoint(run) if reuse and (run / "checkpoint.pt").exists() else None
             if ck is not None and (ck["experiment"], ck["config"], ck["step"]) != (exp, want.to_dict(), want.steps):
-                raise ValueError(f"out: {run} holds another run ({ck['experiment']}, step {ck['step']}, or other settings) "
-                                 f"than {exp} at {preset}; remove it to retrain, or choose another out")
+                raise ValueError(f"out: {run} holds another run ({ck['experiment']}, step {ck['step']}, "
+                                 f"or other settings) than {exp} at {preset}; remove it to retrain, "
+                                 "or choose another out")
             models = load_models(run) if ck is not None else train(exp, preset, run, acceleration=float(R),
                                                                     progress=progress, **overrides).models
             G = models["generator" if "generator" in models else "model"]
@@ -591,6 +632,7 @@ def table2(accelerations: Sequence[float] = (5.0, 7.0, 10.0), # Poisson-disc R o
                              kspace_residual_pre_dc=float("nan") if r_pre is None else float(r_pre.mean())))
     return rows
 
+# %% ../nbs/31_unrolled_recon.ipynb #d81e0c95
 def format_table2(rows: list[dict],
                   misfit: bool = False, # add the k-space misfit columns (before -> after the final DC)
                  ) -> str:

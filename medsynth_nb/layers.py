@@ -16,11 +16,11 @@ from torch import Tensor, nn
 from .utils import check_choice, check_int, check_number, check_positive, check_tensor, require, seeded
 
 # %% auto #0
-__all__ = ['UNET_PRESETS', 'NORMS', 'PADDING_MODES', 'ACTIVATIONS', 'PLAIN_NORMS', 'HEAD_ACTIVATIONS', 'timestep_embedding',
-           'GroupNorm32', 'normalization', 'zero_module', 'Downsample', 'Upsample', 'ResBlock', 'AttentionBlock',
-           'TimestepSequential', 'UNet', 'count_parameters', 'unet_from_preset', 'conv_nd', 'norm_nd', 'activation',
-           'condition_mlp', 'CondResBlock', 'LocalAttention', 'CondUNet', 'CondCritic', 'conv_norm_act',
-           'SplitHeadUNet', 'DCGANCritic']
+__all__ = ['UNET_PRESETS', 'NORMS', 'PADDING_MODES', 'ACTIVATIONS', 'PLAIN_NORMS', 'HEAD_ACTIVATIONS', 'GENERATOR_LAYOUTS',
+           'timestep_embedding', 'GroupNorm32', 'normalization', 'zero_module', 'Downsample', 'Upsample', 'ResBlock',
+           'AttentionBlock', 'TimestepSequential', 'UNet', 'count_parameters', 'unet_from_preset', 'conv_nd', 'norm_nd',
+           'activation', 'condition_mlp', 'CondResBlock', 'LocalAttention', 'CondUNet', 'CondCritic', 'conv_norm_act',
+           'SplitHeadUNet', 'DCGANCritic', 'TwoHeadGenerator']
 
 # %% ../nbs/04_layers.ipynb #d4f17ae5
 def _check_ints(min: int = 1, **values) -> None:
@@ -645,3 +645,26 @@ class DCGANCritic(nn.Module):
         if x.shape[-2] % f or x.shape[-1] % f:
             raise ValueError(f"x: H and W must be divisible by 2^downsamplings = {f}, got {tuple(x.shape[-2:])}")
         return self.fc(self.features(x).mean(dim=(-2, -1))).squeeze(-1)
+
+# %% ../nbs/04_layers.ipynb #1a1382d4
+GENERATOR_LAYOUTS = {"ours": {}, "code": dict(downsample="conv", up_kernel=4, decoder_slope=0.1)}
+
+# %% ../nbs/04_layers.ipynb #c81ffdcd
+class TwoHeadGenerator(nn.Module):
+    """G(x) = [G^I(x), G^σ(x)]: a split-head U-Net with a tanh image head and a softplus scale head (Angermann
+    Sec. 3.4)."""
+    def __init__(self, in_channels: int = 1, out_channels: int = 1,
+                 base_channels: int = 16, # f (paper: 16)
+                 depth: int = 5, # max-poolings (paper: 5)
+                 norm: str = "instance",
+                 layout: str = "ours", # 'ours' (max-pool, 3×3 up-conv, ReLU), 'code' (stride-2, 4×4 up, LeakyReLU 0.1)
+                ):
+        super().__init__()
+        check_choice(layout, "layout", GENERATOR_LAYOUTS)
+        self.net = SplitHeadUNet(in_channels, (out_channels, out_channels), ("tanh", "softplus"), base_channels, depth,
+                                 norm, **GENERATOR_LAYOUTS[layout])
+
+    def forward(self, x: Tensor, # (B, in_channels, H, W) in [-1, 1]
+               ) -> tuple[Tensor, Tensor]: # image in (-1, 1) and scale map σ > 0, both (B, out_channels, H, W)
+        img, sigma = self.net(x)
+        return img, sigma

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import DCGANCritic, SplitHeadUNet
+from .layers import GENERATOR_LAYOUTS, DCGANCritic, TwoHeadGenerator
 from .config import Task, TrainConfig, adversarial, register_variants
 from .utils import (check_choice, check_int, check_number, check_positive, check_same_shape,
                                check_tensor, eval_mode, in_chunks, make_generator, markdown_table, model_device,
@@ -31,12 +31,12 @@ from .engine import train
 
 # %% auto #0
 __all__ = ['RESIZE_STYLES', 'TF_TABLE_SIZE', 'UAPI_VARIANTS', 'SIGMA_RESAMPLES', 'SIGMA_MAPS', 'SCENARIOS', 'T1W_PROTOCOL',
-           'T2W_PROTOCOL', 'TASKS', 'TEST_SUBJECTS', 'TEST_ANATOMY', 'GENERATOR_LAYOUTS', 'PATCHINV_METHODS',
-           'METRIC_RECIPES', 'cubic_kernel', 'resize_matrix', 'patch_op', 'sample_patch_params', 'patch_loss',
-           'robust_rho', 'uapi_loss', 'resample_scale', 'uapi_term', 'perturb', 'contrast_slices',
-           'simulate_zero_filled', 'task_pairs', 'TwoHeadGenerator', 'PatchInvConfig', 'domains', 'unpaired_stream',
-           'build_patchinv', 'translate', 'scores', 'evaluate_scenarios', 'uncertainty_scores', 'table1',
-           'format_table1', 'show_uncertainty', 'scatter_uncertainty']
+           'T2W_PROTOCOL', 'TASKS', 'TEST_SUBJECTS', 'TEST_ANATOMY', 'PATCHINV_METHODS', 'METRIC_RECIPES',
+           'cubic_kernel', 'resize_matrix', 'patch_op', 'sample_patch_params', 'patch_loss', 'robust_rho', 'uapi_loss',
+           'resample_scale', 'uapi_term', 'perturb', 'contrast_slices', 'simulate_zero_filled', 'task_pairs',
+           'PatchInvConfig', 'domains', 'unpaired_stream', 'build_patchinv', 'translate', 'scores',
+           'evaluate_scenarios', 'uncertainty_scores', 'table1', 'format_table1', 'show_uncertainty',
+           'scatter_uncertainty']
 
 # %% ../nbs/13_patch_invariance.ipynb #6356709d
 def cubic_kernel(t: Tensor, # distances (any shape)
@@ -333,29 +333,6 @@ def task_pairs(task: str, # 't1t2' or 'zf'
         if task == "t1t2": xs.append(d["t1w"]); ys.append(d["t2w"])
         else: xs.append(simulate_zero_filled(d["t1w"], int(s), acceleration, center_fraction)); ys.append(d["t1w"])
     return torch.cat(xs) * 2 - 1, torch.cat(ys) * 2 - 1
-
-# %% ../nbs/13_patch_invariance.ipynb #79f906a6
-GENERATOR_LAYOUTS = {"ours": {}, "code": dict(downsample="conv", up_kernel=4, decoder_slope=0.1)}
-
-# %% ../nbs/13_patch_invariance.ipynb #c864f84e
-class TwoHeadGenerator(nn.Module):
-    """G(x) = [G^I(x), G^σ(x)]: a split-head U-Net with a tanh image head and a softplus scale head (Angermann
-    Sec. 3.4)."""
-    def __init__(self, in_channels: int = 1, out_channels: int = 1,
-                 base_channels: int = 16, # f (paper: 16)
-                 depth: int = 5, # max-poolings (paper: 5)
-                 norm: str = "instance",
-                 layout: str = "ours", # 'ours' (max-pool, 3×3 up-conv, ReLU), 'code' (stride-2, 4×4 up, LeakyReLU 0.1)
-                ):
-        super().__init__()
-        check_choice(layout, "layout", GENERATOR_LAYOUTS)
-        self.net = SplitHeadUNet(in_channels, (out_channels, out_channels), ("tanh", "softplus"), base_channels, depth,
-                                 norm, **GENERATOR_LAYOUTS[layout])
-
-    def forward(self, x: Tensor, # (B, in_channels, H, W) in [-1, 1]
-               ) -> tuple[Tensor, Tensor]: # image in (-1, 1) and scale map σ > 0, both (B, out_channels, H, W)
-        img, sigma = self.net(x)
-        return img, sigma
 
 # %% ../nbs/13_patch_invariance.ipynb #4fb9ad3b
 PATCHINV_METHODS = ("wgan", "pi", "uapi")

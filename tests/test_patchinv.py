@@ -11,11 +11,12 @@ from hypothesis import given, settings, strategies as st
 import numpy as np
 from torch import nn
 
-from medsynth_nb.patchinv import (PATCHINV_METHODS, SCENARIOS, PatchInvConfig, TwoHeadGenerator, cubic_kernel, evaluate_scenarios,
+from medsynth_nb.patchinv import (PATCHINV_METHODS, SCENARIOS, PatchInvConfig, cubic_kernel, evaluate_scenarios,
                                   patch_loss, patch_op, perturb, resample_scale, resize_matrix, robust_rho,
                                   sample_patch_params, scores, table1, translate, uapi_loss, uapi_term,
                                   task_pairs, uncertainty_scores, unpaired_stream, simulate_zero_filled)
 from medsynth_nb.engine import Context, train
+from medsynth_nb.layers import TwoHeadGenerator
 from medsynth_nb.config import get_experiment
 from medsynth_nb.utils import make_generator, seeded, test_allclose
 from meta_device import MetaDeviceModel
@@ -487,10 +488,10 @@ BAD_PATCHINV = [
     (lambda: _pi.simulate_zero_filled(_X, acceleration=True), TypeError, "accelerations: expected a real number, got True (bool)"),
     (lambda: _pi.task_pairs("ct", [0]), ValueError, "task: expected one of ('t1t2', 'zf'), got 'ct'"),
     (lambda: _pi.task_pairs("t1t2", []), ValueError, "subjects: expected at least one subject id"),
-    (lambda: _pi.TwoHeadGenerator(depth=2.0), TypeError, "depth: expected an int, got 2.0 (float)"),
+    (lambda: TwoHeadGenerator(depth=2.0), TypeError, "depth: expected an int, got 2.0 (float)"),
     (lambda: _pi.unpaired_stream(_X, _X[:0]), ValueError, "x and y: expected non-empty image sets"),
     (lambda: _pi.unpaired_stream(_X, _X * float("nan")), ValueError, "y: expected finite values"),
-    (lambda: _pi.translate(_pi.TwoHeadGenerator(base_channels=2, depth=1), _X, batch_size=0), ValueError,
+    (lambda: _pi.translate(TwoHeadGenerator(base_channels=2, depth=1), _X, batch_size=0), ValueError,
      "batch_size: expected an int >= 1, got 0"),
     (lambda: _pi.evaluate_scenarios(None, _X, _X, scenarios=("GN7",)), ValueError, "scenarios: expected one of"),
     (lambda: _pi.evaluate_scenarios(None, _X, _X, seed=True), TypeError, "seed: expected an int, got True (bool)"),
@@ -512,7 +513,7 @@ def test_patchinv_refuses_bad_input(call, exc, msg):
 
 def test_translate_in_chunks_keeps_item_order():
     "translate returns item i's outputs at position i (chunks of 2 over 5 different inputs)."
-    from medsynth_nb.patchinv import TwoHeadGenerator
+    from medsynth_nb.layers import TwoHeadGenerator
     from medsynth_nb.utils import seeded
     with seeded(0): G = TwoHeadGenerator(base_channels=2, depth=1).eval()
     x = torch.rand(5, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1

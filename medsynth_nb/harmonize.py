@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import PairedContrastDataset, center_crop_or_pad, durrer_preprocess, slices_to_volume, volume_to_slices
-from .ddpm import PREDICTION_TYPES, DDIMScheduler, DDPMScheduler, ddim_sample, ddpm_sample, diffusion_loss
+from .data import (PairedContrastDataset, center_crop_or_pad, durrer_preprocess, slices_to_volume,
+                              volume_to_slices)
+from .ddpm import (PREDICTION_TYPES, DDIMScheduler, DDPMScheduler, ddim_sample, ddpm_sample,
+                              diffusion_loss)
 from .layers import unet_from_preset
 from .metrics import ahd, dice, hausdorff
 from .config import TrainConfig, Task, register_experiment, supervised
@@ -36,26 +38,33 @@ __all__ = ['DIRECTIONS', 'DIRECTION_ALIASES', 'TEST_ANATOMY', 'TEST_SEEDS', 'SAM
 
 # %% ../nbs/21_harmonization.ipynb #c2652984
 DIRECTIONS = {"1.5T-to-3T": (1.5, 3.0), "3T-to-1.5T": (3.0, 1.5)}
+
+# %% ../nbs/21_harmonization.ipynb #95d2f09a
 DIRECTION_ALIASES = {"1.5T->3T": "1.5T-to-3T", "3T->1.5T": "3T-to-1.5T"}   # the old names: '>' is a shell redirection
 
-def normalize_direction(direction: str, # '1.5T-to-3T' or '3T-to-1.5T' (old spelling '1.5T->3T', '3T->1.5T' accepted)
+# %% ../nbs/21_harmonization.ipynb #838f7430
+def normalize_direction(direction: str, # '1.5T-to-3T' or '3T-to-1.5T' (old spelling '1.5T->3T', '3T->1.5T')
                        ) -> str:
     "The canonical direction name ('1.5T-to-3T' or '3T-to-1.5T'); the old '->' spelling is mapped onto it."
     if not isinstance(direction, str): raise TypeError(f"direction: expected a str, got {type(direction).__name__}")
     d = DIRECTION_ALIASES.get(direction, direction)
     if d not in DIRECTIONS:
-        raise ValueError(f"direction: expected one of {tuple(DIRECTIONS)} (or the old {tuple(DIRECTION_ALIASES)}), got {direction!r}")
+        raise ValueError(f"direction: expected one of {tuple(DIRECTIONS)} (or the old {tuple(DIRECTION_ALIASES)}), "
+                         f"got {direction!r}")
     return d
 
+# %% ../nbs/21_harmonization.ipynb #bf4e247d
 def parse_direction(direction: str, # '1.5T-to-3T' or '3T-to-1.5T' (or an old alias)
                    ) -> tuple[float, float]:
     "(source field, target field) in tesla for a direction name."
     return DIRECTIONS[normalize_direction(direction)]
 
+# %% ../nbs/21_harmonization.ipynb #fd123d64
 def to_model_range(x: Tensor) -> Tensor:
     "[0, 1] images → the model's [-1, 1]."
     return x * 2 - 1
 
+# %% ../nbs/21_harmonization.ipynb #0387a215
 def from_model_range(x: Tensor) -> Tensor:
     "The model's [-1, 1] → [0, 1] (clamped)."
     return ((x + 1) / 2).clamp(0, 1)
@@ -73,8 +82,10 @@ def _paired_scans(seed: int, fields: tuple, deform_voxels: float, t1_jitter: flo
     mask = (fr["csf"] + fr["gm"] + fr["wm"]) > 0.5
     out = {"labels": torch.from_numpy(phantom.tissue_labels(fr).astype(np.int64))}
     for B in fields:
-        sigma = phantom.tissue_signals(B, "mprage", t1_scale=t1s)["wm"] / (dict(snr) if snr else phantom.SNR)[float(B)]
-        x = phantom.add_rician_noise(phantom.simulate_image(fr, B, "mprage", t1_scale=t1s), sigma, seed=rng) * mask
+        sigma = (phantom.tissue_signals(B, "mprage", t1_scale=t1s)["wm"]
+                 / (dict(snr) if snr else phantom.SNR)[float(B)])
+        x = phantom.add_rician_noise(phantom.simulate_image(fr, B, "mprage", t1_scale=t1s), sigma,
+                                     seed=rng) * mask
         out[float(B)] = torch.from_numpy(x.astype(np.float32))
     return out
 
@@ -86,7 +97,8 @@ def paired_subject(seed: int, # subject id: anatomy, T1 jitter and noise follow 
                    root=None,
                    anatomy: str = "icbm152", # "icbm152" (training subjects) or "colin27" (held-out anatomy)
                   ) -> dict:
-    "One simulated subject scanned with both MPRAGE protocols: {field: (X, Y, Z) float32 tensor, 'labels': (X, Y, Z) int64}."
+    ("One simulated subject scanned with both MPRAGE protocols: {field: (X, Y, Z) float32 tensor, "
+     "'labels': (X, Y, Z) int64}.")
     seed = check_int(seed, "seed", min=0)
     check_number(deform_voxels, "deform_voxels", min=0); check_number(t1_jitter, "t1_jitter", 0, 1, max_open=True)
     for B in fields: check_choice(check_number(B, "fields"), "fields", tuple(phantom.SNR))
@@ -95,6 +107,7 @@ def paired_subject(seed: int, # subject id: anatomy, T1 jitter and noise follow 
     return _paired_scans(seed, tuple(fields), deform_voxels, t1_jitter, snr_items,
                          None if root is None else str(root), anatomy)
 
+# %% ../nbs/21_harmonization.ipynb #d5576107
 def paired_volumes(n: int, # number of subjects
                    seed: int = 1000, # subject i uses seed + i
                    direction: str = "1.5T-to-3T", **kw) -> tuple[list[Tensor], list[Tensor]]:
@@ -106,27 +119,30 @@ def paired_volumes(n: int, # number of subjects
 
 # %% ../nbs/21_harmonization.ipynb #13711b2f
 TEST_ANATOMY = "colin27" # held-out subjects: another person than the ICBM152 average the training subjects warp
+
+# %% ../nbs/21_harmonization.ipynb #2b7cf9ec
 TEST_SEEDS = tuple(range(9000, 9005)) # held-out subject ids (training subjects: subject_seed + i, from 1000)
 
+# %% ../nbs/21_harmonization.ipynb #357a03db
 def heldout_pair(seed: int = TEST_SEEDS[0], # held-out subject id (`TEST_SEEDS`)
                  direction: str = "1.5T-to-3T", # which scan is the source
                  root=None) -> tuple[Tensor, Tensor, Tensor]:
     "A held-out test pair of `TEST_ANATOMY`, preprocessed as Durrer: (source, target, true tissue labels), (X, Y, Z)."
     s, t = parse_direction(direction)
-    subj = paired_subject(seed, anatomy=TEST_ANATOMY, root=root)    # both fields, so both directions see the same scans
+    subj = paired_subject(seed, anatomy=TEST_ANATOMY, root=root)    # both fields: both directions see the same scans
     return durrer_preprocess(subj[s]), durrer_preprocess(subj[t]), subj["labels"]
-
 
 # %% ../nbs/21_harmonization.ipynb #61990ba4
 def harmonization_scheduler(num_train_timesteps: int = 1000, # T (Durrer: 1000)
                             learn_sigma: bool = True, # learned-range variance (Durrer) or fixed small
-                            prediction_type: str = "epsilon", # what the network predicts: 'epsilon' (Durrer), 'sample' (x_0) or 'v_prediction'
+                            prediction_type: str = "epsilon", # 'epsilon' (Durrer), 'sample' (x_0) or 'v_prediction'
                            ) -> DDPMScheduler:
     "Durrer's DDPM schedule: linear β 1e-4…0.02, ε-prediction (default), x0 clipped to [-1, 1], learned-range variance."
     return DDPMScheduler(num_train_timesteps, 1e-4, 0.02, "linear",
                          variance_type="learned_range" if learn_sigma else "fixed_small", clip_sample=True,
                          prediction_type=prediction_type)
 
+# %% ../nbs/21_harmonization.ipynb #0d5662ea
 def harmonization_unet(preset: str = "smoke", # `layers.UNET_PRESETS` name: 'smoke', 'demo' or 'paper' (Durrer)
                        scheduler: DDPMScheduler | None = None, # decides the output channels (default: learned range)
                        seed: int | None = 0, **overrides):
@@ -134,6 +150,7 @@ def harmonization_unet(preset: str = "smoke", # `layers.UNET_PRESETS` name: 'smo
     learned = scheduler is None or scheduler.variance_type == "learned_range"
     return unet_from_preset(preset, in_channels=2, out_channels=2 if learned else 1, seed=seed, **overrides)
 
+# %% ../nbs/21_harmonization.ipynb #5781d3e6
 def check_harmonizer(model, scheduler: DDPMScheduler | DDIMScheduler):
     "Raise a clear error when the model's channels do not fit Durrer's [source, x_t] → ε (+ v) layout for `scheduler`."
     cin, cout = getattr(model, "in_channels", None), getattr(model, "out_channels", None)
@@ -146,15 +163,18 @@ def check_harmonizer(model, scheduler: DDPMScheduler | DDIMScheduler):
     if not ok:
         want = "2 (ε and the variance interpolation v)" if learned else "1 (ε)"
         raise ValueError(f"model: has {cout} output channels but a {type(scheduler).__name__} with variance_type="
-                         f"{getattr(scheduler, 'variance_type', None)!r} needs {want}; build both with harmonization_unet(preset, scheduler)")
+                         f"{getattr(scheduler, 'variance_type', None)!r} needs {want}; "
+                         f"build both with harmonization_unet(preset, scheduler)")
 
 # %% ../nbs/21_harmonization.ipynb #066e7f65
 def _down_factor(model) -> int:
     cm = getattr(model, "channel_mult", None)
     return 2 ** (len(cm) - 1) if cm else 1
 
+# %% ../nbs/21_harmonization.ipynb #59883ff9
 SAMPLERS = ("ddpm", "ddim")
 
+# %% ../nbs/21_harmonization.ipynb #7866aefd
 def translate_slices(model: Callable, # ε_θ([b, x_t], t) → ε (or [ε, v])
                      scheduler: DDPMScheduler, # the training schedule (its T and variance type)
                      source: Tensor, # (n, 1, h, w) source slices b_i in [0, 1]
@@ -165,16 +185,21 @@ def translate_slices(model: Callable, # ε_θ([b, x_t], t) → ε (or [ε, v])
                      generator: torch.Generator | None = None, # for x_T and the ancestral noise
                      skip_empty: bool = True, # all-zero source slices → zero output, no sampling
                      progress: bool = False,
-                     device=None, # where the network runs (default: its parameters' device); inputs are moved there
+                     device=None, # where the network runs (default: its parameters' device); inputs go there
                     ) -> Tensor:
     "Translate source slices to the target contrast: (n, 1, h, w) in [0, 1], on `source`'s device (Durrer Fig. 3)."
     check_tensor(source, "source", ndim=4)
-    if source.shape[1] != 1: raise ValueError(f"source: expected (n, 1, h, w) single-channel slices, got shape {tuple(source.shape)}")
-    if source.min() < 0 or source.max() > 1: raise ValueError(f"source: expected intensities in [0, 1] (durrer_preprocess), got [{float(source.min()):.3g}, {float(source.max()):.3g}]")
+    if source.shape[1] != 1:
+        raise ValueError(f"source: expected (n, 1, h, w) single-channel slices, got shape {tuple(source.shape)}")
+    if source.min() < 0 or source.max() > 1:
+        raise ValueError(f"source: expected intensities in [0, 1] (durrer_preprocess), "
+                         f"got [{float(source.min()):.3g}, {float(source.max()):.3g}]")
     check_choice(sampler, "sampler", SAMPLERS); check_int(batch_size, "batch_size", min=1)
     check_number(eta, "eta", min=0)
-    if not isinstance(scheduler, DDPMScheduler): raise TypeError(f"scheduler: expected the training DDPMScheduler, got {type(scheduler).__name__}")
-    if num_inference_steps is not None: check_int(num_inference_steps, "num_inference_steps", 1, scheduler.num_train_timesteps)
+    if not isinstance(scheduler, DDPMScheduler):
+        raise TypeError(f"scheduler: expected the training DDPMScheduler, got {type(scheduler).__name__}")
+    if num_inference_steps is not None:
+        check_int(num_inference_steps, "num_inference_steps", 1, scheduler.num_train_timesteps)
     check_harmonizer(model, scheduler)
     sch = DDPMScheduler.from_config(scheduler.config)   # a fresh copy: set_timesteps never leaks between calls
     n, _, h, w = source.shape
@@ -188,14 +213,15 @@ def translate_slices(model: Callable, # ε_θ([b, x_t], t) → ε (or [ε, v])
         cond = to_model_range(center_crop_or_pad(source[j], (H, W)))
         shape = (len(j), 1, H, W)
         if sampler == "ddim":
-            x = ddim_sample(model, sch, shape, num_inference_steps or sch.num_train_timesteps, eta=eta, generator=generator,
-                            cond=cond, progress=progress, device=device)
+            x = ddim_sample(model, sch, shape, num_inference_steps or sch.num_train_timesteps, eta=eta,
+                            generator=generator, cond=cond, progress=progress, device=device)
         else:
             x = ddpm_sample(model, sch, shape, generator=generator, cond=cond, progress=progress,
                             num_inference_steps=num_inference_steps, device=device)
         out[j] = center_crop_or_pad(from_model_range(x), (h, w)).to(out.device, out.dtype)   # back to source's device
     return out
 
+# %% ../nbs/21_harmonization.ipynb #89b3a5f2
 def translate_volume(model: Callable, scheduler: DDPMScheduler,
                      volume: Tensor, # (D, H, W) source volume in [0, 1]
                      axis: int = 0, # slicing axis (0: sagittal on the ICBM grid, as Durrer)
@@ -217,6 +243,7 @@ def brain_mask(volume: Tensor, # (D, H, W) or (H, W) image, background ≈ 0
     fg = v > threshold * v.max()
     return torch.from_numpy(binary_fill_holes(fg)).to(volume.device)
 
+# %% ../nbs/21_harmonization.ipynb #916de748
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     "Mean of (pred − target)² over the voxels of `mask` (Durrer Eq. 6, as a mean)."
     check_tensor(pred, "pred"); check_tensor(target, "target"); check_same_shape(pred, target)
@@ -228,8 +255,10 @@ def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 # %% ../nbs/21_harmonization.ipynb #921ee4aa
 TISSUE_CLASSES = {"csf": 1, "gm": 2, "wm": 3}
 
+# %% ../nbs/21_harmonization.ipynb #e14f2427
 SEGMENTATION_METHODS = ("kmeans", "gmm")
 
+# %% ../nbs/21_harmonization.ipynb #bb206ada
 def segment_tissues(volume: Tensor, # (D, H, W) T1-weighted image
                     mask: Tensor, # bool brain mask, same shape
                     n_iter: int = 100, # Lloyd iterations (stops early when assignments settle)
@@ -237,21 +266,23 @@ def segment_tissues(volume: Tensor, # (D, H, W) T1-weighted image
                     em_iter: int = 1000, # EM iterations at most (method 'gmm')
                     tol: float = 1e-10, # EM stops when the mean log-likelihood gains less than this
                    ) -> Tensor:
-    "3-class 1-D k-means (or a Gaussian mixture fitted by EM from it) on the masked intensities, a FAST stand-in: int64 labels 0 background, 1 CSF, 2 GM, 3 WM."
+    ("3-class 1-D k-means (or a Gaussian mixture fitted by EM from it) on the masked intensities, a FAST stand-in: "
+     "int64 labels 0 background, 1 CSF, 2 GM, 3 WM.")
     check_tensor(volume, "volume", ndim=3); check_same_shape(mask, volume, ("mask", "volume"))
     if mask.dtype != torch.bool: raise TypeError(f"mask: expected a bool tensor, got {mask.dtype}")
     check_choice(method, "method", SEGMENTATION_METHODS); check_int(n_iter, "n_iter", min=1)
     check_int(em_iter, "em_iter", min=0); check_number(tol, "tol", min=0)
     v = volume[mask].double()
     if v.numel() < 3: raise ValueError(f"mask: expected at least 3 voxels to form 3 classes, got {v.numel()}")
-    # 1-D Lloyd on sorted values: each class is a contiguous run, so an iteration is two searchsorted calls and cumsums
+    # 1-D Lloyd on sorted values: each class is a contiguous run, so an iteration is two searchsorted calls, cumsums
     vs = v.sort().values
     cs = torch.cat([vs.new_zeros(1), vs.cumsum(0)])
     centres = torch.quantile(vs, torch.tensor([1 / 6, 1 / 2, 5 / 6], dtype=torch.float64, device=v.device))
     cuts = None
     for _ in range(n_iter):
         bounds = (centres[:-1] + centres[1:]) / 2                 # nearest centre ⇔ below/above the midpoints
-        new = torch.cat([vs.new_zeros(1, dtype=torch.long), torch.searchsorted(vs, bounds, right=True), torch.tensor([vs.numel()], device=v.device)])
+        new = torch.cat([vs.new_zeros(1, dtype=torch.long), torch.searchsorted(vs, bounds, right=True),
+                         torch.tensor([vs.numel()], device=v.device)])
         if cuts is not None and torch.equal(new, cuts): break
         cuts = new
         n = (cuts[1:] - cuts[:-1])
@@ -263,35 +294,41 @@ def segment_tissues(volume: Tensor, # (D, H, W) T1-weighted image
     labels[mask] = 1 + hard
     return labels
 
+# %% ../nbs/21_harmonization.ipynb #f5f57526
 def gmm_1d(v: Tensor, # (N,) float64 values
            init: Tensor, # (N,) initial hard assignment in 0..K-1 (K classes, each non-empty)
            n_iter: int = 1000, # EM iterations at most
            tol: float = 1e-10, # stop when the mean log-likelihood gains less than this
           ) -> dict:
-    "EM for a 1-D Gaussian mixture: {'weights', 'means', 'variances' (K,), 'labels' (N,) by largest posterior, 'loglik' per iteration}."
+    ("EM for a 1-D Gaussian mixture: {'weights', 'means', 'variances' (K,), 'labels' (N,) by largest posterior, "
+     "'loglik' per iteration}.")
     check_tensor(v, "v", ndim=1); check_int(n_iter, "n_iter", min=0); check_number(tol, "tol", min=0)
     if not isinstance(init, Tensor) or init.dtype != torch.int64 or init.shape != v.shape:
-        raise ValueError(f"init: expected an int64 tensor of v's shape {tuple(v.shape)}, got {getattr(init, 'dtype', type(init).__name__)} "
+        raise ValueError(f"init: expected an int64 tensor of v's shape {tuple(v.shape)}, "
+                         f"got {getattr(init, 'dtype', type(init).__name__)} "
                          f"{tuple(getattr(init, 'shape', ()))}")
     K = int(init.max()) + 1
     counts = torch.bincount(init, minlength=K)
-    require(int(init.min()) >= 0 and bool((counts > 0).all()), "init", f"labels 0..K-1 with every class present", counts.tolist())
+    require(int(init.min()) >= 0 and bool((counts > 0).all()), "init", f"labels 0..K-1 with every class present",
+            counts.tolist())
     r = torch.nn.functional.one_hot(init, K).double()
-    floor = 1e-12 * float(v.var()) + 1e-300                       # a class collapsing onto one value keeps a tiny variance
+    floor = 1e-12 * float(v.var()) + 1e-300          # a class collapsing onto one value keeps a tiny variance
     hist = []
     for it in range(n_iter + 1):
         nk = r.sum(0).clamp_min(1e-300)                          # M-step
         w, mu = nk / v.numel(), (r * v[:, None]).sum(0) / nk
         var = ((r * (v[:, None] - mu) ** 2).sum(0) / nk).clamp_min(floor)
-        logp = torch.log(w) - 0.5 * torch.log(2 * math.pi * var) - (v[:, None] - mu) ** 2 / (2 * var)  # E-step
+        logp = torch.log(w) - 0.5 * torch.log(2 * math.pi * var) - (v[:, None] - mu) ** 2 / (2 * var)   # E-step
         ll = torch.logsumexp(logp, 1)
         hist.append(float(ll.mean()))
         if it == n_iter or (it > 0 and hist[-1] - hist[-2] < tol): break
         r = torch.exp(logp - ll[:, None])
     order = torch.argsort(mu)                                     # classes by intensity
     rank = torch.empty_like(order); rank[order] = torch.arange(K, device=order.device)
-    return {"weights": w[order], "means": mu[order], "variances": var[order], "labels": rank[logp.argmax(1)], "loglik": hist}
+    return {"weights": w[order], "means": mu[order], "variances": var[order], "labels": rank[logp.argmax(1)],
+            "loglik": hist}
 
+# %% ../nbs/21_harmonization.ipynb #9de1c0cb
 def tissue_volumes(labels: Tensor, # label map from `segment_tissues`
                    voxel_volume: float = 1.0, # mm³ per voxel (8 for our 2 mm grid)
                   ) -> dict[str, float]:
@@ -316,14 +353,16 @@ def evaluate_harmonization(pred: Tensor, # (D, H, W) translated volume B_transfo
                           ) -> dict:
     "Durrer's Tables 1–3 for one volume: MSE and AHD in the mask, |Δ volume| (mm³), Dice and HD (mm) per tissue."
     check_tensor(pred, "pred", ndim=3); check_tensor(target, "target", ndim=3); check_same_shape(pred, target)
-    if target.min() < 0 or target.max() > 1: raise ValueError("target: expected intensities in [0, 1] (durrer_preprocess)")
+    if target.min() < 0 or target.max() > 1:
+        raise ValueError("target: expected intensities in [0, 1] (durrer_preprocess)")
     check_positive(spacing, "spacing"); check_choice(segmentation, "segmentation", SEGMENTATION_METHODS)
     if mask is not None: check_mask(mask, "mask", ndim=3); check_same_shape(mask, target, ("mask", "target"))
     if target_labels is not None: check_same_shape(target_labels, target, ("target_labels", "target"))
     p = _rescale(pred.float()) if rescale else pred.float()
     t = target.float()
     m = brain_mask(t) if mask is None else mask.bool()
-    out = {"mse": float(masked_mse(p, t, m)), "ahd": float(ahd(p[None, None], t[None, None], bins=255, mask=m[None, None]))}
+    out = {"mse": float(masked_mse(p, t, m)),
+           "ahd": float(ahd(p[None, None], t[None, None], bins=255, mask=m[None, None]))}
     if not tissues: return out
     lt = segment_tissues(t, m, method=segmentation) if target_labels is None else target_labels
     lp = segment_tissues(p, m, method=segmentation)
@@ -335,6 +374,7 @@ def evaluate_harmonization(pred: Tensor, # (D, H, W) translated volume B_transfo
         out[f"dvol_{k}"] = abs(vp[k] - vt_[k]); out[f"dice_{k}"] = float(dc[i]); out[f"hd_{k}"] = float(hd[i])
     return out
 
+# %% ../nbs/21_harmonization.ipynb #cafd0a4e
 def harmonization_table(rows: dict, # method name → result of `evaluate_harmonization`
                         keys: Sequence[str] = ("mse", "ahd", "dvol_csf", "dvol_gm", "dvol_wm", "dice_csf", "dice_gm",
                                                "dice_wm", "hd_csf", "hd_gm", "hd_wm"),
@@ -343,20 +383,23 @@ def harmonization_table(rows: dict, # method name → result of `evaluate_harmon
     require(len(rows) > 0, "rows", "at least one method", rows)
     for name, r in rows.items():
         missing = [k for k in keys if k not in r]
-        require(not missing, f"rows[{name!r}]", f"the keys {tuple(keys)} (tissues=True for the segmentation ones)", f"no {missing}")
-    fmt = lambda k, v: f"{v:.3g}" if k in ("mse", "ahd") or k.startswith("dvol") else f"{v:.3f}" if k.startswith("dice") else f"{v:.2f}"
+        require(not missing, f"rows[{name!r}]", f"the keys {tuple(keys)} (tissues=True for the segmentation ones)",
+                f"no {missing}")
+    fmt = lambda k, v: (f"{v:.3g}" if k in ("mse", "ahd") or k.startswith("dvol")
+                        else f"{v:.3f}" if k.startswith("dice") else f"{v:.2f}")
     return markdown_table(["method", *keys], ([name, *(fmt(k, r[k]) for k in keys)] for name, r in rows.items()))
 
 # %% ../nbs/21_harmonization.ipynb #d12f1b02
 def compare_samplers(model: Callable, scheduler: DDPMScheduler,
                      source: Tensor, # (D, H, W) source volume (or slab) in [0, 1]
                      target: Tensor, # (D, H, W) target scan in [0, 1]
-                     samplers: dict | None = None, # name → (sampler, num_inference_steps); default ancestral-1000 and DDIM-50
+                     samplers: dict | None = None, # name → (sampler, steps); default: ancestral-1000 and DDIM-50
                      seed: int = 0, # the same x_T (and ancestral noise stream) for every sampler, from a CPU generator
                      device=None, # where to sample (default: the model's device)
                      **kw, # passed to `translate_volume` (axis, batch_size, ...)
                     ) -> dict:
-    "Translate with each sampler, timed: name → {'seconds', 'pred', and the `evaluate_harmonization` metrics (MSE, AHD)}."
+    ("Translate with each sampler, timed: name → {'seconds', 'pred', and the `evaluate_harmonization` metrics "
+     "(MSE, AHD)}.")
     samplers = samplers or {"ancestral-1000": ("ddpm", None), "DDIM-50": ("ddim", 50)}
     check_int(seed, "seed", min=0); check_tensor(source, "source", ndim=3); check_tensor(target, "target", ndim=3)
     check_same_shape(source, target, ("source", "target"))
@@ -368,7 +411,8 @@ def compare_samplers(model: Callable, scheduler: DDPMScheduler,
         pred = translate_volume(model, scheduler, source.cpu(), sampler=sampler, num_inference_steps=steps,
                                 generator=make_generator(seed), device=dev, **kw)
         if dev.type == "cuda": torch.cuda.synchronize(dev)
-        out[name] = {"seconds": time.perf_counter() - t0, "pred": pred, **evaluate_harmonization(pred, target.cpu(), tissues=False)}
+        out[name] = {"seconds": time.perf_counter() - t0, "pred": pred,
+                     **evaluate_harmonization(pred, target.cpu(), tissues=False)}
     return out
 
 # %% ../nbs/21_harmonization.ipynb #a87bd9b1
@@ -395,11 +439,11 @@ class HarmonizeConfig(TrainConfig):
     unet: str = "smoke" # U-Net preset: 'smoke', 'demo' or 'paper' (runs that stored 'bench' load as 'demo')
     learn_sigma: bool = True # learned-range variance and the hybrid loss (Durrer)
     lambda_vb: float = 1e-3 # λ of the hybrid loss
-    prediction_type: str = "epsilon" # network target: 'epsilon' (Durrer), 'sample' (x_0) or 'v_prediction' (see the demo)
+    prediction_type: str = "epsilon" # network target: 'epsilon' (Durrer), 'sample' (x_0) or 'v_prediction' (demo)
     num_train_timesteps: int = 1000 # T
     n_subjects: int = 1 # simulated training subjects
     subject_seed: int = 1000 # subject i is paired_subject(subject_seed + i)
-    crop: tuple[int, int] = (120, 96) # training slice size (centre crop/pad); the whole 2 mm slice, as `demo` and `paper`
+    crop: tuple[int, int] = (120, 96) # training slice size (centre crop/pad); the whole 2 mm slice (`demo`, `paper`)
     weight_decay: float = 0.0 # AdamW weight decay (Durrer: 0)
     sampler: str = "ddim" # evaluation sampler: 'ddim' or 'ddpm'
     sample_steps: int = 50 # evaluation steps (DDPM with 1000 = the paper)
@@ -415,30 +459,35 @@ class HarmonizeConfig(TrainConfig):
         require(self.direction in DIRECTIONS, "direction", f"one of {tuple(DIRECTIONS)}", self.direction)
         require(self.unet in UNET_PRESETS, "unet", f"one of {tuple(UNET_PRESETS)}", self.unet)
         require(self.lambda_vb >= 0, "lambda_vb", "a non-negative weight", self.lambda_vb)
-        require(self.prediction_type in PREDICTION_TYPES, "prediction_type", f"one of {PREDICTION_TYPES}", self.prediction_type)
+        require(self.prediction_type in PREDICTION_TYPES, "prediction_type", f"one of {PREDICTION_TYPES}",
+                self.prediction_type)
         require(self.num_train_timesteps >= 2, "num_train_timesteps", "at least 2 steps", self.num_train_timesteps)
         require(self.n_subjects >= 1, "n_subjects", "at least 1 subject", self.n_subjects)
         require(len(self.crop) == 2 and all(c >= 8 for c in self.crop), "crop", "two sizes >= 8", self.crop)
         require(self.weight_decay >= 0, "weight_decay", "a non-negative weight decay", self.weight_decay)
         require(self.sampler in SAMPLERS, "sampler", f"one of {SAMPLERS}", self.sampler)
-        require(1 <= self.sample_steps <= self.num_train_timesteps, "sample_steps", f"1..num_train_timesteps ({self.num_train_timesteps})", self.sample_steps)
+        require(1 <= self.sample_steps <= self.num_train_timesteps, "sample_steps",
+                f"1..num_train_timesteps ({self.num_train_timesteps})", self.sample_steps)
 
     def scheduler(self) -> DDPMScheduler:
         "The run's noise schedule (T and variance type come from the config, so sampling always matches training)."
         return harmonization_scheduler(self.num_train_timesteps, self.learn_sigma, self.prediction_type)
 
+# %% ../nbs/21_harmonization.ipynb #93af4dd2
 HARMONIZE_PRESETS = {
     "smoke": dict(steps=12, batch_size=4, unet="smoke", n_subjects=1, crop=(32, 32), lr=1e-3, ema=0.9, ckpt_every=6,
                   sample_steps=5),
     "demo": dict(steps=1000, batch_size=4, unet="demo", n_subjects=4, crop=(120, 96), lr=1e-3, ema=0.999, log_every=10,
                  ckpt_every=250, sample_steps=20, prediction_type="v_prediction"),
-    "paper": dict(steps=300_000, batch_size=4, unet="paper", n_subjects=30, crop=(120, 96), lr=1e-4, ema=0.9999, log_every=100,
-                  ckpt_every=5000, sampler="ddpm", sample_steps=1000, ema_warmup=False),
+    "paper": dict(steps=300_000, batch_size=4, unet="paper", n_subjects=30, crop=(120, 96), lr=1e-4, ema=0.9999,
+                  log_every=100, ckpt_every=5000, sampler="ddpm", sample_steps=1000, ema_warmup=False),
 }
 
+# %% ../nbs/21_harmonization.ipynb #bc442562
 PAPER_PRESET_SOURCES = {  # where each value of the `paper` preset comes from ('ours' has no source and says why)
     "steps": "paper §3: 300,000 iterations", "batch_size": "paper §3: batch size 4", "lr": "paper §3: Adam, 1e-4",
-    "unet": "paper §3: 128 channels, one head, 11,402,370 parameters; code: mult (1,1,1,1), 2 res blocks, middle attention",
+    "unet": ("paper §3: 128 channels, one head, 11,402,370 parameters; "
+             "code: mult (1,1,1,1), 2 res blocks, middle attention"),
     "n_subjects": "paper §3: 30 training scans per fold", "sampler": "paper §2, Fig. 3: ancestral, Eq. 4 at every t",
     "sample_steps": "paper §2-3: all T = 1000 steps", "ema": "code: EMA 0.9999 (the paper does not state it)",
     "ema_warmup": "code: constant EMA decay (improved-diffusion)",
@@ -450,11 +499,13 @@ PAPER_PRESET_SOURCES = {  # where each value of the `paper` preset comes from ('
     "amp": "ours: the engine's 'auto' (bf16 on CUDA; the paper states no precision); --set amp=off for fp32",
 }
 
+# %% ../nbs/21_harmonization.ipynb #be1d8ad5
 def harmonization_data(cfg: HarmonizeConfig) -> PairedContrastDataset:
     "Paired (source, target) sagittal training slices of `cfg.n_subjects` simulated subjects, preprocessed and cropped."
     src, tgt = paired_volumes(cfg.n_subjects, cfg.subject_seed, cfg.direction)
     return PairedContrastDataset(src, tgt, slice_axis=0, crop=cfg.crop, transform=durrer_preprocess)
 
+# %% ../nbs/21_harmonization.ipynb #c439ccf3
 @register_experiment("harmonize", HarmonizeConfig, HARMONIZE_PRESETS,
                      description="Durrer et al. conditional DDPM, 1.5 T <-> 3 T MPRAGE contrast harmonization")
 def build_harmonize(cfg: HarmonizeConfig) -> Task:
@@ -469,11 +520,13 @@ def build_harmonize(cfg: HarmonizeConfig) -> Task:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return supervised(model, opt, data, loss)
 
+# %% ../nbs/21_harmonization.ipynb #82b403da
 def load_harmonizer(run, # run directory or checkpoint of a 'harmonize' run
                     ema: bool = True, device="cpu") -> tuple:
     "(model, scheduler, config) of a trained harmonize run, the scheduler rebuilt from the stored T and variance type."
     ck = load_checkpoint(run)
-    if ck.get("experiment") != "harmonize": raise ValueError(f"run: expected a 'harmonize' checkpoint, got experiment {ck.get('experiment')!r}")
+    if ck.get("experiment") != "harmonize":
+        raise ValueError(f"run: expected a 'harmonize' checkpoint, got experiment {ck.get('experiment')!r}")
     cfg = HarmonizeConfig.from_dict(ck["config"])
     sched = cfg.scheduler()
     model = harmonization_unet(cfg.unet, sched, seed=None)   # no training data is simulated to load a model

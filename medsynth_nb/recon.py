@@ -44,7 +44,7 @@ def to_channels(x: Tensor, # (B, 1, H, W) complex image
     "Complex image -> 2 real channels (real, imag), (B, 2, H, W): the networks' input and output layout."
     return complex_to_deepinv(x)
 
-# %% ../nbs/31_unrolled_recon.ipynb #ad111c6f
+# %% ../nbs/31_unrolled_recon.ipynb #8086cba7
 def to_complex(x: Tensor, # (B, 2, H, W) real (real, imag)
               ) -> Tensor:
     "2 real channels (real, imag) -> complex image (B, 1, H, W)."
@@ -62,7 +62,7 @@ def lei_crop(shape: tuple[int, int], # (H, W) of the images
     _check_shape(shape)
     return round(24 * shape[0] / 320), round(20 * shape[1] / 256)
 
-# %% ../nbs/31_unrolled_recon.ipynb #f6907eca
+# %% ../nbs/31_unrolled_recon.ipynb #b0212ba8
 def lei_calib(shape: tuple[int, int]) -> tuple[int, int]:
     "Lei's fully sampled 20 x 20 Poisson-disc centre, scaled with min(H, W) / 256 (at least 4 x 4)."
     _check_shape(shape)
@@ -96,7 +96,7 @@ def simulate_set(subjects: Sequence[int], shape=(64, 64), n_slices: int = 8, def
     require(len(subjects) > 0, "subjects", "at least one subject id", subjects)
     return torch.cat([complex_slices(s, shape, n_slices, deform, anatomy=anatomy) for s in subjects])
 
-# %% ../nbs/31_unrolled_recon.ipynb #58eb44ce
+# %% ../nbs/31_unrolled_recon.ipynb #5ed3de59
 def measure(x: Tensor, # (B, 1, H, W) complex images
             mask: Tensor, # 0/1 (H, W)
             maps: Tensor | None = None, # (coils, H, W) or None = single coil
@@ -104,7 +104,7 @@ def measure(x: Tensor, # (B, 1, H, W) complex images
     "Undersampled k-space y = M F S x, (B, coils, H, W); x finite, mask binary (checked by `SenseOperator`)."
     return SenseOperator(maps, mask).A(x)
 
-# %% ../nbs/31_unrolled_recon.ipynb #d7acdd5b
+# %% ../nbs/31_unrolled_recon.ipynb #95c98535
 def recon_setup(shape: tuple[int, int] = (64, 64), # (H, W)
                 acceleration: float = 10.0, # Poisson-disc R
                 coils: int = 8, # birdcage coils; 1 = single coil (maps None)
@@ -132,7 +132,7 @@ def reconstruct(G: nn.Module, # a trained generator (put in eval mode here)
     with eval_mode(G): res = in_chunks(run, y.to(dev), chunk=batch_size)   # on G's device
     return res if pre_dc else res[0]
 
-# %% ../nbs/31_unrolled_recon.ipynb #f52207ff
+# %% ../nbs/31_unrolled_recon.ipynb #a144aeed
 def recon_scores(pred: Tensor, # (B, 1, H, W) complex reconstructions (any device)
                  target: Tensor, # (B, 1, H, W) complex ground truth (magnitude <= 1)
                  crop: tuple[int, int] | None = None, # (rows, cols) off each border; default `lei_crop`
@@ -162,7 +162,7 @@ class PreActBlock(nn.Module):
                                   nn.BatchNorm2d(features), nn.ReLU(), _conv(features, features))
     def forward(self, x: Tensor) -> Tensor: return x + self.body(x)
 
-# %% ../nbs/31_unrolled_recon.ipynb #9d6cf642
+# %% ../nbs/31_unrolled_recon.ipynb #9822e5d8
 class PostActBlock(nn.Module):
     "Post-activation residual block ReLU(BN(x + conv(ReLU(BN(conv(x)))))): BN and ReLU after the sum (paper, Fig. 6)."
     def __init__(self, features: int = 64, # channels in and out
@@ -174,10 +174,10 @@ class PostActBlock(nn.Module):
         self.post = nn.Sequential(nn.BatchNorm2d(features), nn.ReLU())
     def forward(self, x: Tensor) -> Tensor: return self.post(x + self.body(x))
 
-# %% ../nbs/31_unrolled_recon.ipynb #1e63f716
+# %% ../nbs/31_unrolled_recon.ipynb #89313489
 BLOCKS = {"postact": PostActBlock, "preact": PreActBlock}
 
-# %% ../nbs/31_unrolled_recon.ipynb #414c9d51
+# %% ../nbs/31_unrolled_recon.ipynb #4664a96c
 class ProxResNet(nn.Module):
     "Lei's proximal ResNet on 2-channel images: conv, residual blocks, convs to 2 ch, plus the input (global skip)."
     def __init__(self, features: int = 64, # feature channels
@@ -218,7 +218,7 @@ class PlainGenerator(nn.Module):
         x = zero_filled(y, mask, maps, check=False)
         return hard_dc(to_complex(self.net(to_channels(x))), y, mask, maps, check=False)
 
-# %% ../nbs/31_unrolled_recon.ipynb #b8ccff8b
+# %% ../nbs/31_unrolled_recon.ipynb #55916a31
 class UnrolledGenerator(nn.Module):
     "Lei's unrolled G (Eqs. 5-7): x_0 = A^H y; K times x <- prox_k(x - mu_k (A^H A x - x_0)); final hard DC (Eq. 8)."
     def __init__(self, iterations: int = 3, # K
@@ -285,7 +285,7 @@ class LeiCritic(nn.Module):
             raise ValueError(f"x: expected {self.in_channels} channels, got shape {tuple(x.shape)}")
         return self.net(x).mean((1, 2, 3))
 
-# %% ../nbs/31_unrolled_recon.ipynb #2b523dc7
+# %% ../nbs/31_unrolled_recon.ipynb #b4925857
 def critic_view(x: Tensor, # (B, 1, H, W) complex image
                 mode: str = "complex", # 'complex' -> (B, 2, H, W) real/imag; 'magnitude' -> (B, 1, H, W) |x|
                ) -> Tensor:
@@ -312,10 +312,10 @@ def hybrid_l1_weight(step: int, # batches seen (0-based)
 # %% ../nbs/31_unrolled_recon.ipynb #cce250f3
 CS_GRID = tuple(float(v) for v in np.geomspace(1e-4, 1e-1, 13)) # the lambdas `tune_cs_lambda` tries, 4 per decade
 
-# %% ../nbs/31_unrolled_recon.ipynb #376d448f
+# %% ../nbs/31_unrolled_recon.ipynb #ab897f57
 CS_LAM = CS_GRID[5] # 1.78e-3: the CS-wavelet lambda, argmax of `tune_cs_lambda()` on validation slices (run once)
 
-# %% ../nbs/31_unrolled_recon.ipynb #a9b6c4a7
+# %% ../nbs/31_unrolled_recon.ipynb #3614e91c
 def _check_levels(x: Tensor, levels: int, name: str):
     "levels >= 0 and H, W of x divisible by 2**levels (shapes only: FISTA calls this every step)."
     check_int(levels, "levels", min=0); check_tensor(x, name, dtype="any", finite=False)
@@ -337,7 +337,7 @@ def haar2(x: Tensor, # (..., H, W), H and W divisible by 2**levels
         h, w = h // 2, w // 2
     return out
 
-# %% ../nbs/31_unrolled_recon.ipynb #6ea76cb8
+# %% ../nbs/31_unrolled_recon.ipynb #d3ba343c
 def ihaar2(c: Tensor, # (..., H, W) coefficients from `haar2`
            levels: int = 3) -> Tensor:
     "Inverse of `haar2` (its adjoint: the transform is orthonormal)."
@@ -353,7 +353,7 @@ def ihaar2(c: Tensor, # (..., H, W) coefficients from `haar2`
         out[..., :h, :w] = torch.stack([(lo + hi) / math.sqrt(2), (lo - hi) / math.sqrt(2)], -2).flatten(-3, -2)
     return out
 
-# %% ../nbs/31_unrolled_recon.ipynb #d296c5d0
+# %% ../nbs/31_unrolled_recon.ipynb #fd9c8eea
 def _soft(z: Tensor, t: float) -> Tensor:
     "Complex soft threshold z max(1 - t / |z|, 0)."
     return z * torch.clamp(1 - t / z.abs().clamp_min(1e-30), min=0)
@@ -379,7 +379,7 @@ def cs_wavelet_fista(y: Tensor, # (B, coils, H, W) measured k-space
         z, x, t = x_new + (t - 1) / t_new * (x_new - x), x_new, t_new
     return x
 
-# %% ../nbs/31_unrolled_recon.ipynb #bb2510f9
+# %% ../nbs/31_unrolled_recon.ipynb #89e0e4a5
 def cs_wavelet_recon(y: Tensor, # (B, coils, H, W) measured k-space
                      mask: Tensor, # 0/1 broadcasting to (H, W)
                      maps: Tensor | None = None, # (coils, H, W) or (B, coils, H, W); None = single coil
@@ -408,7 +408,7 @@ def cs_wavelet_recon(y: Tensor, # (B, coils, H, W) measured k-space
 # %% ../nbs/31_unrolled_recon.ipynb #5f3e2743
 VAL_SUBJECTS = (3000, 3001) # validation subjects: the CS lambda is tuned here, never on TEST_SUBJECTS
 
-# %% ../nbs/31_unrolled_recon.ipynb #8136be72
+# %% ../nbs/31_unrolled_recon.ipynb #01f7ccb0
 def tune_cs_lambda(lams: Sequence[float] = CS_GRID, # candidate lambdas
                    subjects: Sequence[int] = VAL_SUBJECTS, # validation subjects
                    shape: tuple[int, int] = (64, 64), coils: int = 4, acceleration: float = 10.0,
@@ -425,13 +425,13 @@ def tune_cs_lambda(lams: Sequence[float] = CS_GRID, # candidate lambdas
 # %% ../nbs/31_unrolled_recon.ipynb #03efc8b4
 REGIMES = ("unpaired", "l1", "hybrid")
 
-# %% ../nbs/31_unrolled_recon.ipynb #caa456f8
+# %% ../nbs/31_unrolled_recon.ipynb #dbd3d683
 RECIPES = { # values a recipe fills in where a config leaves them at None (see the settings table)
     "paper": dict(lr=1e-4, critic_lr=1e-4, betas=(0.9, 0.999), l1_final=0.99, block="postact"), # IV.A, IV.D, Fig. 6
     "code": dict(lr=5e-5, critic_lr=5e-5, betas=(0.5, 0.9), l1_final=0.995, block="preact"), # Unpaired-GANCS repo
 }
 
-# %% ../nbs/31_unrolled_recon.ipynb #d7e0cd0d
+# %% ../nbs/31_unrolled_recon.ipynb #c0bf7283
 @dataclass
 class ReconConfig(TrainConfig):
     "Lei et al.'s reconstruction experiments: generator, acquisition, label sets and the WGAN / l1 / hybrid objective."
@@ -495,29 +495,29 @@ class ReconConfig(TrainConfig):
         require(self.l1_only <= self.ramp_end, "l1_only/ramp_end", "l1_only <= ramp_end", (self.l1_only, self.ramp_end))
         check_number(self.l1_final, "l1_final", min=0, max=1)
 
-# %% ../nbs/31_unrolled_recon.ipynb #9e13366c
+# %% ../nbs/31_unrolled_recon.ipynb #76ab3e4f
 TEST_SUBJECTS = tuple(range(2000, 2004)) # held-out subjects for evaluation (never used in training)
 
-# %% ../nbs/31_unrolled_recon.ipynb #b07a8da9
+# %% ../nbs/31_unrolled_recon.ipynb #ff08ffe5
 TEST_ANATOMY = "colin27" # test subjects warp Colin27 (another person); training and validation subjects warp ICBM152
 
-# %% ../nbs/31_unrolled_recon.ipynb #2f16e683
+# %% ../nbs/31_unrolled_recon.ipynb #ba2fc56e
 def input_subjects(cfg: ReconConfig) -> list[int]: return list(range(cfg.input_subjects))
 
-# %% ../nbs/31_unrolled_recon.ipynb #5e9418eb
+# %% ../nbs/31_unrolled_recon.ipynb #52662695
 def label_subjects(cfg: ReconConfig) -> list[int]:
     "Subjects whose images the critic sees as real: disjoint, partial, or (paired regimes) the input subjects."
     if cfg.regime != "unpaired": return input_subjects(cfg)
     return (list(range(1000, 1000 + cfg.label_subjects)) if cfg.label_mode == "disjoint"
             else list(range(cfg.label_subjects)))
 
-# %% ../nbs/31_unrolled_recon.ipynb #a7c171cd
+# %% ../nbs/31_unrolled_recon.ipynb #d50e5afc
 def make_generator_net(cfg: ReconConfig) -> nn.Module:
     "The generator a config asks for."
     if cfg.generator == "plain": return PlainGenerator(cfg.features, cfg.blocks, 3, block=cfg.block)
     return UnrolledGenerator(cfg.iterations, cfg.features, cfg.blocks, dc=cfg.dc, block=cfg.block)
 
-# %% ../nbs/31_unrolled_recon.ipynb #a36e13f5
+# %% ../nbs/31_unrolled_recon.ipynb #98507283
 def _stream(cfg: ReconConfig):
     ("Batches {y, mask, maps, target, label}: inputs from the input subjects, labels drawn independently from the "
      "label subjects.")
@@ -533,7 +533,7 @@ def _stream(cfg: ReconConfig):
         return batch
     return data
 
-# %% ../nbs/31_unrolled_recon.ipynb #9c700cd0
+# %% ../nbs/31_unrolled_recon.ipynb #a7b405e4
 def _run_g(G, b) -> Tensor: return G(b["y"], b["mask"], b.get("maps"))
 
 def _l1(out: Tensor, target: Tensor) -> Tensor: return F.l1_loss(to_channels(out), to_channels(target))
@@ -568,7 +568,7 @@ def build_recon(cfg: ReconConfig) -> Task:
     return adversarial(G, D, g_opt, c_opt, data, critic_loss, generator_loss, n_critic=cfg.n_critic,
                        schedulers={"generator": sched(g_opt), "critic": sched(c_opt)})
 
-# %% ../nbs/31_unrolled_recon.ipynb #0c4473d4
+# %% ../nbs/31_unrolled_recon.ipynb #613dd520
 _PRESETS = {
     "smoke": dict(steps=3, batch_size=2, shape=(32, 32), coils=4, features=8, input_subjects=2, label_subjects=1,
                   slices_per_subject=2, deform=False, n_critic=2, l1_only=1, ramp_end=2, lr=1e-3, critic_lr=1e-3,
@@ -580,7 +580,7 @@ _PRESETS = {
                   label_subjects=6, slices_per_subject=40, deform=True, log_every=100, ckpt_every=5000),
 }
 
-# %% ../nbs/31_unrolled_recon.ipynb #1f0831b2
+# %% ../nbs/31_unrolled_recon.ipynb #afd53927
 PAIRED_SUBJECTS = 6 # Sec. IV.D: "input and label pairs from 6 subjects" (the unpaired run: 7 input + 6 label subjects)
 _PAIRED = {k: dict(v, input_subjects=min(v["input_subjects"], PAIRED_SUBJECTS)) for k, v in _PRESETS.items()}
 
@@ -632,7 +632,7 @@ def table2(accelerations: Sequence[float] = (5.0, 7.0, 10.0), # Poisson-disc R o
                              kspace_residual_pre_dc=float("nan") if r_pre is None else float(r_pre.mean())))
     return rows
 
-# %% ../nbs/31_unrolled_recon.ipynb #d81e0c95
+# %% ../nbs/31_unrolled_recon.ipynb #4e98024a
 def format_table2(rows: list[dict],
                   misfit: bool = False, # add the k-space misfit columns (before -> after the final DC)
                  ) -> str:

@@ -23,8 +23,8 @@ from torch.utils.data import Dataset
 
 from .data import (array_sha256, decode_file, load_nifti, samples_root, save_fastmri_h5, save_nifti,
                               ismrmrd_header, percentile)
-from .utils import (atomic_write, check_choice, check_finite, check_int, check_number, check_positive, numpy_rng,
-                               report_result, require)
+from .utils import (atomic_write, check_choice, check_finite, check_int, check_number, check_positive,
+                               numpy_rng, report_result, require)
 from .data import verify_manifest
 from .kspace import birdcage_maps, fft2c, ifft2c, rss
 
@@ -41,12 +41,21 @@ __all__ = ['ANATOMY_FILES', 'COLIN27_FILES', 'ANATOMIES', 'TISSUES', 'LABELS', '
 
 # %% ../nbs/02_phantom.ipynb #1812534f
 ANATOMY_FILES = {k: f"icbm152_2009a_2mm_{k}.nii.gz" for k in ("t1", "gm", "wm", "mask")}
+
+# %% ../nbs/02_phantom.ipynb #46bf4b09
 COLIN27_FILES = {k: f"colin27_2mm_{k}.nii.gz" for k in ("t1", "gm", "wm", "mask")}
+
+# %% ../nbs/02_phantom.ipynb #9bdbb7fe
 # training anatomy (ICBM152, an average of 152 brains) and held-out anatomy (Colin27, one person), same 2 mm MNI grid
 ANATOMIES = dict(icbm152=ANATOMY_FILES, colin27=COLIN27_FILES)
+
+# %% ../nbs/02_phantom.ipynb #5a0cb6d2
 TISSUES = ("csf", "gm", "wm", "rim", "core", "oedema")
+
+# %% ../nbs/02_phantom.ipynb #d0070135
 LABELS = dict(background=0, csf=1, gm=2, wm=3, rim=4, core=5, oedema=6)
 
+# %% ../nbs/02_phantom.ipynb #61d1fae9
 ICBM_NOTICE = """ICBM 2009a Nonlinear Symmetric template (MNI ICBM152), 2 mm derived copy
 =========================================================================
 
@@ -75,6 +84,7 @@ References
   structure segmentation. IPMI 1999.
 """
 
+# %% ../nbs/02_phantom.ipynb #1ec473b1
 def load_anatomy(root: str | os.PathLike | None = None, # folder holding the maps (default: data_samples/)
                  name: str = "icbm152", # which anatomy: one of ANATOMIES
                 ) -> dict:
@@ -91,14 +101,18 @@ def load_anatomy(root: str | os.PathLike | None = None, # folder holding the map
     csf = np.clip(mask - gm - wm, 0, 1)
     return dict(t1=t1 / 255, gm=gm, wm=wm, csf=csf, mask=mask, affine=affine)
 
+# %% ../nbs/02_phantom.ipynb #5759667b
 def derive_anatomy_from_nilearn(out: str | os.PathLike | None = None, # folder to write the 2 mm maps to
-                                nilearn_data: str | os.PathLike | None = None, # nilearn/datasets/data (default: the installed nilearn's)
+                                # nilearn/datasets/data (default: the installed nilearn's)
+                                nilearn_data: str | os.PathLike | None = None,
                                ) -> list[Path]:
     "Optional developer step: derive the shipped 2 mm uint8 ICBM152 maps from nilearn's 1 mm files."
     if nilearn_data is None:
         import importlib.util
         spec = importlib.util.find_spec("nilearn")  # locate the files without importing nilearn
-        if spec is None: raise ModuleNotFoundError("nilearn is not installed: `pip install nilearn` (only this optional step needs it)")
+        if spec is None:
+            raise ModuleNotFoundError("nilearn is not installed: `pip install nilearn` "
+                                      "(only this optional step needs it)")
         nilearn_data = Path(spec.origin).parent / "datasets" / "data"
     src = {k: Path(nilearn_data) / f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
     vols = {k: load_nifti(p, dtype="float64") for k, p in src.items()}
@@ -188,13 +202,14 @@ def resample_to_grid(vol: np.ndarray, # (..., X, Y, Z) source volume(s)
     return (out / sub ** 3).reshape(*lead, *dst_shape)
 
 # %% ../nbs/02_phantom.ipynb #325bce19
-def derive_anatomy_from_mricron(out: str | os.PathLike | None = None, # folder with the ICBM152 maps; writes colin27_* there
+def derive_anatomy_from_mricron(out: str | os.PathLike | None = None, # folder with the ICBM152 maps; writes colin27_*
                                 templates: str | os.PathLike = "/usr/share/mricron/templates", # Debian's mricron-data
                                ) -> list[Path]:
     "Optional developer step: derive the 2 mm Colin27 maps (held-out anatomy) from Debian's mricron-data."
     src = Path(templates) / "ch2bet.nii.gz"
     if not src.exists():
-        raise FileNotFoundError(f"{src}: not found; `apt-get install mricron-data` provides it (only this optional step needs it)")
+        raise FileNotFoundError(
+            f"{src}: not found; `apt-get install mricron-data` provides it (only this optional step needs it)")
     out = samples_root(out)
     ch2, aff1, _ = load_nifti(src, dtype="float64")
     ref, aff2, _ = load_nifti(out / ANATOMY_FILES["t1"], dtype=None)
@@ -202,13 +217,16 @@ def derive_anatomy_from_mricron(out: str | os.PathLike | None = None, # folder w
     csf, gm, wm, t1 = resample_to_grid(np.concatenate([fr1, ch2[None] / ch2.max()]), aff1, aff2, ref.shape)
     mask = (csf + gm + wm) >= 0.5
     maps = dict(t1=t1, gm=gm * mask, wm=wm * mask, mask=mask.astype(np.float64))
-    paths = [save_nifti(out / COLIN27_FILES[k], np.round(np.clip(v, 0, 1) * (1 if k == "mask" else 255)), aff2, dtype=np.uint8)
+    paths = [save_nifti(out / COLIN27_FILES[k], np.round(np.clip(v, 0, 1) * (1 if k == "mask" else 255)), aff2,
+                        dtype=np.uint8)
              for k, v in maps.items()]
     with atomic_write(out / "COLIN27_LICENSE.txt") as tmp: Path(tmp).write_text(COLIN27_NOTICE, encoding="utf-8")
     return paths
 
 # %% ../nbs/02_phantom.ipynb #1c27aecb
 FIELDS = (1.5, 3.0)
+
+# %% ../nbs/02_phantom.ipynb #acaf2304
 # (T1 ms, T2 ms, PD); rim/core/oedema are illustrative assumptions scaled from GM/WM
 TISSUE_PARAMS = {
     1.5: dict(csf=(4300.0, 2000.0, 1.00), gm=(1197.0, 95.0, 0.86), wm=(646.0, 72.0, 0.77),
@@ -216,9 +234,14 @@ TISSUE_PARAMS = {
     3.0: dict(csf=(4300.0, 2000.0, 1.00), gm=(1607.0, 99.0, 0.86), wm=(838.0, 69.0, 0.77),
               rim=(1768.0, 105.0, 0.88), core=(3200.0, 280.0, 0.95), oedema=(1300.0, 140.0, 0.90)),
 }
+
+# %% ../nbs/02_phantom.ipynb #3f322886
 RELAXIVITY = dict(gadobutrol={1.5: 4.78, 3.0: 4.97}, gadoterate={1.5: 3.32, 3.0: 3.00})  # r1, L/(mmol·s)
+
+# %% ../nbs/02_phantom.ipynb #cdac23b1
 CONCENTRATION_SD = dict(csf=0.0, gm=0.03, wm=0.02, rim=0.10, core=0.01, oedema=0.005)  # mM at d = 1 (0.1 mmol/kg)
 
+# %% ../nbs/02_phantom.ipynb #6cc00608
 def _field(field: float) -> float:
     return check_choice(check_number(field, "field"), "field", FIELDS)
 
@@ -242,19 +265,26 @@ def spgr_signal(PD, T1, T2s, TR: float, TE: float, flip_deg: float):
     a = np.deg2rad(flip_deg); E1 = np.exp(-TR / np.asarray(T1, dtype=np.float64))
     return PD * np.sin(a) * (1 - E1) / (1 - np.cos(a) * E1) * np.exp(-TE / np.asarray(T2s, dtype=np.float64))
 
+# %% ../nbs/02_phantom.ipynb #34183f12
 def spin_echo_signal(PD, T1, T2, TR: float, TE: float):
     "Spin-echo signal: PD (1 − 2e^(−(TR−TE/2)/T1) + e^(−TR/T1)) e^(−TE/T2)."
     T1 = np.asarray(T1, dtype=np.float64)
-    return PD * (1 - 2 * np.exp(-(TR - TE / 2) / T1) + np.exp(-TR / T1)) * np.exp(-TE / np.asarray(T2, dtype=np.float64))
+    return (PD * (1 - 2 * np.exp(-(TR - TE / 2) / T1) + np.exp(-TR / T1))
+            * np.exp(-TE / np.asarray(T2, dtype=np.float64)))
 
 # %% ../nbs/02_phantom.ipynb #da3751d8
 MPRAGE_PROTOCOLS = {  # Durrer et al. 2023, Appendix A; n_readouts and echo_spacing are our assumptions
     1.5: dict(TR=2080.0, TI=1100.0, TE=3.1, flip_deg=15.0, echo_spacing=9.5, n_readouts=160),
     3.0: dict(TR=2300.0, TI=900.0, TE=2.94, flip_deg=9.0, echo_spacing=6.0, n_readouts=160),
 }
+
+# %% ../nbs/02_phantom.ipynb #89a6a225
 SPGR_PROTOCOL = dict(TR=25.0, TE=4.6, flip_deg=30.0)      # post-contrast 3-D T1 gradient echo (assumed; both fields)
+
+# %% ../nbs/02_phantom.ipynb #5b06649b
 SPIN_ECHO_PROTOCOL = dict(TR=500.0, TE=10.0)              # T1w spin echo as in LIP-CAR (assumed timings)
 
+# %% ../nbs/02_phantom.ipynb #29a80720
 def mprage_signal(PD, T1, T2s, TR: float, TI: float, TE: float, flip_deg: float,
                   echo_spacing: float, n_readouts: int, centre: int | None = None):
     "MPRAGE steady-state signal at the k-space centre (closed form, Deichmann 2000); times in ms."
@@ -263,7 +293,8 @@ def mprage_signal(PD, T1, T2s, TR: float, TI: float, TE: float, flip_deg: float,
     if centre is not None: check_int(centre, "centre", min=0, max=n_readouts - 1)
     k_c = n_readouts // 2 if centre is None else centre
     TA = TI - k_c * echo_spacing; TD = TR - TA - n_readouts * echo_spacing
-    if TA < 0 or TD < 0: raise ValueError(f"protocol: the readout train does not fit (TA = {TA:.1f} ms, TD = {TD:.1f} ms)")
+    if TA < 0 or TD < 0:
+        raise ValueError(f"protocol: the readout train does not fit (TA = {TA:.1f} ms, TD = {TD:.1f} ms)")
     a = np.deg2rad(flip_deg)
     E, EA, ED = np.exp(-echo_spacing / T1), np.exp(-TA / T1), np.exp(-TD / T1)
     q = E * np.cos(a); qN = q ** n_readouts
@@ -276,6 +307,7 @@ def mprage_signal(PD, T1, T2s, TR: float, TI: float, TE: float, flip_deg: float,
 # %% ../nbs/02_phantom.ipynb #e037e625
 SEQUENCES = ("spgr", "spin_echo", "mprage")
 
+# %% ../nbs/02_phantom.ipynb #b1912e56
 def tissue_signals(field: float = 3.0, sequence: str = "spgr", dose: float = 0.0, agent: str = "gadobutrol",
                    t1_scale: dict | None = None, # per-tissue T1 multipliers (random subjects)
                    protocol: dict | None = None, # overrides of the sequence's protocol
@@ -296,6 +328,7 @@ def tissue_signals(field: float = 3.0, sequence: str = "spgr", dose: float = 0.0
         out[t] = float(fn(PD, T1, T2, **prot))
     return out
 
+# %% ../nbs/02_phantom.ipynb #5451ac21
 def simulate_image(fractions: dict, # tissue -> (X, Y, Z) fraction map (any subset of TISSUES)
                    field: float = 3.0, sequence: str = "spgr", dose: float = 0.0, agent: str = "gadobutrol",
                    bias: np.ndarray | None = None, # multiplicative receive field (same shape), or None
@@ -323,6 +356,7 @@ def _smooth_noise(shape, sigma: float, rng: np.random.Generator) -> np.ndarray:
     n = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
     return n / (n.std() + 1e-12)
 
+# %% ../nbs/02_phantom.ipynb #6f6fee95
 def tissue_labels(fractions: dict) -> np.ndarray:
     "Hard label map (uint8, `LABELS`) from fractions: the largest compartment, background where none."
     keys = [t for t in TISSUES if t in fractions]
@@ -332,6 +366,7 @@ def tissue_labels(fractions: dict) -> np.ndarray:
     lab[stack.sum(0) < 0.5] = LABELS["background"]
     return lab
 
+# %% ../nbs/02_phantom.ipynb #56304ab8
 def _check_brain(fractions, name: str = "fractions"):
     "A dict with finite csf, gm and wm maps of one 3-D shape (the brain every simulator warps or fills)."
     require(isinstance(fractions, dict), name, "a dict with 'csf', 'gm' and 'wm' maps", type(fractions).__name__)
@@ -343,6 +378,7 @@ def _check_brain(fractions, name: str = "fractions"):
         require(np.shape(fractions[t]) == shape, f"{name}[{t!r}]", f"shape {shape}", np.shape(fractions[t]))
         check_finite(fractions[t], f"{name}[{t!r}]")
 
+# %% ../nbs/02_phantom.ipynb #6a35c9bc
 def add_lesions(fractions: dict, # tissue fractions (csf, gm, wm) of a brain
                 n_lesions: int = 2,
                 seed: int | np.random.Generator | None = 0,
@@ -378,7 +414,8 @@ def add_lesions(fractions: dict, # tissue fractions (csf, gm, wm) of a brain
         r = np.sqrt(sum((g[i].astype(np.float64) - c[i]) ** 2 for i in range(3)))
         r = r + irregularity * _smooth_noise(r.shape, 1.5, rng)
         core, rim = r < rc, (r >= rc) & (r < rc + rw)
-        oed = (r >= rc + rw) & (r < rc + rw + ow) & ((out["gm"][sl] + out["wm"][sl] + out["rim"][sl] + out["core"][sl]) > 0.5)
+        oed = ((r >= rc + rw) & (r < rc + rw + ow)
+               & ((out["gm"][sl] + out["wm"][sl] + out["rim"][sl] + out["core"][sl]) > 0.5))
         for region, t in ((core, "core"), (rim, "rim"), (oed, "oedema")):
             for u in TISSUES:
                 if u != t: out[u][sl][region] = 0.0
@@ -397,6 +434,7 @@ def bias_field(shape: Sequence[int], strength: float = 0.2, seed: int | np.rando
     p = p / (np.abs(p).max() + 1e-12) * np.log1p(strength)
     return np.exp(p)
 
+# %% ../nbs/02_phantom.ipynb #5f9109b9
 def add_rician_noise(image: np.ndarray, sigma: float, seed: int | np.random.Generator | None = 0) -> np.ndarray:
     "|image + n1 + i n2| with n1, n2 ~ N(0, sigma²): the magnitude of complex Gaussian noise (Rician)."
     check_number(sigma, "sigma", min=0)
@@ -430,7 +468,8 @@ def axial_slices(vol: np.ndarray | Tensor, # (X, Y, Z) volume on the phantom's R
     return F.interpolate(sl[:, None], size=hw, mode="bilinear", antialias=True, align_corners=False)[:, 0].clamp_min(0)
 
 # %% ../nbs/02_phantom.ipynb #3640c645
-def smooth_phase(shape: Sequence[int], max_phase: float = np.pi / 2, seed: int | np.random.Generator | None = 0) -> np.ndarray:
+def smooth_phase(shape: Sequence[int], max_phase: float = np.pi / 2,
+                 seed: int | np.random.Generator | None = 0) -> np.ndarray:
     "A smooth random phase map (radians): a random quadratic over the last two dims, peak |phase| = max_phase."
     require(len(shape) >= 2, "shape", "at least (H, W)", tuple(shape))
     for i, n in enumerate(shape): check_int(n, f"shape[{i}]", min=1)
@@ -442,11 +481,14 @@ def smooth_phase(shape: Sequence[int], max_phase: float = np.pi / 2, seed: int |
 
 # %% ../nbs/02_phantom.ipynb #db26e9fd
 def multicoil_kspace(image: np.ndarray, # (slices, H, W) real magnitude image
-                     n_coils: int = 8, noise_sigma: float = 0.0, # complex Gaussian noise per k-space sample (= per image pixel)
+                     n_coils: int = 8,
+                     noise_sigma: float = 0.0, # complex Gaussian noise per k-space sample (= per image pixel)
                      max_phase: float = np.pi / 2, seed: int | np.random.Generator | None = 0,
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "Multi-coil k-space (slices, coils, H, W) complex64 of an image with smooth phase; also the maps and the complex image."
-    if image.ndim != 3 or np.iscomplexobj(image): raise ValueError(f"image: expected a real (slices, H, W) array, got {image.dtype} {image.shape}")
+    ("Multi-coil k-space (slices, coils, H, W) complex64 of an image with smooth phase; "
+     "also the maps and the complex image.")
+    if image.ndim != 3 or np.iscomplexobj(image):
+        raise ValueError(f"image: expected a real (slices, H, W) array, got {image.dtype} {image.shape}")
     check_finite(image, "image"); check_int(n_coils, "n_coils", min=1); check_number(noise_sigma, "noise_sigma", min=0)
     rng = numpy_rng(seed)
     S, H, W = image.shape
@@ -471,6 +513,7 @@ def anatomy_maps(name: str = "icbm152", # one of ANATOMIES
         _ANATOMY_CACHE[key] = maps
     return _ANATOMY_CACHE[key]
 
+# %% ../nbs/02_phantom.ipynb #8491eb18
 def _smooth_basis(n: int, grid: int) -> np.ndarray:
     "(n, grid) Gaussian bumps centred on `grid` nodes spanning an axis of length n (width = node spacing)."
     c = np.linspace(0, n - 1, grid); w = (n - 1) / (grid - 1)
@@ -491,15 +534,18 @@ def deform(fractions: dict, amplitude: float = 2.0, grid: int = 5, seed: int | n
     disp = disp.transpose(0, 3, 2, 1) * (amplitude / (np.abs(disp).max() + 1e-12))  # (3, X, Y, Z), peak = amplitude
     pos = np.indices(shape, dtype=np.float64) + disp
     norm = np.stack([2 * pos[i] / (shape[i] - 1) - 1 for i in (2, 1, 0)], -1)  # grid_sample wants (x=W, y=H, z=D)
-    vols = torch.from_numpy(np.stack([fractions["gm"], fractions["wm"], fractions["gm"] + fractions["wm"] + fractions["csf"]]).astype(np.float32))[None]
-    w = torch.nn.functional.grid_sample(vols, torch.from_numpy(norm.astype(np.float32))[None], mode="bilinear", padding_mode="zeros",
-                                        align_corners=True)[0].numpy().astype(np.float64)  # float32: 2x faster, fractions need no more
+    vols = torch.from_numpy(np.stack([fractions["gm"], fractions["wm"],
+                                      fractions["gm"] + fractions["wm"] + fractions["csf"]]).astype(np.float32))[None]
+    # float32: 2x faster, fractions need no more
+    w = torch.nn.functional.grid_sample(vols, torch.from_numpy(norm.astype(np.float32))[None], mode="bilinear",
+                                        padding_mode="zeros", align_corners=True)[0].numpy().astype(np.float64)
     mask = (w[2] > 0.5).astype(np.float64)
     gm, wm = w[0] * mask, w[1] * mask
     over = np.maximum(gm + wm, 1.0)
     gm, wm = gm / over, wm / over
     return dict(gm=gm, wm=wm, csf=np.clip(mask - gm - wm, 0, 1))
 
+# %% ../nbs/02_phantom.ipynb #07322a4c
 def _check_subject(seed, field, doses, sequence, agent, n_lesions, snr, bias_strength, deform_voxels, t1_jitter,
                    anatomy):
     "`random_subject`'s arguments, once, before any draw."
@@ -516,10 +562,12 @@ def _check_subject(seed, field, doses, sequence, agent, n_lesions, snr, bias_str
     check_number(deform_voxels, "deform_voxels", min=0); check_number(t1_jitter, "t1_jitter", 0, 1, max_open=True)
     check_choice(anatomy, "anatomy", tuple(ANATOMIES))
 
+# %% ../nbs/02_phantom.ipynb #b05c5e20
 def random_subject(seed: int, # subject id: everything random follows from it
                    field: float = 1.5, doses: Sequence[float] = (0.0, 0.1, 0.2, 0.33, 1.0),
                    sequence: str = "spgr", agent: str = "gadobutrol",
-                   n_lesions: tuple[int, int] = (1, 3), snr: float = 25.0, # SNR of native white matter (math.inf: no noise)
+                   n_lesions: tuple[int, int] = (1, 3),
+                   snr: float = 25.0, # SNR of native white matter (math.inf: no noise)
                    bias_strength: float = 0.15, deform_voxels: float = 2.0, t1_jitter: float = 0.10,
                    masked: bool = True, root=None,
                    anatomy: str = "icbm152", # "icbm152" (training subjects) or "colin27" (held-out subjects)
@@ -529,7 +577,8 @@ def random_subject(seed: int, # subject id: everything random follows from it
                    anatomy)
     rng = np.random.default_rng([int(seed), 20260])
     base = anatomy_maps(anatomy, root)
-    fr = deform({t: base[t] for t in ("csf", "gm", "wm")}, deform_voxels, seed=rng) if deform_voxels > 0 else {t: base[t] for t in ("csf", "gm", "wm")}
+    fr = (deform({t: base[t] for t in ("csf", "gm", "wm")}, deform_voxels, seed=rng) if deform_voxels > 0
+          else {t: base[t] for t in ("csf", "gm", "wm")})
     fr, labels = add_lesions(fr, int(rng.integers(n_lesions[0], n_lesions[1] + 1)), seed=rng)
     t1s = {t: float(rng.uniform(1 - t1_jitter, 1 + t1_jitter)) for t in TISSUES}
     b = bias_field(labels.shape, bias_strength, seed=rng)
@@ -539,12 +588,15 @@ def random_subject(seed: int, # subject id: everything random follows from it
     for d in doses:
         x = add_rician_noise(simulate_image(fr, field, sequence, d, agent, b, t1s), sigma, seed=rng)
         imgs.append(x * mask if masked else x)
-    return dict(images=torch.from_numpy(np.stack(imgs).astype(np.float32)), labels=torch.from_numpy(labels.astype(np.int64)),
+    return dict(images=torch.from_numpy(np.stack(imgs).astype(np.float32)),
+                labels=torch.from_numpy(labels.astype(np.int64)),
                 doses=torch.tensor(doses, dtype=torch.float32), field=float(field), sigma=float(sigma), t1_scale=t1s)
 
+# %% ../nbs/02_phantom.ipynb #3d1a9330
 class RandomDoseSeriesDataset(Dataset):
     "On-the-fly Pinetz samples (x_NA, x_SD, y_LD, x_LD, dose, field) from random subjects; item i uses seed `seed + i`."
-    def __init__(self, n: int, seed: int = 0, fields: Sequence[float] = FIELDS, doses: Sequence[float] = (0.1, 0.2, 0.33),
+    def __init__(self, n: int, seed: int = 0, fields: Sequence[float] = FIELDS,
+                 doses: Sequence[float] = (0.1, 0.2, 0.33),
                  slice_axis: int | None = None, # None: volumes (1, X, Y, Z); else one random slice through the lesions
                  **subject_kw):
         check_int(n, "n", min=1); check_int(seed, "seed", min=0)
@@ -595,6 +647,7 @@ def anatomy_dice(a: np.ndarray | Tensor, b: np.ndarray | Tensor, # (X, Y, Z) lab
 # %% ../nbs/02_phantom.ipynb #054828af
 SUBJECT_CACHE_SIZE = 64 # subjects each cached simulator keeps (least recently used dropped first; ≤ ~30 MB each)
 
+# %% ../nbs/02_phantom.ipynb #737492c5
 def _copied(v):
     "A deep copy of a simulator's output: tensors cloned, arrays copied, dicts, lists and tuples rebuilt."
     if isinstance(v, Tensor): return v.clone()
@@ -621,7 +674,8 @@ def _cached_subject(*args: tuple) -> dict: return random_subject(**dict(args))
 def subject_volumes(seed: int, # subject id (see `random_subject`)
                     **kw, # random_subject's other arguments: field, doses, sequence, snr, deform_voxels, anatomy, …
                    ) -> dict:
-    "`random_subject(seed, **kw)`, simulated once per process (`subject_cache`): images (len(doses), X, Y, Z), labels, …"
+    ("`random_subject(seed, **kw)`, simulated once per process (`subject_cache`): "
+     "images (len(doses), X, Y, Z), labels, …")
     free = sorted(set(_SUBJECT_ARGS.parameters) - {"seed"})
     bad = sorted(set(kw) - set(free))
     require(not bad, "kw", f"arguments of random_subject {free}", bad)
@@ -633,12 +687,16 @@ def subject_volumes(seed: int, # subject id (see `random_subject`)
 
 # %% ../nbs/02_phantom.ipynb #7c73e50f
 SNR = {1.5: 25.0, 3.0: 40.0}  # native WM SNR of the samples (assumed: 3 T has more signal)
+
+# %% ../nbs/02_phantom.ipynb #3106a149
 SAMPLE_DOSES = (0.0, 0.1, 0.2, 0.33, 1.0)
 
+# %% ../nbs/02_phantom.ipynb #1478a594
 def _entry(path: Path, kind: str, meaning: str, **fields) -> dict:
     arrays = decode_file(path)
     return dict(path=path.name, kind=kind, meaning=meaning, **fields,
-                arrays={k: dict(shape=list(a.shape), dtype=a.dtype.str, sha256=array_sha256(a)) for k, a in arrays.items()})
+                arrays={k: dict(shape=list(a.shape), dtype=a.dtype.str, sha256=array_sha256(a))
+                        for k, a in arrays.items()})
 
 def _sample_rng(seed: int, *k: int) -> np.random.Generator: return np.random.default_rng([seed, *k])
 
@@ -653,7 +711,8 @@ def write_dose_series(out: Path, anat: dict, seed: int = 0) -> list[dict]:
     fr, labels = sample_subject(anat, seed)
     mask, aff = labels > 0, anat["affine"]
     p = save_nifti(out / "dose_labels.nii.gz", labels, aff, dtype=np.uint8)
-    files = [_entry(p, "labels", "label map of the dose-series subject: " + ", ".join(f"{v} {k}" for k, v in LABELS.items()))]
+    files = [_entry(p, "labels",
+                    "label map of the dose-series subject: " + ", ".join(f"{v} {k}" for k, v in LABELS.items()))]
     for B in FIELDS:
         b = bias_field(labels.shape, 0.15, seed=_sample_rng(seed, 2, int(B * 10)))
         sigma = tissue_signals(B, "spgr")["wm"] / SNR[B]
@@ -698,32 +757,37 @@ def write_lipcar_slices(out: Path, anat: dict, seed: int = 0) -> list[dict]:
            for k, (name, d) in enumerate((("pre", 0.0), ("low", 0.2), ("high", 1.0)))}
     lo, hi = min(v.min() for v in lip.values()), max(v.max() for v in lip.values())
     arrays = {k: ((v - lo) / (hi - lo)).astype(np.float32) for k, v in lip.items()}
-    arrays["labels"] = axial_slices(labels, zs, side=128).numpy().astype(np.uint8); arrays["z_index"] = zs.astype(np.int64)
+    arrays["labels"] = axial_slices(labels, zs, side=128).numpy().astype(np.uint8)
+    arrays["z_index"] = zs.astype(np.int64)
     with atomic_write(out / "lipcar_slices.npz", suffix=".npz") as tmp:
         with open(tmp, "wb") as fh: np.savez_compressed(fh, **arrays)
     return [_entry(out / "lipcar_slices.npz", "lipcar", "LIP-CAR: 8 axial 128×128 T1w spin-echo slices (TR 500/TE 10, "
-                   "3 T) through the lesions: pre (x_P), low 20 % (x_L), high 100 % (x_H) gadobutrol, independent Rician "
-                   "noise, joint global min-max to [0, 1]; labels; z_index", field=B, doses=[0.0, 0.2, 1.0])]
+                   "3 T) through the lesions: pre (x_P), low 20 % (x_L), high 100 % (x_H) gadobutrol, "
+                   "independent Rician noise, joint global min-max to [0, 1]; labels; z_index",
+                   field=B, doses=[0.0, 0.2, 1.0])]
 
 # %% ../nbs/02_phantom.ipynb #1d591394
 def write_kspace_sample(out: Path, anat: dict, seed: int = 0) -> list[dict]:
     "(d) fastMRI: `kspace_3T_axt1post.h5`, 8-coil k-space of 4 post-contrast axial slices and its RSS target."
     fr, labels = sample_subject(anat, seed)
     zk = np.sort(_lesion_z(labels)[:4])
-    vol = simulate_image(fr, 3.0, "spgr", 1.0, "gadobutrol", bias_field(labels.shape, 0.15, seed=_sample_rng(seed, 2, 30)))
+    vol = simulate_image(fr, 3.0, "spgr", 1.0, "gadobutrol",
+                         bias_field(labels.shape, 0.15, seed=_sample_rng(seed, 2, 30)))
     img = axial_slices(vol, zk, side=128).numpy()   # anterior up
     sigma_k = tissue_signals(3.0, "spgr")["wm"] / SNR[3.0]
     k, _, _ = multicoil_kspace(img, 8, sigma_k, seed=_sample_rng(seed, 7))
-    p = save_fastmri_h5(out / "kspace_3T_axt1post.h5", k, rss(ifft2c(torch.from_numpy(k.astype(np.complex128))))[:, 0].numpy().astype(np.float32),
+    p = save_fastmri_h5(out / "kspace_3T_axt1post.h5", k,
+                        rss(ifft2c(torch.from_numpy(k.astype(np.complex128))))[:, 0].numpy().astype(np.float32),
                         ismrmrd_header((128, 128), (256.0, 256.0), 2.0, 3.0, 8, "AXT1POST_MEDSYNTH"),
                         acquisition="AXT1POST", patient_id=f"medsynth-{seed:04d}")
     return [_entry(p, "kspace", "fastMRI layout: kspace (4 slices, 8 coils, 128, 128) complex64 of 3 T post-contrast "
-                   "SPGR axial slices (birdcage maps, smooth phase, complex noise σ per sample), reconstruction_rss = RSS "
-                   "of the noisy coil images", field=3.0, coils=8, sigma=sigma_k)]
+                   "SPGR axial slices (birdcage maps, smooth phase, complex noise σ per sample), "
+                   "reconstruction_rss = RSS of the noisy coil images", field=3.0, coils=8, sigma=sigma_k)]
 
 # %% ../nbs/02_phantom.ipynb #742b1c88
 SAMPLE_WRITERS = (write_dose_series, write_mprage_pair, write_lipcar_slices, write_kspace_sample)
 
+# %% ../nbs/02_phantom.ipynb #b561e629
 def build_samples(out: str | os.PathLike | None = None, # folder to write (default: data_samples/ beside the package)
                   seed: int = 0, from_nilearn: bool = False, # also re-derive the anatomy from nilearn
                   from_mricron: bool = False, # also re-derive the held-out Colin27 anatomy from Debian's mricron-data
@@ -741,7 +805,8 @@ def build_samples(out: str | os.PathLike | None = None, # folder to write (defau
     anat = load_anatomy(out)
     files = [_entry(out / f, "anatomy", f"ICBM152 2009a 2 mm uint8 {k} map (McGill notice: ICBM152_LICENSE.txt)")
              for k, f in ANATOMY_FILES.items()]
-    files += [_entry(out / f, "anatomy", f"Colin27 2 mm uint8 {k} map, held-out anatomy (MNI notice: COLIN27_LICENSE.txt)")
+    files += [_entry(out / f, "anatomy",
+                     f"Colin27 2 mm uint8 {k} map, held-out anatomy (MNI notice: COLIN27_LICENSE.txt)")
               for k, f in COLIN27_FILES.items()]
     for write in SAMPLE_WRITERS:
         files += write(out, anat, seed)
@@ -755,11 +820,13 @@ def build_samples(out: str | os.PathLike | None = None, # folder to write (defau
 # %% ../nbs/02_phantom.ipynb #8031b3da
 def main(argv: Sequence[str] | None = None) -> int:
     "Command line: rebuild data_samples/ (default) or check it against its manifest (--check)."
-    ap = argparse.ArgumentParser(prog="python -m medsynth_nb.phantom", description="Build medsynth_nb's data_samples/ deterministically.")
+    ap = argparse.ArgumentParser(prog="python -m medsynth_nb.phantom",
+                                 description="Build medsynth_nb's data_samples/ deterministically.")
     ap.add_argument("--out", default=None, help="output folder (default: data_samples/ beside the package)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--check", action="store_true", help="only compare the folder with its manifest")
-    ap.add_argument("--from-nilearn", action="store_true", help="also re-derive the 2 mm anatomy from nilearn (pip install nilearn)")
+    ap.add_argument("--from-nilearn", action="store_true",
+                    help="also re-derive the 2 mm anatomy from nilearn (pip install nilearn)")
     ap.add_argument("--from-mricron", action="store_true",
                     help="also re-derive the held-out Colin27 anatomy (apt-get install mricron-data)")
     a = ap.parse_args(argv)

@@ -33,7 +33,8 @@ _SHEPP_LOGAN = ( # (A, a, b, x0, y0, phi in degrees): Toft's modified Shepp-Loga
 def shepp_logan(shape: tuple[int, int] = (320, 256), # (H, W) in pixels
                 dtype: torch.dtype = torch.float32,
                 device: str | torch.device | None = None) -> Tensor:
-    "Modified Shepp-Logan phantom (H, W): sum of ellipses A_k 1[((x-x_k)/a_k)^2 + ((y-y_k)/b_k)^2 <= 1], pixel centres sampled."
+    ("Modified Shepp-Logan phantom (H, W): sum of ellipses A_k 1[((x-x_k)/a_k)^2 + ((y-y_k)/b_k)^2 <= 1], "
+     "pixel centres sampled.")
     H, W = _check_hw(shape, "shape")
     half = max(H, W) / 2
     y = ((H - 1) / 2 - torch.arange(H, dtype=torch.float64, device=device))[:, None] / half  # y points up
@@ -64,8 +65,10 @@ def _modulate(t: Tensor, sign: int = 1) -> Tensor:
 
 def _real_dtype(x: Tensor) -> torch.dtype: return x.real.dtype
 
+# %% ../nbs/30_kspace.ipynb #b3fb844c
 FFT_METHODS = ("auto", "shift", "checkerboard")
 
+# %% ../nbs/30_kspace.ipynb #c0134bb7
 def _method(x: Tensor, method: str) -> str:
     "Resolve 'auto' to 'checkerboard' (even H and W) or 'shift'."
     check_choice(method, "method", FFT_METHODS)
@@ -78,6 +81,7 @@ def _sigma(x: Tensor) -> int:
     "sigma = (-1)^(H/2 + W/2), the global sign of the checkerboard formula."
     return -1 if (x.shape[-2] // 2 + x.shape[-1] // 2) % 2 else 1
 
+# %% ../nbs/30_kspace.ipynb #f43c795d
 def fft2c(x: Tensor, # complex, (..., H, W) image(s)
           method: str = "auto", # 'shift' (fastMRI's formula), 'checkerboard' (even sizes) or 'auto'
          ) -> Tensor:
@@ -89,6 +93,7 @@ def fft2c(x: Tensor, # complex, (..., H, W) image(s)
         return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(x, dim=(-2, -1)), norm="ortho"), dim=(-2, -1))
     return _modulate(torch.fft.fft2(_modulate(x), norm="ortho"), _sigma(x))
 
+# %% ../nbs/30_kspace.ipynb #4a116351
 def ifft2c(k: Tensor, # complex, (..., H, W) centred k-space
            method: str = "auto", # 'shift', 'checkerboard' or 'auto'
           ) -> Tensor:
@@ -106,13 +111,16 @@ def complex_to_fastmri(x: Tensor, # complex (...)
     check_tensor(x, "x", dtype="complex", finite=False)
     return torch.view_as_real(x)
 
+# %% ../nbs/30_kspace.ipynb #df393a17
 def fastmri_to_complex(x: Tensor, # real (..., 2)
                       ) -> Tensor:
     "Native complex tensor from fastMRI's (..., 2) real layout (NaN/inf pass through)."
     check_tensor(x, "x", dtype="float", finite=False)
-    if x.ndim < 1 or x.shape[-1] != 2: raise ValueError(f"x: expected a last dimension of size 2 (real, imag), got shape {tuple(x.shape)}")
+    if x.ndim < 1 or x.shape[-1] != 2:
+        raise ValueError(f"x: expected a last dimension of size 2 (real, imag), got shape {tuple(x.shape)}")
     return torch.view_as_complex(x.contiguous())
 
+# %% ../nbs/30_kspace.ipynb #9a161960
 def complex_to_deepinv(x: Tensor, # complex (B, 1, H, W) image or (B, N, H, W) coil data
                       ) -> Tensor:
     "deepinv's layout: (B, 1, H, W) -> (B, 2, H, W); (B, N, H, W), N > 1 -> (B, 2, N, H, W); channel 0 real, 1 imag."
@@ -120,6 +128,7 @@ def complex_to_deepinv(x: Tensor, # complex (B, 1, H, W) image or (B, N, H, W) c
     check_tensor(x, "x", ndim=4, dtype="complex", finite=False)
     return torch.cat([x.real, x.imag], 1) if x.shape[1] == 1 else torch.stack([x.real, x.imag], 1)
 
+# %% ../nbs/30_kspace.ipynb #42fb3230
 def deepinv_to_complex(x: Tensor, # real (B, 2, H, W) or (B, 2, N, H, W)
                       ) -> Tensor:
     "Native complex (B, 1, H, W) or (B, N, H, W) from deepinv's real/imag channel layout (NaN/inf pass through)."
@@ -135,9 +144,11 @@ def lei_fft2(x: Tensor, # complex (..., H, W)
     check_tensor(x, "x", dtype="complex", finite=False)
     return torch.fft.fftshift(torch.fft.fft2(torch.fft.fftshift(x, dim=(-2, -1))), dim=(-2, -1))
 
+# %% ../nbs/30_kspace.ipynb #5e0cf96b
 def lei_ifft2(k: Tensor, # complex (..., H, W)
              ) -> Tensor:
-    "Lei et al.'s 'adjoint': fftshift(IFFT(fftshift(k))), with IFFT's 1/(HW); the inverse of `lei_fft2` for even sizes."
+    ("Lei et al.'s 'adjoint': fftshift(IFFT(fftshift(k))), with IFFT's 1/(HW); "
+     "the inverse of `lei_fft2` for even sizes.")
     check_tensor(k, "k", dtype="complex", finite=False)
     return torch.fft.fftshift(torch.fft.ifft2(torch.fft.fftshift(k, dim=(-2, -1))), dim=(-2, -1))
 
@@ -148,12 +159,14 @@ def _line_setup(shape, center_fractions, accelerations, seed):
     for name, v in (("center_fractions", center_fractions), ("accelerations", accelerations)):
         require(isinstance(v, (list, tuple, np.ndarray)), name, "a list of numbers", v)
     if len(center_fractions) != len(accelerations) or len(accelerations) == 0:
-        raise ValueError(f"center_fractions and accelerations: expected non-empty lists of the same length, got {len(center_fractions)} and {len(accelerations)}")
+        raise ValueError(f"center_fractions and accelerations: expected non-empty lists of the same length, "
+                         f"got {len(center_fractions)} and {len(accelerations)}")
     for cf, acc in zip(center_fractions, accelerations):   # every choice, not only the one drawn
         check_number(acc, "accelerations", min=1, min_open=True)
         check_number(cf, "center_fractions", min=0, max=1, min_open=True, max_open=True)
         if cf * acc > 1:
-            raise ValueError(f"center_fractions: a centre of {cf} of the lines already exceeds 1/acceleration = {1 / acc:.3f}")
+            raise ValueError(f"center_fractions: a centre of {cf} of the lines already exceeds "
+                             f"1/acceleration = {1 / acc:.3f}")
     rng = numpy_rng(seed)
     i = int(rng.integers(len(accelerations)))
     cf, acc = float(center_fractions[i]), float(accelerations[i])
@@ -166,22 +179,27 @@ def _line_setup(shape, center_fractions, accelerations, seed):
 def _line_mask(H: int, W: int, cols: np.ndarray) -> Tensor:
     return torch.from_numpy(np.broadcast_to(cols.astype(np.float32), (H, W)).copy())
 
+# %% ../nbs/30_kspace.ipynb #02e4a49d
 def random_line_mask(shape: tuple[int, int], # (H, W) of the k-space; lines are columns
-                     center_fractions: Sequence[float], # fraction of columns in the fully sampled centre, one per choice
+                     # fraction of columns in the fully sampled centre, one per choice
+                     center_fractions: Sequence[float],
                      accelerations: Sequence[float], # target accelerations R > 1, one per choice
                      seed: int | np.random.Generator | None = None, # seed or numpy Generator
                     ) -> tuple[Tensor, int]:
-    "fastMRI RandomMaskFunc: centre block plus random columns with expected acceleration R; (mask (H, W), num_low_frequencies)."
+    ("fastMRI RandomMaskFunc: centre block plus random columns with expected acceleration R; "
+     "(mask (H, W), num_low_frequencies).")
     H, W, rng, acc, n_low, centre = _line_setup(shape, center_fractions, accelerations, seed)
     prob = (W / acc - n_low) / (W - n_low)
     return _line_mask(H, W, centre | (rng.uniform(size=W) < prob)), n_low
 
+# %% ../nbs/30_kspace.ipynb #c9dcfeed
 def equispaced_line_mask(shape: tuple[int, int], # (H, W) of the k-space; lines are columns
                          center_fractions: Sequence[float], # fraction of columns in the fully sampled centre
                          accelerations: Sequence[float], # target accelerations R > 1
                          seed: int | np.random.Generator | None = None, # seed (for the choice and the offset)
                         ) -> tuple[Tensor, int]:
-    "fastMRI EquispacedMaskFractionFunc: centre block plus every R'-th column (random offset); (mask (H, W), num_low_frequencies)."
+    ("fastMRI EquispacedMaskFractionFunc: centre block plus every R'-th column (random offset); "
+     "(mask (H, W), num_low_frequencies).")
     H, W, rng, acc, n_low, centre = _line_setup(shape, center_fractions, accelerations, seed)
     adjusted = acc * (n_low - W) / (n_low * acc - W)
     offset = int(rng.integers(0, max(round(adjusted), 1)))
@@ -189,6 +207,7 @@ def equispaced_line_mask(shape: tuple[int, int], # (H, W) of the k-space; lines 
     cols[np.round(np.arange(offset, W - 1, adjusted)).astype(int)] = True
     return _line_mask(H, W, cols), n_low
 
+# %% ../nbs/30_kspace.ipynb #78ebc0dd
 def achieved_acceleration(mask: Tensor, # (..., H, W) 0/1 mask
                          ) -> float:
     "R = (number of k-space samples) / (number acquired) of one mask."
@@ -233,6 +252,7 @@ def _pd_throw(shape, order_y: list, order_x: list, rx: np.ndarray, ry: np.ndarra
         blocked[y0 + sy0:y0 + sy1, x0 + sx0:x0 + sx1] |= s[sy0:sy1, sx0:sx1]
     return mask
 
+# %% ../nbs/30_kspace.ipynb #fd5c07e0
 def poisson_disc_mask(shape: tuple[int, int], # (H, W) of the k-space (both phase-encode directions)
                       acceleration: float, # target R > 1 (R = H W / number of samples)
                       calib: tuple[int, int] = (20, 20), # fully sampled centre block (Lei: 20 x 20)
@@ -260,10 +280,12 @@ def poisson_disc_mask(shape: tuple[int, int], # (H, W) of the k-space (both phas
     lo, hi = 0.0, float(max(H, W))
     r_lo, m_lo = accel(lo)
     if r_lo > acceleration * (1 + tol):
-        raise ValueError(f"acceleration: {acceleration} is below the least this geometry gives ({r_lo:.2f}, calib and crop_corner included)")
+        raise ValueError(f"acceleration: {acceleration} is below the least this geometry gives "
+                         f"({r_lo:.2f}, calib and crop_corner included)")
     r_hi, m_hi = accel(hi)
     if r_hi < acceleration * (1 - tol):
-        raise ValueError(f"acceleration: {acceleration} is above the most this geometry gives ({r_hi:.2f}); use a smaller calib")
+        raise ValueError(f"acceleration: {acceleration} is above the most this geometry gives ({r_hi:.2f}); "
+                         f"use a smaller calib")
     best = min((abs(r_lo - acceleration), m_lo), (abs(r_hi - acceleration), m_hi), key=lambda t: t[0])
     f_lo, f_hi, side = r_lo - acceleration, r_hi - acceleration, 0
     for _ in range(max_trials - 2):  # Illinois regula falsi on f(s) = R(s) - target
@@ -281,7 +303,8 @@ def poisson_disc_mask(shape: tuple[int, int], # (H, W) of the k-space (both phas
             if side == -1: f_hi /= 2
             side = -1
     if best[0] / acceleration > 0.1:
-        raise RuntimeError(f"poisson_disc_mask: reached R within {100 * best[0] / acceleration:.1f} % only; raise max_trials")
+        raise RuntimeError(f"poisson_disc_mask: reached R within {100 * best[0] / acceleration:.1f} % only; "
+                           f"raise max_trials")
     return torch.from_numpy(best[1].astype(np.float32))
 
 # %% ../nbs/30_kspace.ipynb #737a995c
@@ -326,6 +349,7 @@ def _check_maps(maps: Tensor, h: int, w: int, coils: int | None = None) -> Tenso
         raise ValueError(f"maps: expected {coils} coils to match the k-space, got shape {tuple(maps.shape)}")
     return maps
 
+# %% ../nbs/30_kspace.ipynb #6a1f03ef
 def check_measurement(y: Tensor, # (B, coils, H, W) complex measured k-space
                       mask: Tensor, # bool or 0/1, broadcasting to (B, coils, H, W)
                       maps: Tensor | None = None, # (coils, H, W) or (B, coils, H, W); None = single coil
@@ -335,9 +359,11 @@ def check_measurement(y: Tensor, # (B, coils, H, W) complex measured k-space
     check_tensor(y, "y", ndim=4, dtype="complex", finite=finite)
     _check_mask(mask, *y.shape[-2:]); _check_batch(mask, "mask", y.shape[0], "y")
     if maps is None and y.shape[1] != 1:
-        raise ValueError(f"maps: needed for multi-coil y with {y.shape[1]} coils (maps=None means single-coil y (B, 1, H, W))")
+        raise ValueError(f"maps: needed for multi-coil y with {y.shape[1]} coils "
+                         f"(maps=None means single-coil y (B, 1, H, W))")
     if maps is not None: _check_maps(maps, *y.shape[-2:], coils=y.shape[1]); _check_batch(maps, "maps", y.shape[0], "y")
 
+# %% ../nbs/30_kspace.ipynb #b2fc19e3
 def _check_image(x: Tensor, name: str = "x") -> Tensor:
     check_tensor(x, name, ndim=4, dtype="complex")
     if x.shape[1] != 1: raise ValueError(f"{name}: expected an image (B, 1, H, W), got shape {tuple(x.shape)}")
@@ -364,7 +390,8 @@ class SenseOperator:
         return maps, self.mask.to(device=t.device, dtype=_real_dtype(t))
 
     def _check_hw(self, t: Tensor, name: str):
-        if self.maps is None and self.mask.shape[-2:] != (self.shape[0], self.shape[1]):  # a broadcast mask fixes only some sizes
+        # a broadcast mask fixes only some sizes
+        if self.maps is None and self.mask.shape[-2:] != (self.shape[0], self.shape[1]):
             ok = all(m in (1, s) for m, s in zip(self.mask.shape[-2:], t.shape[-2:]))
         else: ok = tuple(t.shape[-2:]) == self.shape
         if not ok: raise ValueError(f"{name}: expected spatial size {self.shape}, got shape {tuple(t.shape)}")
@@ -407,7 +434,8 @@ class SenseOperator:
         if x0 is not None: _check_image(x0, "x0"); self._check_hw(x0, "x0")
         if x0 is None:
             dev = self.mask.device if self.maps is None else self.maps.device
-            x0 = torch.randn((1, 1) + self.shape, dtype=dtype, generator=torch.Generator(device="cpu").manual_seed(seed)).to(dev)
+            x0 = torch.randn((1, 1) + self.shape, dtype=dtype,
+                             generator=torch.Generator(device="cpu").manual_seed(seed)).to(dev)
         x, lam = x0 / torch.linalg.vector_norm(x0), 0.0
         for _ in range(num_iter):
             z = self.normal(x, check=False)
@@ -432,6 +460,7 @@ def zero_filled(y: Tensor, # (B, coils, H, W) measured (masked) k-space
     if check: check_measurement(y, mask, maps)
     return SenseOperator(maps, mask, check=False).A_adjoint(y, check=False)
 
+# %% ../nbs/30_kspace.ipynb #2195921e
 def rss(x: Tensor, # (B, coils, H, W) coil images, complex or real
         dim: int = 1) -> Tensor:
     "Root-sum-of-squares coil combination sqrt(sum_i |x_i|^2), keeping `dim` (B, 1, H, W)."
@@ -452,7 +481,8 @@ def espirit_maps(kspace: Tensor, # (coils, H, W) or (B, coils, H, W) complex, wi
     if kspace.ndim == 4: return torch.stack([espirit_maps(k, calib_width, kernel_width, thresh, crop) for k in kspace])
     C, H, W = kspace.shape
     if not 0 < kernel_width <= calib_width <= min(H, W):
-        raise ValueError(f"calib_width, kernel_width: expected 0 < kernel_width <= calib_width <= min(H, W) = {min(H, W)}, got {calib_width}, {kernel_width}")
+        raise ValueError(f"calib_width, kernel_width: expected 0 < kernel_width <= calib_width <= min(H, W) = "
+                         f"{min(H, W)}, got {calib_width}, {kernel_width}")
     y0, x0 = H // 2 - calib_width // 2, W // 2 - calib_width // 2
     cal = kspace[:, y0:y0 + calib_width, x0:x0 + calib_width]
     blocks = cal.unfold(1, kernel_width, 1).unfold(2, kernel_width, 1)          # (C, ny, nx, k, k)
@@ -465,7 +495,7 @@ def espirit_maps(kspace: Tensor, # (coils, H, W) or (B, coils, H, W) complex, wi
     ky, kx = H // 2 - kernel_width // 2, W // 2 - kernel_width // 2
     padded[:, :, ky:ky + kernel_width, kx:kx + kernel_width] = kernels
     a = ifft2c(padded).flatten(2).permute(2, 1, 0).contiguous()                 # (H W, C, kernels)
-    G = (a @ a.mH) * (H * W / kernel_width ** 2)                                 # (H W, C, C) = sum_v a_v a_v^H, Hermitian
+    G = (a @ a.mH) * (H * W / kernel_width ** 2)                  # (H W, C, C) = sum_v a_v a_v^H, Hermitian
     evals, evecs = torch.linalg.eigh(G)
     maps = evecs[..., -1]                                                        # (H W, C), unit norm
     maps = maps * torch.sgn(maps[:, :1]).conj()                                  # phase relative to coil 0
@@ -477,7 +507,8 @@ def _check_dc(x: Tensor, y: Tensor, mask: Tensor, maps: Tensor | None):
     "Validate (x, y, mask, maps) for the DC layers: all finite, one batch, one grid, a binary mask."
     _check_image(x, "x"); check_tensor(y, "y", ndim=4, dtype="complex")
     if x.shape[0] != y.shape[0] or x.shape[-2:] != y.shape[-2:]:
-        raise ValueError(f"x and y: expected the same batch and spatial size, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(f"x and y: expected the same batch and spatial size, "
+                         f"got {tuple(x.shape)} and {tuple(y.shape)}")
     check_measurement(y, mask, maps)
 
 def hard_dc_kspace(x: Tensor, # (B, 1, H, W) complex estimate
@@ -492,6 +523,7 @@ def hard_dc_kspace(x: Tensor, # (B, 1, H, W) complex estimate
     z = x if maps is None else maps.to(x.dtype) * x
     return torch.where(mask.to(x.device).bool(), y, fft2c(z, method))
 
+# %% ../nbs/30_kspace.ipynb #ba3f0718
 def hard_dc(x: Tensor, # (B, 1, H, W) complex estimate
             y: Tensor, # (B, coils, H, W) measured k-space (entries outside the mask are ignored)
             mask: Tensor, # 0/1 broadcasting to (H, W)
@@ -503,13 +535,15 @@ def hard_dc(x: Tensor, # (B, 1, H, W) complex estimate
     if check: _check_dc(x, y, mask, maps)
     m = mask.to(x.device).bool()
     z = x if maps is None else maps.to(x.dtype) * x
-    if _method(z, method) == "checkerboard":  # C IFFT(M (sigma C y) + (1-M) FFT(C z)): the inner sigma C . sigma C = 1 cancels
+    # C IFFT(M (sigma C y) + (1-M) FFT(C z)): the inner sigma C . sigma C = 1 cancels
+    if _method(z, method) == "checkerboard":
         k = torch.where(m, _modulate(y, _sigma(z)), torch.fft.fft2(_modulate(z), norm="ortho"))
         z = _modulate(torch.fft.ifft2(k, norm="ortho"))
     else:
         z = ifft2c(torch.where(m, y, fft2c(z, "shift")), "shift")
     return z if maps is None else (maps.to(x.dtype).conj() * z).sum(1, keepdim=True)
 
+# %% ../nbs/30_kspace.ipynb #f34d6487
 def kspace_residual(x: Tensor, # (B, 1, H, W) complex image
                     y: Tensor, # (B, coils, H, W) measured k-space
                     mask: Tensor, # 0/1 broadcasting to (H, W)
@@ -518,7 +552,8 @@ def kspace_residual(x: Tensor, # (B, 1, H, W) complex image
     _check_dc(x, y, mask, maps)
     m = mask.to(device=x.device, dtype=_real_dtype(x))
     r = m * (SenseOperator(maps, mask, check=False).A(x, check=False) - y)
-    return torch.linalg.vector_norm(r.flatten(1), dim=1) / torch.linalg.vector_norm((m * y).flatten(1), dim=1).clamp_min(1e-30)
+    return (torch.linalg.vector_norm(r.flatten(1), dim=1)
+            / torch.linalg.vector_norm((m * y).flatten(1), dim=1).clamp_min(1e-30))
 
 # %% ../nbs/30_kspace.ipynb #2f975ee8
 def _batch_dot(a: Tensor, b: Tensor) -> Tensor:
@@ -537,7 +572,8 @@ def soft_dc(x: Tensor, # (B, 1, H, W) complex estimate
     "Proximal DC argmin_z ||z - x||^2 + lam ||M F S z - y||^2; closed form for one coil, CG for several."
     if check: _check_dc(x, y, mask, maps); check_int(num_iter, "num_iter", min=1)
     lam_t = torch.as_tensor(lam, dtype=_real_dtype(x), device=x.device)
-    if bool((lam_t < 0).any()) or bool(torch.isnan(lam_t).any()): raise ValueError(f"lam: expected values >= 0, got {lam}")
+    if bool((lam_t < 0).any()) or bool(torch.isnan(lam_t).any()):
+        raise ValueError(f"lam: expected values >= 0, got {lam}")
     if maps is None:
         w = torch.where(torch.isinf(lam_t), torch.ones_like(lam_t), lam_t / (1 + lam_t))  # lam / (1 + lam)
         k = fft2c(x, method)
@@ -576,6 +612,7 @@ def gradient_dc(x: Tensor, # (B, 1, H, W) complex estimate x_k
     if x_zf is None: x_zf = op.A_adjoint(y, check=False)
     return x - step * (op.normal(x, check=False) - x_zf)
 
+# %% ../nbs/30_kspace.ipynb #9454b932
 def varnet_dc(k: Tensor, # (B, coils, H, W) current k-space estimate
               y: Tensor, # (B, coils, H, W) measured k-space
               mask: Tensor, # 0/1 broadcasting to (H, W)

@@ -41,8 +41,10 @@ def _stage_convs(level: int) -> int:
     "Linear 3×3 convs in the encoder stage at `level` (the authors' 1, 2, 3, 3, … for levels 0, 1, 2, 3, …)."
     return min(level + 1, 3)
 
+# %% ../nbs/40_lip_car.ipynb #b9767f2b
 class LipCarUNet(nn.Module):
-    "The authors' residual U-Net ('Unet_Bone'): strided 2×2 conv down, 2×2 transposed conv up, no normalisation, ReLU out."
+    ("The authors' residual U-Net ('Unet_Bone'): strided 2×2 conv down, 2×2 transposed conv up, no normalisation, "
+     "ReLU out.")
     def __init__(self, in_channels: int = 1, # 1 (x_H or x_L) or 2 ([image, pre-dose x_P])
                  out_channels: int = 1,
                  base: int = 12, # channels at full resolution; level l has base·2^l, the bottleneck base·2^levels
@@ -50,7 +52,8 @@ class LipCarUNet(nn.Module):
                  negative_slope: float = 0.2, # LeakyReLU slope after each residual stage
                 ):
         super().__init__()
-        for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("base", base), ("levels", levels)):
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("base", base),
+                        ("levels", levels)):
             check_int(v, name, min=1)
         check_number(negative_slope, "negative_slope", min=0)
         self.in_channels, self.levels = in_channels, levels
@@ -60,16 +63,19 @@ class LipCarUNet(nn.Module):
         self.down = nn.ModuleList(nn.Conv2d(ch[l], ch[l + 1], 2, stride=2) for l in range(levels))
         self.bottleneck = _ResidualStage(ch[levels], 3, negative_slope)
         # up[l] brings the stage below (the bottleneck's ch[levels], else a decoder's 2·ch[l+1]) to ch[l] channels
-        self.up = nn.ModuleList(nn.ConvTranspose2d(ch[levels] if l == levels - 1 else 2 * ch[l + 1], ch[l], 2, stride=2)
-                                for l in range(levels))
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(ch[levels] if l == levels - 1 else 2 * ch[l + 1], ch[l], 2, stride=2)
+            for l in range(levels))
         # decoder stage at level l works on [up, skip] = 2·ch[l] channels; the last one has no activation (as the code)
-        self.dec = nn.ModuleList(_ResidualStage(2 * ch[l], max(2, _stage_convs(l)), negative_slope if l > 0 else None)
-                                 for l in range(levels))
+        self.dec = nn.ModuleList(
+            _ResidualStage(2 * ch[l], max(2, _stage_convs(l)), negative_slope if l > 0 else None)
+            for l in range(levels))
         self.head = nn.Conv2d(2 * ch[0], out_channels, 1)
         self.reset_parameters()
 
     def reset_parameters(self):
-        "Keras' defaults, as the authors' code: Glorot-uniform kernels, zero biases (PyTorch's default often kills the ReLU output)."
+        ("Keras' defaults, as the authors' code: Glorot-uniform kernels, zero biases (PyTorch's default often kills "
+         "the ReLU output).")
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.xavier_uniform_(m.weight); nn.init.zeros_(m.bias)
@@ -91,10 +97,13 @@ class LipCarUNet(nn.Module):
 
 # %% ../nbs/40_lip_car.ipynb #9220692c
 NETWORKS = ("H2L", "PH2L", "L2H", "PL2H")
+
+# %% ../nbs/40_lip_car.ipynb #8ff43910
 # name -> (input images, channel order [image, pre-dose] as the authors' code), target image
 NETWORK_IO = {"H2L": (("high",), "low"), "PH2L": (("high", "pre"), "low"),
               "L2H": (("low",), "high"), "PL2H": (("low", "pre"), "high")}
 
+# %% ../nbs/40_lip_car.ipynb #1946b38c
 def _check_name(name: str) -> str: return check_choice(name, "name", NETWORKS)
 
 def network_io(name: str, # 'H2L', 'PH2L' (forward operators Ψ) or 'L2H', 'PL2H' (end-to-end)
@@ -111,16 +120,20 @@ def network_io(name: str, # 'H2L', 'PH2L' (forward operators Ψ) or 'L2H', 'PL2H
     for k in keys[1:]: check_same_shape(batch[k], batch[keys[0]], (f"batch[{k!r}]", f"batch[{keys[0]!r}]"))
     return torch.cat([batch[k] for k in ins], 1), batch[out] if target else None
 
+# %% ../nbs/40_lip_car.ipynb #ae886ba1
 def build_networks(base: int = 12, levels: int = 4, names: Sequence[str] = NETWORKS) -> nn.ModuleDict:
     "The LIP-CAR networks {name: LipCarUNet} (2 input channels for the 'P' ones)."
     return nn.ModuleDict({n: LipCarUNet(len(NETWORK_IO[_check_name(n)][0]), base=base, levels=levels) for n in names})
 
+# %% ../nbs/40_lip_car.ipynb #18eb10ef
 def ssim_loss(pred: Tensor, target: Tensor) -> Tensor:
     "The training loss 1 − SSIM (11×11 Gaussian window, σ = 1.5, data range 1), mean over the batch (Eq. 8)."
     return 1 - ssim(pred.float(), target.float(), data_range=1.0)
 
 # %% ../nbs/40_lip_car.ipynb #61a7649d
 TRAIN_FIRST_SEED, TEST_FIRST_SEED = 1000, 10_000  # training subjects 1000, 1001, …; held-out subjects 10000, 10001, …
+
+# %% ../nbs/40_lip_car.ipynb #ccce367b
 TEST_ANATOMY = "colin27"  # held-out subjects are another person (Colin27); training subjects warp ICBM152
 
 # %% ../nbs/40_lip_car.ipynb #886b05c5
@@ -153,10 +166,11 @@ def dose_slices(seed: int, # subject id (the simulator's `random_subject` seed)
 # %% ../nbs/40_lip_car.ipynb #38f625ae
 def simulate_lipcar(seeds: Sequence[int], # subject seeds (held-out subjects: seeds not used for training)
                     slices_per_subject: int = 4,
-                    scale: tuple[float, float] | None = None, # (lo, hi) of the min-max map; None: global min-max of this set
+                    scale: tuple[float, float] | None = None, # (lo, hi) of the min-max map; None: this set's
                     **kw, # field, low_dose, snr, size (see `dose_slices`)
                    ) -> dict:
-    "LIP-CAR triples from simulated subjects: pre/low/high (N, 1, H, W) float32 mapped by one global min-max, labels, subject."
+    ("LIP-CAR triples from simulated subjects: pre/low/high (N, 1, H, W) float32 mapped by one global min-max, "
+     "labels, subject.")
     if len(seeds) == 0: raise ValueError("seeds: expected at least one subject seed, got none")
     check_int(slices_per_subject, "slices_per_subject", min=1)
     if scale is not None:
@@ -165,7 +179,8 @@ def simulate_lipcar(seeds: Sequence[int], # subject seeds (held-out subjects: se
     parts = [dose_slices(s, slices_per_subject, **kw) for s in seeds]
     cat = lambda k: np.concatenate([p[k] for p in parts])
     raw = {k: cat(k) for k in ("pre", "low", "high")}
-    lo, hi = scale if scale is not None else (min(float(v.min()) for v in raw.values()), max(float(v.max()) for v in raw.values()))
+    lo, hi = scale if scale is not None else (min(float(v.min()) for v in raw.values()),
+                                              max(float(v.max()) for v in raw.values()))
     if not hi > lo: raise ValueError(f"scale: expected hi > lo, got {(lo, hi)}")
     out = {k: torch.from_numpy(((v - lo) / (hi - lo)).astype(np.float32))[:, None] for k, v in raw.items()}
     out["labels"] = torch.from_numpy(cat("labels"))[:, None]
@@ -173,16 +188,21 @@ def simulate_lipcar(seeds: Sequence[int], # subject seeds (held-out subjects: se
     out["scale"] = (lo, hi)
     return out
 
+# %% ../nbs/40_lip_car.ipynb #b3e51c28
 def load_lipcar_samples(root=None) -> dict:
-    "The shipped `lipcar_slices.npz` (8 slices of one subject, already min-max mapped to [0, 1]) in `simulate_lipcar`'s layout."
+    ("The shipped `lipcar_slices.npz` (8 slices of one subject, already min-max mapped to [0, 1]) in "
+     "`simulate_lipcar`'s layout.")
     z = np.load(samples_root(root) / find_samples("lipcar", root)[0]["path"])
     out = {k: torch.from_numpy(z[k].astype(np.float32))[:, None] for k in ("pre", "low", "high")}
-    out.update(labels=torch.from_numpy(z["labels"].astype(np.int64))[:, None], subject=torch.zeros(len(z["pre"]), dtype=torch.int64),
+    out.update(labels=torch.from_numpy(z["labels"].astype(np.int64))[:, None],
+               subject=torch.zeros(len(z["pre"]), dtype=torch.int64),
                scale=(0.0, 1.0))
     return out
 
+# %% ../nbs/40_lip_car.ipynb #7b6ed00c
 class LipCarSlices(torch.utils.data.Dataset):
-    "Items {'pre', 'low', 'high'} (1, h, w) from a `simulate_lipcar` dict, optionally as fixed random crops (drawn once, seeded)."
+    ("Items {'pre', 'low', 'high'} (1, h, w) from a `simulate_lipcar` dict, optionally as fixed random crops "
+     "(drawn once, seeded).")
     def __init__(self, data: dict, crop: int = 0, # crop side (0: whole slices)
                  crops_per_slice: int = 1, seed: int = 0):
         self.keys = ("pre", "low", "high")
@@ -195,7 +215,8 @@ class LipCarSlices(torch.utils.data.Dataset):
             if not 0 < crop <= min(H, W): raise ValueError(f"crop: expected a side in 1..{min(H, W)}, got {crop}")
             rng = np.random.default_rng([seed, 41])
             n = t["pre"].shape[0]
-            idx = [(i, int(rng.integers(H - crop + 1)), int(rng.integers(W - crop + 1))) for i in range(n) for _ in range(crops_per_slice)]
+            idx = [(i, int(rng.integers(H - crop + 1)), int(rng.integers(W - crop + 1)))
+                   for i in range(n) for _ in range(crops_per_slice)]
             t = {k: torch.stack([v[i, :, r:r + crop, c:c + crop] for i, r, c in idx]) for k, v in t.items()}
         self.t = t
 
@@ -228,7 +249,8 @@ def gentv(x: Tensor, # (B, C, H, W) image
 # %% ../nbs/40_lip_car.ipynb #ea8bce10
 @dataclass
 class SolveResult:
-    "The LIP-CAR solution x (B, C, H, W), per-iteration histories (iters + 1, B) of the objective and its terms, the solver settings."
+    ("The LIP-CAR solution x (B, C, H, W), per-iteration histories (iters + 1, B) of the objective and its terms, "
+     "the solver settings.")
     x: Tensor
     objective: Tensor
     fidelity: Tensor
@@ -236,8 +258,10 @@ class SolveResult:
     settings: dict | None = None # lr, betas, adam_eps, iters, nonneg, recipe actually used
 
     @property
-    def history(self) -> dict: return dict(objective=self.objective, fidelity=self.fidelity, regulariser=self.regulariser)
+    def history(self) -> dict:
+        return dict(objective=self.objective, fidelity=self.fidelity, regulariser=self.regulariser)
 
+# %% ../nbs/40_lip_car.ipynb #bc19aae1
 class _Frozen:
     "Context: a module in eval mode with requires_grad off, restored afterwards."
     def __init__(self, op): self.op = op if isinstance(op, nn.Module) else None
@@ -254,7 +278,8 @@ def _check_image(t, name: str, like: Tensor | None = None) -> Tensor:
     check_tensor(t, name, ndim=4)
     if like is not None: check_same_shape(t, like, (name, "y"))
     if bool((t < 0).any()):
-        raise ValueError(f"{name}: expected non-negative images (x ∈ R+, intensities in [0, 1]), got min {float(t.min()):.3g}")
+        raise ValueError(f"{name}: expected non-negative images (x ∈ R+, intensities in [0, 1]), "
+                         f"got min {float(t.min()):.3g}")
     return t
 
 def _op_device(op, default: torch.device) -> torch.device:
@@ -263,16 +288,17 @@ def _op_device(op, default: torch.device) -> torch.device:
         for t in (*op.parameters(), *op.buffers()): return t.device
     return default
 
-
 # %% ../nbs/40_lip_car.ipynb #a1c0e5b2
 SOLVER_RECIPES = {
     # §3.2: Adam "with default Pytorch parameters" (lr 1e-3, betas (0.9, 0.999), eps 1e-8), 150 iterations from x_L;
     # x ∈ X = R+^{H×W} (§2, Eq. 3): projected onto x ≥ 0 after every step
     "paper": dict(lr=1e-3, betas=(0.9, 0.999), adam_eps=1e-8, iters=150, nonneg=True),
-    # the authors' inverse_problem.py: Keras Adam(learning_rate=1e-2) (Keras' default epsilon 1e-7), kmax=150, no projection
+    # the authors' inverse_problem.py: Keras Adam(learning_rate=1e-2) (Keras' default epsilon 1e-7), kmax=150,
+    # no projection
     "code": dict(lr=1e-2, betas=(0.9, 0.999), adam_eps=1e-7, iters=150, nonneg=False),
 }
 
+# %% ../nbs/40_lip_car.ipynb #79feec7e
 def lip_car_objective(forward_op: Callable, # Ψ: (B, 1|2, H, W) -> (B, C, H, W)
                       x: Tensor, y: Tensor, # (B, C, H, W) the iterate and the measured x_L
                       x_bar: Tensor | None, # (B, C, H, W) GenTV centre x̄_H (None: plain TV)
@@ -280,21 +306,23 @@ def lip_car_objective(forward_op: Callable, # Ψ: (B, 1|2, H, W) -> (B, C, H, W)
                       x_pre: Tensor | None = None, # (B, C, H, W) x_P, appended as Ψ's second input channel
                       eps: float = 1e-8, isotropic: bool = True,
                      ) -> tuple[Tensor, Tensor, Tensor]: # objective, fidelity, regulariser, each (B,)
-    "f(x) = ½ Σ (Ψ(x[, x_P]) − y)² + α·GenTV(x; x̄) per image (Eqs. 3, 9; the fidelity a SUM over pixels, as the code)."
-    # called by the solver every step: no value checks here (they would synchronise with the device), `lip_car_solve` does them
+    ("f(x) = ½ Σ (Ψ(x[, x_P]) − y)² + α·GenTV(x; x̄) per image (Eqs. 3, 9; the fidelity a SUM over pixels, "
+     "as the code).")
+    # called by the solver every step: no value checks here (they would synchronise with the device),
+    # `lip_car_solve` does them
     pred = forward_op(torch.cat([x, x_pre], 1) if x_pre is not None else x)
-    if pred.shape != y.shape: raise ValueError(f"forward_op: expected an output of shape {tuple(y.shape)}, got {tuple(pred.shape)}")
+    if pred.shape != y.shape:
+        raise ValueError(f"forward_op: expected an output of shape {tuple(y.shape)}, got {tuple(pred.shape)}")
     fid = 0.5 * (pred - y).pow(2).flatten(1).sum(1)
     reg = _gentv(x, x_bar, eps, isotropic)
     return fid + alpha * reg, fid, reg
-
 
 # %% ../nbs/40_lip_car.ipynb #a1c0e5b3
 def _solver_settings(recipe: str, **given) -> dict:
     check_choice(recipe, "recipe", SOLVER_RECIPES)
     return {**SOLVER_RECIPES[recipe], **{k: v for k, v in given.items() if v is not None}, "recipe": recipe}
 
-def lip_car_solve(forward_op: Callable, # Ψ: (B, 1|2, H, W) -> (B, C, H, W), e.g. a trained Ψ_PH2L (frozen during the solve)
+def lip_car_solve(forward_op: Callable, # Ψ: (B, 1|2, H, W) -> (B, C, H, W), e.g. a trained Ψ_PH2L (frozen here)
                   y: Tensor, # (B, C, H, W) measured low-dose image x_L
                   x_bar: Tensor | None, # (B, C, H, W) guess x̄_H for GenTV (e.g. Ψ_PL2H(x_L, x_P)); None: plain TV
                   alpha: float | Tensor = 6e-3, # α (§3.2): a number or one per image (B,)
@@ -303,24 +331,29 @@ def lip_car_solve(forward_op: Callable, # Ψ: (B, 1|2, H, W) -> (B, C, H, W), e.
                   x_pre: Tensor | None = None, # (B, C, H, W) pre-dose x_P, appended as the second input channel of Ψ
                   isotropic: bool = True, eps: float = 1e-8, # GenTV variant (see `gentv`)
                   nonneg: bool | None = None, # project onto x ≥ 0 after every step (None: the recipe's)
-                  recipe: str = "paper", # 'paper' (Adam lr 1e-3, x ≥ 0) or 'code' (lr 1e-2, no projection): SOLVER_RECIPES
+                  recipe: str = "paper", # SOLVER_RECIPES: 'paper' (Adam lr 1e-3, x ≥ 0) or 'code' (lr 1e-2, no x ≥ 0)
                  ) -> SolveResult: # on y's device; the solve runs on forward_op's device
-    "x* ≈ argmin_{x ≥ 0} ½‖Ψ(x[, x_P]) − y‖²₂ + α·GenTV(x, x̄) by (projected) Adam, with the paper's or the code's settings."
+    ("x* ≈ argmin_{x ≥ 0} ½‖Ψ(x[, x_P]) − y‖²₂ + α·GenTV(x, x̄) by (projected) Adam, with the paper's or the "
+     "code's settings.")
     s = _solver_settings(recipe, iters=iters, lr=lr, nonneg=nonneg)
     _check_image(y, "y")
     if x_bar is not None: _check_image(x_bar, "x_bar", y)
     if x_pre is not None: _check_image(x_pre, "x_pre", y)
     if x0 is not None: check_tensor(x0, "x0", ndim=4); check_same_shape(x0, y, ("x0", "y"))
-    if not callable(forward_op): raise TypeError(f"forward_op: expected a callable (e.g. an nn.Module), got {type(forward_op).__name__}")
+    if not callable(forward_op):
+        raise TypeError(f"forward_op: expected a callable (e.g. an nn.Module), got {type(forward_op).__name__}")
     check_int(s["iters"], "iters", min=0); check_positive(s["lr"], "lr"); check_number(eps, "eps", min=0)
     n_in, want = y.shape[1] + (x_pre.shape[1] if x_pre is not None else 0), getattr(forward_op, "in_channels", None)
     if isinstance(want, int) and want != n_in:   # a LipCarUNet: say which input is missing, not torch's conv error
         given = "y and x_pre give" if x_pre is not None else "y gives"
-        raise ValueError(f"x_pre: forward_op takes {want} input channels, {given} {n_in} (Ψ_PH2L needs x_pre, Ψ_H2L not)")
+        raise ValueError(f"x_pre: forward_op takes {want} input channels, {given} {n_in} "
+                         f"(Ψ_PH2L needs x_pre, Ψ_H2L not)")
     a = torch.as_tensor(alpha, dtype=y.dtype).detach().cpu()
     if a.ndim == 0: a = a.expand(y.shape[0])
-    if a.shape != (y.shape[0],): raise ValueError(f"alpha: expected a number or a tensor of shape ({y.shape[0]},), got shape {tuple(a.shape)}")
-    if not bool(torch.isfinite(a).all() & (a >= 0).all()): raise ValueError(f"alpha: expected non-negative finite values, got {a.tolist()}")
+    if a.shape != (y.shape[0],):
+        raise ValueError(f"alpha: expected a number or a tensor of shape ({y.shape[0]},), got shape {tuple(a.shape)}")
+    if not bool(torch.isfinite(a).all() & (a >= 0).all()):
+        raise ValueError(f"alpha: expected non-negative finite values, got {a.tolist()}")
     out_dev, dev = y.device, _op_device(forward_op, y.device)  # solve where the network lives, answer where y came from
     to = lambda t: None if t is None else t.detach().to(dev)
     y, xb, xp, a = to(y), to(x_bar), to(x_pre), a.to(dev)
@@ -335,7 +368,8 @@ def lip_car_solve(forward_op: Callable, # Ψ: (B, 1|2, H, W) -> (B, C, H, W), e.
         return terms[0]
     with _Frozen(forward_op), torch.enable_grad():
         for _ in range(s["iters"]):
-            g, = torch.autograd.grad(step_terms().sum(), x)  # images are independent: the sum's gradient is each image's own
+            # images are independent: the sum's gradient is each image's own
+            g, = torch.autograd.grad(step_terms().sum(), x)
             x.grad = g
             opt.step()
             if s["nonneg"]:
@@ -343,7 +377,6 @@ def lip_car_solve(forward_op: Callable, # Ψ: (B, 1|2, H, W) -> (B, C, H, W), e.
         with torch.no_grad(): step_terms()
     hist = [torch.stack(hist[k]).to(out_dev) for k in ("objective", "fidelity", "regulariser")]
     return SolveResult(x.detach().to(out_dev), *hist, settings=s)
-
 
 # %% ../nbs/40_lip_car.ipynb #bb9312e1
 def image_metrics(pred: Tensor, target: Tensor) -> dict[str, Tensor]:
@@ -354,13 +387,16 @@ def image_metrics(pred: Tensor, target: Tensor) -> dict[str, Tensor]:
                 psnr=psnr(pred, target, data_range=1.0, reduction="none"),
                 rmse=rmse(pred, target, reduction="none"))
 
+# %% ../nbs/40_lip_car.ipynb #b3dbd419
 LESION_LABEL = 4  # the simulator's labels: 4 enhancing rim, 5 core, 6 oedema (`phantom.LABELS`)
 
+# %% ../nbs/40_lip_car.ipynb #54a399f6
 def region_metrics(pred: Tensor, target: Tensor, # (B, 1, H, W) candidate and x_H
                    labels: Tensor, # (B, 1, H, W) the simulator's label map (0 background, ≥ 4 lesion)
                    win_size: int = 11, # SSIM window (its half-width dilates the lesion mask)
                   ) -> dict[str, Tensor]:
-    "Extra metrics inside regions, per image (B,): RMSE in the brain and in the lesion, SSIM averaged over the lesion (NaN without one)."
+    ("Extra metrics inside regions, per image (B,): RMSE in the brain and in the lesion, SSIM averaged over the "
+     "lesion (NaN without one).")
     check_same_shape(pred, target, ("pred", "target")); check_same_shape(labels, target, ("labels", "target"))
     check_int(win_size, "win_size", min=3); require(win_size % 2 == 1, "win_size", "an odd int >= 3", win_size)
     pred = pred.float()
@@ -370,12 +406,15 @@ def region_metrics(pred: Tensor, target: Tensor, # (B, 1, H, W) candidate and x_
     _, smap = ssim(pred, target, data_range=1.0, win_size=win_size, reduction="none", full=True)
     r = win_size // 2  # the SSIM map covers the valid window centres: crop the (dilated) mask to match
     near = F.max_pool2d(les.float(), win_size, 1, r)[..., r:-r, r:-r] > 0
-    return dict(brain_rmse=mean_in(e2, brain).sqrt(), lesion_rmse=mean_in(e2, les).sqrt(), lesion_ssim=mean_in(smap, near))
+    return dict(brain_rmse=mean_in(e2, brain).sqrt(), lesion_rmse=mean_in(e2, les).sqrt(),
+                lesion_ssim=mean_in(smap, near))
 
+# %% ../nbs/40_lip_car.ipynb #d78e382d
 def secant_oracle(pre: Tensor, low: Tensor, high: Tensor, # NOISE-FREE x_P, x_L, x_H of the same subject (B, 1, H, W)
                   dose: float = 0.2, # low dose / full dose: the slope where no agent reaches the pixel
                   tol: float = 1e-6) -> Callable[[Tensor], Tensor]:
-    "The exact forward map of the simulator, linear along each pixel's enhancement: F(x) = x_P + k (x − x_P), F(x_H) = x_L."
+    ("The exact forward map of the simulator, linear along each pixel's enhancement: F(x) = x_P + k (x − x_P), "
+     "F(x_H) = x_L.")
     for t, n in ((pre, "pre"), (low, "low"), (high, "high")): check_tensor(t, n, ndim=4)
     check_same_shape(low, pre, ("low", "pre")); check_same_shape(high, pre, ("high", "pre"))
     check_number(dose, "dose", min=0, max=1, min_open=True); check_number(tol, "tol", min=0)
@@ -386,17 +425,20 @@ def secant_oracle(pre: Tensor, low: Tensor, high: Tensor, # NOISE-FREE x_P, x_L,
     forward.slope = k
     return forward
 
+# %% ../nbs/40_lip_car.ipynb #1ef2f643
 @torch.no_grad()
 def apply_network(net: nn.Module, name: str, batch: dict, chunk: int = 16) -> Tensor:
     "Ψ_name on a batch in eval mode, in chunks (the output (B, 1, H, W) on the batch's device)."
     check_int(chunk, "chunk", min=1)
     inp, _ = network_io(name, batch, target=False)  # inference: x_H is not needed
     check_finite(inp, "batch")   # once per call (network_io, called every training step, checks shapes only)
-    with eval_mode(net): return in_chunks(net, inp, chunk=chunk, device=model_device(net))   # back on the batch's device
+    # back on the batch's device
+    with eval_mode(net): return in_chunks(net, inp, chunk=chunk, device=model_device(net))
 
 # %% ../nbs/40_lip_car.ipynb #614972b8
 from .config import Phase, Task, TrainConfig, register_experiment
 
+# %% ../nbs/40_lip_car.ipynb #2b865049
 @dataclass
 class LipCarConfig(TrainConfig):
     "The four LIP-CAR networks trained with 1 − SSIM on simulated pre/low/high T1w spin-echo slices."
@@ -421,11 +463,14 @@ class LipCarConfig(TrainConfig):
         if check_int(self.crop, "crop", min=0) and self.crop % 2 ** self.levels:
             raise ValueError(f"crop: expected 0 or a multiple of 2^levels = {2 ** self.levels}, got {self.crop!r}")
 
+# %% ../nbs/40_lip_car.ipynb #22d392e8
 def lipcar_training_data(cfg: LipCarConfig) -> dict:
     "The training slices of a config: simulated subjects (global min-max) or the shipped samples."
     if cfg.data == "samples": return load_lipcar_samples()
-    return simulate_lipcar(range(TRAIN_FIRST_SEED, TRAIN_FIRST_SEED + cfg.subjects), cfg.slices_per_subject, low_dose=cfg.low_dose)
+    return simulate_lipcar(range(TRAIN_FIRST_SEED, TRAIN_FIRST_SEED + cfg.subjects), cfg.slices_per_subject,
+                           low_dose=cfg.low_dose)
 
+# %% ../nbs/40_lip_car.ipynb #28cf1a59
 LIPCAR_PRESETS = {
     "smoke": dict(steps=3, batch_size=4, base=4, levels=2, data="samples", crop=32, crops_per_slice=2, amp="off"),
     # CPU minutes: a narrower, shallower U-Net on 64×64 crops of 24 simulated subjects
@@ -435,12 +480,14 @@ LIPCAR_PRESETS = {
     # the U-Net's base 12 and 4 levels are the code's (the paper gives no sizes); ours, not sourced: the simulated
     # 128×128 slices (the paper's are 256×256), amp off, the logging / checkpoint cadence.
     # The code's training.py: 85 epochs at lr 1e-4 (--steps 4463 --set lr=0.0001)
-    "paper": dict(steps=4200, batch_size=16, lr=1e-3, base=12, levels=4, subjects=210, slices_per_subject=4, amp="off",
-                  log_every=50, ckpt_every=500),
+    "paper": dict(steps=4200, batch_size=16, lr=1e-3, base=12, levels=4, subjects=210, slices_per_subject=4,
+                  amp="off", log_every=50, ckpt_every=500),
 }
 
+# %% ../nbs/40_lip_car.ipynb #16e93705
 @register_experiment("lip-car", LipCarConfig, LIPCAR_PRESETS,
-                     description="LIP-CAR: Ψ_H2L, Ψ_PH2L (forward operators), Ψ_L2H, Ψ_PL2H (end-to-end), 1 − SSIM (Evangelista et al. 2025)")
+                     description="LIP-CAR: Ψ_H2L, Ψ_PH2L (forward operators), Ψ_L2H, Ψ_PL2H (end-to-end), "
+                                 "1 − SSIM (Evangelista et al. 2025)")
 def build_lip_car(cfg: LipCarConfig) -> Task:
     "Networks, one Adam per network and one 1 − SSIM phase per network (each draws its own batch)."
     nets = build_networks(cfg.base, cfg.levels, cfg.networks)
@@ -452,21 +499,24 @@ def build_lip_car(cfg: LipCarConfig) -> Task:
             l = ssim_loss(pred, target)
             return l, {"ssim": 1 - l.detach()}
         return loss
-    return Task(models=dict(nets.items()), optimizers={n: torch.optim.Adam(m.parameters(), lr=cfg.lr) for n, m in nets.items()},
+    return Task(models=dict(nets.items()),
+                optimizers={n: torch.optim.Adam(m.parameters(), lr=cfg.lr) for n, m in nets.items()},
                 data=data, phases=[Phase(n, make_loss(n), n) for n in cfg.networks])
 
 # %% ../nbs/40_lip_car.ipynb #ce3a848e
 LIPCAR_METHODS = ("x_P", "x_L", "NN-L2H", "NN-PL2H", "LIP-CAR")
 
+# %% ../nbs/40_lip_car.ipynb #b53f0d18
 def run_methods(nets: dict, # trained networks with at least 'L2H', 'PL2H' and the forward operator
                 batch: dict, # 'pre', 'low' (and 'high' for scoring), (B, 1, H, W)
                 alpha: float | Tensor = 6e-3, iters: int | None = None, lr: float | None = None,
                 forward: str = "PH2L", # forward operator Ψ of the inverse problem ('PH2L' or 'H2L')
                 guess: str = "PL2H", # end-to-end network giving x̄_H for GenTV
                 nonneg: bool | None = None, # project onto x ≥ 0 (None: the recipe's; the paper's X = R+, the code none)
-                recipe: str = "paper", # solver settings: 'paper' (Adam lr 1e-3, x ≥ 0) or 'code' (lr 1e-2, no projection)
+                recipe: str = "paper", # solver: 'paper' (Adam lr 1e-3, x ≥ 0) or 'code' (lr 1e-2, no projection)
                ) -> dict[str, Tensor]:
-    "The paper's five candidates for x_H on a batch: x_P, x_L, NN-L2H, NN-PL2H and LIP-CAR {method: (B, 1, H, W)}."
+    ("The paper's five candidates for x_H on a batch: x_P, x_L, NN-L2H, NN-PL2H and LIP-CAR "
+     "{method: (B, 1, H, W)}.")
     check_choice(forward, "forward", ("PH2L", "H2L")); check_choice(guess, "guess", ("PL2H", "L2H"))
     missing = [n for n in {"L2H", "PL2H", forward, guess} if n not in nets]
     require(not missing, "nets", f"trained networks L2H, PL2H and {forward}", f"missing {sorted(missing)}")
@@ -474,12 +524,13 @@ def run_methods(nets: dict, # trained networks with at least 'L2H', 'PL2H' and t
     out = {"x_P": batch["pre"], "x_L": batch["low"],
            "NN-L2H": apply_network(nets["L2H"], "L2H", batch), "NN-PL2H": apply_network(nets["PL2H"], "PL2H", batch)}
     x_bar = out["NN-PL2H"] if guess == "PL2H" else apply_network(nets[guess], guess, batch)
-    res = lip_car_solve(nets[forward], batch["low"], x_bar, alpha=alpha, iters=iters, lr=lr,  # moves inputs to Ψ's device
+    # lip_car_solve moves the inputs to Ψ's device
+    res = lip_car_solve(nets[forward], batch["low"], x_bar, alpha=alpha, iters=iters, lr=lr,
                         x_pre=batch["pre"] if forward == "PH2L" else None, nonneg=nonneg, recipe=recipe)
     out["LIP-CAR"] = res.x
     return out
 
+# %% ../nbs/40_lip_car.ipynb #9c84d812
 def score_methods(outputs: dict, target: Tensor) -> dict[str, dict[str, Tensor]]:
     "{method: {'ssim', 'psnr', 'rmse': (B,)}} against x_H."
     return {m: image_metrics(x, target) for m, x in outputs.items()}
-

@@ -10,23 +10,25 @@ import json
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from fastcore.basics import patch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 
 from .utils import (atomic_write, check_choice, check_finite, check_int, check_mask, check_number,
-                               check_positive, check_same_shape, check_tensor, make_generator, require)
+                               check_positive, check_same_shape, check_tensor, derive_seed, make_generator,
+                               require)
 
 # %% auto #0
 __all__ = ['FASTMRI_KEYS', 'samples_root', 'load_manifest', 'find_samples', 'load_nifti', 'save_nifti', 'ismrmrd_header',
            'parse_ismrmrd_header', 'save_fastmri_h5', 'load_fastmri_h5', 'percentile', 'percentile_clip',
            'minmax_normalize', 'percentile_normalize', 'center_crop_or_pad', 'volume_to_slices', 'slices_to_volume',
-           'DoseSeriesDataset', 'durrer_preprocess', 'PairedContrastDataset', 'KSpaceSliceDataset', 'array_sha256',
-           'decode_file', 'verify_manifest']
+           'DoseSeriesDataset', 'durrer_preprocess', 'PairedContrastDataset', 'KSpaceSliceDataset', 'DataStream',
+           'array_sha256', 'decode_file', 'verify_manifest']
 
 # %% ../nbs/01_data.ipynb #516fc2cb
 def samples_root(root: str | os.PathLike | None = None) -> Path:
@@ -545,6 +547,64 @@ def __getitem__(self: KSpaceSliceDataset, k: int) -> dict:
         mask = torch.broadcast_to(mask.reshape((1,) * (3 - mask.ndim) + tuple(mask.shape)), (1, H, W)).contiguous()
     return dict(kspace=ks * mask, mask=mask, target=tgt[None], max=torch.tensor(float(d["attrs"]["max"])),
                 num_low_frequencies=torch.tensor(int(nlow)), slice=torch.tensor(j))
+
+# %% ../nbs/01_data.ipynb #a871e3d8
+def _to_device(batch, device: torch.device):
+    if isinstance(batch, Tensor): return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping): return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):    # a namedtuple
+        return type(batch)(*(_to_device(v, device) for v in batch))
+    if isinstance(batch, (list, tuple)): return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+class DataStream:
+    "Endless micro-batches from a Dataset (sharded, reproducible order, resumable position) or a stream function."
+    def __init__(self, data, # map-style Dataset, or callable (n, generator) -> batch
+                 micro_batch: int, # samples per process per draw
+                 seed: int = 0, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu",
+                 generator: torch.Generator | None = None, # the stream function's CPU generator (checkpointed)
+                 num_workers: int = 0):
+        self.data, self.micro_batch, self.seed, self.rank, self.world_size = data, micro_batch, seed, rank, world_size
+        self.device, self.num_workers = torch.device(device), num_workers
+        self.is_stream = not (hasattr(data, "__getitem__") and hasattr(data, "__len__"))
+        self.generator = generator if generator is not None else make_generator(derive_seed(seed, rank, 2), "cpu")
+        self.epoch, self.offset, self._it = 0, 0, None
+        if not self.is_stream:
+            self.sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                              drop_last=True)
+            self.batches_per_epoch = len(self.sampler) // micro_batch
+            if self.batches_per_epoch == 0:
+                raise ValueError(f"data: {len(data)} samples cannot fill one micro-batch of {micro_batch} "
+                                 f"on each of {world_size} processes")
+
+    def _open(self):
+        self.sampler.set_epoch(self.epoch)
+        idx = list(iter(self.sampler))[self.offset * self.micro_batch:]
+        self._it = iter(DataLoader(self.data, batch_size=self.micro_batch, sampler=idx, drop_last=True,
+                                   num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                                   generator=make_generator(derive_seed(self.seed, self.rank, 3, self.epoch))))
+
+    def next(self):
+        "The next micro-batch, on the device."
+        if self.is_stream: return _to_device(self.data(self.micro_batch, self.generator), self.device)
+        if self._it is None: self._open()
+        try: batch = next(self._it)
+        except StopIteration:
+            self.epoch, self.offset = self.epoch + 1, 0
+            self._open(); batch = next(self._it)
+        self.offset += 1
+        return _to_device(batch, self.device)
+
+    def state_dict(self) -> dict:
+        "Where the stream is: epoch and samples of it consumed by all processes (a dataset), or nothing (a stream)."
+        if self.is_stream: return {}
+        return {"epoch": self.epoch, "samples": self.offset * self.micro_batch * self.world_size}
+
+    def load_state_dict(self, sd: Mapping):
+        if self.is_stream or not sd: return
+        self.epoch, self._it = int(sd["epoch"]), None
+        self.offset = int(sd["samples"]) // (self.micro_batch * self.world_size)
 
 # %% ../nbs/01_data.ipynb #4ac0f169
 def array_sha256(a: np.ndarray) -> str:

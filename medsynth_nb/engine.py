@@ -24,11 +24,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from .config import AMP_MODES, Experiment, Phase, Task, TrainConfig, get_experiment
-from .run_state import (CHECKPOINT, EMA, DataStream, RNGStreams, RunLog, RunSetupError, RunState,
-                                   check_compatible, check_schedule_horizon, derive_seed, forked_global_rng,
-                                   load_checkpoint, read_log, remove_stale_temps, save_checkpoint, seed_globals,
-                                   state_fingerprint, write_run_info)
-from .utils import atomic_write, get_device, make_generator, seeded
+from .data import DataStream
+from .run_state import (CHECKPOINT, EMA, RNGStreams, RunLog, RunSetupError, RunState, check_compatible,
+                                   check_schedule_horizon, forked_global_rng, load_checkpoint, read_log,
+                                   remove_stale_temps, save_checkpoint, seed_globals, state_fingerprint,
+                                   write_run_info)
+from .utils import atomic_write, derive_seed, get_device, make_generator, seeded
 
 # %% auto #0
 __all__ = ['Context', 'DistInfo', 'init_distributed', 'all_reduce_mean', 'gather_objects', 'broadcast_buffers', 'sync_batchnorm',

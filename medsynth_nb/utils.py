@@ -18,11 +18,11 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['PRESET_NAMES', 'IMAGE_CMAP', 'DIFF_CMAP', 'make_generator', 'numpy_rng', 'seeded', 'num_threads', 'get_device',
-           'size_preset', 'is_smoke', 'check_tensor', 'check_same_shape', 'check_int', 'check_number', 'check_positive',
-           'check_choice', 'check_finite', 'check_mask', 'check_same_batch', 'check_same_dtype', 'check_same_device',
-           'require', 'test_allclose', 'atomic_write', 'model_device', 'eval_mode', 'in_chunks', 'markdown_table',
-           'show_slices', 'slice_slider', 'report_result']
+__all__ = ['PRESET_NAMES', 'IMAGE_CMAP', 'DIFF_CMAP', 'make_generator', 'numpy_rng', 'derive_seed', 'seeded', 'num_threads',
+           'get_device', 'size_preset', 'is_smoke', 'check_tensor', 'check_same_shape', 'check_int', 'check_number',
+           'check_positive', 'check_choice', 'check_finite', 'check_mask', 'check_same_batch', 'check_same_dtype',
+           'check_same_device', 'require', 'test_allclose', 'atomic_write', 'model_device', 'eval_mode', 'in_chunks',
+           'markdown_table', 'show_slices', 'slice_slider', 'report_result']
 
 # %% ../nbs/00_utils.ipynb #998771fb
 def make_generator(seed: int | None = None, # seed; `None` draws fresh entropy from the OS
@@ -42,6 +42,11 @@ def numpy_rng(seed: int | np.random.Generator | None = None) -> np.random.Genera
     "A numpy `Generator` from a seed (or the generator itself, passed through)."
     if isinstance(seed, np.random.Generator): return seed
     return np.random.default_rng(seed)
+
+# %% ../nbs/00_utils.ipynb #bd988f2f
+def derive_seed(*keys: int) -> int:
+    "A 63-bit seed from integers (seed, rank, stream …) via numpy's SeedSequence: distinct keys, independent streams."
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0]) >> 1
 
 # %% ../nbs/00_utils.ipynb #4c228a69
 @contextlib.contextmanager

@@ -9,12 +9,13 @@ VENV ?= .venv
 TORCH ?= torch
 NBDEV_FLAGS ?=
 TOUR_FLAGS ?=
+LAB_FLAGS ?=
 N_WORKERS ?= 2
 # nbdev_test runs N_WORKERS notebooks at once: one BLAS/OpenMP thread each avoids oversubscribing the cores.
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medsynth-installed
 
-.PHONY: test tour install sync nbtest pytest bench readme data data-check clean-venv assignments grade
+.PHONY: test tour install sync nbtest pytest bench readme data data-check clean-venv assignments grade lab
 SUBMISSIONS ?=
 SCORES ?= scores.csv
 .DEFAULT_GOAL := test
@@ -44,6 +45,10 @@ test: sync nbtest pytest
 
 tour: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python tools/site.py tour --out tour --flags "$(TOUR_FLAGS)"
+
+# JupyterLab on the lessons (nbs/); as root (a container) it adds --allow-root. LAB_FLAGS="--no-browser --port 8890"
+lab: $(STAMP)
+	cd nbs && PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_FLAGS)
 
 bench: $(STAMP)
 	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -44,3 +44,34 @@ def test_import_is_light():
             "print(heavy); sys.exit(1 if heavy else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, f"importing medsynth_nb pulled in heavy libraries: {r.stdout}{r.stderr}"
+
+
+def test_make_lab_serves_the_lessons():
+    "`make lab` starts JupyterLab on nbs/ (adding --allow-root for root): launched for real, asked for a lesson, stopped."
+    import json as _json, os, signal, socket, subprocess, time, urllib.error, urllib.request
+    dev = next(l for l in (ROOT / "settings.ini").read_text().splitlines() if l.startswith("dev_requirements"))
+    assert "jupyterlab>=" in dev                                   # declared, not only pulled in by nbgrader
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    flags = f"--no-browser --ip=127.0.0.1 --port={port} --ServerApp.token=medsynth-test --ServerApp.port_retries=0"
+    proc = subprocess.Popen(["make", "-s", "lab", f"LAB_FLAGS={flags}"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api/contents/05_config.ipynb?content=0&token=medsynth-test"
+    try:
+        deadline, reply = time.time() + 120, None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r: reply = _json.loads(r.read()); break
+            except urllib.error.HTTPError as e: reply = {"http_error": e.code}; break   # serving, but not the lessons
+            except OSError: time.sleep(1)
+        if reply is None:
+            if proc.poll() is None: os.killpg(proc.pid, signal.SIGTERM)
+            raise AssertionError(f"JupyterLab did not serve nbs/ within 120 s:\n{proc.communicate(timeout=30)[0][-3000:]}")
+        assert reply["type"] == "notebook" and reply["name"] == "05_config.ipynb", reply
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/lab?token=medsynth-test", timeout=10) as r:
+            assert r.status == 200 and b"JupyterLab" in r.read()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try: proc.wait(timeout=30)
+            except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL)

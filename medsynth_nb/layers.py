@@ -33,6 +33,14 @@ def _check_int_seq(xs, name: str, min: int = 1, empty: bool = False) -> tuple[in
     require(isinstance(xs, (tuple, list)) and (empty or len(xs) > 0), name, want, xs)
     return tuple(check_int(v, f"{name}[{i}]", min=min) for i, v in enumerate(xs))
 
+def _check_images(x: Tensor, channels: int, factor: int, why: str) -> None:
+    "A network's entry check, shapes only (it runs every step: no NaN scan): (B, channels, H, W), H, W % factor == 0."
+    check_tensor(x, "x", ndim=4, finite=False)
+    if x.shape[1] != channels:
+        raise ValueError(f"x: expected {channels} channels, got {x.shape[1]} with shape {tuple(x.shape)}")
+    if x.shape[-2] % factor or x.shape[-1] % factor:
+        raise ValueError(f"x: H and W must be divisible by {why}, got {tuple(x.shape[-2:])}")
+
 # %% ../nbs/04_layers.ipynb #23186af9
 def timestep_embedding(t: Tensor, # (B,) timesteps (integers or floats)
                        dim: int, # embedding size d
@@ -213,13 +221,8 @@ def forward(self: UNet, x: Tensor, # (B, in_channels, H, W)
             t: Tensor, # (B,) timesteps, or a scalar / int broadcast to the batch
             cond: Tensor | None = None, # (B, num_cond) vector condition, when num_cond > 0
            ) -> Tensor:
-    check_tensor(x, "x", ndim=4, finite=False)   # no NaN scan per sampler step: samplers check at their entry
-    if x.shape[1] != self.in_channels:
-        raise ValueError(f"x: expected {self.in_channels} channels, got {x.shape[1]} with shape {tuple(x.shape)}")
-    f = 2 ** (len(self.channel_mult) - 1)
-    if x.shape[-2] % f or x.shape[-1] % f:
-        raise ValueError(f"x: H and W must be divisible by {f} for {len(self.channel_mult)} levels, "
-                         f"got {tuple(x.shape[-2:])}")
+    f = 2 ** (len(self.channel_mult) - 1)   # no NaN scan per sampler step: samplers check at their entry
+    _check_images(x, self.in_channels, f, f"{f} for {len(self.channel_mult)} levels")
     if not torch.is_tensor(t): t = torch.tensor(t, device=x.device)
     if t.ndim == 0: t = t.expand(x.shape[0])
     if t.shape != (x.shape[0],):
@@ -593,12 +596,8 @@ class SplitHeadUNet(nn.Module):
 @patch
 def forward(self: SplitHeadUNet, x: Tensor, # (B, in_channels, H, W), H and W divisible by 2^depth
            ) -> list[Tensor]: # one (B, head_channels[k], H, W) tensor per head
-    check_tensor(x, "x", ndim=4, finite=False)   # shapes only: no NaN scan per training step
-    if x.shape[1] != self.in_channels:
-        raise ValueError(f"x: expected {self.in_channels} channels, got {x.shape[1]} with shape {tuple(x.shape)}")
     f = 2 ** self.depth
-    if x.shape[-2] % f or x.shape[-1] % f:
-        raise ValueError(f"x: H and W must be divisible by 2^depth = {f}, got {tuple(x.shape[-2:])}")
+    _check_images(x, self.in_channels, f, f"2^depth = {f}")
     h, skips = self.stem(x), []
     for blk in self.down:
         h = blk(h); skips.append(h)
@@ -638,12 +637,8 @@ class DCGANCritic(nn.Module):
 
     def forward(self, x: Tensor, # (B, in_channels, H, W), H and W divisible by 2^downsamplings
                ) -> Tensor: # (B,) scores
-        check_tensor(x, "x", ndim=4, finite=False)   # shapes only: no NaN scan per training step
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"x: expected {self.in_channels} channels, got {x.shape[1]} with shape {tuple(x.shape)}")
         f = 2 ** self.downsamplings
-        if x.shape[-2] % f or x.shape[-1] % f:
-            raise ValueError(f"x: H and W must be divisible by 2^downsamplings = {f}, got {tuple(x.shape[-2:])}")
+        _check_images(x, self.in_channels, f, f"2^downsamplings = {f}")
         return self.fc(self.features(x).mean(dim=(-2, -1))).squeeze(-1)
 
 # %% ../nbs/04_layers.ipynb #1a1382d4

@@ -231,3 +231,15 @@ def test_cond_unet_scales_finest_first():
     with seeded(0): net = CondUNet(dims=2, base_channels=4, channel_mult=(1, 2, 2), attention_levels=(1,), out_scales=2)
     outs = net(torch.randn(3, 3, 8, 12, generator=make_generator(0)), torch.zeros(3, 2))
     assert [tuple(o.shape) for o in outs] == [(3, 1, 8, 12), (3, 1, 4, 6)]
+
+
+@pytest.mark.parametrize("net,x,msg", [
+    (lambda: SplitHeadUNet(1, (1, 1), ("tanh", "softplus"), 4, 2), torch.zeros(1, 2, 8, 8), "x: expected 1 channels, got 2"),
+    (lambda: SplitHeadUNet(1, (1, 1), ("tanh", "softplus"), 4, 2), torch.zeros(1, 1, 8, 6), "divisible by 2^depth = 4, got (8, 6)"),
+    (lambda: DCGANCritic(1, 4, 2), torch.zeros(1, 3, 8, 8), "x: expected 1 channels, got 3"),
+    (lambda: DCGANCritic(1, 4, 2), torch.zeros(1, 1, 6, 8), "divisible by 2^downsamplings = 4, got (6, 8)"),
+    (lambda: DCGANCritic(1, 4, 2), torch.zeros(1, 8, 8), "x: expected 4 dimensions"),
+])
+def test_angermann_networks_refuse_bad_shapes(net, x, msg):
+    with pytest.raises(ValueError) as e: net()(x)
+    assert msg in str(e.value), str(e.value)

@@ -13,7 +13,6 @@ from medsynth_nb.utils import make_generator, test_allclose
 from meta_device import MetaDeviceModel
 from refusals import refusal_test
 
-torch.set_num_threads(1)
 diffusers = pytest.importorskip("diffusers")
 
 

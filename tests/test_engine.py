@@ -19,12 +19,6 @@ PY = sys.executable
 TORCHRUN = str(Path(PY).parent / "torchrun")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "Tiny networks on a shared 2-core machine: one intra-op thread is many times faster than two."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def sub_env():

@@ -13,7 +13,6 @@ from medsynth_nb.layers import unet_from_preset
 from medsynth_nb.utils import make_generator, test_allclose
 from meta_device import MetaDeviceModel
 
-torch.set_num_threads(1)
 
 
 class Oracle(torch.nn.Module):

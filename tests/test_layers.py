@@ -9,7 +9,6 @@ from medsynth_nb.layers import (AttentionBlock, ResBlock, UNet, UNET_PRESETS, co
                                 timestep_embedding, unet_from_preset)
 from medsynth_nb.utils import make_generator, seeded, test_allclose
 
-torch.set_num_threads(1)
 
 
 def test_paper_preset_parameter_count_matches_durrer():

@@ -19,7 +19,6 @@ from medsynth_nb.wasserstein import gaussian_downsample, wasserstein_patch_loss
 from meta_device import MetaDeviceModel
 from refusals import refusal_test
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from medsynth_nb.config import get_experiment
 from medsynth_nb.utils import make_generator, seeded, test_allclose
 from meta_device import MetaDeviceModel
 
-torch.set_num_threads(1)
 
 
 # ---- patch operator -------------------------------------------------------------------------------------------

@@ -16,12 +16,6 @@ from refusals import refusal_test
 ot = pytest.importorskip("ot")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    "Tiny per-op work (64-value patches) runs fastest single-threaded on a shared CPU; restored afterwards."
-    old = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _pot_per_patch(pred, target, n, offset):

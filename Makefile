@@ -15,7 +15,7 @@ N_WORKERS ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medsynth-installed
 
-.PHONY: test tour install sync nbtest pytest bench readme data data-check clean-venv assignments grade lab
+.PHONY: test tour install sync nbtest pytest bench readme data data-check clean-venv assignments grade lab lessons
 SUBMISSIONS ?=
 SCORES ?= scores.csv
 .DEFAULT_GOAL := test
@@ -45,6 +45,13 @@ test: sync nbtest pytest
 
 tour: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python tools/site.py tour --out tour --flags "$(TOUR_FLAGS)"
+
+# Execute the lessons in place and commit their outputs: smoke-size cells plus the `#| slow` demo cells (these reuse
+# finished runs under runs/, so a re-run that changes nothing is fast); `#| gpu` cells are labelled "not run here"
+# unless a CUDA device is present. NB="nbs/12_lowdose_gan.ipynb nbs/13_patch_invariance.ipynb" picks notebooks.
+NB ?=
+lessons: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python tools/lessons.py run $(NB)
 
 # JupyterLab on the lessons (nbs/); as root (a container) it adds --allow-root. LAB_FLAGS="--no-browser --port 8890"
 lab: $(STAMP)

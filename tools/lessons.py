@@ -96,7 +96,8 @@ def execute(path: str | os.PathLike, # the notebook to execute in place
     "Execute the notebook at `path` in place (see the module docstring); return what was stored under `medsynth`."
     import nbformat
     from nbclient import NotebookClient
-    from nbdev.clean import _nbdev_clean
+    from nbdev.clean import clean_nb
+    from nbdev.config import get_config
     from execnb.nbio import nb2str
     path = Path(path).resolve()
     raw = read_json_nb(path)
@@ -141,7 +142,9 @@ def execute(path: str | os.PathLike, # the notebook to execute in place
             "ran_on": f"{os.cpu_count()} CPU cores" + (", CUDA" if cuda else ", no GPU"),
             "torch": torch.__version__, "python": platform.python_version()}
     raw.setdefault("metadata", {})[META_KEY] = meta
-    _nbdev_clean(raw, path=path)
+    cfg = get_config(path=ROOT)                       # the project's nbdev_clean settings, wherever the notebook is
+    clean_nb(raw, cfg.clear_all, cfg.get("allowed_metadata_keys").split(),
+             cfg.get("allowed_cell_metadata_keys").split(), cfg.clean_ids)
     with atomic_write(path) as tmp: Path(tmp).write_text(nb2str(raw), encoding="utf-8")
     return meta
 

@@ -11,6 +11,7 @@ import argparse
 import html
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -108,13 +109,17 @@ def write_tour_index(out: Path, runs: list[dict], rows: list[dict]):
     (out / "index.html").write_text("\n".join(lines), encoding="utf-8")
 
 
+_LESSON_LINK = re.compile(r"\]\((?=[0-9]{2}_[A-Za-z0-9_]+\.ipynb)")
+
+
 def index_markdown(index: str | os.PathLike = "nbs/index.ipynb") -> str:
-    "The markdown of the landing-page notebook, as README.md holds it."
+    """The markdown of the landing-page notebook, as README.md holds it: links to a lesson (`](12_x.ipynb#a-section)`,
+    relative to `nbs/` in the notebook and on the site) gain the `nbs/` prefix, so they work from the repository root."""
     import nbformat
     if not Path(index).is_file(): raise FileNotFoundError(f"index: no notebook at {index}")
     nb = nbformat.read(index, as_version=4)
     parts = [c.source.strip() for c in nb.cells if c.cell_type == "markdown" and c.source.strip()]
-    return "\n\n".join(parts) + "\n"
+    return _LESSON_LINK.sub("](nbs/", "\n\n".join(parts)) + "\n"
 
 
 def write_readme(index: str | os.PathLike = "nbs/index.ipynb", out: str | os.PathLike = "README.md") -> Path:

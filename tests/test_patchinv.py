@@ -537,3 +537,32 @@ def test_contrast_slices_equal_the_old_subject_slices():
     got |= {f"patchinv_2000_20_2_nodef_colin_{k}": v
             for k, v in contrast_slices(2000, 20, 2, deform=False, anatomy="colin27").items()}
     assert {k: array_sha256(v.numpy()) for k, v in got.items()} == old
+
+
+# ---- cached evaluation ------------------------------------------------------------------------------------------
+
+def test_cached_table1_rereads_only_while_checkpoints_and_test_set_match(tmp_path, monkeypatch):
+    import medsynth_nb.patchinv as patchinv
+    calls = []
+    real_table1 = patchinv.table1
+    monkeypatch.setattr(patchinv, "table1", lambda *a, **k: calls.append(a) or real_table1(*a, **k))
+    kw = dict(methods=("pi",), out=tmp_path)
+    first = patchinv.cached_table1("t1t2", "smoke", test_subjects=(2000,), **kw)
+    again = patchinv.cached_table1("t1t2", "smoke", test_subjects=(2000,), **kw)
+    assert len(calls) == 1 and not first["pi"]["cached"] and again["pi"]["cached"]
+    assert again["pi"]["scenarios"] == first["pi"]["scenarios"]
+    assert torch.equal(again["pi"]["pred"], first["pi"]["pred"]) and again["pi"]["train_seconds"] > 0
+    other = patchinv.cached_table1("t1t2", "smoke", test_subjects=(2001,), **kw)   # another test set: evaluated
+    assert len(calls) == 2 and not other["pi"]["cached"]
+    monkeypatch.setattr(patchinv, "_sha256", lambda p: "another checkpoint")       # a changed checkpoint: evaluated
+    assert not patchinv.cached_table1("t1t2", "smoke", test_subjects=(2001,), **kw)["pi"]["cached"]
+    assert len(calls) == 3
+
+
+def test_paper_table1_rows_in_table1_layout():
+    from medsynth_nb.patchinv import PAPER_TABLE1, format_table1, paper_table1
+    rows = paper_table1("t1t2")
+    assert list(rows) == ["PI (paper)", "UAPI (paper)"]
+    assert rows["PI (paper)"]["scenarios"]["GN20"] == dict(ssim=36.96, psnr=19.26)
+    assert "| UAPI (paper) | 90.37/24.74 | 81.08/21.37 |" in format_table1(paper_table1("zf"))
+    with pytest.raises(ValueError, match="task: expected one of"): paper_table1("ct")

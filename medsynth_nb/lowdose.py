@@ -5,7 +5,10 @@
 # %% ../nbs/12_lowdose_gan.ipynb #d31250be
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -18,8 +21,10 @@ from . import wgan
 from .data import DoseSeriesDataset, center_crop_or_pad, slices_to_volume, volume_to_slices
 from .layers import CondCritic, CondUNet
 from .metrics import ce_mask, mae_ce, mae_sigma, mae_sigma_noise, psnr, ssim
-from .config import TrainConfig, Task, adversarial, register_experiment
-from .utils import (IMAGE_CMAP, check_choice, check_int, check_number, check_positive,
+from .config import TrainConfig, Task, adversarial, get_experiment, register_experiment
+from .engine import train
+from .run_state import load_checkpoint, read_log, state_fingerprint
+from .utils import (IMAGE_CMAP, atomic_write, check_choice, check_int, check_number, check_positive,
                                check_same_batch, check_same_shape, check_tensor, eval_mode, make_generator,
                                model_device, require, seeded)
 from .wasserstein import gaussian_downsample, wasserstein_patch_loss
@@ -31,8 +36,9 @@ __all__ = ['FIELDS', 'DOSE_RANGE', 'CONTENT_LOSSES', 'CONTENT_REDUCTIONS', 'VGG1
            'synthesize', 'synthesize_volume', 'downsampled_targets', 'content_loss', 'VGG16Features',
            'load_vgg16_features', 'LowDoseConfig', 'build_networks', 'training_series', 'smoothed_condition',
            'lowdose_critic_loss', 'lowdose_generator_loss', 'build_lowdose_gan', 'held_out_series', 'lowdose_metrics',
-           'evaluate_lowdose', 'summarize', 'enhancement_curve', 'dose_slider', 'with_synthetic_low', 'only_dose',
-           'train_sd_predictor', 'predict_standard', 'sd_prediction_metrics']
+           'evaluate_lowdose', 'summarize', 'series_digest', 'run_origin', 'cached_evaluation', 'lowdose_table1',
+           'enhancement_curve', 'dose_slider', 'with_synthetic_low', 'only_dose', 'train_sd_predictor',
+           'predict_standard', 'sd_prediction_metrics']
 
 # %% ../nbs/12_lowdose_gan.ipynb #b25edd19
 FIELDS = (1.5, 3.0)   # tesla: the scanners of the paper's data (and of the phantom)
@@ -549,6 +555,81 @@ def summarize(rows: Sequence[dict], keys=TABLE1_KEYS) -> dict[str, float]:
         missing = [k for k in keys if k not in r]
         require(not missing, f"rows[{i}]", f"the metrics {tuple(keys)}", f"missing {missing}")
     return {k: float(np.mean([r[k] for r in rows])) for k in keys}
+
+# %% ../nbs/12_lowdose_gan.ipynb #ld19a002
+def series_digest(series: Sequence[dict]) -> str:
+    "SHA-256 of normalised series (every image, dose and field, in order): names the data an evaluation saw."
+    require(len(series) > 0, "series", "at least one series", list(series))
+    h = hashlib.sha256()
+    for i, s in enumerate(series):
+        _check_series(s, f"series[{i}]")
+        doses = sorted(s["low"])
+        h.update(f"{float(s['field'])}|{doses}|".encode())
+        for v in (s["native"], s["standard"], *(s["low"][d] for d in doses)):
+            t = v.detach().cpu().float().contiguous()
+            h.update(f"{tuple(t.shape)}|".encode()); h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+# %% ../nbs/12_lowdose_gan.ipynb #ld19a005
+def run_origin(out: str | os.PathLike) -> dict:
+    "How the run in `out` was trained (argv, time, git revision, device): its first config.json, kept as origin.json."
+    out = Path(out)
+    keep, cfg = out / "origin.json", out / "config.json"
+    if keep.is_file(): return json.loads(keep.read_text())
+    if not cfg.is_file(): return {}
+    info = json.loads(cfg.read_text())
+    with atomic_write(keep) as tmp: tmp.write_text(json.dumps(info, indent=2))
+    return info
+
+# %% ../nbs/12_lowdose_gan.ipynb #ld19a007
+def cached_evaluation(G: nn.Module, series: Sequence[dict], # generator and normalised held-out series
+                      doses: Sequence[float] | None = None, seed: int = 0, # as `evaluate_lowdose`
+                      path: str | os.PathLike | None = None, # JSON file keeping the rows (None: always compute)
+                     ) -> tuple[list[dict], bool]: # (rows of `evaluate_lowdose`, read from `path`?)
+    "`evaluate_lowdose`, its rows kept in `path` under a key (weights, series, doses, seed), read back when it matches."
+    key = dict(weights=state_fingerprint(G), series=series_digest(series), seed=seed,
+               doses=None if doses is None else [float(d) for d in doses])
+    p = None if path is None else Path(path)
+    if p is not None and p.is_file():
+        got = json.loads(p.read_text())
+        if got.get("key") == key: return got["rows"], True
+    t0 = time.perf_counter()
+    rows = evaluate_lowdose(G, series, doses, seed)
+    if p is not None:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        info = dict(key=key, rows=rows, seconds=round(time.perf_counter() - t0, 1),
+                    date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+        with atomic_write(p) as tmp: tmp.write_text(json.dumps(info, indent=1))
+    return rows, False
+
+# %% ../nbs/12_lowdose_gan.ipynb #ld19a009
+def lowdose_table1(preset: str = "demo", # 'smoke', 'demo' or 'paper'
+                   out: str | os.PathLike = "runs/lowdose", # runs go to <out>-<kind>; finished ones are reused
+                   held_out: Sequence[dict] | None = None, # normalised held-out series (default `held_out_series()`)
+                   kinds: Sequence[str] = ("l1", "np"), # content losses, one GAN each
+                   doses: Sequence[float] = (0.1, 0.2, 0.33), # the acquired doses scored (Table 1)
+                   seed: int = 0, # the evaluation's noise draws
+                   device: str | torch.device | None = None, progress: bool = True,
+                   **overrides, # config fields for every run (e.g. dims=3)
+                  ) -> dict: # {kind: {run, generator, rows, summary, cached, origin, train_s, dir}}
+    "Train (or reuse) one low-dose GAN per content loss and score it on held-out subjects as Table 1, cached."
+    for i, k in enumerate(kinds): check_choice(k, f"kinds[{i}]", CONTENT_LOSSES)
+    held_out = held_out_series() if held_out is None else held_out
+    res = {}
+    for kind in kinds:
+        run = Path(f"{out}-{kind}")
+        steps = get_experiment("lowdose-gan").config(preset, content_loss=kind, **overrides).steps
+        done = (run / "checkpoint.pt").is_file() and load_checkpoint(run)["step"] >= steps
+        origin = run_origin(run) if done else {}
+        r = train("lowdose-gan", preset, out=run, resume=True, device=device, progress=progress and not done,
+                  content_loss=kind, **overrides)
+        origin = origin or run_origin(run)
+        G = r.models["generator"]
+        rows, cached = cached_evaluation(G, held_out, doses, seed, run / "table1.json")
+        log = read_log(run)
+        res[kind] = dict(run=r, generator=G, rows=rows, summary=summarize(rows), cached=cached, origin=origin,
+                         train_s=log[-1]["time_s"] if log else float("nan"), dir=str(run))
+    return res
 
 # %% ../nbs/12_lowdose_gan.ipynb #eab0d99a
 def enhancement_curve(G: nn.Module, s: dict, # one normalised series

@@ -1,4 +1,5 @@
 "Pinetz low-dose GAN: condition handling, network shapes, content losses, VGG loading, smoke training, evaluation, bad inputs."
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -566,3 +567,60 @@ def test_simulate_dose_series_equals_the_old_cache():
     assert {k: array_sha256(v.numpy()) for k, v in got.items()} == old
     s["native"].zero_()   # a caller's in-place change does not reach the next call
     assert array_sha256(L.simulate_dose_series([4], fields=[3.0], doses=(0.2,), n_lesions=(1, 1))[0]["native"].numpy()) == old["lowdose_native"]
+
+
+# --- cached runs and evaluations (issue 19) ---------------------------------------------------------------------------
+def _slab(s, z=56, n=12):
+    cut = lambda v: v[:, :, z:z + n]
+    return dict(s, native=cut(s["native"]), standard=cut(s["standard"]), low={d: cut(v) for d, v in s["low"].items()})
+
+
+def test_series_digest_sees_every_image_dose_and_field(samples):
+    sl = [_slab(s) for s in samples]
+    d0 = L.series_digest(sl)
+    assert L.series_digest([dict(s) for s in sl]) == d0
+    for change in ("native", "standard", "low", "field", "dose"):
+        s = dict(sl[0], low=dict(sl[0]["low"]))
+        if change == "field": s["field"] = 4.5 - s["field"]
+        elif change == "dose": s["low"] = {d + 0.01: v for d, v in s["low"].items()}
+        elif change == "low": s["low"][0.2] = s["low"][0.2].clone(); s["low"][0.2][10, 10, 2] += 1e-4
+        else: s[change] = s[change].clone(); s[change][10, 10, 2] += 1e-4
+        assert L.series_digest([s, sl[1]]) != d0, change
+    with pytest.raises(ValueError, match="series: expected at least one series"): L.series_digest([])
+
+
+def test_cached_evaluation_reads_back_only_its_own_key(smoke_runs, samples, tmp_path, monkeypatch):
+    G, sl, p = smoke_runs["np"].models["generator"], [_slab(samples[0])], tmp_path / "t1.json"
+    rows, cached = L.cached_evaluation(G, sl, (0.2,), 0, p)
+    assert not cached and rows == evaluate_lowdose(G, sl, (0.2,), 0) and p.is_file()
+    calls = []
+    monkeypatch.setattr(L, "evaluate_lowdose", lambda *a: calls.append(a) or [dict(psnr=0.0)])
+    assert L.cached_evaluation(G, sl, (0.2,), 0, p) == (rows, True) and not calls        # the same key: read back
+    for args in [((0.33,), 0), ((0.2,), 1)]:                                                # other doses, other seed
+        assert L.cached_evaluation(G, sl, *args, p) == ([dict(psnr=0.0)], False)
+    G2 = smoke_runs["l1"].models["generator"]                                               # other weights
+    assert L.cached_evaluation(G2, sl, (0.2,), 1, p)[1] is False and len(calls) == 3
+
+
+def test_lowdose_table1_reuses_a_finished_run_and_refuses_other_settings(samples, tmp_path):
+    sl, out = [_slab(samples[1])], tmp_path / "ld"
+    a = L.lowdose_table1("smoke", out=out, held_out=sl, kinds=("l1",), doses=(0.33,), progress=False)
+    log = (tmp_path / "ld-l1" / "log.jsonl").read_text()
+    b = L.lowdose_table1("smoke", out=out, held_out=sl, kinds=("l1",), doses=(0.33,), progress=False)
+    assert (tmp_path / "ld-l1" / "log.jsonl").read_text() == log                 # nothing trained again
+    assert not a["l1"]["cached"] and b["l1"]["cached"] and b["l1"]["rows"] == a["l1"]["rows"]
+    assert b["l1"]["origin"]["resumed_from"] is None and b["l1"]["train_s"] == a["l1"]["train_s"] > 0
+    cfg = json.loads((tmp_path / "ld-l1" / "config.json").read_text())
+    assert cfg["resumed_from"] == 3                                              # config.json now says 'resumed' …
+    assert json.loads((tmp_path / "ld-l1" / "origin.json").read_text())["resumed_from"] is None   # … origin does not
+    with pytest.raises(ValueError, match="different config"):
+        L.lowdose_table1("smoke", out=out, held_out=sl, kinds=("l1",), doses=(0.33,), progress=False, lr=0.5)
+
+
+def test_lowdose_table1_keeps_the_origin_of_a_run_trained_elsewhere(samples, tmp_path):
+    train("lowdose-gan", "smoke", out=tmp_path / "ld-np", content_loss="np", progress=False)   # e.g. the command line
+    assert not (tmp_path / "ld-np" / "origin.json").exists()
+    r = L.lowdose_table1("smoke", out=tmp_path / "ld", held_out=[_slab(samples[1])], kinds=("np",), doses=(0.33,),
+                         progress=False)["np"]
+    assert r["origin"]["resumed_from"] is None                       # read before the resume rewrote config.json
+    assert json.loads((tmp_path / "ld-np" / "config.json").read_text())["resumed_from"] == 3

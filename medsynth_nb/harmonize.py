@@ -5,9 +5,12 @@
 # %% ../nbs/21_harmonization.ipynb #9ba06168
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -22,19 +25,19 @@ from .layers import unet_from_preset
 from .metrics import ahd, dice, hausdorff
 from .config import TrainConfig, Task, register_experiment, supervised
 from .utils import (check_choice, check_int, check_mask, check_number, check_positive, check_same_shape,
-                               check_tensor, make_generator, markdown_table, require)
+                               check_tensor, make_generator, markdown_table, require, atomic_write)
 from . import phantom
 from .layers import UNET_PRESETS
 from .run_state import load_checkpoint
 
 # %% auto #0
 __all__ = ['DIRECTIONS', 'DIRECTION_ALIASES', 'TEST_ANATOMY', 'TEST_SEEDS', 'SAMPLERS', 'TISSUE_CLASSES', 'SEGMENTATION_METHODS',
-           'HARMONIZE_PRESETS', 'PAPER_PRESET_SOURCES', 'normalize_direction', 'parse_direction', 'to_model_range',
-           'from_model_range', 'paired_subject', 'paired_volumes', 'heldout_pair', 'harmonization_scheduler',
-           'harmonization_unet', 'check_harmonizer', 'translate_slices', 'translate_volume', 'brain_mask', 'masked_mse',
-           'segment_tissues', 'gmm_1d', 'tissue_volumes', 'evaluate_harmonization', 'harmonization_table',
-           'compare_samplers', 'slice_discontinuity', 'HarmonizeConfig', 'harmonization_data', 'build_harmonize',
-           'load_harmonizer']
+           'DURRER_TABLES', 'HARMONIZE_PRESETS', 'PAPER_PRESET_SOURCES', 'normalize_direction', 'parse_direction',
+           'to_model_range', 'from_model_range', 'paired_subject', 'paired_volumes', 'heldout_pair',
+           'harmonization_scheduler', 'harmonization_unet', 'check_harmonizer', 'translate_slices', 'OracleDenoiser',
+           'translate_volume', 'brain_mask', 'masked_mse', 'segment_tissues', 'gmm_1d', 'tissue_volumes',
+           'evaluate_harmonization', 'harmonization_table', 'compare_samplers', 'slice_discontinuity',
+           'HarmonizeConfig', 'harmonization_data', 'build_harmonize', 'load_harmonizer', 'cached_translation']
 
 # %% ../nbs/21_harmonization.ipynb #c2652984
 DIRECTIONS = {"1.5T-to-3T": (1.5, 3.0), "3T-to-1.5T": (3.0, 1.5)}
@@ -221,6 +224,20 @@ def translate_slices(model: Callable, # ε_θ([b, x_t], t) → ε (or [ε, v])
         out[j] = center_crop_or_pad(from_model_range(x), (h, w)).to(out.device, out.dtype)   # back to source's device
     return out
 
+# %% ../nbs/21_harmonization.ipynb #42e4263a
+class OracleDenoiser(torch.nn.Module):
+    ("A test denoiser: ε̂ that makes x̂_0 equal the condition channel (plus a zero variance channel when `learned`); "
+     "`seen` records the condition of every call.")
+    def __init__(self, sched, learned=True):
+        super().__init__(); self.ab, self.learned, self.seen = sched.alphas_cumprod.float(), learned, []
+        self.in_channels, self.out_channels = 2, 2 if learned else 1
+    def forward(self, inp, t):
+        self.seen.append(inp[:, :1].clone())
+        c, x = inp[:, :1], inp[:, 1:]
+        ab = self.ab[t].reshape(-1, 1, 1, 1)
+        eps = (x - ab.sqrt() * c) / (1 - ab).sqrt()
+        return torch.cat([eps, torch.zeros_like(eps)], 1) if self.learned else eps
+
 # %% ../nbs/21_harmonization.ipynb #89b3a5f2
 def translate_volume(model: Callable, scheduler: DDPMScheduler,
                      volume: Tensor, # (D, H, W) source volume in [0, 1]
@@ -389,6 +406,18 @@ def harmonization_table(rows: dict, # method name → result of `evaluate_harmon
                         else f"{v:.3f}" if k.startswith("dice") else f"{v:.2f}")
     return markdown_table(["method", *keys], ([name, *(fmt(k, r[k]) for k in keys)] for name, r in rows.items()))
 
+# %% ../nbs/21_harmonization.ipynb #a1dd9f69
+_DURRER_ORIGINAL = dict(mse=1.85e-3, ahd=6.15e5, dvol_csf=3.72e4, dvol_gm=9.32e4, dvol_wm=8.88e4,
+                        dice_csf=0.82, dice_gm=0.82, dice_wm=0.87, hd_csf=10.21, hd_gm=8.68, hd_wm=11.16)
+DURRER_TABLES = {  # Durrer et al. (MIDL 2023), Tables 1-3: the 'Original' and 'DM (ours)' rows
+    "3T-to-1.5T": {"Original": _DURRER_ORIGINAL,
+                   "DM": dict(mse=1.61e-3, ahd=1.31e5, dvol_csf=1.95e4, dvol_gm=1.54e4, dvol_wm=1.59e4,
+                              dice_csf=0.80, dice_gm=0.79, dice_wm=0.88, hd_csf=9.11, hd_gm=6.73, hd_wm=7.67)},
+    "1.5T-to-3T": {"Original": _DURRER_ORIGINAL,
+                   "DM": dict(mse=0.76e-3, ahd=1.48e5, dvol_csf=1.79e4, dvol_gm=3.91e4, dvol_wm=1.49e4,
+                              dice_csf=0.81, dice_gm=0.88, dice_wm=0.92, hd_csf=8.65, hd_gm=7.01, hd_wm=9.30)},
+}
+
 # %% ../nbs/21_harmonization.ipynb #d12f1b02
 def compare_samplers(model: Callable, scheduler: DDPMScheduler,
                      source: Tensor, # (D, H, W) source volume (or slab) in [0, 1]
@@ -532,3 +561,48 @@ def load_harmonizer(run, # run directory or checkpoint of a 'harmonize' run
     model = harmonization_unet(cfg.unet, sched, seed=None)   # no training data is simulated to load a model
     model.load_state_dict(ck["ema"]["model"] if ema and "model" in ck.get("ema", {}) else ck["models"]["model"])
     return model.to(device).eval(), sched, cfg
+
+# %% ../nbs/21_harmonization.ipynb #e5ae550a
+def _sha256_file(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(chunk), b""): h.update(b)
+    return h.hexdigest()
+
+def cached_translation(run, # a trained 'harmonize' run directory (its checkpoint.pt is part of the key)
+                       source: Tensor, # (D, H, W) source volume in [0, 1]
+                       sampler: str, # 'ddim' or 'ddpm' (`translate_slices`)
+                       num_inference_steps: int | None, # steps of the chain (None: all T)
+                       seed: int = 0, # x_T and the ancestral noise come from make_generator(seed) on the CPU
+                       batch_size: int = 16, axis: int = 0, eta: float = 0.0,
+                       name: str = "translation", # readable prefix of the cache file
+                       cache: bool = True, # False: translate and overwrite the cached file
+                      ) -> dict:
+    ("`translate_volume` with the run's EMA model, kept in RUN/eval/: {'pred' (D, H, W), 'seconds', 'threads', "
+     "'date', 'cached' (read back or not), 'path', 'key'}.")
+    check_tensor(source, "source", ndim=3); check_int(seed, "seed", min=0)
+    check_choice(sampler, "sampler", SAMPLERS); check_int(batch_size, "batch_size", min=1)
+    run = Path(run)
+    ck = run / "checkpoint.pt"
+    require(ck.is_file(), "run", "a run directory holding checkpoint.pt", str(run))
+    src = source.detach().cpu().float().contiguous()
+    key = {"checkpoint_sha256": _sha256_file(ck),
+           "source_sha256": hashlib.sha256(src.numpy().tobytes() + str(tuple(src.shape)).encode()).hexdigest(),
+           "sampler": sampler, "num_inference_steps": num_inference_steps, "eta": float(eta), "seed": seed,
+           "batch_size": batch_size, "axis": axis, "ema": True}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = run / "eval" / f"{name}-{digest}.npz"
+    if cache and path.is_file():
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("key") == key:
+                return {**meta, "pred": torch.from_numpy(z["pred"].copy()), "cached": True, "path": str(path)}
+    model, sch, _ = load_harmonizer(run)
+    t0 = time.perf_counter()
+    pred = translate_volume(model, sch, src, axis=axis, sampler=sampler, num_inference_steps=num_inference_steps,
+                            eta=eta, generator=make_generator(seed), batch_size=batch_size)
+    meta = {"key": key, "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    with atomic_write(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, pred=pred.numpy(), meta=np.array(json.dumps(meta)))
+    return {**meta, "pred": pred, "cached": False, "path": str(path)}

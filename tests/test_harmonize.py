@@ -441,3 +441,56 @@ def test_paired_subject_cached_equals_the_old_simulation():
     # the SNR dict is part of the key: another SNR, another noise level
     q = paired_subject(6, deform_voxels=1.0, snr={1.5: 5.0, 3.0: 40.0})
     assert array_sha256(q[3.0].numpy()) == old["harm_3"] and array_sha256(q[1.5].numpy()) != old["harm_15"]
+
+
+def test_cached_translation_is_keyed_by_what_produced_it(tmp_path):
+    "A translation is stored once and read back bit for bit; another seed, sampler, source or checkpoint is recomputed."
+    from medsynth_nb.engine import train
+    from medsynth_nb.harmonize import cached_translation
+    run = tmp_path / "run"
+    train("harmonize", "smoke", out=run, progress=False, steps=2, crop=(16, 16), batch_size=2)
+    vol = _src(3, 16, 16)[:, 0]
+    a = cached_translation(run, vol, "ddim", 2, batch_size=2)
+    b = cached_translation(run, vol, "ddim", 2, batch_size=2)
+    assert not a["cached"] and b["cached"] and a["path"] == b["path"] and torch.equal(a["pred"], b["pred"])
+    model, sched, _ = load_harmonizer(run)
+    direct = translate_volume(model, sched, vol, num_inference_steps=2, generator=make_generator(0), batch_size=2)
+    assert torch.equal(a["pred"], direct)
+    for kw in (dict(seed=1), dict(sampler="ddpm"), dict(batch_size=1)):
+        args = {"sampler": "ddim", "batch_size": 2, **kw}
+        c = cached_translation(run, vol, args.pop("sampler"), 2, **args)
+        assert not c["cached"] and c["path"] != a["path"]
+    assert not cached_translation(run, vol.flip(0), "ddim", 2, batch_size=2)["cached"]      # another source
+    assert not cached_translation(run, vol, "ddim", 2, batch_size=2, cache=False)["cached"]
+    # a file whose stored key differs (same name) is not trusted
+    z = dict(np.load(a["path"]))
+    meta = __import__("json").loads(str(z["meta"])); meta["key"]["seed"] = 99
+    np.savez_compressed(a["path"], pred=z["pred"] * 0, meta=np.array(__import__("json").dumps(meta)))
+    again = cached_translation(run, vol, "ddim", 2, batch_size=2)
+    assert not again["cached"] and torch.equal(again["pred"], direct)
+    # retraining the run changes the checkpoint: the old translation is not reused
+    train("harmonize", "smoke", out=run, progress=False, steps=3, crop=(16, 16), batch_size=2, resume=True)
+    assert not cached_translation(run, vol, "ddim", 2, batch_size=2)["cached"]
+    with pytest.raises(ValueError, match="checkpoint.pt"):
+        cached_translation(tmp_path / "nothing", vol, "ddim", 2)
+
+
+def test_durrer_tables_match_the_paper_and_our_table_layout():
+    from medsynth_nb.harmonize import DURRER_TABLES, harmonization_table
+    t = DURRER_TABLES
+    assert t["1.5T-to-3T"]["Original"] == t["3T-to-1.5T"]["Original"]          # the paper's two Original rows agree
+    assert (t["1.5T-to-3T"]["DM"]["mse"], t["3T-to-1.5T"]["DM"]["mse"]) == (0.76e-3, 1.61e-3)   # Table 1
+    assert (t["1.5T-to-3T"]["DM"]["dvol_gm"], t["3T-to-1.5T"]["DM"]["hd_wm"]) == (3.91e4, 7.67)   # Tables 2, 3
+    line = harmonization_table({"DM": t["1.5T-to-3T"]["DM"]}).splitlines()[-1]
+    assert line == "| DM | 0.00076 | 1.48e+05 | 1.79e+04 | 3.91e+04 | 1.49e+04 | 0.810 | 0.880 | 0.920 | 8.65 | 7.01 | 9.30 |"
+
+
+def test_oracle_denoiser_returns_its_condition():
+    from medsynth_nb.harmonize import OracleDenoiser
+    sched = harmonization_scheduler()
+    x = _src(2, 12, 10)
+    for sampler, steps in (("ddim", 3), ("ddpm", 5)):
+        o = OracleDenoiser(sched)
+        test_allclose(translate_slices(o, sched, x, sampler=sampler, num_inference_steps=steps,
+                                       generator=make_generator(0)), x, atol=2e-5, rtol=0)
+        assert len(o.seen) == steps

@@ -22,10 +22,11 @@ from .data import find_samples, samples_root
 
 # %% auto #0
 __all__ = ['NETWORKS', 'NETWORK_IO', 'TRAIN_FIRST_SEED', 'TEST_FIRST_SEED', 'TEST_ANATOMY', 'SOLVER_RECIPES', 'LESION_LABEL',
-           'LIPCAR_PRESETS', 'LIPCAR_METHODS', 'LipCarUNet', 'network_io', 'build_networks', 'ssim_loss', 'dose_slices',
-           'simulate_lipcar', 'load_lipcar_samples', 'LipCarSlices', 'gentv', 'SolveResult', 'lip_car_objective',
-           'lip_car_solve', 'image_metrics', 'region_metrics', 'secant_oracle', 'apply_network', 'LipCarConfig',
-           'lipcar_training_data', 'build_lip_car', 'run_methods', 'score_methods']
+           'LIPCAR_PRESETS', 'LIPCAR_METHODS', 'FIG2_COLUMNS', 'LipCarUNet', 'network_io', 'build_networks',
+           'ssim_loss', 'dose_slices', 'simulate_lipcar', 'load_lipcar_samples', 'LipCarSlices', 'gentv', 'SolveResult',
+           'lip_car_objective', 'lip_car_solve', 'image_metrics', 'region_metrics', 'secant_oracle', 'apply_network',
+           'LipCarConfig', 'lipcar_training_data', 'build_lip_car', 'run_methods', 'score_methods', 'plot_boxplots',
+           'plot_fig2', 'plot_lesion_zoom', 'evaluation_key', 'cached_arrays']
 
 # %% ../nbs/40_lip_car.ipynb #7b81bdb6
 class _ResidualStage(nn.Module):
@@ -534,3 +535,141 @@ def run_methods(nets: dict, # trained networks with at least 'L2H', 'PL2H' and t
 def score_methods(outputs: dict, target: Tensor) -> dict[str, dict[str, Tensor]]:
     "{method: {'ssim', 'psnr', 'rmse': (B,)}} against x_H."
     return {m: image_metrics(x, target) for m, x in outputs.items()}
+
+# %% ../nbs/40_lip_car.ipynb #05a9d545
+def plot_boxplots(scores: dict, title: str = ""):
+    "The paper's Fig. 3: SSIM, PSNR and RMSE against x_H, one box per method."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 3, figsize=(12, 3.6), constrained_layout=True)
+    colors = ["tab:red", "tab:orange", "tab:cyan", "tab:blue", "tab:green"]  # the paper's colours
+    for a, key, lab in zip(ax, ("ssim", "psnr", "rmse"), ("SSIM ↑", "PSNR (dB) ↑", "RMSE ↓")):
+        bp = a.boxplot([scores[m][key].numpy() for m in scores], patch_artist=True)
+        a.set_xticks(range(1, len(scores) + 1), list(scores), rotation=20)
+        for p, c in zip(bp["boxes"], colors): p.set_facecolor(c)
+        a.set_ylabel(lab); a.grid(alpha=0.3)
+    fig.suptitle(title); return fig
+
+# %% ../nbs/40_lip_car.ipynb #52db7c52
+FIG2_COLUMNS = ("x_H", "x_P", "x_L", "NN-L2H", "NN-PL2H", "LIP-CAR")  # the paper's Fig. 2, left to right
+
+def _lesion_circle(lab: Tensor):
+    "Centre and radius (px) of a circle around the lesion (labels ≥ 4), as the paper's red circles; None without one."
+    ys, xs = np.nonzero((lab >= LESION_LABEL).numpy())
+    if not len(ys): return None
+    cy, cx = ys.mean(), xs.mean()
+    return (cx, cy), float(np.sqrt((ys - cy) ** 2 + (xs - cx) ** 2).max()) + 4
+
+def plot_fig2(outs: dict, data: dict, idx: Sequence[int], title: str = "", err: float = 0.3):
+    ("The paper's Fig. 2: per slice, x_H, x_P, x_L, NN-L2H, NN-PL2H and LIP-CAR with their SSIM against x_H "
+     "(red circle: the lesion); below, each error x − x_H with its RMSE.")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(2 * len(idx), 6, figsize=(11, 3.8 * len(idx)), constrained_layout=True, squeeze=False)
+    for r, i in enumerate(idx):
+        target, lab = data["high"][i:i + 1], data["labels"][i, 0]
+        circle = _lesion_circle(lab)
+        for c, m in enumerate(FIG2_COLUMNS):
+            x = target if m == "x_H" else outs[m][i:i + 1]
+            s = image_metrics(x, target)
+            top, bot = ax[2 * r, c], ax[2 * r + 1, c]
+            h = top.imshow(x[0, 0], cmap=IMAGE_CMAP, vmin=0, vmax=1)
+            top.set_title(f"{m} (target)" if m == "x_H" else f"{m}\nSSIM {float(s['ssim']):.4f}", fontsize=9)
+            if circle: top.add_patch(plt.Circle(*circle, fill=False, ec="r", lw=1))
+            if m == "x_H":  # the error row's first panel: where the lesion is
+                bot.imshow(x[0, 0], cmap=IMAGE_CMAP, vmin=0, vmax=1)
+                if circle: bot.contour((lab >= LESION_LABEL).numpy(), levels=[0.5], colors="r", linewidths=0.8)
+                bot.set_title(f"slice {i}: lesion (red)" if circle else f"slice {i}: no lesion", fontsize=9)
+            else:
+                e = bot.imshow((x - target)[0, 0], cmap=DIFF_CMAP, vmin=-err, vmax=err)
+                bot.set_title(f"{m} − x_H\nRMSE {float(s['rmse']):.4f}", fontsize=9)
+        fig.colorbar(h, ax=ax[2 * r, -1], shrink=0.8, label="intensity")
+        fig.colorbar(e, ax=ax[2 * r + 1, -1], shrink=0.8, label="error")
+    for a in ax.ravel(): a.set_xticks([]); a.set_yticks([])
+    fig.suptitle(title); return fig
+
+# %% ../nbs/40_lip_car.ipynb #4c503dda
+def plot_lesion_zoom(outs: dict, data: dict, idx: Sequence[int], zoom: int = 20, title: str = ""):
+    "A (2·zoom)² window on the lesion of each slice: x_H and the candidates, with lesion SSIM / RMSE in the titles."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(len(idx), 6, figsize=(11, 2.3 * len(idx) + 0.4), constrained_layout=True, squeeze=False)
+    for r, i in enumerate(idx):
+        (cx, cy), _ = _lesion_circle(data["labels"][i, 0])
+        H, W = data["high"].shape[-2:]
+        cy, cx = int(min(max(cy, zoom), H - zoom)), int(min(max(cx, zoom), W - zoom))
+        win = (slice(cy - zoom, cy + zoom), slice(cx - zoom, cx + zoom))
+        for c, m in enumerate(FIG2_COLUMNS):
+            x = data["high"][i:i + 1] if m == "x_H" else outs[m][i:i + 1]
+            rg = region_metrics(x, data["high"][i:i + 1], data["labels"][i:i + 1])
+            h = ax[r, c].imshow(x[0, 0][win], cmap=IMAGE_CMAP, vmin=0, vmax=1)
+            ax[r, c].contour((data["labels"][i, 0][win] >= LESION_LABEL).numpy(), levels=[0.5], colors="r",
+                             linewidths=0.6, alpha=0.6)
+            ax[r, c].set_title(f"{m}, slice {i}" if m == "x_H" else
+                               f"{m}\nlesion SSIM {float(rg['lesion_ssim']):.3f}, RMSE {float(rg['lesion_rmse']):.3f}",
+                               fontsize=8)
+            ax[r, c].set_xticks([]); ax[r, c].set_yticks([])
+        fig.colorbar(h, ax=ax[r, -1], shrink=0.8)
+    fig.suptitle(title); return fig
+
+# %% ../nbs/40_lip_car.ipynb #b5d40c00
+import ast
+import hashlib
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Mapping
+
+from .run_state import state_fingerprint
+from .utils import DIFF_CMAP, IMAGE_CMAP, atomic_write
+
+# %% ../nbs/40_lip_car.ipynb #c0fa386b
+def _tensor_digest(data: Mapping) -> str:
+    "SHA-256 of the tensors of a dict (names, dtypes, shapes and bytes); other values are left out."
+    h = hashlib.sha256()
+    for k in sorted(k for k, v in data.items() if isinstance(v, Tensor)):
+        t = data[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+_DRAWING = ("FIG2_COLUMNS", "_lesion_circle")  # with every `plot_*`: drawing code, left out of the code digest
+
+def _code_digest(*modules: str) -> str:
+    ("SHA-256 of the modules' statements (their syntax tree: comments and layout do not count), leaving out the "
+     "drawing code.")
+    h = hashlib.sha256()
+    for m in modules:
+        tree = ast.parse(Path(importlib.import_module(f"medsynth_nb.{m}").__file__).read_text(encoding="utf-8"))
+        for node in tree.body:
+            names = [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+            names.append(getattr(node, "name", ""))
+            if any(n.startswith("plot_") or n in _DRAWING for n in names if n): continue
+            h.update(ast.dump(node).encode())
+    return h.hexdigest()
+
+def evaluation_key(nets: Mapping[str, nn.Module], # the trained networks being evaluated
+                   data: Mapping, # the images they are evaluated on ({name: tensor}; other values ignored)
+                   **settings, # anything else that changes the answer (JSON-able)
+                  ) -> dict:
+    "What produced an evaluation: networks' weights, data, this module's and the metrics' code, torch, settings."
+    return {"nets": {n: state_fingerprint(m) for n, m in sorted(nets.items())}, "data": _tensor_digest(data),
+            "code": _code_digest("lip", "metrics"), "torch": torch.__version__, "settings": settings}
+
+# %% ../nbs/40_lip_car.ipynb #2839e7ca
+def cached_arrays(path: str | os.PathLike, # an .npz file (e.g. inside the run folder being evaluated)
+                  key: dict, # what produced the arrays (JSON-able, e.g. `evaluation_key`): reused only when equal
+                  compute: Callable[[], Mapping], # {name: tensor or array}, called when the cache misses
+                 ) -> dict:
+    "compute()'s {name: tensor or array}, stored at `path` with `key` and reloaded instead while the key is equal."
+    path, key_json = Path(path), json.dumps(key, sort_keys=True)
+    if path.exists():
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta["key"] == key_json:
+                return {n: torch.from_numpy(z[f"a{j}"]) if is_t else z[f"a{j}"]
+                        for j, (n, is_t) in enumerate(meta["names"])}
+    out = dict(compute())
+    arrays = {f"a{j}": v.detach().cpu().numpy() if isinstance(v, Tensor) else np.asarray(v)
+              for j, v in enumerate(out.values())}
+    meta = json.dumps({"key": key_json, "names": [[n, isinstance(v, Tensor)] for n, v in out.items()]})
+    with atomic_write(path) as tmp, open(tmp, "wb") as f: np.savez(f, meta=np.array(meta), **arrays)
+    return out

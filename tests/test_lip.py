@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from medsynth_nb import lip
 from medsynth_nb.lip import (LIPCAR_METHODS, NETWORKS, LipCarConfig, LipCarUNet, apply_network, build_networks, gentv, lip_car_objective,
-                             lip_car_solve, load_lipcar_samples, network_io, region_metrics, run_methods, secant_oracle, ssim_loss)
+                             lip_car_solve, load_lipcar_samples, network_io, region_metrics, run_methods, secant_oracle, ssim_loss,
+                             cached_arrays, evaluation_key)
 from medsynth_nb.utils import make_generator, seeded, test_allclose
 
 
@@ -496,3 +498,61 @@ def test_dose_slices_are_the_old_subject_slices_turned_anterior_up():
                                                            anatomy="colin27"))):
         for k, v in d.items(): got[f"{name}_{k}"] = v if k == "z_index" else posterior_up(v, size)
     assert {k: array_sha256(np.ascontiguousarray(v)) for k, v in got.items()} == old
+
+
+# --- the evaluation cache (lesson 40's slow cells and recipe 64 reuse what an unchanged key already computed)
+
+def test_cached_arrays_reuses_only_an_equal_key(tmp_path):
+    calls = []
+    def compute():
+        calls.append(1)
+        return {"LIP-CAR (code: lr 1e-2, no x ≥ 0)": torch.arange(6.0).reshape(2, 3), "sweep": np.array([0.5, 0.25])}
+    path = tmp_path / "eval" / "methods.npz"
+    first = cached_arrays(path, {"nets": "a", "settings": {"iters": 150}}, compute)
+    again = cached_arrays(path, {"nets": "a", "settings": {"iters": 150}}, compute)
+    assert len(calls) == 1 and list(again) == list(first)
+    assert isinstance(again["LIP-CAR (code: lr 1e-2, no x ≥ 0)"], torch.Tensor) and isinstance(again["sweep"], np.ndarray)
+    assert torch.equal(again["LIP-CAR (code: lr 1e-2, no x ≥ 0)"], first["LIP-CAR (code: lr 1e-2, no x ≥ 0)"])
+    assert np.array_equal(again["sweep"], first["sweep"])
+    for other in ({"nets": "b", "settings": {"iters": 150}}, {"nets": "a", "settings": {"iters": 40}}):
+        n = len(calls); cached_arrays(path, other, compute); assert len(calls) == n + 1  # recomputed ...
+        cached_arrays(path, other, compute); assert len(calls) == n + 1                   # ... and stored
+    assert [p.name for p in path.parent.iterdir()] == ["methods.npz"]  # no temporary file left behind
+
+
+def test_cached_arrays_keeps_the_old_file_when_compute_fails(tmp_path):
+    path = tmp_path / "c.npz"
+    cached_arrays(path, {"k": 1}, lambda: {"x": torch.ones(2)})
+    def boom(): raise RuntimeError("solver diverged")
+    with pytest.raises(RuntimeError, match="solver diverged"): cached_arrays(path, {"k": 2}, boom)
+    assert torch.equal(cached_arrays(path, {"k": 1}, boom)["x"], torch.ones(2))
+
+
+def test_evaluation_key_tracks_weights_data_and_settings():
+    with seeded(0): nets = build_networks(base=4, levels=2)
+    g = make_generator(3)
+    data = {k: torch.rand(2, 1, 16, 16, generator=g) for k in ("pre", "low", "high")}
+    k0 = evaluation_key(nets, dict(data, scale=(0.0, 1.0)), name="methods")
+    assert evaluation_key(nets, dict(data, scale=(0.0, 2.0)), name="methods") == k0  # non-tensors are not data
+    assert evaluation_key(nets, data, name="experiments")["settings"] != k0["settings"]
+    assert evaluation_key(nets, dict(data, low=data["low"].clone().index_put_((torch.tensor([1]),), torch.tensor(0.5))),
+                          name="methods")["data"] != k0["data"]
+    assert evaluation_key(nets, dict(data, low=data["low"].double()), name="methods")["data"] != k0["data"]  # dtype
+    changed = copy.deepcopy(nets)
+    with torch.no_grad(): next(changed["PH2L"].parameters()).view(-1)[0].add_(1e-3)  # one weight of one network
+    k1 = evaluation_key(changed, data, name="methods")
+    assert [n for n in NETWORKS if k1["nets"][n] != k0["nets"][n]] == ["PH2L"]
+    assert k1["code"] == k0["code"] and k0["torch"] == torch.__version__
+
+
+def test_code_digest_ignores_layout_and_drawing_code(tmp_path, monkeypatch):
+    src = {"base": "def f(x):\n    return x + 1\n\ndef plot_f(x):\n    return 'drawn'\nFIG2_COLUMNS = ('a',)\n",
+           "layout": "# a comment\ndef f(x):  # same code, other layout\n    return (x\n            + 1)\n\n"
+                     "def plot_f(x):\n    return 'drawn differently'\nFIG2_COLUMNS = ('b', 'c')\n",
+           "logic": "def f(x):\n    return x + 2\n\ndef plot_f(x):\n    return 'drawn'\nFIG2_COLUMNS = ('a',)\n"}
+    for name, text in src.items(): (tmp_path / f"{name}.py").write_text(text)
+    fake = lambda full: type("M", (), {"__file__": str(tmp_path / (full.split(".")[-1] + ".py"))})
+    monkeypatch.setattr(lip.importlib, "import_module", fake)
+    d = {name: lip._code_digest(name) for name in src}
+    assert d["layout"] == d["base"] and d["logic"] != d["base"]
+    assert lip._code_digest("base", "logic") != d["base"]

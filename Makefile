@@ -1,6 +1,9 @@
 # medsynth_nb: two commands do all the set-up on a fresh machine.
 #   make test   creates .venv when missing, installs, checks the export is in sync, runs nbdev_test, then pytest
 #   make tour   same set-up, then runs every lesson at smoke size and renders tour/ (HTML + a results page)
+#   make docs   same set-up, then builds the browsable site _site/ from the committed notebooks (not executed; Sphinx +
+#               myst-nb, MathJax from npm copied in: works offline); open _site/index.html. tests/test_site.py checks it
+#   make browser  installs Debian's chromium when missing (apt-get; the site's browser test needs it; pytest runs it)
 # TORCH picks the torch build installed first, e.g. make test TORCH=torch==2.13.0 (a local CPU wheel) or
 #   make test TORCH="torch --index-url https://download.pytorch.org/whl/cpu" on a laptop without a GPU.
 SHELL := /bin/bash
@@ -15,7 +18,7 @@ N_WORKERS ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medsynth-installed
 
-.PHONY: test tour install sync nbtest pytest bench readme data data-check clean-venv assignments grade lab lessons
+.PHONY: test tour install sync nbtest pytest bench readme data data-check clean-venv assignments grade lab lessons docs browser
 SUBMISSIONS ?=
 SCORES ?= scores.csv
 .DEFAULT_GOAL := test
@@ -38,7 +41,7 @@ sync: $(STAMP)
 nbtest: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/nbdev_test --n_workers $(N_WORKERS) --timing $(if $(NBDEV_FLAGS),--flags "$(NBDEV_FLAGS)")
 
-pytest: $(STAMP)
+pytest: $(STAMP) browser
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest tests -q -p no:cacheprovider
 
 test: sync nbtest pytest
@@ -52,6 +55,17 @@ tour: $(STAMP)
 NB ?=
 lessons: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python tools/lessons.py run $(NB)
+
+# The static site of the lessons (tools/docs.py): _site/index.html. DOCS_OUT=folder builds elsewhere.
+DOCS_OUT ?= _site
+docs: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python tools/docs.py build --out $(DOCS_OUT)
+
+# Debian's chromium for the site's browser test (tests/test_site.py); as root directly, otherwise through sudo.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y chromium || { $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }; }
 
 # JupyterLab on the lessons (nbs/); as root (a container) it adds --allow-root. LAB_FLAGS="--no-browser --port 8890"
 lab: $(STAMP)

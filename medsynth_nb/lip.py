@@ -552,12 +552,17 @@ def plot_boxplots(scores: dict, title: str = ""):
 # %% ../nbs/40_lip_car.ipynb #52db7c52
 FIG2_COLUMNS = ("x_H", "x_P", "x_L", "NN-L2H", "NN-PL2H", "LIP-CAR")  # the paper's Fig. 2, left to right
 
-def _lesion_circle(lab: Tensor):
-    "Centre and radius (px) of a circle around the lesion (labels ≥ 4), as the paper's red circles; None without one."
-    ys, xs = np.nonzero((lab >= LESION_LABEL).numpy())
-    if not len(ys): return None
-    cy, cx = ys.mean(), xs.mean()
-    return (cx, cy), float(np.sqrt((ys - cy) ** 2 + (xs - cx) ** 2).max()) + 4
+def _lesion_circle(lab: Tensor) -> list:
+    ("Circles ((x, y) centre, radius px) around each lesion (connected labels ≥ 4), largest first, as the paper's "
+     "red circles; [] without one.")
+    from scipy import ndimage
+    parts, n = ndimage.label((lab >= LESION_LABEL).numpy())
+    out = []
+    for k in range(1, n + 1):
+        ys, xs = np.nonzero(parts == k)
+        cy, cx = ys.mean(), xs.mean()
+        out.append(((cx, cy), float(np.sqrt((ys - cy) ** 2 + (xs - cx) ** 2).max()) + 4, len(ys)))
+    return [(c, r) for c, r, _ in sorted(out, key=lambda t: -t[2])]
 
 def plot_fig2(outs: dict, data: dict, idx: Sequence[int], title: str = "", err: float = 0.3):
     ("The paper's Fig. 2: per slice, x_H, x_P, x_L, NN-L2H, NN-PL2H and LIP-CAR with their SSIM against x_H "
@@ -573,7 +578,7 @@ def plot_fig2(outs: dict, data: dict, idx: Sequence[int], title: str = "", err: 
             top, bot = ax[2 * r, c], ax[2 * r + 1, c]
             h = top.imshow(x[0, 0], cmap=IMAGE_CMAP, vmin=0, vmax=1)
             top.set_title(f"{m} (target)" if m == "x_H" else f"{m}\nSSIM {float(s['ssim']):.4f}", fontsize=9)
-            if circle: top.add_patch(plt.Circle(*circle, fill=False, ec="r", lw=1))
+            for centre, radius in circle: top.add_patch(plt.Circle(centre, radius, fill=False, ec="r", lw=1))
             if m == "x_H":  # the error row's first panel: where the lesion is
                 bot.imshow(x[0, 0], cmap=IMAGE_CMAP, vmin=0, vmax=1)
                 if circle: bot.contour((lab >= LESION_LABEL).numpy(), levels=[0.5], colors="r", linewidths=0.8)
@@ -588,11 +593,11 @@ def plot_fig2(outs: dict, data: dict, idx: Sequence[int], title: str = "", err: 
 
 # %% ../nbs/40_lip_car.ipynb #4c503dda
 def plot_lesion_zoom(outs: dict, data: dict, idx: Sequence[int], zoom: int = 20, title: str = ""):
-    "A (2·zoom)² window on the lesion of each slice: x_H and the candidates, with lesion SSIM / RMSE in the titles."
+    "A (2·zoom)² window on the largest lesion of each slice: x_H and the candidates, titled with lesion SSIM / RMSE."
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(len(idx), 6, figsize=(11, 2.3 * len(idx) + 0.4), constrained_layout=True, squeeze=False)
     for r, i in enumerate(idx):
-        (cx, cy), _ = _lesion_circle(data["labels"][i, 0])
+        (cx, cy), _ = _lesion_circle(data["labels"][i, 0])[0]  # the largest lesion
         H, W = data["high"].shape[-2:]
         cy, cx = int(min(max(cy, zoom), H - zoom)), int(min(max(cx, zoom), W - zoom))
         win = (slice(cy - zoom, cy + zoom), slice(cx - zoom, cx + zoom))
@@ -603,7 +608,7 @@ def plot_lesion_zoom(outs: dict, data: dict, idx: Sequence[int], zoom: int = 20,
             ax[r, c].contour((data["labels"][i, 0][win] >= LESION_LABEL).numpy(), levels=[0.5], colors="r",
                              linewidths=0.6, alpha=0.6)
             ax[r, c].set_title(f"{m}, slice {i}" if m == "x_H" else
-                               f"{m}\nlesion SSIM {float(rg['lesion_ssim']):.3f}, RMSE {float(rg['lesion_rmse']):.3f}",
+                               f"{m}\nSSIM {float(rg['lesion_ssim']):.3f}, RMSE {float(rg['lesion_rmse']):.3f}",
                                fontsize=8)
             ax[r, c].set_xticks([]); ax[r, c].set_yticks([])
         fig.colorbar(h, ax=ax[r, -1], shrink=0.8)

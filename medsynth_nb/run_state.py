@@ -339,13 +339,22 @@ def git_revision(path: str | os.PathLike | None = None) -> str:
     except (OSError, subprocess.SubprocessError): return "unknown"
 
 # %% ../nbs/06_run_state.ipynb #603e2d43
+_START_KEYS = ("argv", "time", "git_revision", "torch", "python", "device", "world_size")
+
 def write_run_info(out: str | os.PathLike, experiment: str, preset: str, config: TrainConfig, **extra) -> Path:
-    "Write out/config.json (experiment, preset, config, git revision, versions, command line), atomically."
+    """Write out/config.json (experiment, preset, config, git revision, versions, command line), atomically.
+    A resumed run keeps how it was started before: the earlier starts stay, oldest first, under `history`."""
+    path = Path(out) / "config.json"
+    history = []
+    if path.is_file():
+        try: prev = json.loads(path.read_text())
+        except ValueError: prev = None                  # a damaged record: start a new history rather than fail
+        if isinstance(prev, dict):
+            history = list(prev.get("history", [])) + [{k: prev[k] for k in _START_KEYS if k in prev}]
     info = {"experiment": experiment, "preset": preset,
             "config_class": type(config).__name__, "config": config.to_dict(),
             "git_revision": git_revision(), "torch": torch.__version__, "python": platform.python_version(),
-            "argv": sys.argv, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
-    path = Path(out) / "config.json"
+            "argv": sys.argv, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra, "history": history}
     with atomic_write(path) as tmp: tmp.write_text(json.dumps(info, indent=2, default=str))
     return path
 

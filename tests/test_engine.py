@@ -118,6 +118,22 @@ def test_checkpoint_layout_and_keep(tmp_path):
     assert state_fingerprint(load_models(tmp_path, ema=True)["model"]) == state_fingerprint(ck["ema"]["model"])
 
 
+def test_resume_keeps_how_the_run_was_started(tmp_path, monkeypatch):
+    "config.json of a resumed run is rewritten, but the earlier starts stay under `history` (oldest first)."
+    monkeypatch.setattr(sys, "argv", ["first-start", "--preset", "smoke"])
+    train("toy-regression", "smoke", out=tmp_path, steps=20, progress=False)
+    first = json.loads((tmp_path / "config.json").read_text())
+    assert first["history"] == []
+    monkeypatch.setattr(sys, "argv", ["second-start"])
+    train("toy-regression", "smoke", out=tmp_path, steps=20, resume=True, progress=False)
+    monkeypatch.setattr(sys, "argv", ["third-start"])
+    train("toy-regression", "smoke", out=tmp_path, steps=20, resume=True, progress=False)
+    info = json.loads((tmp_path / "config.json").read_text())
+    assert info["argv"] == ["third-start"]
+    assert [h["argv"] for h in info["history"]] == [["first-start", "--preset", "smoke"], ["second-start"]]
+    assert info["history"][0]["time"] == first["time"] and info["history"][0]["git_revision"] == first["git_revision"]
+
+
 # ---------------------------------------------------------------- the adversarial loop and the EMA, through fit
 
 def _toy_wgan_phase(tmp_path, which, seed):

@@ -32,6 +32,11 @@ CDN = re.compile(r"(cdn\.jsdelivr|cdnjs\.|unpkg\.com|googleapis\.com|mathjax\.or
 
 
 # ------------------------------------------------------------------------------------ what the notebooks say
+def notebooks(nbs: Path) -> list[Path]:
+    "The notebooks of the site: nbdev leaves out those whose name starts with '_' (scratch notebooks)."
+    return sorted(p for p in Path(nbs).glob("*.ipynb") if not p.name.startswith("_"))
+
+
 def _src(x) -> str:
     return x if isinstance(x, str) else "".join(x)
 
@@ -55,7 +60,7 @@ def _block(code: str) -> str:
 def expected(nbs: Path) -> dict:
     "What the site must show for each notebook of `nbs`, worked out from the notebook files."
     out = {}
-    for path in nbs.glob("*.ipynb"):
+    for path in notebooks(nbs):
         nb = json.loads(path.read_text(encoding="utf-8"))
         md = "\n".join(_src(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
         title = re.search(r"^#\s+(.+?)\s*$", md, re.M).group(1)
@@ -77,7 +82,7 @@ def expected(nbs: Path) -> dict:
 
 def lesson_order(nbs: Path) -> list[str]:
     "The lessons in order: by their number prefix (00_utils ... 40_lip_car, then 6x experiments)."
-    stems = [p.stem for p in nbs.glob("*.ipynb") if p.stem != "index"]
+    stems = [p.stem for p in notebooks(nbs) if p.stem != "index"]
     return sorted(stems, key=lambda s: (int(s.split("_")[0]), s))
 
 
@@ -233,7 +238,7 @@ def check_images(pages: dict, nbs: Path):
 def nbs(tmp_path_factory):
     "The notebooks the site is built from and checked against: a snapshot of nbs/ (it may change while this runs)."
     snap = tmp_path_factory.mktemp("nbs")
-    for p in NBS.glob("*.ipynb"): shutil.copy2(p, snap / p.name)
+    for p in notebooks(NBS): shutil.copy2(p, snap / p.name)
     return snap
 
 
@@ -256,8 +261,8 @@ def test_site_builds_without_warnings(site):
 
 
 def test_every_page_loads_offline(site, pages, nbs):
-    notebooks = {f"{p.stem}.html" for p in nbs.glob("*.ipynb")}
-    assert notebooks <= set(pages), f"notebooks without a page: {notebooks - set(pages)}"
+    want = {f"{p.stem}.html" for p in notebooks(nbs)}
+    assert want <= set(pages), f"notebooks without a page: {want - set(pages)}"
     check_pages_load(pages)
     check_no_cdn_in_files(site)
 

@@ -3,7 +3,8 @@
 #   make tour   same set-up, then runs every lesson at smoke size and renders tour/ (HTML + a results page)
 #   make docs   same set-up, then builds the browsable site _site/ from the committed notebooks (not executed; Sphinx +
 #               myst-nb, MathJax from npm copied in: works offline); open _site/index.html. tests/test_site.py checks it
-#   make browser  installs Debian's chromium when missing (apt-get; the site's browser test needs it; pytest runs it)
+#   make browser  installs Debian's chromium and npm when missing (apt-get; the site's test needs them; pytest runs it)
+#   make lessons  executes the lessons in place and keeps their outputs (NB="nbs/12_lowdose_gan.ipynb" for some)
 # TORCH picks the torch build installed first, e.g. make test TORCH=torch==2.13.0 (a local CPU wheel) or
 #   make test TORCH="torch --index-url https://download.pytorch.org/whl/cpu" on a laptop without a GPU.
 SHELL := /bin/bash
@@ -62,10 +63,14 @@ docs: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python tools/docs.py build --out $(DOCS_OUT)
 
 # Debian's chromium for the site's browser test (tests/test_site.py); as root directly, otherwise through sudo.
+# The site's build also needs npm (MathJax comes from the npm registry): installed the same way when missing.
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
 	  $$SUDO apt-get install -y chromium || { $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }; }
+	@command -v npm >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y npm || { $$SUDO apt-get update && $$SUDO apt-get install -y npm; }; }
 
 # JupyterLab on the lessons (nbs/); as root (a container) it adds --allow-root. LAB_FLAGS="--no-browser --port 8890"
 lab: $(STAMP)

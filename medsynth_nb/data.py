@@ -32,11 +32,14 @@ __all__ = ['FASTMRI_KEYS', 'samples_root', 'load_manifest', 'find_samples', 'loa
 
 # %% ../nbs/01_data.ipynb #516fc2cb
 def samples_root(root: str | os.PathLike | None = None) -> Path:
-    "The `data_samples/` folder: `root` if given, else `$MEDSYNTH_DATA`, else the one beside the package."
+    "The `data_samples/` folder: `root`, else `$MEDSYNTH_DATA`, else the repository's, else the installed package's."
     if root is not None: return Path(root)
     env = os.environ.get("MEDSYNTH_DATA")
     if env: return Path(env)
-    return Path(__file__).resolve().parent.parent / "data_samples"
+    pkg = Path(__file__).resolve().parent
+    for folder in (pkg.parent / "data_samples", pkg / "data_samples"):   # a clone / editable install; a wheel
+        if (folder / "manifest.json").is_file(): return folder
+    return pkg.parent / "data_samples"   # neither: load_manifest names it and says how to build the samples
 
 # %% ../nbs/01_data.ipynb #8293254d
 def load_manifest(root: str | os.PathLike | None = None) -> dict:

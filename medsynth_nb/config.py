@@ -97,6 +97,8 @@ class TrainConfig:
     sync_bn: bool = False # several GPU processes: BatchNorm → SyncBatchNorm (statistics over the global batch)
     log_every: int = resumable(1) # write a log row (mean over the steps since the last one) every this many steps
     ckpt_every: int = resumable(0) # save a checkpoint every this many steps (0: only at the end)
+    ckpt_minutes: float = resumable(10.0) # also save when this many minutes of wall time passed since the last (0: off)
+    plot_every: int = resumable(100) # redraw DIR/losses.png every this many steps (0: only at the end)
     keep: int = resumable(3) # how many step checkpoints to keep
     num_workers: int = resumable(0) # DataLoader worker processes for map-style datasets
 
@@ -123,6 +125,10 @@ class TrainConfig:
         require(self.log_every >= 1, "log_every", "a positive number of steps", self.log_every)
         require(self.ckpt_every >= 0, "ckpt_every", "a non-negative number of steps (0 = only at the end)",
                 self.ckpt_every)
+        require(math.isfinite(self.ckpt_minutes) and self.ckpt_minutes >= 0, "ckpt_minutes",
+                "a non-negative number of minutes (0 = off)", self.ckpt_minutes)
+        require(self.plot_every >= 0, "plot_every", "a non-negative number of steps (0 = only at the end)",
+                self.plot_every)
         require(self.keep >= 1, "keep", "at least 1 checkpoint", self.keep)
         require(self.num_workers >= 0, "num_workers", "a non-negative number of workers", self.num_workers)
 

@@ -10,7 +10,9 @@ import gc
 import json
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from tqdm.auto import tqdm
 from .config import AMP_MODES, Experiment, Phase, Task, TrainConfig, get_experiment
 from .data import DataStream
 from .run_state import (CHECKPOINT, EMA, RNGStreams, RunLog, RunSetupError, RunState, check_compatible,
+                                   plot_losses,
                                    check_schedule_horizon, forked_global_rng, load_checkpoint, read_log,
                                    remove_stale_temps, save_checkpoint, seed_globals, state_fingerprint,
                                    write_run_info)
@@ -33,7 +36,8 @@ from .utils import atomic_write, derive_seed, get_device, make_generator, seeded
 
 # %% auto #0
 __all__ = ['Context', 'DistInfo', 'init_distributed', 'all_reduce_mean', 'gather_objects', 'broadcast_buffers', 'sync_batchnorm',
-           'resolve_amp', 'TrainResult', 'Run', 'fit', 'train', 'load_models']
+           'resolve_amp', 'TrainResult', 'Run', 'stop_exception', 'StopSignals', 'write_loss_plot', 'fit', 'train',
+           'load_models']
 
 # %% ../nbs/07_engine.ipynb #90aceb71
 class Context:
@@ -253,6 +257,7 @@ def start(self: Run, resume: bool, # continue from DIR/checkpoint.pt when there 
     self.bar = tqdm(total=cfg.steps, initial=self.first, disable=not (self.main and progress),
                     desc=self.experiment or "train", dynamic_ncols=True)
     self.meter, self.t0 = _Meter(), time.perf_counter()
+    self.last_save = time.monotonic()   # the wall-clock cadence (ckpt_minutes) counts from here
     return self.first
 
 # %% ../nbs/07_engine.ipynb #3cc4e4f7
@@ -313,21 +318,86 @@ def log_step(self: Run, done: int):
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("/loss")}, refresh=False)
     self.bar.update(1)
 
+# %% ../nbs/07_engine.ipynb #cc7d2fd5
+def stop_exception(signum: int) -> BaseException:
+    "What a run stopped by signal `signum` raises: KeyboardInterrupt for SIGINT, else SystemExit(128 + signum)."
+    return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
+
+class StopSignals:
+    """While active (a `with` block in the main thread), SIGINT and SIGTERM only set `received`; a second signal
+    raises `stop_exception` at once. The previous handlers are restored on exit."""
+    SIGNALS = ("SIGINT", "SIGTERM")
+    def __init__(self): self.received, self._old = None, {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None: raise stop_exception(signum)
+        self.received = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items(): signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        self._old = {}
+        return False
+
+# %% ../nbs/07_engine.ipynb #6001a6b8
+def write_loss_plot(rows: list[dict], path: str | os.PathLike, title: str | None = None) -> Path | None:
+    "Draw `plot_losses(rows)` into `path` (PNG, atomic); nothing when there is no row or no loss column."
+    from matplotlib.figure import Figure
+    if not rows or not any(k.endswith("/loss") for k in rows[0]): return None
+    fig = Figure(figsize=(6, 3.5))
+    plot_losses(rows, ax=fig.subplots(), title=title)
+    fig.tight_layout()
+    with atomic_write(path) as tmp: fig.savefig(tmp, format="png", dpi=100)
+    return Path(path)
+
+@patch
+def plot_step(self: Run, done: int, # steps done (counted from 1)
+              final: bool = False, # the run stops after this step
+             ):
+    "Rank 0 redraws DIR/losses.png every `plot_every` steps, at the end and when the run stops."
+    cfg = self.cfg
+    if not self.main or not (final or done == cfg.steps or (cfg.plot_every and done % cfg.plot_every == 0)): return
+    write_loss_plot(self.log.rows(), self.out / "losses.png",
+                    title=f"{self.experiment or 'run'} {self.preset}".strip() + f", step {done}")
+
 # %% ../nbs/07_engine.ipynb #d6969ef3
 def _with_ema(raw: dict, emas: dict) -> dict:
     "The models and their EMA copies ('ema/<name>'), the modules whose state a checkpoint holds."
     return {**raw, **{f"ema/{k}": e.module for k, e in emas.items()}}
 
+def _agree(stop: int, late: bool, info: DistInfo, device: torch.device) -> tuple[int, bool]:
+    "The largest signal number and 'a checkpoint is late' of all processes (one tiny all_reduce; one process: as is)."
+    if info.world_size == 1: return stop, late
+    flags = torch.tensor([float(stop), float(late)], device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return int(flags[0].item()), bool(flags[1].item())
+
 @patch
-def checkpoint_step(self: Run, done: int):
-    "Save a checkpoint after step `done` when it is due (every process takes part; rank 0 writes)."
+def checkpoint_step(self: Run, done: int, # steps done (counted from 1)
+                    signals: StopSignals | None = None, # the run's signal flag (a stop request forces a checkpoint)
+                   ) -> int:
+    """Save a checkpoint after step `done` when it is due: every `ckpt_every` steps, at the end, when `ckpt_minutes` of
+    wall time passed since the last one, or when a stop signal came. Every process takes part (all agree on the
+    decision); rank 0 writes. Returns the signal number that asks the run to stop (0: go on)."""
     cfg = self.cfg
-    if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps:
+    stop = (signals.received or 0) if signals is not None else 0
+    late = cfg.ckpt_minutes > 0 and time.monotonic() - self.last_save >= 60 * cfg.ckpt_minutes
+    stop, late = _agree(stop, late, self.info, self.device)
+    if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps or late or stop:
         broadcast_buffers(_with_ema(self.raw, self.emas), self.info)   # BatchNorm statistics: rank 0's, on every rank
         state = {"format": 1, "step": done, "experiment": self.experiment, "preset": self.preset,
                  "config_class": type(cfg).__name__, "config": cfg.to_dict(), **self.state.state_dict(),
                  "torch": str(torch.__version__)}
         if self.main: save_checkpoint(state, self.out, cfg.keep)
+        self.last_save = time.monotonic()
+    return stop
+
 
 # %% ../nbs/07_engine.ipynb #064a2766
 def _check_replicas(raw: dict, info: DistInfo, out: Path):
@@ -362,18 +432,23 @@ def fit(task: Task, config: TrainConfig,
         device: str | torch.device | None = None, # default: $MEDSYNTH_DEVICE, else CUDA (cuda:LOCAL_RANK), else CPU
         progress: bool = True, # tqdm progress bar on rank 0
        ) -> TrainResult:
-    "Train `task` for `config.steps` steps: any device, autocast, DDP under torchrun, EMA, logs, resumable checkpoints."
+    """Train `task` for `config.steps` steps: any device, autocast, DDP under torchrun, EMA, logs, resumable
+    checkpoints. SIGINT/SIGTERM: the step ends, a checkpoint is written, then KeyboardInterrupt /
+    SystemExit(143) is raised."""
     info = init_distributed(device)
     run, finished = None, False
     try:
         run = Run(task, config, out, resume, experiment, preset, device, info)   # refuses what cannot work
-        with forked_global_rng(run.device):
+        with forked_global_rng(run.device), StopSignals() as signals:
             first = run.start(resume, progress)
             for step in range(first, config.steps):
                 run.train_step(step)
                 run.log_step(step + 1)
-                run.checkpoint_step(step + 1)
+                stop = run.checkpoint_step(step + 1, signals)
+                run.plot_step(step + 1, final=bool(stop))
+                if stop: run.bar.close(); raise stop_exception(stop)   # checkpointed after this step: --resume goes on
             result = run.finish()
+            if signals.received: raise stop_exception(signals.received)   # came after the last step's checkpoint
         finished = True
         return result
     finally:

@@ -5,6 +5,7 @@
 # %% ../nbs/04_layers.ipynb #dc86ab65
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Sequence
 
@@ -47,7 +48,7 @@ def timestep_embedding(t: Tensor, # (B,) timesteps (integers or floats)
                        max_period: float = 10000.0, # P, the slowest period
                       ) -> Tensor:
     "Sinusoidal embedding (B, dim) of timesteps t: [cos(t ω_k), sin(t ω_k)], ω_k = P^(-k/(d/2)) (improved-diffusion)."
-    check_tensor(t, "t", ndim=1, dtype="real")   # (B,) only: a scan this small costs nothing per step
+    check_tensor(t, "t", ndim=1, dtype="real", finite=False)   # no NaN scan: on a GPU it is a host sync per call
     dim, max_period = check_int(dim, "dim", min=1), check_positive(max_period, "max_period")
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
@@ -223,7 +224,7 @@ def forward(self: UNet, x: Tensor, # (B, in_channels, H, W)
            ) -> Tensor:
     f = 2 ** (len(self.channel_mult) - 1)   # no NaN scan per sampler step: samplers check at their entry
     _check_images(x, self.in_channels, f, f"{f} for {len(self.channel_mult)} levels")
-    if not torch.is_tensor(t): t = torch.tensor(t, device=x.device)
+    if not torch.is_tensor(t): t = torch.full((x.shape[0],), t, device=x.device)   # made there: no host copy
     if t.ndim == 0: t = t.expand(x.shape[0])
     if t.shape != (x.shape[0],):
         raise ValueError(f"t: expected shape ({x.shape[0]},) or a scalar, got {tuple(t.shape)}")
@@ -364,9 +365,8 @@ class LocalAttention(nn.Module):
 
     def offsets(self) -> list[tuple[int, ...]]:
         "The window^d neighbour offsets, in raster order."
-        r = self.window // 2
-        grids = torch.meshgrid(*[torch.arange(-r, r + 1)] * self.dims, indexing="ij")
-        return [tuple(int(g.reshape(-1)[i]) for g in grids) for i in range(self.window ** self.dims)]
+        r = self.window // 2   # plain ints (forward calls this every time: no tensor → int conversions)
+        return list(itertools.product(range(-r, r + 1), repeat=self.dims))
 
     def forward(self, x: Tensor, # (B, C, *spatial)
                 emb: Tensor | None = None, # ignored (uniform block interface)

@@ -1,0 +1,116 @@
+"""`medsynth_nb.apply`: a trained run applied to scans on their own grid, and scored with the paper's metrics."""
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from nibabel.testing import data_path
+
+from medsynth_nb.apply import apply_to_files, apply_to_folder, evaluate_run, get_applier
+from medsynth_nb.data import load_nifti, samples_root, save_nifti
+from medsynth_nb.engine import train
+
+S = samples_root()
+SCAN = Path(data_path) / "anatomical.nii"       # a real T1 scan, stored LAS, 33 x 41 x 25 at 2 mm
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("runs")
+    return dict(h=train("harmonize", "smoke", out=d / "h", steps=1, progress=False).out,
+                l=train("lowdose-gan", "smoke", out=d / "l", steps=1, progress=False).out)
+
+
+@pytest.fixture(scope="module")
+def small_scan(tmp_path_factory):
+    "Six sagittal slices of nibabel's scan: cheap to translate slice by slice."
+    d, aff, _ = load_nifti(SCAN)
+    p = tmp_path_factory.mktemp("scan") / "small.nii.gz"
+    save_nifti(p, np.maximum(d[12:18], 0), aff @ np.array([[1, 0, 0, 12], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]))
+    return p
+
+
+def _read(p): return nib.load(str(p)).get_fdata(dtype=np.float32)
+
+
+def test_harmonize_output_keeps_the_scan_grid_and_ignores_its_units(runs, small_scan, tmp_path):
+    "Durrer's preprocessing makes the output independent of the scan's intensity units; grid and affine are kept."
+    a = apply_to_files(runs["h"], {"source": small_scan}, tmp_path / "a.nii.gz", steps=1)
+    d, aff, _ = load_nifti(small_scan)
+    save_nifti(tmp_path / "x10.nii.gz", d * 10, aff)
+    b = apply_to_files(runs["h"], {"source": tmp_path / "x10.nii.gz"}, tmp_path / "b.nii.gz", steps=1)
+    img = nib.load(str(a))
+    assert img.shape == d.shape
+    np.testing.assert_allclose(img.affine, aff)
+    np.testing.assert_allclose(_read(a), _read(b), atol=1e-5)
+    assert np.abs(_read(a)).max() > 0
+    c = apply_to_files(runs["h"], {"source": small_scan}, tmp_path / "c.nii.gz", steps=1, seed=1)
+    assert np.abs(_read(a) - _read(c)).max() > 0                  # the seed reaches the sampler
+
+
+def test_lowdose_output_is_in_the_scan_units(runs, tmp_path):
+    "Pinetz's normalisation is undone: scaling both inputs by 10 scales the synthetic scan by 10 (same seed)."
+    na, aff, _ = load_nifti(S / "dose_3T_d000.nii.gz"); sd = load_nifti(S / "dose_3T_d100.nii.gz")[0]
+    sl = (slice(None), slice(None), slice(40, 46))
+    for k, f in ((1, ""), (10, "x10")):
+        save_nifti(tmp_path / f"na{f}.nii.gz", na[sl] * k, aff); save_nifti(tmp_path / f"sd{f}.nii.gz", sd[sl] * k, aff)
+    opts = dict(dose=0.33, field=3.0)
+    a = apply_to_files(runs["l"], {"native": tmp_path / "na.nii.gz", "standard": tmp_path / "sd.nii.gz"},
+                       tmp_path / "a.nii.gz", **opts)
+    b = apply_to_files(runs["l"], {"native": tmp_path / "nax10.nii.gz", "standard": tmp_path / "sdx10.nii.gz"},
+                       tmp_path / "b.nii.gz", **opts)
+    np.testing.assert_allclose(_read(b), 10 * _read(a), rtol=1e-4, atol=1e-3 * float(_read(b).max()))
+    # the generator adds a dose-dependent residual: another dose, another scan
+    c = apply_to_files(runs["l"], {"native": tmp_path / "na.nii.gz", "standard": tmp_path / "sd.nii.gz"},
+                       tmp_path / "c.nii.gz", dose=0.1, field=3.0)
+    assert np.abs(_read(a) - _read(c)).max() > 0
+
+
+def test_second_input_is_resampled_onto_the_first(runs, tmp_path):
+    "A standard-dose scan stored with another field of view gives the same output as the aligned one."
+    na, aff, _ = load_nifti(S / "dose_3T_d000.nii.gz"); sd = load_nifti(S / "dose_3T_d100.nii.gz")[0]
+    sl = (slice(None), slice(None), slice(40, 46))
+    save_nifti(tmp_path / "na.nii.gz", na[sl], aff); save_nifti(tmp_path / "sd.nii.gz", sd[sl], aff)
+    shifted = aff.copy(); shifted[:3, 3] += aff[:3, :3] @ np.array([0, 5, 0])
+    save_nifti(tmp_path / "sd_crop.nii.gz", sd[:, 5:, 40:46], shifted)
+    kw = dict(dose=0.33, field=3.0)
+    a = apply_to_files(runs["l"], {"native": tmp_path / "na.nii.gz", "standard": tmp_path / "sd.nii.gz"},
+                       tmp_path / "a.nii.gz", **kw)
+    b = apply_to_files(runs["l"], {"native": tmp_path / "na.nii.gz", "standard": tmp_path / "sd_crop.nii.gz"},
+                       tmp_path / "b.nii.gz", **kw)
+    inner = (slice(None), slice(12, None), slice(None))          # away from the cropped rows (the U-Net's reach)
+    np.testing.assert_allclose(_read(a)[inner], _read(b)[inner], atol=1e-3 * float(_read(a).max()))
+
+
+def test_folder_and_evaluation_write_their_files(runs, small_scan, tmp_path):
+    (tmp_path / "in").mkdir()
+    for n in ("s1", "s2"): (tmp_path / "in" / f"{n}.nii.gz").write_bytes(small_scan.read_bytes())
+    done = apply_to_folder(runs["h"], tmp_path / "in", tmp_path / "out", steps=1)
+    assert [p.name for p in done] == ["s1.nii.gz", "s2.nii.gz"]
+    before = (tmp_path / "out" / "s1.nii.gz").stat().st_mtime_ns
+    assert apply_to_folder(runs["h"], tmp_path / "in", tmp_path / "out", steps=1) == []
+    assert (tmp_path / "out" / "s1.nii.gz").stat().st_mtime_ns == before          # nothing rewritten
+    for n in ("s1", "s2"):
+        (tmp_path / "pairs" / n).mkdir(parents=True)
+        (tmp_path / "pairs" / n / "t1.nii.gz").write_bytes(small_scan.read_bytes())
+        (tmp_path / "pairs" / n / "t2.nii.gz").write_bytes(small_scan.read_bytes())
+    rows = evaluate_run(runs["h"], tmp_path / "pairs", tmp_path / "eval", role_map={"source": "t1", "target": "t2"},
+                        steps=1, tissues=False)
+    orig = [r for r in rows if r["method"] == "original"]
+    assert len(rows) == 4 and all(r["mse"] == 0 for r in orig)       # source == target: the baseline row is exact
+    assert all(r["mse"] > 0 for r in rows if r["method"] == "model")
+    md = (tmp_path / "eval" / "metrics.md").read_text()
+    assert "| mean of 2 | model |" in md and len((tmp_path / "eval" / "metrics.csv").read_text().splitlines()) == 5
+
+
+def test_errors(runs, small_scan, tmp_path):
+    with pytest.raises(ValueError, match="has no applier"): get_applier("toy-regression")
+    with pytest.raises(ValueError, match="missing \\['standard'\\]"):
+        apply_to_files(runs["l"], {"native": small_scan}, tmp_path / "x.nii.gz", dose=0.3, field=3)
+    with pytest.raises(ValueError, match="dose"):
+        apply_to_files(runs["l"], {"native": small_scan, "standard": small_scan}, tmp_path / "x.nii.gz", field=3)
+    with pytest.raises(ValueError, match="a .nii or .nii.gz file name"):
+        apply_to_files(runs["h"], {"source": small_scan}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="role_map"):
+        apply_to_folder(runs["h"], tmp_path, tmp_path / "o", role_map={"src": "t1"})

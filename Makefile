@@ -19,7 +19,7 @@ N_WORKERS ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medsynth-installed
 
-.PHONY: test tour install sync nbtest pytest bench readme data data-check clean-venv assignments grade lab lessons docs browser
+.PHONY: test tour install sync nbtest pytest bench gpu-check readme data data-check clean-venv assignments grade lab lessons docs browser
 SUBMISSIONS ?=
 SCORES ?= scores.csv
 .DEFAULT_GOAL := test
@@ -78,6 +78,14 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+# GPU readiness (issue 21; tools/gpu_check.py): every experiment's paper preset, bit-exact resume on CUDA, the lessons'
+# `#| gpu` cells and the benchmarks on one GPU, as a markdown table in $(GPU_CHECK_OUT) (about 8 minutes; exit 1 when a
+# row failed). GPU_CHECK_FLAGS=--dry-run runs the same code paths on the CPU at smoke size (under 2 minutes).
+GPU_CHECK_OUT ?= gpu_check.md
+GPU_CHECK_FLAGS ?=
+gpu-check: $(STAMP)
+	PYTHON=$(BIN)/python bash tools/gpu_check.sh --out $(GPU_CHECK_OUT) $(GPU_CHECK_FLAGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -8,12 +8,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import importlib.metadata
+import importlib.util
 import json
 import math
 import pkgutil
 import sys
 import types
 import typing
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -26,8 +29,9 @@ import medsynth_nb
 from .utils import PRESET_NAMES, require
 
 # %% auto #0
-__all__ = ['AMP_MODES', 'resumable', 'TrainConfig', 'Experiment', 'register_experiment', 'register_variants',
-           'discover_experiments', 'list_experiments', 'get_experiment', 'Phase', 'Task', 'supervised', 'adversarial']
+__all__ = ['AMP_MODES', 'ENTRY_POINT_GROUP', 'resumable', 'TrainConfig', 'Experiment', 'register_experiment', 'register_variants',
+           'discover_experiments', 'import_experiments', 'list_experiments', 'get_experiment', 'Phase', 'Task',
+           'supervised', 'adversarial']
 
 # %% ../nbs/05_config.ipynb #fcb1bf0d
 def resumable(default):
@@ -230,18 +234,47 @@ def register_variants(prefix: str, # experiments are named '<prefix>-<value>'
     return deco
 
 # %% ../nbs/05_config.ipynb #a3437846
+ENTRY_POINT_GROUP = "medsynth_nb.experiments"   # packages declare their experiment modules under this group
 _SKIP_DISCOVERY = ("cli",)   # `python -m medsynth_nb.cli` runs it as __main__: importing it again would run it twice
 _discovery_errors: dict[str, str] = {}
+_entry_points_loaded: set[str] = set()
 
 def discover_experiments() -> dict[str, str]:
-    "Import every medsynth_nb module (each registers its experiments); return {module: error} for those that failed."
+    "Import every medsynth_nb module and every `medsynth_nb.experiments` entry point; {source: error} of those that failed."
     for m in pkgutil.iter_modules(medsynth_nb.__path__):
         if m.name.startswith("_") or m.name in _SKIP_DISCOVERY: continue
         name = f"medsynth_nb.{m.name}"
         if name in sys.modules: continue
         try: importlib.import_module(name)
         except Exception as e: _discovery_errors[name] = f"{type(e).__name__}: {e}"
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        key = f"entry point {ep.name} = {ep.value}"
+        if key in _entry_points_loaded or key in _discovery_errors: continue
+        try: ep.load(); _entry_points_loaded.add(key)
+        except Exception as e: _discovery_errors[key] = f"{type(e).__name__}: {e}"
     return dict(_discovery_errors)
+
+# %% ../nbs/05_config.ipynb #7572b310
+def import_experiments(module: str, # a module name ('lab.experiments') or the path of a .py file
+                      ) -> types.ModuleType:
+    "Import a module that registers experiments (`medsynth --import`); a ValueError says why it could not be imported."
+    require(isinstance(module, str) and module.strip() != "", "module",
+            "a module name such as 'lab.experiments' or the path of a .py file", module)
+    path = Path(module)
+    try:
+        if module.endswith(".py"):
+            require(path.is_file(), "module", "an existing .py file", module)
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = mod
+            try: spec.loader.exec_module(mod)
+            except BaseException: sys.modules.pop(spec.name, None); raise
+            return mod
+        return importlib.import_module(module)
+    except ValueError as e:
+        if str(e).startswith("module:"): raise
+        raise ValueError(f"module: importing {module!r} failed: {type(e).__name__}: {e}") from e
+    except Exception as e: raise ValueError(f"module: importing {module!r} failed: {type(e).__name__}: {e}") from e
 
 # %% ../nbs/05_config.ipynb #38abb917
 def list_experiments(discover: bool = True) -> list[Experiment]:

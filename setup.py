@@ -4,6 +4,7 @@ from configparser import ConfigParser
 from pathlib import Path
 
 import setuptools
+from setuptools.command.build_py import build_py as _build_py
 
 here = Path(__file__).parent
 config = ConfigParser(delimiters=["="])
@@ -25,6 +26,22 @@ requirements = shlex.split(cfg.get("requirements", ""))
 dev_requirements = shlex.split(cfg.get("dev_requirements", ""))
 console_scripts = cfg.get("console_scripts", "").split()
 readme = here / "README.md"
+
+
+class build_py(_build_py):
+    """Also copy `data_samples/` into the built package (`medsynth_nb/data_samples/`), where `data.samples_root` finds
+    it: a wheel, `pip install .` or `pip install git+...` then has the sample data without the repository. An editable
+    install reads the repository's folder instead, so nothing is copied into the source tree."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False): return
+        src, dst = here / "data_samples", Path(self.build_lib) / cfg["lib_name"] / "data_samples"
+        if not (src / "manifest.json").is_file():
+            raise SystemExit(f"{src}: no manifest.json; build the samples first (python -m medsynth_nb.phantom)")
+        self.mkpath(str(dst))
+        for f in sorted(src.iterdir()):
+            if f.is_file(): self.copy_file(str(f), str(dst / f.name))
 
 setuptools.setup(
     name=cfg["lib_name"].replace("_", "-"),
@@ -54,4 +71,5 @@ setuptools.setup(
     ]
     + [f"Programming Language :: Python :: {v}" for v in py_versions[py_versions.index(min_python):]],
     zip_safe=False,
+    cmdclass={"build_py": build_py},
 )

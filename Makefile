@@ -31,6 +31,11 @@ $(STAMP): $(BIN)/python setup.py settings.ini
 	$(BIN)/python -m pip install --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install $(TORCH)
 	$(BIN)/python -m pip install -e ".[dev]"
+	# fastMRI's own reader, masks and transforms, for the cross-checks of lesson 01 and tests/test_fastmri.py. Its
+	# metadata asks for pytorch-lightning and torchvision, which would replace the torch installed above, so it goes in
+	# without dependencies; pandas is the one module fastmri.data imports that the dev install lacks.
+	$(BIN)/python -m pip install pandas
+	$(BIN)/python -m pip install --no-deps fastmri==0.3.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import xml.etree.ElementTree as ET
@@ -24,11 +25,11 @@ from .utils import (atomic_write, check_choice, check_finite, check_int, check_m
                                require)
 
 # %% auto #0
-__all__ = ['FASTMRI_KEYS', 'samples_root', 'load_manifest', 'find_samples', 'load_nifti', 'save_nifti', 'ismrmrd_header',
-           'parse_ismrmrd_header', 'save_fastmri_h5', 'load_fastmri_h5', 'percentile', 'percentile_clip',
-           'minmax_normalize', 'percentile_normalize', 'center_crop_or_pad', 'volume_to_slices', 'slices_to_volume',
-           'DoseSeriesDataset', 'durrer_preprocess', 'PairedContrastDataset', 'KSpaceSliceDataset', 'DataStream',
-           'array_sha256', 'decode_file', 'verify_manifest']
+__all__ = ['FASTMRI_KEYS', 'FASTMRI_TARGETS', 'samples_root', 'load_manifest', 'find_samples', 'load_nifti', 'save_nifti',
+           'ismrmrd_header', 'parse_ismrmrd_header', 'save_fastmri_h5', 'load_fastmri_h5', 'percentile',
+           'percentile_clip', 'minmax_normalize', 'percentile_normalize', 'center_crop_or_pad', 'volume_to_slices',
+           'slices_to_volume', 'DoseSeriesDataset', 'durrer_preprocess', 'PairedContrastDataset', 'KSpaceSliceDataset',
+           'crop_kspace', 'kspace_collate', 'DataStream', 'array_sha256', 'decode_file', 'verify_manifest']
 
 # %% ../nbs/01_data.ipynb #516fc2cb
 def samples_root(root: str | os.PathLike | None = None) -> Path:
@@ -142,16 +143,24 @@ _ISMRMRD_NS = "http://www.ismrm.org/ISMRMRD"
 def ismrmrd_header(matrix: tuple[int, int], # (H, W) encoded matrix
                    fov_mm: tuple[float, float] = (256.0, 256.0), # field of view (H, W) in mm
                    slice_mm: float = 2.0, field_t: float = 3.0, coils: int = 8,
-                   protocol: str = "AXT1_MEDSYNTH") -> bytes:
+                   protocol: str = "AXT1_MEDSYNTH",
+                   recon_matrix: tuple[int, int] | None = None, # (h, w) image size; default: the encoded matrix
+                  ) -> bytes:
     "A minimal ISMRMRD XML header (encoded/recon space, encoding limits, field strength, coils), as fastMRI stores it."
     require(isinstance(matrix, (tuple, list)) and len(matrix) == 2, "matrix", "a pair (H, W)", matrix)
     require(isinstance(fov_mm, (tuple, list)) and len(fov_mm) == 2, "fov_mm", "a pair (H, W) in mm", fov_mm)
+    require(recon_matrix is None or isinstance(recon_matrix, (tuple, list)) and len(recon_matrix) == 2,
+            "recon_matrix", "a pair (h, w) or None", recon_matrix)
     h, w = (check_int(v, f"matrix[{i}]", min=1) for i, v in enumerate(matrix))
     for i, v in enumerate(fov_mm): check_positive(v, f"fov_mm[{i}]")
     check_positive(slice_mm, "slice_mm"); check_positive(field_t, "field_t"); check_int(coils, "coils", min=1)
-    enc = (f"<encodedSpace><matrixSize><x>{h}</x><y>{w}</y><z>1</z></matrixSize><fieldOfView_mm><x>{fov_mm[0]}</x>"
-           f"<y>{fov_mm[1]}</y><z>{slice_mm}</z></fieldOfView_mm></encodedSpace>")
-    rec = enc.replace("encodedSpace", "reconSpace")
+    def space(tag, m, fov):
+        return (f"<{tag}><matrixSize><x>{m[0]}</x><y>{m[1]}</y><z>1</z></matrixSize><fieldOfView_mm><x>{fov[0]}</x>"
+                f"<y>{fov[1]}</y><z>{slice_mm}</z></fieldOfView_mm></{tag}>")
+    enc, rec = space("encodedSpace", (h, w), fov_mm), space("reconSpace", (h, w), fov_mm)
+    if recon_matrix is not None:   # an image-space crop keeps the pixel size: the FOV shrinks with the matrix
+        rm = tuple(check_int(v, f"recon_matrix[{i}]", min=1) for i, v in enumerate(recon_matrix))
+        rec = space("reconSpace", rm, (fov_mm[0] * rm[0] / h, fov_mm[1] * rm[1] / w))
     lim = (f"<encodingLimits><kspace_encoding_step_1><minimum>0</minimum><maximum>{w - 1}</maximum>"
            f"<center>{w // 2}</center></kspace_encoding_step_1></encodingLimits>")
     xml = (f'<?xml version="1.0" encoding="utf-8"?><ismrmrdHeader xmlns="{_ISMRMRD_NS}">'
@@ -163,16 +172,18 @@ def ismrmrd_header(matrix: tuple[int, int], # (H, W) encoded matrix
 
 # %% ../nbs/01_data.ipynb #145dd5e8
 def parse_ismrmrd_header(xml: bytes | str) -> dict:
-    "Matrix, FOV, field strength and coil count from an ISMRMRD XML header."
+    "Matrix, recon matrix (fastMRI's `recon_size`), FOV, field strength and coil count from an ISMRMRD XML header."
     try: root = ET.fromstring(xml)
     except ET.ParseError as e:
         raise ValueError(f"xml: expected an ISMRMRD XML header, got unparsable text ({e})") from e
     ns = {"i": _ISMRMRD_NS}
-    def get(p, f=float): 
+    def get(p, f=float):
         e = root.find(p, ns)
         return None if e is None else f(e.text)
     return dict(matrix=(get(".//i:encodedSpace/i:matrixSize/i:x", int),
                         get(".//i:encodedSpace/i:matrixSize/i:y", int)),
+                recon_matrix=(get(".//i:reconSpace/i:matrixSize/i:x", int),
+                              get(".//i:reconSpace/i:matrixSize/i:y", int)),
                 fov_mm=(get(".//i:encodedSpace/i:fieldOfView_mm/i:x"),
                         get(".//i:encodedSpace/i:fieldOfView_mm/i:y")),
                 field_t=get(".//i:systemFieldStrength_T"), coils=get(".//i:receiverChannels", int),
@@ -504,27 +515,107 @@ def from_samples(cls: PairedContrastDataset, root=None, kind: str = "mprage", so
         kw.setdefault("slice_axis", 0)
         return cls([z["low"]], [z["high"]], condition=[z["pre"]], **kw)
 
-# %% ../nbs/01_data.ipynb #9d0bc1ac
+# %% ../nbs/01_data.ipynb #8336b296
+FASTMRI_TARGETS = ("reconstruction_rss", "reconstruction_esc")
+
+def _recon_size(p: Path, f, attrs: dict, target: str) -> tuple[int, int]:
+    "The image size a fastMRI file reconstructs to: its ISMRMRD reconSpace, else an attribute `recon_size`."
+    if "ismrmrd_header" in f:
+        rm = parse_ismrmrd_header(f["ismrmrd_header"][()])["recon_matrix"]
+        if None not in rm: return rm
+    if "recon_size" in attrs: return tuple(int(v) for v in np.ravel(attrs["recon_size"])[:2])
+    raise ValueError(f"{p}: crop=True needs the image size, but the file has no {target!r} and no ismrmrd_header "
+                     f"reconSpace; pass crop=(h, w) or crop=False")
+
+# %% ../nbs/01_data.ipynb #83a52d68
+def _scan_fastmri(p: Path, target: str, crop) -> dict:
+    "One file checked up front: its slices, whether it holds the target and its own mask, and the size to crop to."
+    import h5py
+    attrs = load_fastmri_h5(p, keys=())["attrs"]            # exists and reads as HDF5, or a clear error
+    with h5py.File(p, "r") as f:
+        keys, ks = sorted(f.keys()), f.get("kspace")
+        if ks is None: raise ValueError(f"{p}: missing HDF5 dataset(s) ['kspace']; found {keys}")
+        if ks.ndim not in (3, 4) or ks.dtype.kind != "c":
+            raise ValueError(f"{p}: 'kspace' expected complex (slices, coils, H, W) or single-coil (slices, H, W), "
+                             f"got shape {ks.shape} and dtype {ks.dtype}")
+        recons = [k for k in keys if k.startswith("reconstruction_")]
+        if target not in f and recons:
+            raise ValueError(f"{p}: no target {target!r} (the target argument); the file has {keys}")
+        if target in f and f[target].shape != (ks.shape[0],) + f[target].shape[1:]:
+            raise ValueError(f"{p}: {target!r} has shape {f[target].shape}, expected {ks.shape[0]} slices")
+        size = (tuple(ks.shape[-2:]) if crop is False else tuple(crop) if crop is not True
+                else tuple(f[target].shape[-2:]) if target in f else _recon_size(p, f, attrs, target))
+        return dict(slices=ks.shape[0], shape=tuple(ks.shape[-2:]), target=target in f, mask="mask" in f,
+                    size=size)
+
+# %% ../nbs/01_data.ipynb #67489c48
 class KSpaceSliceDataset(Dataset):
-    "Slices of fastMRI-layout HDF5 files: masked multi-coil kspace (coils, H, W), mask (1, H, W), RSS target (1, H, W)."
+    ("Slices of fastMRI HDF5 files (multi- or single-coil): masked kspace (coils, h, w), mask (1, h, w), "
+     "target (1, h, w) when the file has one.")
     def __init__(self, paths: str | os.PathLike | Sequence, # one or more .h5 files
-                 mask_func: Callable | None = None, # ((H, W), generator) -> mask, or (mask, num_low_frequencies)
-                 seed: int = 0):
+                 mask_func: Callable | None = None, # ((h, w), generator) -> mask or (mask, n_low); or a MaskFunc
+                 seed: int = 0, # item k's mask uses seed + k
+                 target: str = "reconstruction_rss", # or 'reconstruction_esc' (fastMRI single-coil)
+                 crop: bool | Sequence[int] = True, # True: the target's (else the header's) size; (h, w); False
+                ):
         check_int(seed, "seed", min=0)
         require(mask_func is None or callable(mask_func), "mask_func", "a callable or None", mask_func)
+        check_choice(target, "target", FASTMRI_TARGETS)
+        if crop is not True and crop is not False:
+            require(isinstance(crop, (tuple, list)) and len(crop) == 2, "crop", "True, False or a pair (h, w)", crop)
+            crop = tuple(check_int(c, f"crop[{i}]", min=1) for i, c in enumerate(crop))
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         require(len(paths) > 0, "paths", "at least one .h5 file", paths)
-        self.paths, self.mask_func, self.seed, self.index = [Path(p) for p in paths], mask_func, seed, []
-        for p in self.paths:
-            import h5py
-            info = load_fastmri_h5(p, keys=("ismrmrd_header",))  # validates the file and its keys early
-            with h5py.File(p, "r") as f:
-                missing = [k for k in ("kspace", "reconstruction_rss") if k not in f]
-                if missing: raise ValueError(f"{p}: missing HDF5 dataset(s) {missing}; found {sorted(f.keys())}")
-                if f["kspace"].ndim != 4:
-                    raise ValueError(f"{p}: 'kspace' expected (slices, coils, H, W), got shape {f['kspace'].shape}")
-                n = f["kspace"].shape[0]
-            self.index += [(p, j) for j in range(n)]
+        self.paths, self.mask_func, self.seed = [Path(p) for p in paths], mask_func, seed
+        self.target, self.crop = target, crop
+        self.files = {p: _scan_fastmri(p, target, crop) for p in self.paths}
+        for p, info in self.files.items():
+            if mask_func is None and info["mask"] and info["size"] != info["shape"]:
+                raise ValueError(f"{p}: holds undersampled k-space with its own 'mask'; cropping it in image space "
+                                 f"to {info['size']} would break y = M F x; pass crop=False (and crop the "
+                                 f"reconstruction, as fastMRI's VarNet does)")
+        self.index = [(p, j) for p in self.paths for j in range(self.files[p]["slices"])]
+
+# %% ../nbs/01_data.ipynb #7bed27e6
+def crop_kspace(kspace: Tensor, # complex (..., H, W) centred k-space
+                size: Sequence[int], # (h, w) of the image to keep
+               ) -> Tensor:
+    "k-space of the centre-cropped (or padded) image: fft2c(crop(ifft2c(kspace))); unchanged when the size fits."
+    check_tensor(kspace, "kspace", dtype="complex")
+    if tuple(kspace.shape[-2:]) == tuple(size): return kspace
+    from medsynth_nb.kspace import fft2c, ifft2c
+    return fft2c(center_crop_or_pad(ifft2c(kspace), size))
+
+# %% ../nbs/01_data.ipynb #1471b8a2
+def _takes_offset(f) -> bool:
+    "fastMRI's MaskFunc call convention: f(shape, offset=None, seed=None) -> (mask, num_low_frequencies)."
+    try: return "offset" in inspect.signature(f).parameters
+    except (TypeError, ValueError): return False
+
+def _slice_mask(mask, nlow, h: int, w: int, name: str = "mask_func(...)") -> tuple[Tensor, int]:
+    "A 0/1 mask (w,), (1|h, w) or (1, 1|h, w) checked and broadcast to (1, h, w)."
+    mask = torch.as_tensor(mask)
+    check_mask(mask, name); check_int(nlow, f"{name} num_low_frequencies", min=0)
+    ms = tuple(mask.shape)
+    lead = zip(ms[-3:-1], (1, h)[-len(ms) + 1:])      # the dims before w: 1, or h for the row dim
+    fits = 1 <= len(ms) <= 3 and ms[-1] == w and all(a in (1, b) for a, b in lead)
+    require(fits, name, f"a mask broadcastable to (1, {h}, {w}): (W,), (1|H, W) or (1, 1|H, W)", ms)
+    mask = mask.to(torch.float32).reshape((1,) * (3 - mask.ndim) + ms)
+    return torch.broadcast_to(mask, (1, h, w)).contiguous(), int(nlow)
+
+# %% ../nbs/01_data.ipynb #fa5b652a
+@patch
+def _draw_mask(self: KSpaceSliceDataset, k: int, h: int, w: int) -> tuple[Tensor, int]:
+    "Item k's mask (1, h, w) and num_low_frequencies: ours get a generator seeded seed + k, MaskFuncs seed=seed + k."
+    if self.mask_func is None: return torch.ones(1, h, w), w
+    if _takes_offset(self.mask_func):
+        mask, nlow = self.mask_func((1, h, w, 2), offset=None, seed=self.seed + k)
+        mask = torch.as_tensor(mask)
+        require(mask.ndim >= 2 and mask.shape[-1] == 1, "mask_func(...)", f"a fastMRI mask (..., {w}, 1)",
+                tuple(mask.shape))
+        return _slice_mask(mask[..., 0], nlow, h, w)
+    r = self.mask_func((h, w), make_generator(self.seed + k))
+    return _slice_mask(*(r if isinstance(r, tuple) else (r, 0)), h, w)
 
 # %% ../nbs/01_data.ipynb #d1af2a1a
 @patch
@@ -533,23 +624,44 @@ def __len__(self: KSpaceSliceDataset): return len(self.index)
 @patch
 def __getitem__(self: KSpaceSliceDataset, k: int) -> dict:
     p, j = self.index[k]
-    d = load_fastmri_h5(p, keys=("kspace", "reconstruction_rss"), slices=j)
-    ks = torch.from_numpy(d["kspace"]); tgt = torch.from_numpy(d["reconstruction_rss"].astype(np.float32))
-    H, W = ks.shape[-2:]
-    if self.mask_func is None: mask, nlow = torch.ones(1, H, W), W
-    else:
-        r = self.mask_func((H, W), make_generator(self.seed + k))
-        mask, nlow = (r if isinstance(r, tuple) else (r, 0))
-        check_mask(torch.as_tensor(mask), "mask_func(...)")
-        check_int(nlow, "mask_func(...) num_low_frequencies", min=0)
-        ms = tuple(torch.as_tensor(mask).shape)
-        lead = zip(ms[-3:-1], (1, H)[-len(ms) + 1:])      # the dims before W: 1, or H for the row dim
-        fits = 1 <= len(ms) <= 3 and ms[-1] == W and all(a in (1, b) for a, b in lead)
-        require(fits, "mask_func(...)", f"a mask broadcastable to (1, {H}, {W}): (W,), (1|H, W) or (1, 1|H, W)", ms)
-        mask = torch.as_tensor(mask, dtype=torch.float32)
-        mask = torch.broadcast_to(mask.reshape((1,) * (3 - mask.ndim) + tuple(mask.shape)), (1, H, W)).contiguous()
-    return dict(kspace=ks * mask, mask=mask, target=tgt[None], max=torch.tensor(float(d["attrs"]["max"])),
-                num_low_frequencies=torch.tensor(int(nlow)), slice=torch.tensor(j))
+    info = self.files[p]
+    d = load_fastmri_h5(p, keys=("kspace",) + ((self.target,) if info["target"] else ()), slices=j)
+    ks = torch.from_numpy(d["kspace"])
+    ks = crop_kspace(ks[None] if ks.ndim == 2 else ks, info["size"])     # single-coil: a coil axis of 1
+    h, w = info["size"]
+    if self.mask_func is None and info["mask"]:                           # a test file's own mask
+        stored = load_fastmri_h5(p, keys=("mask",))
+        mask, nlow = _slice_mask(stored["mask"], int(stored["attrs"].get("num_low_frequency", 0)), h, w,
+                                 f"{p}: 'mask'")
+    else: mask, nlow = self._draw_mask(k, h, w)
+    out = dict(kspace=ks * mask, mask=mask)
+    if info["target"]:
+        tgt = torch.from_numpy(d[self.target].astype(np.float32))
+        if self.crop is not False: tgt = center_crop_or_pad(tgt, (h, w))   # crop=False: as stored
+        out.update(target=tgt[None], max=torch.tensor(float(d["attrs"].get("max", tgt.max()))))
+    return out | dict(num_low_frequencies=torch.tensor(nlow), slice=torch.tensor(j))
+
+# %% ../nbs/01_data.ipynb #68248a85
+def _pad_centred(x: Tensor, size: Sequence[int]) -> Tensor:
+    "Zero-pad the last two dims to `size`, index n // 2 moving to s // 2 (k-space's DC stays the centre)."
+    (h, w), (H, W) = x.shape[-2:], size
+    top, left = H // 2 - h // 2, W // 2 - w // 2
+    return torch.nn.functional.pad(x, (left, W - w - left, top, H - h - top))
+
+def kspace_collate(batch: Sequence[dict]) -> dict:
+    "Batch KSpaceSliceDataset items of different sizes: k-space and mask zero-padded about the centre, not cropped."
+    require(isinstance(batch, (list, tuple)) and len(batch) > 0, "batch", "a non-empty list of items", batch)
+    keys, coils = list(batch[0]), batch[0]["kspace"].shape[0]
+    for i, b in enumerate(batch):
+        if list(b) != keys: raise ValueError(f"batch[{i}]: expected the keys {keys} of batch[0], got {list(b)}")
+        require(b["kspace"].shape[0] == coils, f"batch[{i}]['kspace']", f"{coils} coils like batch[0]",
+                tuple(b["kspace"].shape))
+    size = [max(b["kspace"].shape[d] for b in batch) for d in (-2, -1)]
+    tsize = [max(b["target"].shape[d] for b in batch) for d in (-2, -1)] if "target" in keys else None
+    out = [dict(b, kspace=_pad_centred(b["kspace"], size), mask=_pad_centred(b["mask"], size),
+                kspace_shape=torch.tensor(tuple(b["kspace"].shape[-2:])),
+                **({"target": center_crop_or_pad(b["target"], tsize)} if tsize else {})) for b in batch]
+    return torch.utils.data.default_collate(out)
 
 # %% ../nbs/01_data.ipynb #a871e3d8
 def _to_device(batch, device: torch.device):

@@ -238,8 +238,13 @@ def test_dataset_bad_inputs(tmp_path):
     assert len(PairedContrastDataset([torch.ones(2, 3, 4, dtype=torch.int16)], [torch.ones(2, 3, 4, dtype=torch.int16)])) == 2  # integer images are fine
     with pytest.raises(ValueError, match="3-D volume"): PairedContrastDataset([torch.zeros(3, 4)], [torch.zeros(3, 4)])
     with pytest.raises(ValueError, match="no such sample"): find_samples("dose_series", SAMPLES, field=7.0)
-    p = save_fastmri_h5(tmp_path / "s.h5", _ks((2, 8, 6)))
-    with pytest.raises(ValueError, match=r"expected \(slices, coils, H, W\)"): KSpaceSliceDataset(p)
+    p = save_fastmri_h5(tmp_path / "s.h5", _ks((2, 8, 6)))     # single-coil: read with a coil axis of 1
+    assert KSpaceSliceDataset(p)[1]["kspace"].shape == (1, 8, 6)
+    with h5py.File(tmp_path / "five.h5", "w") as f: f["kspace"] = _ks((1, 2, 2, 8, 6))
+    with pytest.raises(ValueError, match=r"expected complex \(slices, coils, H, W\) or single-coil \(slices, H, W\), "
+                                         r"got shape \(1, 2, 2, 8, 6\)"): KSpaceSliceDataset(tmp_path / "five.h5")
+    with h5py.File(tmp_path / "real.h5", "w") as f: f["kspace"] = np.zeros((1, 8, 6), np.float32)
+    with pytest.raises(ValueError, match="got shape \\(1, 8, 6\\) and dtype float32"): KSpaceSliceDataset(tmp_path / "real.h5")
 
 def test_array_sha256_sensitive():
     a = np.arange(6, dtype=np.int16)

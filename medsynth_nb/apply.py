@@ -171,10 +171,14 @@ def apply_to_files(run: str | Path, # a trained run directory
 # %% ../nbs/51_apply.ipynb #ba7d6a3c
 def _subjects(applier: Applier, data, roles: Sequence[str], role_map: Mapping[str, str] | None,
               layout: str | None) -> list[Subject]:
-    "Subjects with files under the applier's role names (a plain folder of scans: one subject per file)."
+    "Subjects with files under the applier's role names (a plain folder of scans: one subject per file; or Subjects)."
     role_map = dict(role_map or {})
     unknown = sorted(set(role_map) - set(roles))
     require(not unknown, "role_map", f"keys among the roles {list(roles)}", unknown)
+    if isinstance(data, (list, tuple)) and data and all(isinstance(s, Subject) for s in data):   # ready subjects
+        lack = [(s.id, r) for s in data for r in roles if role_map.get(r, r) not in s.files]
+        require(not lack, "data", f"subjects with the roles {list(roles)}", f"missing (subject, role) {lack[:3]}")
+        return [Subject(s.id, {r: s.files[role_map.get(r, r)] for r in roles}, s.meta) for s in data]
     if len(roles) == 1 and not isinstance(data, Mapping) and Path(data).is_dir() and layout is None \
             and not any(p.is_dir() for p in Path(data).iterdir()):
         return [Subject(nifti_stem(p), {roles[0]: p}) for p in nifti_files(data, "data")]
@@ -227,7 +231,7 @@ def write_metrics(rows: Sequence[dict], out_dir: str | Path, by: str) -> tuple[P
 
 # %% ../nbs/51_apply.ipynb #c253f251
 def evaluate_run(run: str | Path, # a trained run directory
-                 data, # a dataset with the targets (see the applier's `eval_roles`; a dose series for low dose)
+                 data, # a dataset with the targets (see the applier's `eval_roles`; a dose series for low dose), or Subjects
                  out_dir: str | Path, # where metrics.csv and metrics.md go
                  role_map: Mapping[str, str] | None = None, layout: str | None = None,
                  device="cpu", seed: int = 0, **options) -> list[dict]:

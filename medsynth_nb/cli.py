@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     _apply_arguments(a)
     e = sub.add_parser("evaluate", help="the paper's metrics of a trained run on a dataset with targets")
     e.add_argument("run", help="a trained run directory")
-    e.add_argument("--data", required=True, help="a folder / CSV of subjects with the targets (see medsynth_nb.sources)")
+    e.add_argument("--data", default=None, help="a folder / CSV of subjects with the targets (see medsynth_nb.sources); "
+                   "default: the subjects a run trained on your files held out")
     e.add_argument("--out", default=None, help="folder for metrics.csv and metrics.md (default RUN/evaluation)")
     _apply_arguments(e)
     return p
@@ -142,6 +143,9 @@ def _train(args) -> int:
         overrides = dict(parse_set(s, hints) for s in args.set)
         if args.steps is not None: overrides["steps"] = args.steps
         config = exp.config(args.preset, **overrides)
+        if config.data:                                  # your own scans: the layout is read before a model is built
+            from medsynth_nb.own_data import check_data
+            check_data(exp, config)
         _check_device(args.device)
         if Path(args.out).exists() and not Path(args.out).is_dir():
             raise ValueError(f"--out: expected a run directory, got {args.out!r}, which is a file")
@@ -216,8 +220,14 @@ def _evaluate(args) -> int:
         out = Path(args.out) if args.out else run / "evaluation"
         require(args.overwrite or not (out / "metrics.csv").exists(), "--out",
                 "a folder without metrics.csv (or --overwrite)", str(out))
-        require(Path(args.data).exists(), "--data", "an existing folder or CSV of subjects", args.data)
-        evaluate_run(run, args.data, out, role_map=roles, layout=args.layout, device=device, seed=args.seed, **options)
+        if args.data is None:                                # the run's own held-out subjects (52_train_own_data)
+            from medsynth_nb.own_data import held_out_subjects
+            data = held_out_subjects(run)
+            require(len(data) > 0, "--data", "a dataset (the run held out no subjects: val_fraction 0)", data)
+        else:
+            require(Path(args.data).exists(), "--data", "an existing folder or CSV of subjects", args.data)
+            data = args.data
+        evaluate_run(run, data, out, role_map=roles, layout=args.layout, device=device, seed=args.seed, **options)
     except (ValueError, TypeError, FileNotFoundError) as e: return _error(str(e))
     print((out / "metrics.md").read_text(), end="")
     print(f"wrote {out / 'metrics.csv'} and {out / 'metrics.md'}")

@@ -29,9 +29,9 @@ import medsynth_nb
 from .utils import PRESET_NAMES, require
 
 # %% auto #0
-__all__ = ['AMP_MODES', 'ENTRY_POINT_GROUP', 'resumable', 'TrainConfig', 'Experiment', 'register_experiment', 'register_variants',
-           'discover_experiments', 'import_experiments', 'list_experiments', 'get_experiment', 'Phase', 'Task',
-           'supervised', 'adversarial']
+__all__ = ['AMP_MODES', 'ENTRY_POINT_GROUP', 'resumable', 'parse_pairs', 'TrainConfig', 'Experiment', 'register_experiment',
+           'register_variants', 'discover_experiments', 'import_experiments', 'list_experiments', 'get_experiment',
+           'Phase', 'Task', 'supervised', 'adversarial']
 
 # %% ../nbs/05_config.ipynb #fcb1bf0d
 def resumable(default):
@@ -85,6 +85,20 @@ def _coerce(value, hint):
 # %% ../nbs/05_config.ipynb #5c337fef
 AMP_MODES = ("auto", "off", "bf16", "fp16")  # mixed precision: auto = bf16 on CUDA (fp16 without bf16), off on CPU
 
+# %% ../nbs/05_config.ipynb #b5b3d5fe
+def parse_pairs(text: str, # 'KEY=VALUE,KEY=VALUE' ('' = none)
+                name: str = "pairs", # the field named in errors
+               ) -> dict[str, str]:
+    "'source=t1,target=t2' → {'source': 't1', 'target': 't2'}: the mapping fields such as `data_roles` hold."
+    require(isinstance(text, str), name, "a string 'KEY=VALUE,...'", text)
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, value = item.partition("=")
+        require(sep and key.strip() and value.strip(), name, "'KEY=VALUE,...'", text)
+        require(key.strip() not in out, name, "each key once", text)
+        out[key.strip()] = value.strip()
+    return out
+
 # %% ../nbs/05_config.ipynb #58545dc7
 @dataclass
 class TrainConfig:
@@ -105,6 +119,9 @@ class TrainConfig:
     plot_every: int = resumable(100) # redraw DIR/losses.png every this many steps (0: only at the end)
     keep: int = resumable(3) # how many step checkpoints to keep
     num_workers: int = resumable(0) # DataLoader worker processes for map-style datasets
+    data: str = "" # your training data: a folder or CSV in a layout of 50_own_data, or ROLE=FOLDER,... ('' = simulated)
+    data_roles: str = "" # the experiment's roles under your layout's names, e.g. 'source=t1,target=t2' ('' = same names)
+    val_fraction: float = 0.2 # with `data`: share of the subjects held out for validation (a hash of seed and id)
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
@@ -135,6 +152,8 @@ class TrainConfig:
                 self.plot_every)
         require(self.keep >= 1, "keep", "at least 1 checkpoint", self.keep)
         require(self.num_workers >= 0, "num_workers", "a non-negative number of workers", self.num_workers)
+        parse_pairs(self.data_roles, "data_roles")
+        require(0 <= self.val_fraction < 1, "val_fraction", "a share in [0, 1)", self.val_fraction)
 
 # %% ../nbs/05_config.ipynb #750c236b
 def _check_fields(cls: type, names) -> None:

@@ -5,6 +5,8 @@
 # %% ../nbs/10_wasserstein.ipynb #f8e4413f
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from typing import Sequence
 
@@ -34,10 +36,10 @@ REDUCTIONS = ("sum", "mean", "none")
 OFFSET_RANGES = ("code", "paper")
 
 # %% ../nbs/10_wasserstein.ipynb #4e077003
-def _check_images(pred, target):
-    "Validate a (pred, target) pair of real float images (B, C, H, W) or (B, C, D, H, W)."
-    check_tensor(pred, "pred", ndim=(4, 5))
-    check_tensor(target, "target", ndim=(4, 5))
+def _check_images(pred, target, finite: bool = True):
+    "Validate a (pred, target) pair of real float images (B, C, H, W) or (B, C, D, H, W); NaN scan if `finite`."
+    check_tensor(pred, "pred", ndim=(4, 5), finite=finite)
+    check_tensor(target, "target", ndim=(4, 5), finite=finite)
     check_same_shape(pred, target)
     check_same_dtype(pred, target, ("pred", "target")); check_same_device(pred, target, ("pred", "target"))
 
@@ -89,6 +91,106 @@ def patch_grid(spatial: Sequence[int], patch_size: int) -> tuple[int, ...]:
     for k, s in enumerate(spatial): check_int(s, f"spatial[{k}]", min=1)
     return tuple(math.ceil(s / patch_size) for s in spatial)
 
+# %% ../nbs/10_wasserstein.ipynb #4e63b848
+_SMALL = 2 ** 18   # below this many numbers torch.roll's few Python calls beat one pass of block copies
+
+def _runs(s: int, g: int, n: int, o: int) -> list[tuple[int, int, int]]:
+    "(dst, src, length) runs of the periodic index map k ↦ (k + o) mod s for k < g·n."
+    runs, k = [], 0
+    while k < g * n:
+        src = (k + o) % s
+        length = min(g * n - k, s - src)
+        runs.append((k, src, length)); k += length
+    return runs
+
+@functools.lru_cache(maxsize=256)
+def _wrap_runs(shape: tuple[int, ...], n: int, off: tuple[int, ...]) -> list[tuple[tuple, tuple]]:
+    "(destination, source) index pairs that shift an image by −o periodically and extend it to whole patches."
+    per_axis = [_runs(s, -(-s // n), n, o) for s, o in zip(shape[2:], off)]
+    return [((..., *(slice(a, a + l) for a, _, l in rs)), (..., *(slice(b, b + l) for _, b, l in rs)))
+            for rs in itertools.product(*per_axis)]
+
+def _wrap(x: Tensor, n: int, off) -> Tensor:
+    "x shifted by −o with a periodic boundary, extended to ⌈S/n⌉·n per axis; x itself when there is nothing to do."
+    whole = all(s % n == 0 for s in x.shape[2:])
+    if whole and not any(off): return x
+    if whole and x.numel() < _SMALL: return torch.roll(x, tuple(-o for o in off), tuple(range(2, x.ndim)))
+    out = x.new_empty(x.shape[:2] + tuple(-(-s // n) * n for s in x.shape[2:]))
+    for dst, src in _wrap_runs(tuple(x.shape), n, off): out[dst] = x[src]
+    return out
+
+# %% ../nbs/10_wasserstein.ipynb #218924a6
+def _unwrap(g: Tensor, shape, n: int, off) -> Tensor:
+    "Adjoint of `_wrap`: each voxel gets the sum of its copies' gradients, summed axis by axis (last axis first)."
+    if all(s % n == 0 for s in shape[2:]):                   # every voxel has exactly one copy
+        if not any(off): return g
+        if g.numel() < _SMALL: return torch.roll(g, tuple(off), tuple(range(2, g.ndim)))
+        out = g.new_empty(shape)
+        for dst, src in _wrap_runs(tuple(shape), n, off): out[src] = g[dst]
+        return out
+    for k in reversed(range(len(shape) - 2)):                 # as autograd would through one index_select per axis
+        s, o = shape[2 + k], off[k]
+        if s % n == 0 and o == 0: continue
+        out = g.new_zeros(g.shape[:2 + k] + (s,) + g.shape[3 + k:])
+        for a, b, length in _runs(s, -(-s // n), n, o): out.narrow(2 + k, b, length).add_(g.narrow(2 + k, a, length))
+        g = out
+    return g
+
+# %% ../nbs/10_wasserstein.ipynb #a9fa5b93
+def _wide(x: Tensor, n: int) -> tuple[Tensor, int]:
+    "x viewed with w voxels of the last axis as one 16-, 8- or 4-byte item (w | n), so a gather moves fewer items."
+    if x.device.type == "cpu" and x.is_contiguous():
+        for dt in (torch.complex128, torch.int64, torch.int32):   # items are only moved, never computed on
+            w = dt.itemsize // x.element_size()
+            if w > 1 and n % w == 0 and x.storage_offset() % w == 0: return x.view(dt), w
+    return x, 1
+
+def _blocks(shape, n: int, w: int) -> tuple[list[int], list[int]]:
+    "(B, C, g_1, n, …, g_d, n/w) split of an image whose sizes n divides, and the permutation putting patches first."
+    d, split = len(shape) - 2, list(shape[:2])
+    for k, s in enumerate(shape[2:]): split += [s // n, n] if k < d - 1 else [s * w // n, n // w]
+    return split, [0, 1] + [2 + 2 * k for k in range(d)] + [3 + 2 * k for k in range(d)]
+
+# %% ../nbs/10_wasserstein.ipynb #26b67dc4
+def _rows(x: Tensor, n: int) -> Tensor:
+    "(R, n^d) contiguous copy of the patches of x (sizes divisible by n), raster order inside each patch: one gather."
+    xw, w = _wide(x, n)
+    split, perm = _blocks(xw.shape, n, w)
+    v = xw.view(split).permute(perm)
+    out = torch.empty(v.shape, dtype=xw.dtype, device=x.device)
+    out.copy_(v)
+    return out.view(x.dtype).view(-1, n ** (x.ndim - 2))
+
+def _unrows(r: Tensor, shape, n: int) -> Tensor:
+    "Adjoint (and inverse) of `_rows`: the rows put back into an image of `shape`."
+    out = torch.empty(shape, dtype=r.dtype, device=r.device)
+    ow, w = _wide(out, n)
+    split, perm = _blocks(ow.shape, n, w)
+    v = ow.view(split).permute(perm)
+    v.copy_(r.contiguous().view(ow.dtype).view(v.shape))
+    return out
+
+# %% ../nbs/10_wasserstein.ipynb #41d033f3
+class _PatchRows(torch.autograd.Function):
+    "The patches of x as (R, n^d) rows; backward is the adjoint: rows back in place, wrapped copies summed."
+    @staticmethod
+    def forward(ctx, x, n, off):
+        ctx.shape, ctx.n, ctx.off = x.shape, n, off
+        return _rows(_wrap(x, n, off), n)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _to_image(g, ctx.shape, ctx.n, ctx.off), None, None
+
+def _to_image(g: Tensor, shape, n: int, off) -> Tensor:
+    "Adjoint of wrap-then-gather: (R, n^d) row gradients to the gradient of the (B, C, *spatial) image."
+    padded = tuple(shape[:2]) + tuple(-(-s // n) * n for s in shape[2:])
+    return _unwrap(_unrows(g, padded, n), shape, n, off)
+
+def _patches(x: Tensor, n: int, off: tuple[int, ...]) -> Tensor:
+    "`extract_patches` on checked inputs: (B, C, P, n^d)."
+    return _PatchRows.apply(x, n, off).view(x.shape[0], x.shape[1], -1, n ** (x.ndim - 2))
+
 # %% ../nbs/10_wasserstein.ipynb #5989817b
 def extract_patches(x: Tensor, # (B, C, H, W) or (B, C, D, H, W) image
                     patch_size: int, # n: patches are n×n or n×n×n
@@ -103,58 +205,59 @@ def extract_patches(x: Tensor, # (B, C, H, W) or (B, C, D, H, W) image
     off = _resolve_offset(offset, spatial, n, generator, offset_range)
     return _patches(x, n, off)
 
-def _patches(x: Tensor, n: int, off: tuple[int, ...]) -> Tensor:
-    spatial, d = tuple(x.shape[2:]), x.ndim - 2
-    grid = patch_grid(spatial, n)
-    if all(s % n == 0 for s in spatial):
-        if any(off): x = torch.roll(x, shifts=tuple(-o for o in off), dims=tuple(range(2, 2 + d)))
-    else:
-        for k, (s, g, o) in enumerate(zip(spatial, grid, off)):
-            if s % n == 0 and o == 0: continue
-            idx = (torch.arange(g * n, device=x.device) + o) % s
-            x = x.index_select(2 + k, idx)
-    B, C = x.shape[:2]
-    shape = [B, C]
-    for g in grid: shape += [g, n]
-    x = x.reshape(shape)
-    perm = [0, 1] + [2 + 2 * k for k in range(d)] + [3 + 2 * k for k in range(d)]
-    return x.permute(perm).reshape(B, C, math.prod(grid), n ** d)
-
 # %% ../nbs/10_wasserstein.ipynb #a81a6c89
-def _np_sort(a: np.ndarray, with_perm: bool):
-    "Sort rows of `a`; with the permutation when asked. float32 packs the column index into spare float64 bits."
-    if not with_perm: return np.sort(a, axis=-1), None
-    m = a.shape[-1]
-    if a.dtype == np.float32 and m <= 2 ** 28:
-        k = a.astype(np.float64)             # exact; the 29 low mantissa bits are zero
-        kv = k.view(np.int64)
-        kv |= np.arange(m, dtype=np.int64)   # < half a float32 ulp: order among distinct values is kept
-        k.sort(axis=-1)
-        perm = kv & (2 ** int(math.ceil(math.log2(max(m, 2)))) - 1)
-        return k.astype(np.float32), perm    # rounds back to the exact float32 values
-    perm = np.argsort(a, axis=-1)
-    return np.take_along_axis(a, perm, axis=-1), perm
+_KEY_BITS = 2 ** 29 - 1   # the low mantissa bits that a float64 copy of a float32 leaves zero
+
+def _sort_rows(r: Tensor, with_perm: bool, backend: str, own: bool) -> tuple[Tensor, Tensor | None]:
+    ("Sorted rows and the permutation (None unless asked). float32 with a permutation: float64 keys that carry "
+     "both (the permutation is then the keys themselves, read by `_perm`). Sorts in place if `own` allows.")
+    if backend == "torch":
+        s = torch.sort(r, dim=-1, stable=True)
+        return s.values, (s.indices if with_perm else None)
+    if not with_perm:
+        r = r.detach() if own else r.detach().clone()
+        r.numpy().sort(axis=-1)
+        return r, None
+    if r.dtype == torch.float32 and r.shape[-1] <= 2 ** 28:
+        k = r.detach().to(torch.float64)                            # exact: 29 low mantissa bits are zero
+        k.view(torch.int64).bitwise_or_(torch.arange(r.shape[-1]))  # < ½ float32 ulp: distinct values keep order
+        k.numpy().sort(axis=-1)
+        return k, k
+    a = r.detach().numpy()
+    p = np.argsort(a, axis=-1, kind="stable")
+    return torch.from_numpy(np.take_along_axis(a, p, axis=-1)), torch.from_numpy(p)
+
+def _perm(p: Tensor) -> Tensor:
+    "The permutation from `_sort_rows`: float64 keys give their low bits (in place: the keys are spent)."
+    return p.view(torch.int64).bitwise_and_(_KEY_BITS) if p.dtype == torch.float64 else p
+
+# %% ../nbs/10_wasserstein.ipynb #69936f1c
+def _w1_core(x: Tensor, y: Tensor, nx: bool, ny: bool, backend: str, own: bool):
+    ("W1 per row, and for x (if nx) and y (if ny) the sign pattern sign(x_(k) − y_(k)) put back where x_(k) "
+     "(y_(k)) came from: the gradient of m·W1 (∓ for y).")
+    xs, px = _sort_rows(x, nx, backend, own)
+    ys, py = _sort_rows(y, ny, backend, own)
+    if xs.dtype == ys.dtype == x.dtype: d = xs - ys
+    else: d = torch.from_numpy(np.subtract(xs.numpy(), ys.numpy(), dtype=np.float32))  # keys round back exactly
+    s = torch.sign(d) if nx or ny else None
+    w = d.abs_().mean(-1)
+    gx = None if px is None else torch.empty_like(d).scatter_(1, _perm(px), s)
+    gy = None if py is None else torch.empty_like(d).scatter_(1, _perm(py), s).neg_()
+    return w, gx, gy
 
 class _SortedW1(torch.autograd.Function):
-    "Exact 1-D W1 between rows, sorted by numpy on the CPU; backward scatters sign(x_(k) − y_(k))/m."
+    "Exact W1 between paired rows; the backward multiplies the saved sign patterns by ∂L/∂w_r / m (no sort, no scan)."
     @staticmethod
-    def forward(ctx, x, y):
-        nx, ny = ctx.needs_input_grad[:2]
-        xs, px = _np_sort(x.detach().numpy(), nx)
-        ys, py = _np_sort(y.detach().numpy(), ny)
-        d = torch.from_numpy(xs) - torch.from_numpy(ys)
-        if nx or ny:
-            ctx.save_for_backward(torch.sign(d), None if px is None else torch.from_numpy(px),
-                                  None if py is None else torch.from_numpy(py))
-        return d.abs_().mean(-1)
+    def forward(ctx, x, y, backend, own):
+        w, gx, gy = _w1_core(x, y, *ctx.needs_input_grad[:2], backend, own)
+        ctx.save_for_backward(gx, gy)
+        return w
 
     @staticmethod
     def backward(ctx, gw):
-        s, px, py = ctx.saved_tensors
-        gs = s * (gw[:, None] / s.shape[-1])
-        gx = None if px is None else torch.empty_like(gs).scatter_(1, px, gs)
-        gy = None if py is None else torch.empty_like(gs).scatter_(1, py, gs).neg_()
-        return gx, gy
+        gx, gy = ctx.saved_tensors
+        c = gw[:, None] / (gx if gx is not None else gy).shape[-1]
+        return None if gx is None else gx * c, None if gy is None else gy * c, None, None
 
 # %% ../nbs/10_wasserstein.ipynb #071ce3dc
 def w1_sorted(x: Tensor, # (R, m) samples, one empirical distribution per row
@@ -163,16 +266,15 @@ def w1_sorted(x: Tensor, # (R, m) samples, one empirical distribution per row
              ) -> Tensor: # (R,) W1 per row (W_1, not squared)
     "Exact W1 between uniform empirical distributions of equal size: mean_k |x_(k) − y_(k)| of the sorted rows."
     _check_rows(x, y); check_choice(backend, "backend", BACKENDS)
-    return _w1_sorted(x, y, backend)
+    return _SortedW1.apply(x, y, _backend(backend, x), False)
 
-def _w1_sorted(x: Tensor, y: Tensor, backend: str) -> Tensor:
-    "`w1_sorted` on checked inputs."
+def _backend(backend: str, x: Tensor) -> str:
+    "Resolve 'auto': numpy's sort for float32/float64 on the CPU, torch.sort otherwise."
     if backend == "auto":
-        backend = "numpy" if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) else "torch"
-    if backend == "numpy":
-        if x.device.type != "cpu": raise ValueError(f"backend: 'numpy' needs CPU tensors, got device {x.device}")
-        return _SortedW1.apply(x.contiguous(), y.contiguous())
-    return (torch.sort(x, dim=-1).values - torch.sort(y, dim=-1).values).abs().mean(-1)
+        return "numpy" if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) else "torch"
+    if backend == "numpy" and x.device.type != "cpu":
+        raise ValueError(f"backend: 'numpy' needs CPU tensors, got device {x.device}")
+    return backend
 
 # %% ../nbs/10_wasserstein.ipynb #04b082b8
 def sorted_plan(x: Tensor, y: Tensor) -> Tensor: # (R, m, m) optimal plans, T[r, i, j] = 1/m when x_i is sent to y_j
@@ -183,6 +285,24 @@ def sorted_plan(x: Tensor, y: Tensor) -> Tensor: # (R, m, m) optimal plans, T[r,
     T = torch.zeros(R, m, m, dtype=x.dtype, device=x.device)
     T[torch.arange(R, device=x.device)[:, None], px, py] = 1.0 / m
     return T
+
+# %% ../nbs/10_wasserstein.ipynb #6a1dd918
+class _PatchW1(torch.autograd.Function):
+    "W1 of every patch pair straight from the images (one autograd node): gather, sort, and route the signs back."
+    @staticmethod
+    def forward(ctx, pred, target, n, off, backend):
+        x, y = _rows(_wrap(pred, n, off), n), _rows(_wrap(target, n, off), n)   # our buffers: sorted in place
+        w, gx, gy = _w1_core(x, y, *ctx.needs_input_grad[:2], backend, True)
+        ctx.save_for_backward(gx, gy)
+        ctx.geometry = pred.shape, n, off
+        return w
+
+    @staticmethod
+    def backward(ctx, gw):
+        gx, gy = ctx.saved_tensors
+        c = gw[:, None] / (gx if gx is not None else gy).shape[-1]
+        return (None if gx is None else _to_image(gx * c, *ctx.geometry),
+                None if gy is None else _to_image(gy * c, *ctx.geometry), None, None, None)
 
 # %% ../nbs/10_wasserstein.ipynb #24469c29
 def _reduce(w: Tensor, reduction: str, shape) -> Tensor:
@@ -207,18 +327,21 @@ def wasserstein_patch_loss(pred: Tensor, # (B, C, H, W) or (B, C, D, H, W) synth
                           ) -> Tensor: # scalar, or (B, C, *grid) per-patch W1 for reduction='none'
     ("Noise-preserving loss ℓ_NP(ŷ, y) = Σ_p W1(P_{p+o}ŷ, P_{p+o}y): "
      "W1 (not squared) with cost |ŷ_i − y_j|, summed or averaged.")
-    _check_images(pred, target)
+    _check_images(pred, target, finite=method != "exact")   # 'exact' checks its result instead, see below
     spatial = tuple(pred.shape[2:])
     n = _check_patch_size(patch_size, spatial)
     check_choice(method, "method", OT_METHODS); check_choice(reduction, "reduction", REDUCTIONS)
     if method == "exact": check_choice(backend, "backend", BACKENDS)
     else: _check_solver(n_iter, "beta", beta, chunk); check_positive(eps, "eps")
     off = _resolve_offset(offset, spatial, n, generator, offset_range)
-    x, y = _patches(pred, n, off), _patches(target, n, off)
-    shape = x.shape[:2] + patch_grid(spatial, n)
-    x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-    if method == "exact": w = _w1_sorted(x, y, backend)
-    elif method == "ipot": w = _PlanCost.apply(x, y, n_iter, beta, "ipot", chunk)
+    shape = pred.shape[:2] + patch_grid(spatial, n)
+    if method == "exact":
+        w = _PatchW1.apply(pred, target, n, off, _backend(backend, pred))
+        # a NaN or ±inf voxel makes its patch's W1 NaN or inf: scan the images (to name the culprit) only then
+        if not bool(torch.isfinite(w).all()): _check_images(pred, target)
+        return _reduce(w, reduction, shape)
+    x, y = _PatchRows.apply(pred, n, off), _PatchRows.apply(target, n, off)
+    if method == "ipot": w = _PlanCost.apply(x, y, n_iter, beta, "ipot", chunk)
     else: w = _PlanCost.apply(x, y, n_iter, eps, "sinkhorn", chunk)
     return _reduce(w, reduction, shape)
 

@@ -307,3 +307,88 @@ BAD_OTHER = [  # (call, exception, message fragment): the other public functions
 
 
 test_bad_inputs_other_functions = refusal_test(BAD_OTHER)
+
+
+# --- the custom backward: equal to autograd's gradient of the plain implementation -------------------------------
+def _plain_patches(x, n, offset):
+    "The cut as autograd views (roll or index_select per axis, reshape, permute): independent of _PatchRows."
+    d, spatial = x.ndim - 2, x.shape[2:]
+    grid = [math.ceil(s / n) for s in spatial]
+    for k, (s, gk, o) in enumerate(zip(spatial, grid, offset)):
+        x = x.index_select(2 + k, (torch.arange(gk * n) + o) % s)
+    shape = list(x.shape[:2])
+    for gk in grid: shape += [gk, n]
+    perm = [0, 1] + [2 + 2 * k for k in range(d)] + [3 + 2 * k for k in range(d)]
+    return x.reshape(shape).permute(perm).reshape(-1, n ** d)
+
+
+def _sort_order(a, packed):
+    "The order the sort promises: stable; for the packed float32 sort −0.0 first and negative ties by descending index."
+    if not packed: return torch.sort(a, dim=-1, stable=True).indices
+    v, idx = a.double().numpy(), np.arange(a.shape[1])
+    neg = np.signbit(v)
+    return torch.from_numpy(np.lexsort((np.where(neg, -idx, idx), np.where(neg & (v == 0), -5e-324, v)), axis=-1))
+
+
+@pytest.mark.parametrize("shape,n,offset", [((2, 1, 16, 24), 8, (3, 4)), ((1, 2, 9, 7), 3, (1, 2)),
+                                            ((2, 1, 8, 12, 16), 4, (1, 2, 3)), ((1, 1, 5, 6, 7), 2, (0, 1, 1)),
+                                            ((2, 1, 64, 64, 40), 4, (2, 0, 1))])   # the last: block-copy wrap
+@pytest.mark.parametrize("dtype,backend", [(torch.float32, "numpy"), (torch.float64, "numpy"), (torch.float32, "torch"),
+                                           (torch.float64, "torch")])
+def test_backward_equals_autograd_of_plain(shape, n, offset, dtype, backend):
+    g = make_generator(11)
+    x = torch.randn(shape, dtype=dtype, generator=g)
+    y = (torch.randn(shape, dtype=dtype, generator=g) * 4).round() / 4       # many ties in the target
+    x[:, :, : shape[2] // 2] = (x[:, :, : shape[2] // 2] * 2).round() / 2     # ties of both signs, zeros, in pred
+    x[0, 0, 0, :2] = -0.0
+    y[-1, -1, -1] = x[-1, -1, -1]                                             # x_(k) = y_(k) in some patches
+    a1, b1, a2, b2 = (t.clone().requires_grad_() for t in (x, y, x, y))
+    ours = wasserstein_patch_loss(a1, b1, n, offset, reduction="none", backend=backend)
+    wts = torch.rand(ours.shape, dtype=dtype, generator=g)                   # a different dL/dw per patch
+    (ours * wts).sum().backward()
+    xr, yr = _plain_patches(a2, n, offset), _plain_patches(b2, n, offset)
+    packed = dtype == torch.float32 and backend == "numpy"
+    px, py = _sort_order(xr.detach(), packed), _sort_order(yr.detach(), packed)
+    ref = (xr.gather(1, px) - yr.gather(1, py)).abs().mean(-1)
+    (ref * wts.flatten()).sum().backward()
+    assert torch.equal(ours.detach().flatten(), ref.detach())
+    assert torch.equal(a1.grad, a2.grad) and torch.equal(b1.grad, b2.grad)
+    assert a1.grad.abs().sum() > 0 and b1.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_backward_gradcheck_only_one_input(backend):
+    g = make_generator(12)
+    x = torch.randn(2, 1, 6, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    y = torch.randn(2, 1, 6, 8, dtype=torch.float64, generator=g)
+    assert torch.autograd.gradcheck(lambda a: wasserstein_patch_loss(a, y, 2, (1, 1), backend=backend), (x,))
+    assert torch.autograd.gradcheck(lambda b: wasserstein_patch_loss(y, b, 2, (1, 1), backend=backend), (x,))
+
+
+def test_cut_paths_and_adjoint():
+    from medsynth_nb.wasserstein import _SMALL, _rows, _unrows, _unwrap, _wrap
+    g = make_generator(13)
+    big = torch.randn(2, 1, 64, 64, 40, dtype=torch.float64, generator=g)
+    assert big.numel() >= _SMALL
+    for x, n, o in [(big, 4, (1, 2, 3)), (big[..., :8, :8, :8], 4, (1, 2, 3)), (big[0:1, :, :7, :5, 0], 3, (2, 1))]:
+        w = _wrap(x, n, o)
+        idx = [(torch.arange(math.ceil(s / n) * n) + ok) % s for s, ok in zip(x.shape[2:], o)]
+        ref = x
+        for k, i in enumerate(idx): ref = ref.index_select(2 + k, i)
+        assert torch.equal(w, ref)
+        G = torch.randn(w.shape, dtype=torch.float64, generator=g)
+        test_allclose((w * G).sum(), (x * _unwrap(G, x.shape, n, o)).sum(), rtol=1e-12, atol=1e-9)
+        r = _rows(w.contiguous(), n)
+        assert torch.equal(_unrows(r, w.shape, n), w)
+
+
+def test_nonfinite_found_after_the_fact():
+    x, y = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8)
+    y[1, 0, 7, 7] = float("nan")
+    with pytest.raises(ValueError, match="target: expected finite values, found 1 NaN/inf entries"):
+        wasserstein_patch_loss(x, y, 4, "random", reduction="none", generator=make_generator(0))
+    x[0, 0, 3, 3] = -float("inf")
+    with pytest.raises(ValueError, match="pred: expected finite values, found 1 NaN/inf entries"):
+        wasserstein_patch_loss(x, y, 4, backend="torch")
+    big = torch.full((1, 1, 4, 4), 3.0e38)                                    # finite inputs, W1 overflows: no error
+    assert wasserstein_patch_loss(big, -big, 4).item() == float("inf")

@@ -84,8 +84,19 @@ def test_a_clean_run_exits_zero_and_an_unknown_option_is_refused(tmp_path):
     p = _run(["--dry-run", "--out", str(out), "--experiments", "toy-regression", "--skip", "lessons", "benchmarks"])
     assert p.returncode == 0, p.stdout + p.stderr
     md = out.read_text()
-    assert list(_table(md, "training")) == ["toy-regression"] and _table(md, "resume")["toy-regression"]["bit_exact"] == "yes"
+    assert list(_table(md, "training")) == ["toy-regression"]
+    assert _table(md, "resume")["toy-regression"]["bit_exact"] == "yes"
     assert _run(["--dry-run", "--steps", "1"]).returncode == 2
+
+
+def test_rows_past_the_time_limit_are_reported_as_not_run(tmp_path):
+    out = tmp_path / "g.md"
+    p = _run(["--dry-run", "--out", str(out), "--experiments", "toy-regression", "--skip", "lessons", "benchmarks",
+              "--max-minutes", "0.0001"])
+    assert p.returncode == 1, p.stdout + p.stderr
+    md = out.read_text()
+    for section in ("training", "resume"):
+        assert _table(md, section)["toy-regression"]["status"].startswith("FAILED: not run: "), md
 
 
 def test_resume_comparison_sees_one_ulp():

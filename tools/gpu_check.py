@@ -7,9 +7,10 @@ project that needs a GPU is ready for it, and writes the answer as a markdown ta
 Sections (each row passes or says why it failed; one failure never stops the others; the exit status is 1 when any
 row failed, 2 for bad arguments):
 1. training: every registered experiment's `paper` preset (dry run: `smoke`) for `--steps` steps or until
-   `--budget-s` seconds of training passed, with the config's mixed precision (`amp='auto'` is bf16 on CUDA; a
-   preset that fixes `amp='off'` keeps it), logging and checkpointing on: steps/s after `--warmup` steps, peak
-   CUDA memory, every logged loss finite. By default the number of simulated training subjects is capped at
+   `--budget-s` seconds of training passed (less when earlier rows ran long: the whole check keeps within
+   `--max-minutes`, default 8), with the config's mixed precision (`amp='auto'` is bf16 on CUDA; a preset that fixes
+   `amp='off'` keeps it), logging and checkpointing on: steps/s after `--warmup` steps, peak CUDA memory, every
+   logged loss finite. By default the number of simulated training subjects is capped at
    `--data-cap` (building 210 simulated subjects takes minutes on the CPU and says nothing about the GPU); networks,
    crops and batch sizes are the paper's. `--full-data` keeps the preset's data.
 2. resume: every experiment trained `--resume-steps` N steps in one go, and N/2 steps, then resumed to N in a
@@ -152,14 +153,14 @@ def check_training(exp, preset: str, device: torch.device, steps: int, budget_s:
             rows = read_log(out)
             ran_on = json.loads((Path(out) / "config.json").read_text()).get("device")
         start = warmup if warmup in marks and done > warmup else 1
-        row.values.update(steps=done, device=ran_on,
-                          steps_per_s=round((done - start) / (marks["end"] - marks[start]), 3) if done > start else None)
+        rate = round((done - start) / (marks["end"] - marks[start]), 3) if done > start else None
+        row.values.update(steps=done, device=ran_on, steps_per_s=rate)
         if device.type == "cuda":
             row.values["peak_mem_GiB"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         losses = [(r["step"], k, v) for r in rows for k, v in r.items() if k.endswith("/loss")]
         bad = [(s, k, v) for s, k, v in losses if not math.isfinite(v)]
         row.values["losses_finite"] = not bad and bool(losses)
-        if done < cfg.steps: row.values["note"] = f"stopped after {done} of {cfg.steps} steps (--budget-s {budget_s:g})"
+        if done < cfg.steps: row.values["note"] = f"stopped after {done} of {cfg.steps} steps ({budget_s:.0f} s budget)"
         if not losses: row.why = "no loss was logged"
         elif bad: row.why = f"{bad[0][1]} = {bad[0][2]} at step {bad[0][0]}"
         if rows: row.values["last_loss"] = {k: round(v, 4) for k, v in rows[-1].items() if k.endswith("/loss")}
@@ -298,7 +299,8 @@ def _check_cell(nb_path, i, tree, ns, assigned, setup_error, builtins, inspect) 
             args = t.args if not isinstance(t, ast.ClassDef) else None
             if args: local.update(a.arg for a in args.args + args.kwonlyargs + args.posonlyargs)
             if not isinstance(t, ast.Lambda): local.add(t.name)
-        if isinstance(t, (ast.Import, ast.ImportFrom)): local.update((a.asname or a.name).split(".")[0] for a in t.names)
+        if isinstance(t, (ast.Import, ast.ImportFrom)):
+            local.update((a.asname or a.name).split(".")[0] for a in t.names)
         if isinstance(t, ast.comprehension):
             for n in ast.walk(t.target):
                 if isinstance(n, ast.Name): local.add(n.id)
@@ -408,7 +410,8 @@ def render(rows: list[Row], header: dict) -> str:
     out = ["# GPU readiness check", ""]
     out += [f"- **{k}**: {v}" for k, v in header.items()]
     n_bad = sum(not r.ok for r in rows)
-    out += [f"- **result**: {len(rows) - n_bad} of {len(rows)} rows passed" + (f", **{n_bad} failed**" if n_bad else ""), ""]
+    failed = f", **{n_bad} failed**" if n_bad else ""
+    out += [f"- **result**: {len(rows) - n_bad} of {len(rows)} rows passed{failed}", ""]
     for section in dict.fromkeys(r.section for r in rows):
         rs = [r for r in rows if r.section == section]
         cols = list(dict.fromkeys(k for r in rs for k in r.values))
@@ -436,7 +439,7 @@ def parse_args(argv):
     p.add_argument("--device", default=None, help="device to check (default: cuda; --dry-run: cpu)")
     p.add_argument("--preset", default=None, help="training preset (default: paper; --dry-run: smoke)")
     p.add_argument("--steps", type=int, default=None, help="training steps per experiment (default 300; dry: 4)")
-    p.add_argument("--budget-s", type=float, default=None, help="training seconds per experiment (default 25)")
+    p.add_argument("--budget-s", type=float, default=None, help="training seconds per experiment at most (default 15)")
     p.add_argument("--warmup", type=int, default=None, help="steps left out of steps/s (default 10; dry: 1)")
     p.add_argument("--data-cap", type=int, default=2, help="simulated training subjects at most (default 2)")
     p.add_argument("--full-data", action="store_true", help="keep the preset's numbers of subjects")
@@ -448,17 +451,20 @@ def parse_args(argv):
     p.add_argument("--skip", nargs="*", default=[], choices=("training", "resume", "lessons", "benchmarks"))
     p.add_argument("--break", dest="broken", nargs="*", default=None, metavar="EXPERIMENT",
                    help=f"make these experiments' losses NaN (also ${BREAK_ENV}, comma-separated)")
-    p.add_argument("--bench-timeout", type=int, default=None, help="seconds per benchmark script (default 120)")
+    p.add_argument("--bench-timeout", type=int, default=None, help="seconds per benchmark script (default 90)")
+    p.add_argument("--max-minutes", type=float, default=8.0,
+                   help="the whole check's time: training gets 55 %%, resume up to 85 %%, then lessons and benchmarks; "
+                        "rows past their share are reported as not run (0: no limit)")
     a = p.parse_args(argv)
     dry = a.dry_run
     a.device = torch.device(a.device or ("cpu" if dry else "cuda"))
     a.preset = a.preset or ("smoke" if dry else "paper")
     a.steps = a.steps or (4 if dry else 300)
-    a.budget_s = a.budget_s if a.budget_s is not None else (0 if dry else 25.0)
+    a.budget_s = a.budget_s if a.budget_s is not None else (0 if dry else 15.0)
     a.warmup = a.warmup if a.warmup is not None else (1 if dry else 10)
     a.resume_preset = a.resume_preset or ("smoke" if dry else "demo")
     a.resume_steps = a.resume_steps or (4 if dry else 20)
-    a.bench_timeout = a.bench_timeout or (60 if dry else 120)
+    a.bench_timeout = a.bench_timeout or (60 if dry else 90)
     a.cap = None if a.full_data else a.data_cap
     env = [s.strip() for s in os.environ.get(BREAK_ENV, "").split(",") if s.strip()]
     a.broken = set(a.broken or []) | set(env)
@@ -482,11 +488,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(r)
         print(f"[{time.perf_counter() - t_start:6.1f} s] {r.section:10s} {r.name:40s} "
               f"{'ok' if r.ok else 'FAILED: ' + r.why}", flush=True)
+    limit = 60 * a.max_minutes if a.max_minutes else math.inf
+    elapsed = lambda: time.perf_counter() - t_start
+    def late(section: str, name: str, share: float) -> bool:
+        "Past `share` of --max-minutes: the row is not run and says so (it counts as failed: nothing was checked)."
+        if elapsed() <= share * limit: return False
+        done(Row(section, name, why=f"not run: {share:.0%} of --max-minutes {a.max_minutes:g} used up"))
+        return True
     if "training" not in a.skip:
-        for e in exps:
-            done(check_training(e, a.preset, a.device, a.steps, a.budget_s, a.warmup, a.cap, e.name in a.broken, a.amp))
+        for i, e in enumerate(exps):   # each run's budget shrinks when earlier ones (builds included) took longer
+            if late("training", e.name, 0.55): continue
+            budget = a.budget_s
+            if budget and limit < math.inf:
+                budget = min(budget, max(2.0, 0.7 * (0.55 * limit - elapsed()) / (len(exps) - i)))
+            done(check_training(e, a.preset, a.device, a.steps, budget, a.warmup, a.cap, e.name in a.broken, a.amp))
     if "resume" not in a.skip:
-        for e in exps: done(check_resume(e, a.resume_preset, a.device, a.resume_steps, a.cap, e.name in a.broken))
+        for e in exps:
+            if late("resume", e.name, 0.85): continue
+            done(check_resume(e, a.resume_preset, a.device, a.resume_steps, a.cap, e.name in a.broken))
     if "lessons" not in a.skip:
         for nb in sorted((ROOT / "nbs").glob("*.ipynb")):
             try:
@@ -497,7 +516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = {"device": device_name(a.device), "torch": torch.__version__, "python": platform.python_version(),
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "mode": "dry run (CPU code paths, smoke sizes)" if a.dry_run else "full",
-              "training": f"preset {a.preset}, {a.steps} steps or {a.budget_s:g} s each, warm-up {a.warmup} steps, "
+              "training": f"preset {a.preset}, {a.steps} steps or at most {a.budget_s:g} s each, "
+                          f"warm-up {a.warmup} steps, "
                           + ("preset's data" if a.cap is None else f"at most {a.cap} simulated subjects"),
               "resume": f"preset {a.resume_preset}, N = {a.resume_steps}",
               "seconds": round(time.perf_counter() - t_start, 1)}

@@ -152,7 +152,8 @@ def main():
           f"{len(identical)} pairs)")
     print(f"engine overhead: {1e3 * (med['engine'] - med['bare']) / cfg.steps:+.2f} ms/step, "
           f"{med['engine'] - med['bare']:+.3f} s per run")
-    print(f"RATIO engine / bare: {med['engine'] / med['bare']:.3f} wall (median of pairs {statistics.median(pairs):.3f}), "
+    print(f"RATIO engine / bare: {med['engine'] / med['bare']:.3f} wall "
+          f"(median of pairs {statistics.median(pairs):.3f}), "
           f"{mcpu['engine'] / mcpu['bare']:.3f} CPU time (target <= 1.03)")
 
     totals = {}

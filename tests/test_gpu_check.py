@@ -133,3 +133,14 @@ def test_resume_check_catches_a_resume_that_forgets_the_random_streams(monkeypat
     monkeypatch.setattr(RNGStreams, "load_state_dict", lambda self, sd: None)
     row = gpu_check.check_resume(exp, "smoke", cpu, 6, None, False)
     assert row.values["bit_exact"] is False and "differs" in row.why
+
+
+def test_a_run_out_of_time_stops_like_ctrl_c_with_a_checkpoint():
+    "The training row's time budget stops the run through the engine's SIGINT path: the step is checkpointed."
+    from medsynth_nb.config import get_experiment
+    row = gpu_check.check_training(get_experiment("toy-regression"), "smoke", torch.device("cpu"), steps=30,
+                                   budget_s=1e-9, warmup=1, cap=None, broken=False)
+    assert row.ok, row.why
+    assert row.values["steps"] == 2 and row.values["checkpoint"] == "step 2"
+    assert "stopped after 2 of 30" in row.values["note"]
+    assert row.values["steps_per_s"] > 0 and row.values["losses_finite"] is True

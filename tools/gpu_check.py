@@ -10,9 +10,10 @@ row failed, 2 for bad arguments):
    `--budget-s` seconds of training passed (less when earlier rows ran long: the whole check keeps within
    `--max-minutes`, default 8), with the config's mixed precision (`amp='auto'` is bf16 on CUDA; a preset that fixes
    `amp='off'` keeps it), logging and checkpointing on: steps/s after `--warmup` steps, peak CUDA memory, every
-   logged loss finite. By default the number of simulated training subjects is capped at
-   `--data-cap` (building 210 simulated subjects takes minutes on the CPU and says nothing about the GPU); networks,
-   crops and batch sizes are the paper's. `--full-data` keeps the preset's data.
+   logged loss finite, the checkpoint readable. A run out of time is stopped the way Ctrl-C stops one (SIGINT: the
+   engine finishes the step, checkpoints it, then stops). By default the number of simulated training subjects is
+   capped at `--data-cap` (building 210 simulated subjects takes minutes on the CPU and says nothing about the GPU);
+   networks, crops and batch sizes are the paper's. `--full-data` keeps the preset's data.
 2. resume: every experiment trained `--resume-steps` N steps in one go, and N/2 steps, then resumed to N in a
    fresh build (as a new process would): every parameter, buffer and EMA weight must be bit-identical. On CUDA this
    runs with `torch.use_deterministic_algorithms(True, warn_only=True)` (and CUBLAS_WORKSPACE_CONFIG from the
@@ -37,6 +38,7 @@ import json
 import math
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -83,10 +85,6 @@ def _sync(device: torch.device):
 
 
 # ------------------------------------------------------------------ 1. training: steps/s, memory, finite losses
-class _OutOfTime(Exception):
-    "Raised by the timing hook when a run used up its time budget (the row then reports the steps it did)."
-
-
 def _nan_losses(task):
     "Make every phase's loss NaN (the `--break` option): the engine then refuses the first log row."
     for ph in task.phases:
@@ -119,7 +117,7 @@ def check_training(exp, preset: str, device: torch.device, steps: int, budget_s:
                    cap: int | None, broken: bool, amp: str | None = None) -> Row:
     "Train `exp`'s `preset` on `device`: steps/s after `warmup` steps, peak CUDA memory, all logged losses finite."
     from medsynth_nb.engine import fit, resolve_amp
-    from medsynth_nb.run_state import read_log
+    from medsynth_nb.run_state import load_checkpoint, read_log
     row = Row("training", exp.name)
     try:
         cfg0 = exp.config(preset)
@@ -139,18 +137,21 @@ def check_training(exp, preset: str, device: torch.device, steps: int, budget_s:
             done = ctx.step + 1
             if done == warmup or done == 1:
                 _sync(device); marks[done] = time.perf_counter()
-            if budget_s and 1 in marks and time.perf_counter() - marks[1] > budget_s and done < cfg.steps:
-                _sync(device); marks["end"], marks["done"] = time.perf_counter(), done
-                raise _OutOfTime
+            late = budget_s and done > 1 and time.perf_counter() - marks[1] > budget_s and done < cfg.steps
+            if late and "budget" not in marks:   # stop as Ctrl-C does: the engine checkpoints this step, then stops
+                _sync(device); marks["end"], marks["done"], marks["budget"] = time.perf_counter(), done, True
+                signal.raise_signal(signal.SIGINT)
             return out
         task.after_step = timing
         with tempfile.TemporaryDirectory(prefix="gpu-check-") as out:
             try:
                 res = fit(task, cfg, out, experiment=exp.name, preset=preset, device=device, progress=False)
                 _sync(device); marks["end"], marks["done"] = time.perf_counter(), res.step
-            except _OutOfTime: pass
+            except KeyboardInterrupt:
+                if "budget" not in marks: raise            # a real Ctrl-C stops the whole check
             done = marks["done"]
             rows = read_log(out)
+            row.values["checkpoint"] = f"step {load_checkpoint(out)['step']}"
             ran_on = json.loads((Path(out) / "config.json").read_text()).get("device")
         start = warmup if warmup in marks and done > warmup else 1
         rate = round((done - start) / (marks["end"] - marks[start]), 3) if done > start else None

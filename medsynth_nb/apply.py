@@ -178,7 +178,7 @@ def _subjects(applier: Applier, data, roles: Sequence[str], role_map: Mapping[st
     if isinstance(data, (list, tuple)) and data and all(isinstance(s, Subject) for s in data):   # ready subjects
         lack = [(s.id, r) for s in data for r in roles if role_map.get(r, r) not in s.files]
         require(not lack, "data", f"subjects with the roles {list(roles)}", f"missing (subject, role) {lack[:3]}")
-        return [Subject(s.id, {r: s.files[role_map.get(r, r)] for r in roles}, s.meta) for s in data]
+        return [Subject(s.id, {**s.files, **{r: s.files[role_map.get(r, r)] for r in roles}}, s.meta) for s in data]
     if len(roles) == 1 and not isinstance(data, Mapping) and Path(data).is_dir() and layout is None \
             and not any(p.is_dir() for p in Path(data).iterdir()):
         return [Subject(nifti_stem(p), {roles[0]: p}) for p in nifti_files(data, "data")]

@@ -20,7 +20,7 @@ from .utils import check_int, require
 
 # %% auto #0
 __all__ = ['DATA_SOURCES', 'dataset_subjects', 'FileSlices', 'register_data_source', 'check_data', 'files_task',
-           'held_out_subjects', 'harmonize_files']
+           'held_out_subjects', 'harmonize_files', 'lowdose_files']
 
 # %% ../nbs/52_train_own_data.ipynb #ef4343cb
 def _data_path(data: str):
@@ -39,7 +39,8 @@ def dataset_subjects(cfg: TrainConfig, # a config with `data` set
     require(not unknown, "data_roles", f"keys among the experiment's roles {list(roles)}", unknown)
     layout_roles = [names.get(r, r) for r in roles]
     subjects = read_layout(_data_path(cfg.data), layout_roles)
-    renamed = [Subject(s.id, {r: s.files[n] for r, n in zip(roles, layout_roles)}, s.meta) for s in subjects]
+    renamed = [Subject(s.id, {**{k: v for k, v in s.files.items() if k not in layout_roles},   # e.g. a series' doses
+                              **{r: s.files[n] for r, n in zip(roles, layout_roles)}}, s.meta) for s in subjects]
     return split_subjects(renamed, cfg.val_fraction, cfg.seed)
 
 # %% ../nbs/52_train_own_data.ipynb #34e14d30
@@ -128,3 +129,21 @@ def harmonize_files(cfg, subjects: Sequence[Subject]) -> FileSlices:
     "Durrer pairs from your files: sagittal slices, Durrer's preprocessing, the config's crop."
     return FileSlices(subjects, {"source": "source", "target": "target"}, SIMULATOR_GRID, slice_axis=0,
                       crop=cfg.crop, transform=durrer_preprocess)
+
+# %% ../nbs/52_train_own_data.ipynb #aef535bb
+def _series(s: Subject) -> dict:
+    "One subject's dose series on the simulator's grid: native, standard, low {dose: volume}, field."
+    field = s.meta.get("field")
+    require(field is not None, "data", f"a field strength for subject {s.id!r} (a 'field' column: 1.5 or 3)", field)
+    ref = conform(s.files["native"], SIMULATOR_GRID)
+    vol = lambda role: torch.from_numpy(ref[0] if role == "native" else conform(s.files[role], SIMULATOR_GRID, reference=ref)[0])
+    low = {d: vol(f"dose_{d:g}") for d in s.meta.get("doses", [])}
+    require(len(low) > 0, "data", f"at least one low-dose scan for subject {s.id!r} (a dose between 0 and 1)", 0)
+    return dict(native=vol("native"), standard=vol("standard"), low=low, field=float(field))
+
+@register_data_source("lowdose-gan", ("native", "standard"))
+def lowdose_files(cfg, subjects: Sequence[Subject]):
+    "Pinetz's training crops from your dose series (normalised by the native's 95th percentile)."
+    from medsynth_nb.lowdose import DoseCropStream, normalized_series
+    return DoseCropStream(normalized_series([_series(s) for s in subjects]), cfg.dims, cfg.crop,
+                          ce_fraction=cfg.ce_fraction)

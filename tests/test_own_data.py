@@ -102,3 +102,23 @@ def test_cli_refuses_bad_data_before_building(brats, tmp_path, sets, message):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.startswith("medsynth: error: ") and message in r.stderr, r.stderr
     assert not (tmp_path / "x" / "checkpoint.pt").exists()
+
+
+def test_lowdose_trains_on_dose_series_and_evaluates_the_held_out_one(tmp_path, monkeypatch):
+    "A dose-series CSV: the stream is built from the training subject only; evaluation rows are the held-out one's doses."
+    csv_path = tmp_path / "doses.csv"
+    csv_path.write_text("subject,dose,path,field\n" + "".join(
+        f"s{B}T,{d},{(S / f'dose_{B}T_d{round(100 * d):03d}.nii.gz').resolve()},{B}\n"
+        for B in ("1.5", "3") for d in (0, 0.1, 0.33, 1)))
+    seen = {}
+    roles, make = own.DATA_SOURCES["lowdose-gan"]
+    def spy(cfg, subjects):
+        seen["ids"] = [s.id for s in subjects]; return make(cfg, subjects)
+    monkeypatch.setitem(own.DATA_SOURCES, "lowdose-gan", (roles, spy))
+    res = train("lowdose-gan", "smoke", out=tmp_path / "l", steps=1, progress=False, data=str(csv_path), val_fraction=0.5)
+    held = own.held_out_subjects(res.out)
+    assert len(seen["ids"]) == 1 and [s.id for s in held] != seen["ids"] and len(held) == 1
+    from medsynth_nb.apply import evaluate_run
+    rows = evaluate_run(res.out, held, tmp_path / "eval")
+    assert sorted((r["subject"], r["dose"]) for r in rows) == [(held[0].id, 0.1), (held[0].id, 0.33)]
+    assert {r["field"] for r in rows} == {float(held[0].id[1:-1])}

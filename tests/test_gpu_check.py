@@ -64,7 +64,9 @@ def test_dry_run_has_a_row_per_experiment_and_resume_is_bit_exact(broken_run):
     assert _table(md, "lessons"), "the #| gpu cells of nbs/ are listed"
     assert all(r["status"] == "ok" for r in _table(md, "lessons").values())
     bench = _table(md, "benchmarks")
-    assert len(bench) == 4 and all(r["status"] == "ok" for r in bench.values()), bench
+    assert len(bench) == 5 and all(r["status"] == "ok" for r in bench.values()), bench
+    engine = bench["benchmarks/engine.py --device: engine vs bare loop (fp32)"]["result"]
+    assert "final weights identical (same work done): yes" in engine and "RATIO engine / bare" in engine
 
 
 def test_a_broken_experiment_fails_its_rows_and_the_exit_status_but_not_the_others(broken_run):
@@ -76,7 +78,7 @@ def test_a_broken_experiment_fails_its_rows_and_the_exit_status_but_not_the_othe
     assert "failed" in md.split("## training")[0]
     # every other row ran and passed, the sections after the failing training row included
     assert all(r["status"] == "ok" for n, r in [*train.items(), *resume.items()] if n != BROKEN)
-    assert _table(md, "lessons") and len(_table(md, "benchmarks")) == 4
+    assert _table(md, "lessons") and len(_table(md, "benchmarks")) == 5
 
 
 def test_a_clean_run_exits_zero_and_an_unknown_option_is_refused(tmp_path):

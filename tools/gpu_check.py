@@ -23,7 +23,8 @@ row failed, 2 for bad arguments):
    every name it reads, and every call of a library function binds to that function's current signature.
 4. benchmarks: benchmarks/kspace.py and benchmarks/recon.py with `--device`, benchmarks/ddpm.py with
    $MEDSYNTH_DEVICE (it has no device argument; DDIM-50 vs ancestral), and the NP loss (benchmarks/wasserstein.py
-   is CPU-only: numpy's sort) timed here, forward + backward, on the device.
+   is CPU-only: numpy's sort) timed here, forward + backward, on the device, and benchmarks/engine.py with `--device`
+   (the engine's overhead over a bare loop, lowdose-gan `demo` at 200 steps: issue 21's target 4, <= 3 %).
 
 Nothing here calls `.cuda()`: every tensor and model goes to `--device`. `--break EXPERIMENT` (or
 $MEDSYNTH_GPU_CHECK_BREAK, comma-separated) makes that experiment's losses NaN, to see a failing row and the exit
@@ -384,10 +385,14 @@ def benchmark_rows(device: torch.device, dry: bool, timeout: int) -> list[Row]:
         rc = ["benchmarks/recon.py", "--device", dev, "--shape", "32", "32", "--coils", "2", "--features", "4",
               "--slices", "1", "--repeats", "1", "--cs", "fista"]
         dd = ["benchmarks/ddpm.py", "--batch", "1", "--size", "16", "--ancestral-steps-timed", "2"]
+        en = ["benchmarks/engine.py", "--device", dev, "--experiment", "toy-regression", "--preset", "smoke",
+              "--steps", "6", "--log-every", "2", "--ckpt-every", "3", "--repeats", "1"]
     else:
         ks = ["benchmarks/kspace.py", "--device", dev, "--repeats", "30"]
         rc = ["benchmarks/recon.py", "--device", dev, "--repeats", "3", "--cs", "fista"]
         dd = ["benchmarks/ddpm.py", "--threads", "0"]
+        en = ["benchmarks/engine.py", "--device", dev, "--steps", "200", "--log-every", "10", "--ckpt-every", "100",
+              "--repeats", "3", "--threads", "0"]
     return [
         _script_row("benchmarks/kspace.py --device", ks, one, lambda l: l.startswith(("speed-up", "device")), timeout),
         _script_row("benchmarks/recon.py --device (unrolled reconstruction)", rc, one,
@@ -395,6 +400,8 @@ def benchmark_rows(device: torch.device, dry: bool, timeout: int) -> list[Row]:
         _script_row("benchmarks/ddpm.py ($MEDSYNTH_DEVICE): DDIM sampling", dd, {**one, "MEDSYNTH_DEVICE": dev},
                     lambda l: l.startswith(("DDIM-50", "RATIO ancestral", "device")), timeout),
         np_loss_row(device, dry, 3 if dry else 20),
+        _script_row("benchmarks/engine.py --device: engine vs bare loop (fp32)", en, one,
+                    lambda l: l.startswith(("RATIO", "Run.plot_step", "final weights")), timeout),
     ]
 
 

@@ -91,6 +91,20 @@ def patch_grid(spatial: Sequence[int], patch_size: int) -> tuple[int, ...]:
     for k, s in enumerate(spatial): check_int(s, f"spatial[{k}]", min=1)
     return tuple(math.ceil(s / patch_size) for s in spatial)
 
+# %% ../nbs/10_wasserstein.ipynb #5989817b
+def extract_patches(x: Tensor, # (B, C, H, W) or (B, C, D, H, W) image
+                    patch_size: int, # n: patches are n×n or n×n×n
+                    offset=None, # None (no shift), a tuple of ints (one per axis), or 'random'
+                    generator: torch.Generator | None = None, # used when offset='random'
+                    offset_range: str = "code", # range of random offsets, see `draw_offset`
+                   ) -> Tensor: # (B, C, P, n^d): P non-overlapping patches in raster order
+    "Non-overlapping n^d patches P_{p+o}x with periodic boundary (paper §2.2); sizes not divisible by n wrap round."
+    check_tensor(x, "x", ndim=(4, 5))
+    spatial = tuple(x.shape[2:])
+    n = _check_patch_size(patch_size, spatial)
+    off = _resolve_offset(offset, spatial, n, generator, offset_range)
+    return _patches(x, n, off)
+
 # %% ../nbs/10_wasserstein.ipynb #4e63b848
 _SMALL = 2 ** 18   # below this many numbers torch.roll's few Python calls beat one pass of block copies
 
@@ -190,20 +204,6 @@ def _to_image(g: Tensor, shape, n: int, off) -> Tensor:
 def _patches(x: Tensor, n: int, off: tuple[int, ...]) -> Tensor:
     "`extract_patches` on checked inputs: (B, C, P, n^d)."
     return _PatchRows.apply(x, n, off).view(x.shape[0], x.shape[1], -1, n ** (x.ndim - 2))
-
-# %% ../nbs/10_wasserstein.ipynb #5989817b
-def extract_patches(x: Tensor, # (B, C, H, W) or (B, C, D, H, W) image
-                    patch_size: int, # n: patches are n×n or n×n×n
-                    offset=None, # None (no shift), a tuple of ints (one per axis), or 'random'
-                    generator: torch.Generator | None = None, # used when offset='random'
-                    offset_range: str = "code", # range of random offsets, see `draw_offset`
-                   ) -> Tensor: # (B, C, P, n^d): P non-overlapping patches in raster order
-    "Non-overlapping n^d patches P_{p+o}x with periodic boundary (paper §2.2); sizes not divisible by n wrap round."
-    check_tensor(x, "x", ndim=(4, 5))
-    spatial = tuple(x.shape[2:])
-    n = _check_patch_size(patch_size, spatial)
-    off = _resolve_offset(offset, spatial, n, generator, offset_range)
-    return _patches(x, n, off)
 
 # %% ../nbs/10_wasserstein.ipynb #a81a6c89
 _KEY_BITS = 2 ** 29 - 1   # the low mantissa bits that a float64 copy of a float32 leaves zero

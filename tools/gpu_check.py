@@ -340,7 +340,7 @@ def _script_row(name: str, args: Sequence[str], env: dict, keep: Callable[[str],
     row = Row("benchmarks", name)
     try:
         rc, out = _run_script(args, env, timeout)
-        lines = [l.strip() for l in out.splitlines() if l.strip()]
+        lines = [" ".join(l.split()) for l in out.splitlines() if l.strip()]
         kept = [l.strip("| ").replace(" | ", ": ", 1).replace(" | ", " s/slice (paper ") + ")" if l.startswith("|")
                 else l for l in lines if keep(l)]
         row.values["result"] = " / ".join(kept) or (lines[-1] if lines else "")
@@ -524,8 +524,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = {"device": device_name(a.device), "torch": torch.__version__, "python": platform.python_version(),
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "mode": "dry run (CPU code paths, smoke sizes)" if a.dry_run else "full",
-              "training": f"preset {a.preset}, {a.steps} steps or at most {a.budget_s:g} s each, "
-                          f"warm-up {a.warmup} steps, "
+              "training": f"preset {a.preset}, {a.steps} steps"
+                          + (f" or at most {a.budget_s:g} s each, " if a.budget_s else " each, ")
+                          + f"warm-up {a.warmup} steps, "
                           + ("preset's data" if a.cap is None else f"at most {a.cap} simulated subjects"),
               "resume": f"preset {a.resume_preset}, N = {a.resume_steps}",
               "seconds": round(time.perf_counter() - t_start, 1)}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -23,7 +24,7 @@ from .utils import atomic_write, check_int, make_generator, markdown_table, requ
 
 # %% auto #0
 __all__ = ['APPLIERS', 'Applier', 'register_applier', 'get_applier', 'run_experiment', 'load_applier', 'conformed_inputs',
-           'apply_to_files', 'apply_to_folder', 'write_metrics', 'evaluate_run']
+           'apply_to_files', 'apply_to_folder', 'write_metrics', 'evaluate_run', 'export_run', 'load_exported']
 
 # %% ../nbs/51_apply.ipynb #b8147abf
 @dataclass(frozen=True)
@@ -248,3 +249,68 @@ def evaluate_run(run: str | Path, # a trained run directory
         rows += applier.evaluate(state, vols, make_generator(seed), s.id, **(options | extra))
     write_metrics(rows, out_dir, by="dose" if "dose" in rows[0] else "method")
     return rows
+
+# %% ../nbs/51_apply.ipynb #ce832280
+def _card(ck: Mapping, run: Path, weights: str) -> str:
+    "The model card: experiment, data, training length, metrics (if evaluated), licences, how to load."
+    cfg = ck["config"]
+    data = (f"your files: `{cfg['data']}` (roles {cfg.get('data_roles') or 'as named'}, {cfg.get('val_fraction')} of the "
+            "subjects held out by `split_subjects`)") if cfg.get("data") else \
+           "simulated subjects of `02_phantom` (MR physics on the ICBM152 2009a and Colin27 anatomies)"
+    metrics = run / "evaluation" / "metrics.md"
+    lines = [f"# medsynth_nb model: {ck['experiment']}", "",
+             f"- experiment: `{ck['experiment']}` (preset `{ck.get('preset')}`), trained {ck['step']} steps",
+             f"- weights: {weights}", f"- training data: {data}", f"- torch: {ck.get('torch', '?')}", "",
+             "## Metrics", "",
+             metrics.read_text().strip() if metrics.is_file() else "Not evaluated (`medsynth evaluate RUN` writes them).",
+             "", "## Licence", "",
+             "Code: Apache-2.0 (medsynth_nb). Simulated training data derive from the ICBM152 2009a and Colin27 "
+             "templates (see their licence files in `data_samples/`); weights trained on your own scans carry your "
+             "data's terms. For research and teaching; not a medical device.", "",
+             "## Load", "", "```python", "from medsynth_nb.apply import load_exported",
+             "models, config = load_exported('THIS_FOLDER')", "```", "", "## Config", "", "```json",
+             json.dumps(cfg, indent=1), "```", ""]
+    return "\n".join(lines)
+
+def export_run(run: str | Path, # a trained run directory (or checkpoint)
+               out: str | Path, # a new folder for model.safetensors and README.md
+               ema: bool = True, # export the EMA weights of the networks that have them
+               overwrite: bool = False) -> Path:
+    "Write `out/model.safetensors` (weights + config metadata) and `out/README.md` (the model card)."
+    from safetensors.torch import save_file
+    out, run = Path(out), Path(run)
+    require(overwrite or not (out / "model.safetensors").exists(), "out",
+            "a folder without model.safetensors (or overwrite=True)", str(out))
+    ck = load_checkpoint(run)
+    use_ema = {k for k in ck["models"] if ema and k in (ck.get("ema") or {})}
+    tensors = {f"{name}.{k}": v.detach().clone().contiguous()
+               for name in ck["models"] for k, v in (ck["ema"][name] if name in use_ema else ck["models"][name]).items()}
+    meta = {"format": "medsynth_nb/1", "experiment": ck["experiment"], "preset": str(ck.get("preset")),
+            "step": str(ck["step"]), "config": json.dumps(ck["config"]), "networks": json.dumps(sorted(ck["models"])),
+            "ema": json.dumps(sorted(use_ema))}
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "model.safetensors", suffix=".safetensors") as tmp: save_file(tensors, str(tmp), metadata=meta)
+    weights = f"EMA for {sorted(use_ema)}" if use_ema else "the trained weights (no EMA kept)"
+    with atomic_write(out / "README.md", suffix=".md") as tmp: Path(tmp).write_text(_card(ck, run.parent if run.is_file() else run, weights))
+    return out
+
+def load_exported(path: str | Path, # a folder written by export_run (or its model.safetensors)
+                  device: str | torch.device = "cpu") -> tuple[dict, object]:
+    "({network: module in eval mode}, config) of an exported model; no code is unpickled."
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from medsynth_nb.config import get_experiment
+    from medsynth_nb.utils import seeded
+    path = Path(path); f = path / "model.safetensors" if path.is_dir() else path
+    require(f.is_file(), "path", "a folder holding model.safetensors (see export_run)", str(path))
+    with safe_open(str(f), "pt") as h: meta = h.metadata() or {}
+    require(meta.get("format") == "medsynth_nb/1", "path", "a model exported by medsynth_nb", meta.get("format"))
+    exp = get_experiment(meta["experiment"])
+    cfg = exp.config_class.from_dict(json.loads(meta["config"]))
+    with seeded(cfg.seed): task = exp.build(cfg)
+    tensors = load_file(str(f))
+    for name in json.loads(meta["networks"]):
+        sd = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
+        task.models[name].load_state_dict(sd)
+        task.models[name].to(device).eval()
+    return dict(task.models), cfg

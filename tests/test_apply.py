@@ -1,4 +1,5 @@
 """`medsynth_nb.apply`: a trained run applied to scans on their own grid, and scored with the paper's metrics."""
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -114,3 +115,22 @@ def test_errors(runs, small_scan, tmp_path):
         apply_to_files(runs["h"], {"source": small_scan}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="role_map"):
         apply_to_folder(runs["h"], tmp_path, tmp_path / "o", role_map={"src": "t1"})
+
+
+def test_export_loads_back_the_ema_networks_and_runs_no_code(runs, tmp_path):
+    "model.safetensors holds each network (EMA where kept); load_exported rebuilds them; the card names data and licence."
+    from safetensors import safe_open
+    from medsynth_nb.apply import export_run, load_exported
+    from medsynth_nb.harmonize import load_harmonizer
+    out = export_run(runs["h"], tmp_path / "h")
+    models, cfg = load_exported(out)
+    ema_model = load_harmonizer(runs["h"], ema=True)[0]
+    x, t = torch.randn(2, 2, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 500])
+    with torch.no_grad(): torch.testing.assert_close(models["model"](x, t), ema_model(x, t), rtol=0, atol=0)
+    raw = load_harmonizer(runs["h"], ema=False)[0]
+    assert any((a != b).any() for a, b in zip(raw.state_dict().values(), ema_model.state_dict().values()))  # EMA ≠ raw
+    with safe_open(str(out / "model.safetensors"), "pt") as f: meta = f.metadata()
+    assert meta["experiment"] == "harmonize" and json.loads(meta["ema"]) == ["model"]
+    card = (out / "README.md").read_text()
+    assert "Apache-2.0" in card and "simulated subjects" in card and "harmonize" in card
+    assert not any(p.suffix in (".pt", ".pkl") for p in out.iterdir())

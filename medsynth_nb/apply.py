@@ -254,8 +254,8 @@ def evaluate_run(run: str | Path, # a trained run directory
 def _card(ck: Mapping, run: Path, weights: str) -> str:
     "The model card: experiment, data, training length, metrics (if evaluated), licences, how to load."
     cfg = ck["config"]
-    data = (f"your files: `{cfg['data']}` (roles {cfg.get('data_roles') or 'as named'}, {cfg.get('val_fraction')} of the "
-            "subjects held out by `split_subjects`)") if cfg.get("data") else \
+    data = (f"your files: `{cfg['dataset']}` (roles {cfg.get('dataset_roles') or 'as named'}, {cfg.get('val_fraction')} of the "
+            "subjects held out by `split_subjects`)") if cfg.get("dataset") else \
            "simulated subjects of `02_phantom` (MR physics on the ICBM152 2009a and Colin27 anatomies)"
     metrics = run / "evaluation" / "metrics.md"
     lines = [f"# medsynth_nb model: {ck['experiment']}", "",

@@ -24,7 +24,7 @@ from .run_state import RunSetupError
 from .utils import PRESET_NAMES, markdown_table, require
 
 # %% auto #0
-__all__ = ['parse_set', 'config_fields', 'build_parser', 'main']
+__all__ = ['parse_set', 'field_docs', 'config_fields', 'build_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #d74eb6e2
 def parse_set(item: str, # 'FIELD=VALUE' as typed after --set
@@ -45,16 +45,22 @@ def parse_set(item: str, # 'FIELD=VALUE' as typed after --set
 def _type_text(hint) -> str:
     return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
+def field_docs(cls: type) -> dict[str, str]:
+    "The comment beside each field of a config dataclass, collected along its bases (a subclass's comment wins)."
+    docs = {}
+    for base in reversed(cls.__mro__):                     # TrainConfig's comments first, the subclass's override
+        if dataclasses.is_dataclass(base):
+            try: docs.update({k: v for k, v in docments(base).items() if v})
+            except (OSError, TypeError): pass              # a class without source (defined in a shell)
+    return docs
+
 def config_fields(experiment: str, # a registered experiment
                   preset: str = "smoke", # the preset whose values are shown
                  ) -> list[dict]:
     "Every config field of an experiment: name, type, the preset's value, the class default and its documentation."
     exp = get_experiment(experiment)
     config, cls = exp.config(preset), exp.config_class
-    docs = {}
-    for base in reversed(cls.__mro__):                     # TrainConfig's comments first, the subclass's override
-        if dataclasses.is_dataclass(base): docs.update({k: v for k, v in docments(base).items() if v})
-    hints, rows = typing.get_type_hints(cls), []
+    docs, hints, rows = field_docs(cls), typing.get_type_hints(cls), []
     for f in dataclasses.fields(cls):
         default = (f.default if f.default is not dataclasses.MISSING else
                    f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
@@ -97,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from OUT/checkpoint.pt (start fresh when there is none)")
     t.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a config field (repeatable)")
+    t.add_argument("--data", default=None, metavar="PATH",
+                   help="train on your own scans: a folder or CSV in a layout of medsynth_nb.sources (= --set dataset=PATH)")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: CUDA when present)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = sub.add_parser("apply", help="apply a trained run to a NIfTI scan, or to every subject of a folder")
@@ -142,8 +150,9 @@ def _train(args) -> int:
         hints = typing.get_type_hints(exp.config_class)
         overrides = dict(parse_set(s, hints) for s in args.set)
         if args.steps is not None: overrides["steps"] = args.steps
+        if args.data is not None: overrides["dataset"] = args.data
         config = exp.config(args.preset, **overrides)
-        if config.data:                                  # your own scans: the layout is read before a model is built
+        if config.dataset:                               # your own scans: the layout is read before a model is built
             from medsynth_nb.own_data import check_data
             check_data(exp, config)
         _check_device(args.device)

@@ -89,7 +89,7 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")  # mixed precision: auto = bf16 on C
 def parse_pairs(text: str, # 'KEY=VALUE,KEY=VALUE' ('' = none)
                 name: str = "pairs", # the field named in errors
                ) -> dict[str, str]:
-    "'source=t1,target=t2' → {'source': 't1', 'target': 't2'}: the mapping fields such as `data_roles` hold."
+    "'source=t1,target=t2' → {'source': 't1', 'target': 't2'}: the mapping fields such as `dataset_roles` hold."
     require(isinstance(text, str), name, "a string 'KEY=VALUE,...'", text)
     out = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
@@ -119,9 +119,9 @@ class TrainConfig:
     plot_every: int = resumable(100) # redraw DIR/losses.png every this many steps (0: only at the end)
     keep: int = resumable(3) # how many step checkpoints to keep
     num_workers: int = resumable(0) # DataLoader worker processes for map-style datasets
-    data: str = "" # your training data: a folder or CSV in a layout of 50_own_data, or ROLE=FOLDER,... ('' = simulated)
-    data_roles: str = "" # the experiment's roles under your layout's names, e.g. 'source=t1,target=t2' ('' = same names)
-    val_fraction: float = 0.2 # with `data`: share of the subjects held out for validation (a hash of seed and id)
+    dataset: str = "" # your training data: a folder or CSV in a layout of 50_own_data, or ROLE=FOLDER,... ('' = simulated)
+    dataset_roles: str = "" # the experiment's roles under your layout's names, e.g. 'source=t1,target=t2' ('' = same)
+    val_fraction: float = 0.2 # with `dataset`: share of the subjects held out for validation (a hash of seed and id)
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
@@ -152,7 +152,7 @@ class TrainConfig:
                 self.plot_every)
         require(self.keep >= 1, "keep", "at least 1 checkpoint", self.keep)
         require(self.num_workers >= 0, "num_workers", "a non-negative number of workers", self.num_workers)
-        parse_pairs(self.data_roles, "data_roles")
+        parse_pairs(self.dataset_roles, "dataset_roles")
         require(0 <= self.val_fraction < 1, "val_fraction", "a share in [0, 1)", self.val_fraction)
 
 # %% ../nbs/05_config.ipynb #750c236b

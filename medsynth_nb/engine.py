@@ -476,7 +476,7 @@ def train(experiment: str | Experiment, # a registered name or an Experiment
     with seeded(config.seed): task = exp.build(config)
     if not isinstance(task, Task):
         raise TypeError(f"experiment {exp.name!r}: the builder must return a Task, got {type(task).__name__}")
-    if config.data:   # your own scans: the experiment's task, its training data read from files (52_train_own_data)
+    if config.dataset:   # your own scans: the experiment's task, its training data read from files (52_train_own_data)
         from medsynth_nb.own_data import files_task
         task = files_task(exp, config, task)
     return fit(task, config, out, resume=resume, experiment=exp.name, preset=preset, device=device, progress=progress)

@@ -43,7 +43,7 @@ def test_engine_trains_on_the_training_subjects_only(brats, tmp_path, monkeypatc
         seen["data"] = make(cfg, subjects)
         return seen["data"]
     monkeypatch.setitem(own.DATA_SOURCES, "harmonize", (roles, spy))
-    cfg = dict(data=str(brats), data_roles="source=t1,target=t2", val_fraction=0.25)
+    cfg = dict(dataset=str(brats), dataset_roles="source=t1,target=t2", val_fraction=0.25)
     train("harmonize", "smoke", out=tmp_path / "h", steps=1, progress=False, **cfg)
     held = [s.id for s in own.held_out_subjects(tmp_path / "h")]
     assert len(held) == 1 and len(seen["ids"]) == 3 and seen["crop"] == (32, 32)          # the smoke preset's crop
@@ -55,14 +55,21 @@ def test_engine_trains_on_the_training_subjects_only(brats, tmp_path, monkeypatc
     for k in ("source", "target"): torch.testing.assert_close(first[k], ref[k], rtol=0, atol=0)
 
 
+def test_lip_cars_own_data_field_is_not_a_dataset(tmp_path):
+    "LipCarConfig has a field named `data` ('simulate'/'samples'): the shared field is `dataset`, so lip-car still trains."
+    from medsynth_nb.lip import LipCarConfig
+    assert LipCarConfig().data == "simulate" and LipCarConfig().dataset == ""
+    train("lip-car", "smoke", out=tmp_path / "lip", steps=1, progress=False)
+
+
 def test_ixi_style_folders_per_contrast(tmp_path):
-    "data='t1=T1/,t2=T2/' reads one folder per contrast (IXI), subjects paired by id."
+    "dataset='t1=T1/,t2=T2/' reads one folder per contrast (IXI), subjects paired by id."
     for k in range(2):
         a, b, aff = _pair(k)
         (tmp_path / "T1").mkdir(exist_ok=True); (tmp_path / "T2").mkdir(exist_ok=True)
         save_nifti(tmp_path / "T1" / f"IXI00{k}-Guys-T1.nii.gz", a, aff)
         save_nifti(tmp_path / "T2" / f"IXI00{k}-Guys-T2.nii.gz", b, aff)
-    cfg = HarmonizeConfig(data=f"t1={tmp_path / 'T1'},t2={tmp_path / 'T2'}", data_roles="source=t1,target=t2",
+    cfg = HarmonizeConfig(dataset=f"t1={tmp_path / 'T1'},t2={tmp_path / 'T2'}", dataset_roles="source=t1,target=t2",
                           val_fraction=0.5)
     train_s, val_s = own.dataset_subjects(cfg, ("source", "target"))
     assert len(train_s) == len(val_s) == 1
@@ -78,8 +85,8 @@ def run(*argv):
 
 def test_cli_train_then_evaluate_the_held_out_subject(brats, tmp_path):
     out = tmp_path / "run"
-    r = run("train", "harmonize", "--steps", "1", "--out", out, "--no-progress", "--set", f"data={brats}",
-            "--set", "data_roles=source=t1,target=t2", "--set", "val_fraction=0.25")
+    r = run("train", "harmonize", "--steps", "1", "--out", out, "--no-progress", "--data", brats,
+            "--set", "dataset_roles=source=t1,target=t2", "--set", "val_fraction=0.25")
     assert r.returncode == 0, r.stderr
     r = run("evaluate", out, "--option", "steps=1", "--option", "tissues=false", "--device", "cpu")
     assert r.returncode == 0, r.stderr
@@ -89,10 +96,10 @@ def test_cli_train_then_evaluate_the_held_out_subject(brats, tmp_path):
 
 
 @pytest.mark.parametrize("sets, message", [
-    (("data={brats}",), "data: experiment 'toy-regression' trains on the simulator only"),
-    (("data={brats}", "data_roles=src=t1"), "data_roles: expected keys among the experiment's roles"),
-    (("data={brats}", "data_roles=source"), "data_roles: expected 'KEY=VALUE,...', got 'source'"),
-    (("data={brats}/missing",), "data: expected an existing folder or CSV of your scans"),
+    (("dataset={brats}",), "dataset: experiment 'toy-regression' trains on the simulator only"),
+    (("dataset={brats}", "dataset_roles=src=t1"), "dataset_roles: expected keys among the experiment's roles"),
+    (("dataset={brats}", "dataset_roles=source"), "dataset_roles: expected 'KEY=VALUE,...', got 'source'"),
+    (("dataset={brats}/missing",), "dataset: expected an existing folder or CSV of your scans"),
 ])
 def test_cli_refuses_bad_data_before_building(brats, tmp_path, sets, message):
     exp = "toy-regression" if "simulator only" in message else "harmonize"
@@ -115,7 +122,7 @@ def test_lowdose_trains_on_dose_series_and_evaluates_the_held_out_one(tmp_path, 
     def spy(cfg, subjects):
         seen["ids"] = [s.id for s in subjects]; return make(cfg, subjects)
     monkeypatch.setitem(own.DATA_SOURCES, "lowdose-gan", (roles, spy))
-    res = train("lowdose-gan", "smoke", out=tmp_path / "l", steps=1, progress=False, data=str(csv_path), val_fraction=0.5)
+    res = train("lowdose-gan", "smoke", out=tmp_path / "l", steps=1, progress=False, dataset=str(csv_path), val_fraction=0.5)
     held = own.held_out_subjects(res.out)
     assert len(seen["ids"]) == 1 and [s.id for s in held] != seen["ids"] and len(held) == 1
     from medsynth_nb.apply import evaluate_run

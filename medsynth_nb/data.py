@@ -131,6 +131,7 @@ def save_nifti(path: str | os.PathLike, # destination .nii or .nii.gz (written a
     elif dtype is not None: data = data.astype(dtype)
     hdr = header.copy() if header is not None else None
     img = nib.Nifti1Image(data, affine, header=hdr)
+    img.header.set_data_dtype(data.dtype)   # the array's dtype, not the kept header's (an int16 header rounded floats)
     img.header.set_slope_inter(slope if slope is not None else 1.0, 0.0)
     path = Path(path)
     with atomic_write(path, suffix=".nii.gz" if path.name.endswith(".gz") else ".nii") as tmp:

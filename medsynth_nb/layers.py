@@ -19,9 +19,9 @@ from .utils import check_choice, check_int, check_number, check_positive, check_
 # %% auto #0
 __all__ = ['UNET_PRESETS', 'NORMS', 'PADDING_MODES', 'ACTIVATIONS', 'PLAIN_NORMS', 'HEAD_ACTIVATIONS', 'GENERATOR_LAYOUTS',
            'timestep_embedding', 'GroupNorm32', 'normalization', 'zero_module', 'Downsample', 'Upsample', 'ResBlock',
-           'AttentionBlock', 'TimestepSequential', 'UNet', 'count_parameters', 'unet_from_preset', 'conv_nd', 'norm_nd',
-           'activation', 'condition_mlp', 'CondResBlock', 'LocalAttention', 'CondUNet', 'CondCritic', 'conv_norm_act',
-           'SplitHeadUNet', 'DCGANCritic', 'TwoHeadGenerator']
+           'AttentionBlock', 'TimestepSequential', 'UNet', 'count_parameters', 'unet_from_preset', 'MonaiUNet',
+           'conv_nd', 'norm_nd', 'activation', 'condition_mlp', 'CondResBlock', 'LocalAttention', 'CondUNet',
+           'CondCritic', 'conv_norm_act', 'SplitHeadUNet', 'DCGANCritic', 'TwoHeadGenerator']
 
 # %% ../nbs/04_layers.ipynb #d4f17ae5
 def _check_ints(min: int = 1, **values) -> None:
@@ -268,6 +268,30 @@ def unet_from_preset(preset: str = "smoke", # 'smoke', 'demo' or 'paper' (the ex
     kw = {**UNET_PRESETS[check_choice(preset, "preset", UNET_PRESETS)], **overrides}
     if seed is None: return UNet(in_channels, out_channels=out_channels, **kw)
     with seeded(check_int(seed, "seed")): return UNet(in_channels, out_channels=out_channels, **kw)
+
+# %% ../nbs/04_layers.ipynb #c49d6810
+class MonaiUNet(nn.Module):
+    "A U-Net of ours called as MONAI calls a diffusion model: `model(x, timesteps=t, context=None)`."
+    def __init__(self, unet: nn.Module, # e.g. `UNet`, called `unet(x, t)`
+                 cond_channels: int = 0, # channels of a condition MONAI concatenates after x_t (mode='concat')
+                 cond_first: bool = True, # the U-Net reads [condition, x_t] (ours, Durrer's order)
+                 out_channels: int | None = None): # channels returned (default: the image's: ε without the variance)
+        super().__init__()
+        check_int(cond_channels, "cond_channels", min=0)
+        require(cond_channels < unet.in_channels, "cond_channels", f"fewer than the U-Net's {unet.in_channels} inputs",
+                cond_channels)
+        self.unet, self.cond_channels, self.cond_first = unet, cond_channels, cond_first
+        self.image_channels = unet.in_channels - cond_channels
+        self.out_channels = check_int(out_channels, "out_channels", min=1) if out_channels else self.image_channels
+
+    def forward(self, x: Tensor, timesteps: Tensor, context: Tensor | None = None) -> Tensor:
+        if context is not None:
+            raise ValueError("context: our U-Nets take no cross-attention context; condition with mode='concat'")
+        if self.cond_channels and self.cond_first:              # MONAI: [x_t, c]  →  ours: [c, x_t]
+            x = torch.cat([x[:, self.image_channels:], x[:, :self.image_channels]], dim=1)
+        t = torch.as_tensor(timesteps, device=x.device).reshape(-1)
+        if t.numel() == 1: t = t.expand(x.shape[0])             # one timestep for the whole batch (MONAI's sampler)
+        return self.unet(x, t)[:, :self.out_channels]
 
 # %% ../nbs/04_layers.ipynb #27bdd11e
 def _check_dims(dims) -> int: return check_int(dims, "dims", min=2, max=3)   # 2: images, 3: volumes

@@ -49,7 +49,7 @@ def broken_run(tmp_path_factory):
 
 def test_dry_run_has_a_row_per_experiment_and_resume_is_bit_exact(broken_run):
     p, md = broken_run
-    names = [e.name for e in list_experiments()]
+    names = [e.name for e in list_experiments() if not e.name.startswith("_")]   # "_...": registered by other tests here
     assert len(names) >= 10 and md, p.stdout + p.stderr
     for head in ("**device**: cpu", "**torch**: " + torch.__version__, "**date**: ", "dry run"):
         assert head in md

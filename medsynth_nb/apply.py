@@ -19,7 +19,7 @@ from torch import Tensor
 from .data import durrer_preprocess, percentile, save_nifti
 from .run_state import load_checkpoint
 from .sources import (SIMULATOR_GRID, Grid, Subject, conform, nifti_files, nifti_stem, read_layout,
-                                 resample_like)
+                                 rename_roles, resample_like)
 from .utils import atomic_write, check_int, make_generator, markdown_table, require
 
 # %% auto #0
@@ -177,18 +177,14 @@ def _subjects(applier: Applier, data, roles: Sequence[str], role_map: Mapping[st
     unknown = sorted(set(role_map) - set(roles))
     require(not unknown, "role_map", f"keys among the roles {list(roles)}", unknown)
     if isinstance(data, (list, tuple)) and data and all(isinstance(s, Subject) for s in data):   # ready subjects
-        lack = [(s.id, r) for s in data for r in roles if role_map.get(r, r) not in s.files]
-        require(not lack, "data", f"subjects with the roles {list(roles)}", f"missing (subject, role) {lack[:3]}")
-        return [Subject(s.id, {**s.files, **{r: s.files[role_map.get(r, r)] for r in roles}}, s.meta) for s in data]
+        return rename_roles(data, roles, role_map)
     if len(roles) == 1 and not isinstance(data, Mapping) and Path(data).is_dir() and layout is None \
             and not any(p.is_dir() for p in Path(data).iterdir()):
         return [Subject(nifti_stem(p), {roles[0]: p}) for p in nifti_files(data, "data")]
     if layout == "dose-csv" or (layout is None and str(data).lower().endswith(".csv")
                                 and "dose" in Path(data).read_text(encoding="utf-8").splitlines()[0].split(",")):
         return read_layout(data, layout="dose-csv")
-    names = [role_map.get(r, r) for r in roles]
-    subs = read_layout(data, names, layout)
-    return [Subject(s.id, {r: s.files[n] for r, n in zip(roles, names)}, s.meta) for s in subs]
+    return rename_roles(read_layout(data, [role_map.get(r, r) for r in roles], layout), roles, role_map)
 
 def apply_to_folder(run: str | Path, # a trained run directory
                     data, # a folder of scans, a layout (see sources.read_layout), or a mapping role → folder

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from .config import Experiment, Task, TrainConfig, parse_pairs
 from .data import PairedContrastDataset, durrer_preprocess
-from .sources import SIMULATOR_GRID, Grid, Subject, conform, read_layout, split_subjects
+from .sources import SIMULATOR_GRID, Grid, Subject, conform, read_layout, rename_roles, split_subjects
 from .utils import check_int, require
 
 # %% auto #0
@@ -37,11 +37,8 @@ def dataset_subjects(cfg: TrainConfig, # a config with `dataset` set
     names = parse_pairs(cfg.dataset_roles, "dataset_roles")
     unknown = sorted(set(names) - set(roles))
     require(not unknown, "dataset_roles", f"keys among the experiment's roles {list(roles)}", unknown)
-    layout_roles = [names.get(r, r) for r in roles]
-    subjects = read_layout(_data_path(cfg.dataset), layout_roles)
-    renamed = [Subject(s.id, {**{k: v for k, v in s.files.items() if k not in layout_roles},   # e.g. a series' doses
-                              **{r: s.files[n] for r, n in zip(roles, layout_roles)}}, s.meta) for s in subjects]
-    return split_subjects(renamed, cfg.val_fraction, cfg.seed)
+    subjects = read_layout(_data_path(cfg.dataset), [names.get(r, r) for r in roles])
+    return split_subjects(rename_roles(subjects, roles, names), cfg.val_fraction, cfg.seed)
 
 # %% ../nbs/52_train_own_data.ipynb #34e14d30
 class FileSlices(Dataset):
@@ -58,12 +55,12 @@ class FileSlices(Dataset):
         self.kw = dict(slice_axis=slice_axis, crop=crop, transform=transform, skip_empty=skip_empty)
         self.cache, self._sets = check_int(cache, "cache", min=1), OrderedDict()
         counts = []
-        for i in range(len(self.subjects)):
-            counts.append(len(self._subject(i, keep=False)))
+        for i in range(len(self.subjects)):                      # the last `cache` stay: no second conform
+            counts.append(len(self._subject(i)))
             require(counts[-1] > 0, "subjects", "scans with non-empty slices", f"{self.subjects[i].id}: none")
         self.ends = torch.tensor(counts).cumsum(0).tolist()
 
-    def _subject(self, i: int, keep: bool = True) -> PairedContrastDataset:
+    def _subject(self, i: int) -> PairedContrastDataset:
         "Subject i as a PairedContrastDataset on the grid (conformed: the first role's grid for the others too)."
         if i in self._sets: self._sets.move_to_end(i); return self._sets[i]
         s, ref, vols = self.subjects[i], None, {}
@@ -72,9 +69,8 @@ class FileSlices(Dataset):
             ref = ref or (data, aff)
             vols[key] = [torch.from_numpy(data)]
         ds = PairedContrastDataset(vols["source"], vols["target"], vols.get("condition"), **self.kw)
-        if keep:
-            self._sets[i] = ds
-            while len(self._sets) > self.cache: self._sets.popitem(last=False)
+        self._sets[i] = ds
+        while len(self._sets) > self.cache: self._sets.popitem(last=False)
         return ds
 
     def __len__(self): return self.ends[-1]

@@ -26,7 +26,7 @@ from .utils import check_choice, check_int, check_number, require
 # %% auto #0
 __all__ = ['NIFTI_SUFFIXES', 'LAYOUTS', 'SIMULATOR_GRID', 'nifti_stem', 'nifti_files', 'role_matches', 'Subject',
            'subject_folders', 'contrast_folders', 'csv_manifest', 'nnunet_dataset', 'dose_manifest', 'detect_layout',
-           'read_layout', 'split_subjects', 'Grid', 'conform', 'resample_like', 'VolumeSlices']
+           'read_layout', 'rename_roles', 'split_subjects', 'Grid', 'conform', 'resample_like', 'VolumeSlices']
 
 # %% ../nbs/50_own_data.ipynb #f262f384
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -228,6 +228,19 @@ def read_layout(path, # a folder, a .csv, or a mapping role → folder
         require(isinstance(path, Mapping), "path", "a mapping role → folder for layout='contrast-folders'", path)
         return contrast_folders(path)
     return {"subject-folders": subject_folders, "csv": csv_manifest, "nnunet": nnunet_dataset}[layout](path, roles)
+
+# %% ../nbs/50_own_data.ipynb #b74ffe7a
+def rename_roles(subjects: Sequence[Subject], # e.g. from read_layout
+                 roles: Sequence[str], # the model's role names
+                 names: Mapping[str, str] | None = None, # role → the layout's name for it (default: the same name)
+                ) -> list[Subject]:
+    "The subjects with the file of `names.get(r, r)` under each role `r`; the subjects' other files kept."
+    names = dict(names or {})
+    lack = [(s.id, names.get(r, r)) for s in subjects for r in roles if names.get(r, r) not in s.files]
+    require(not lack, "subjects", f"the files {[names.get(r, r) for r in roles]}", f"missing (subject, file) {lack[:3]}")
+    taken = {names.get(r, r) for r in roles}
+    return [Subject(s.id, {**{k: v for k, v in s.files.items() if k not in taken},
+                           **{r: s.files[names.get(r, r)] for r in roles}}, s.meta) for s in subjects]
 
 # %% ../nbs/50_own_data.ipynb #b9d3d4c8
 def split_subjects(subjects: Sequence[Subject], # from read_layout (ids must be distinct)

@@ -23,8 +23,9 @@ from .sources import (SIMULATOR_GRID, Grid, Subject, conform, nifti_files, nifti
 from .utils import atomic_write, check_int, make_generator, markdown_table, require
 
 # %% auto #0
-__all__ = ['APPLIERS', 'Applier', 'register_applier', 'get_applier', 'run_experiment', 'load_applier', 'conformed_inputs',
-           'apply_to_files', 'apply_to_folder', 'write_metrics', 'evaluate_run', 'export_run', 'load_exported']
+__all__ = ['APPLIERS', 'FILE_MODULES', 'Applier', 'register_applier', 'load_file_modules', 'get_applier', 'run_experiment',
+           'load_applier', 'conformed_inputs', 'apply_to_files', 'apply_to_folder', 'write_metrics', 'evaluate_run',
+           'export_run', 'load_exported']
 
 # %% ../nbs/51_apply.ipynb #b8147abf
 @dataclass(frozen=True)
@@ -48,8 +49,16 @@ def register_applier(applier: Applier) -> Applier:
     APPLIERS[applier.experiment] = applier
     return applier
 
+FILE_MODULES = ("medsynth_nb.recon_files", "medsynth_nb.translation_files") # register more appliers and data sources
+
+def load_file_modules():
+    "Import `FILE_MODULES` (lessons 53, 54), whose imports register the other experiments' appliers and data sources."
+    import importlib
+    for m in FILE_MODULES: importlib.import_module(m)
+
 def get_applier(experiment: str) -> Applier:
     "The registered applier of an experiment; the error lists the experiments that have one."
+    if experiment not in APPLIERS: load_file_modules()
     if experiment not in APPLIERS:
         raise ValueError(f"experiment: {experiment!r} has no applier (medsynth apply/evaluate); "
                          f"those with one: {sorted(APPLIERS)}")

@@ -13,6 +13,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from .apply import load_file_modules
 from .config import Experiment, Task, TrainConfig, parse_pairs
 from .data import PairedContrastDataset, durrer_preprocess
 from .sources import SIMULATOR_GRID, Grid, Subject, conform, read_layout, rename_roles, split_subjects
@@ -97,6 +98,7 @@ def register_data_source(experiment: str, # the registry name of the experiment
 
 def check_data(experiment: Experiment, cfg: TrainConfig) -> tuple[list[Subject], list[Subject]]:
     "(train, val) subjects of `cfg.dataset` for `experiment`; a ValueError when it cannot train on files or they are wrong."
+    if experiment.name not in DATA_SOURCES: load_file_modules()
     if experiment.name not in DATA_SOURCES:
         raise ValueError(f"dataset: experiment {experiment.name!r} trains on the simulator only; "
                          f"experiments that train on your files: {sorted(DATA_SOURCES)}")
@@ -117,6 +119,7 @@ def held_out_subjects(run: str | Path) -> list[Subject]:
     ck = load_checkpoint(run)
     cfg = get_experiment(ck["experiment"]).config_class.from_dict(ck["config"])
     require(cfg.dataset != "", "run", "a run trained on your files (its config has `dataset`)", str(run))
+    load_file_modules()
     return dataset_subjects(cfg, DATA_SOURCES[ck["experiment"]][0])[1]
 
 # %% ../nbs/52_train_own_data.ipynb #76a9ef69

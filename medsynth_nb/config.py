@@ -29,9 +29,9 @@ import medsynth_nb
 from .utils import PRESET_NAMES, require
 
 # %% auto #0
-__all__ = ['AMP_MODES', 'ENTRY_POINT_GROUP', 'resumable', 'parse_pairs', 'TrainConfig', 'Experiment', 'register_experiment',
-           'register_variants', 'discover_experiments', 'import_experiments', 'list_experiments', 'get_experiment',
-           'Phase', 'Task', 'supervised', 'adversarial']
+__all__ = ['AMP_MODES', 'ENTRY_POINT_GROUP', 'resumable', 'parse_best_metric', 'check_best_metric', 'parse_pairs', 'TrainConfig',
+           'Experiment', 'register_experiment', 'register_variants', 'discover_experiments', 'import_experiments',
+           'list_experiments', 'get_experiment', 'Phase', 'Task', 'supervised', 'adversarial']
 
 # %% ../nbs/05_config.ipynb #fcb1bf0d
 def resumable(default):
@@ -85,6 +85,21 @@ def _coerce(value, hint):
 # %% ../nbs/05_config.ipynb #5c337fef
 AMP_MODES = ("auto", "off", "bf16", "fp16")  # mixed precision: auto = bf16 on CUDA (fp16 without bf16), off on CPU
 
+# %% ../nbs/05_config.ipynb #155bc7a8
+def parse_best_metric(text: str, # 'val/NAME' (lower is better) or '+val/NAME' (higher is better); '-val/NAME' = lower
+                      name: str = "best_metric", # the field named in errors
+                     ) -> tuple[str, bool]:
+    "('val/NAME', higher_is_better) from a metric spec."
+    require(isinstance(text, str), name, "a string 'val/NAME' or '+val/NAME'", text)
+    key, higher = text.lstrip("+-").strip(), text.startswith("+")
+    require(key.startswith("val/") and len(key) > 4 and key == key.strip(), name,
+            "'val/NAME' (lower is better) or '+val/NAME' (higher is better)", text)
+    return key, higher
+
+def check_best_metric(text: str, name: str = "best_metric") -> str:
+    "Raise a ValueError naming `name` unless `text` is a metric spec; return it."
+    parse_best_metric(text, name); return text
+
 # %% ../nbs/05_config.ipynb #b5b3d5fe
 def parse_pairs(text: str, # 'KEY=VALUE,KEY=VALUE' ('' = none)
                 name: str = "pairs", # the field named in errors
@@ -117,6 +132,9 @@ class TrainConfig:
     ckpt_every: int = resumable(0) # save a checkpoint every this many steps (0: only at the end)
     ckpt_minutes: float = resumable(10.0) # also save when this many minutes of wall time passed since the last (0: off)
     plot_every: int = resumable(100) # redraw DIR/losses.png every this many steps (0: only at the end)
+    val_every: int = resumable(0) # run the task's validation every this many steps (0: only at the end)
+    best_metric: str = "" # keep DIR/best.pt at the best 'val/NAME' (lower is better; '+val/NAME': higher); '' = the task's
+    tensorboard: bool = resumable(True) # also write DIR/tensorboard/ when the tensorboard package is installed
     keep: int = resumable(3) # how many step checkpoints to keep
     num_workers: int = resumable(0) # DataLoader worker processes for map-style datasets
     dataset: str = "" # your training data: a folder or CSV in a layout of 50_own_data, or ROLE=FOLDER,... ('' = simulated)
@@ -150,6 +168,9 @@ class TrainConfig:
                 "a non-negative number of minutes (0 = off)", self.ckpt_minutes)
         require(self.plot_every >= 0, "plot_every", "a non-negative number of steps (0 = only at the end)",
                 self.plot_every)
+        require(self.val_every >= 0, "val_every", "a non-negative number of steps (0 = only at the end)",
+                self.val_every)
+        if self.best_metric: check_best_metric(self.best_metric, "best_metric")
         require(self.keep >= 1, "keep", "at least 1 checkpoint", self.keep)
         require(self.num_workers >= 0, "num_workers", "a non-negative number of workers", self.num_workers)
         parse_pairs(self.dataset_roles, "dataset_roles")
@@ -336,6 +357,8 @@ class Task:
     before_step: Callable | None = None # hook(ctx) run before each step
     after_step: Callable | None = None # hook(ctx) -> {metric: value} or None, run after each step
     find_unused_parameters: bool = False # passed to DistributedDataParallel
+    validate: Callable | None = None # validate(ctx) -> {name: number or images}, on held-out data (DIR/samples/)
+    best: str = "" # the validation metric best.pt follows unless config.best_metric says otherwise, e.g. 'val/loss'
 
     def __post_init__(self):
         for k, m in self.models.items():
@@ -353,6 +376,10 @@ class Task:
                 raise ValueError(f"phases: phase {p.name!r} needs repeats >= 1, got {p.repeats!r}")
         for n in self.ema:
             if n not in self.models: raise ValueError(f"ema: {n!r} is not one of the models {tuple(self.models)}")
+        require(self.validate is None or callable(self.validate), "validate", "a callable validate(ctx) or None",
+                self.validate)
+        require(not self.best or self.validate is not None, "best", "no metric without a validate hook", self.best)
+        if self.best: check_best_metric(self.best, "best")
         is_dataset = hasattr(self.data, "__getitem__") and hasattr(self.data, "__len__")
         if not (is_dataset or callable(self.data)):
             raise TypeError(f"data: expected a map-style Dataset or a callable (n, generator) -> batch, "

@@ -25,19 +25,19 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from .config import AMP_MODES, Experiment, Phase, Task, TrainConfig, get_experiment
+from .config import AMP_MODES, Experiment, Phase, Task, TrainConfig, get_experiment, parse_best_metric
 from .data import DataStream
 from .run_state import (CHECKPOINT, EMA, RNGStreams, RunLog, RunSetupError, RunState, check_compatible,
                                    plot_losses,
                                    check_schedule_horizon, forked_global_rng, load_checkpoint, read_log,
                                    remove_stale_temps, save_checkpoint, seed_globals, state_fingerprint,
                                    write_run_info)
-from .utils import atomic_write, derive_seed, get_device, make_generator, seeded
+from .utils import atomic_write, derive_seed, get_device, make_generator, require, seeded
 
 # %% auto #0
 __all__ = ['Context', 'DistInfo', 'init_distributed', 'all_reduce_mean', 'gather_objects', 'broadcast_buffers', 'sync_batchnorm',
-           'resolve_amp', 'TrainResult', 'Run', 'stop_exception', 'StopSignals', 'write_loss_plot', 'fit', 'train',
-           'load_models']
+           'resolve_amp', 'TrainResult', 'Run', 'stop_exception', 'StopSignals', 'write_loss_plot', 'write_sample_grid',
+           'open_tensorboard', 'fit', 'train', 'load_models']
 
 # %% ../nbs/07_engine.ipynb #90aceb71
 class Context:
@@ -197,6 +197,12 @@ class Run:
         self.device, self.main = dev, info.rank == 0
         self.amp, self.micro = resolve_amp(config.amp, dev), _micro_batch(config, info.world_size)
         self.out = self._open_dir(out, resume)
+        self.tb = None   # a TensorBoard SummaryWriter on rank 0 (start), when asked for and installed
+        spec = config.best_metric or task.best
+        require(not config.best_metric or task.validate is not None, "best_metric",
+                "a task with a validate hook (this one has none)", config.best_metric)
+        key, higher = parse_best_metric(spec) if spec else (None, False)
+        self.best = {"metric": key, "higher": higher, "value": None, "step": None} if key else None
         self._build()
 
     def _open_dir(self, out, resume: bool) -> Path:
@@ -250,12 +256,16 @@ def start(self: Run, resume: bool, # continue from DIR/checkpoint.pt when there 
         check_compatible(ck, self.experiment, cfg, ck_path)
         check_schedule_horizon(ck, self.task, cfg, ck_path)
         self.first = self.state.load_state_dict(ck)
+        old = ck.get("best") or {}
+        if self.best is not None and old.get("metric") == self.best["metric"] and old.get("higher") == self.best["higher"]:
+            self.best.update(value=old["value"], step=old["step"])
     else: self.log.truncate(0)
     if self.main:
         write_run_info(self.out, self.experiment, self.preset, cfg, world_size=info.world_size, device=str(self.device),
                        amp=self.amp, micro_batch=self.micro, resumed_from=self.first if self.first else None)
     self.bar = tqdm(total=cfg.steps, initial=self.first, disable=not (self.main and progress),
                     desc=self.experiment or "train", dynamic_ncols=True)
+    self.tb = open_tensorboard(self.out, self.first) if self.main and cfg.tensorboard else None
     self.meter, self.t0 = _Meter(), time.perf_counter()
     self.last_save = time.monotonic()   # the wall-clock cadence (ckpt_minutes) counts from here
     return self.first
@@ -302,11 +312,13 @@ def train_step(self: Run, step: int):
 
 # %% ../nbs/07_engine.ipynb #2d919369
 @patch
-def log_step(self: Run, done: int):
-    "Write a log row after step `done` when it is due; move the progress bar."
+def log_step(self: Run, done: int,
+             extra: Mapping[str, float] | None = None, # validation metrics of this step: a row is written with them
+            ):
+    "Write a log row after step `done` when it is due (or validation metrics came); move the progress bar."
     cfg = self.cfg
-    if done % cfg.log_every == 0 or done == cfg.steps:
-        row = {"step": done, **all_reduce_mean(self.meter.means(), self.info, self.device)}
+    if done % cfg.log_every == 0 or done == cfg.steps or extra:
+        row = {"step": done, **all_reduce_mean(self.meter.means(), self.info, self.device), **(extra or {})}
         row.update({f"lr/{k}": o.param_groups[0]["lr"] for k, o in self.task.optimizers.items()})
         row["time_s"] = round(time.perf_counter() - self.t0, 4)
         if not self.stream.is_stream: row["epoch"] = self.stream.epoch
@@ -315,6 +327,9 @@ def log_step(self: Run, done: int):
             raise FloatingPointError(f"{bad[0]} is {row[bad[0]]} at step {done}; "
                                      "lower the learning rate or check the loss")
         self.log.append(row)
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)): self.tb.add_scalar(k, v, done)
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("/loss")}, refresh=False)
     self.bar.update(1)
 
@@ -379,6 +394,15 @@ def _agree(stop: int, late: bool, info: DistInfo, device: torch.device) -> tuple
     return int(flags[0].item()), bool(flags[1].item())
 
 @patch
+def checkpoint_state(self: Run, done: int) -> dict:
+    "The checkpoint after step `done`: every process takes part (BatchNorm buffers from rank 0, random states gathered)."
+    broadcast_buffers(_with_ema(self.raw, self.emas), self.info)   # BatchNorm statistics: rank 0's, on every rank
+    cfg = self.cfg
+    return {"format": 1, "step": done, "experiment": self.experiment, "preset": self.preset,
+            "config_class": type(cfg).__name__, "config": cfg.to_dict(), **self.state.state_dict(),
+            "torch": str(torch.__version__), **({"best": dict(self.best)} if self.best is not None else {})}
+
+@patch
 def checkpoint_step(self: Run, done: int, # steps done (counted from 1)
                     signals: StopSignals | None = None, # the run's signal flag (a stop request forces a checkpoint)
                    ) -> int:
@@ -390,14 +414,111 @@ def checkpoint_step(self: Run, done: int, # steps done (counted from 1)
     late = cfg.ckpt_minutes > 0 and time.monotonic() - self.last_save >= 60 * cfg.ckpt_minutes
     stop, late = _agree(stop, late, self.info, self.device)
     if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps or late or stop:
-        broadcast_buffers(_with_ema(self.raw, self.emas), self.info)   # BatchNorm statistics: rank 0's, on every rank
-        state = {"format": 1, "step": done, "experiment": self.experiment, "preset": self.preset,
-                 "config_class": type(cfg).__name__, "config": cfg.to_dict(), **self.state.state_dict(),
-                 "torch": str(torch.__version__)}
+        state = self.checkpoint_state(done)
         if self.main: save_checkpoint(state, self.out, cfg.keep)
         self.last_save = time.monotonic()
     return stop
 
+
+# %% ../nbs/07_engine.ipynb #a3f98954
+def _image_rows(images: Mapping[str, Tensor], per_row: int) -> dict[str, Tensor]:
+    "{name: (n, H, W) float} from (H, W), (N, H, W), (N, 1, H, W) or (N, 1, D, H, W) (middle slice) tensors; |z| of complex."
+    rows = {}
+    for k, v in images.items():
+        require(isinstance(v, Tensor), f"images[{k!r}]", "a tensor", type(v).__name__)
+        v = v.detach().cpu()
+        v = (v.abs() if v.is_complex() else v).float()
+        if v.ndim == 5 and v.shape[1] == 1: v = v[:, :, v.shape[2] // 2]
+        if v.ndim == 4 and v.shape[1] == 1: v = v[:, 0]
+        if v.ndim == 2: v = v[None]
+        require(v.ndim == 3, f"images[{k!r}]", "(H, W), (N, H, W), (N, 1, H, W) or (N, 1, D, H, W)", tuple(v.shape))
+        rows[k] = v[:per_row]
+    return rows
+
+def write_sample_grid(images: Mapping[str, Tensor], # name → images (one row each)
+                      path: str | os.PathLike, # the PNG to write (atomically)
+                      title: str | None = None,
+                      per_row: int = 8, # images shown per name
+                     ) -> Path:
+    "One row of images per name, each row in grey between its own minimum and maximum; PNG, written atomically."
+    from matplotlib.figure import Figure
+    rows = _image_rows(images, per_row)
+    require(len(rows) > 0, "images", "at least one named image", 0)
+    ncol = max(v.shape[0] for v in rows.values())
+    fig = Figure(figsize=(1.6 * ncol + 1.2, 1.7 * len(rows) + (0.4 if title else 0)))
+    axes = fig.subplots(len(rows), ncol, squeeze=False)
+    for r, (name, v) in enumerate(rows.items()):
+        lo, hi = float(v.min()), float(v.max())
+        for c in range(ncol):
+            ax = axes[r, c]; ax.set_xticks([]); ax.set_yticks([])
+            if c < v.shape[0]: ax.imshow(v[c].numpy(), cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+            else: ax.axis("off")
+        axes[r, 0].set_ylabel(name)
+    if title: fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_write(path) as tmp: fig.savefig(tmp, format="png", dpi=80)
+    return Path(path)
+
+# %% ../nbs/07_engine.ipynb #0224ffa8
+def open_tensorboard(out: str | os.PathLike, # run directory: events go to DIR/tensorboard
+                     first: int = 0, # the step the run starts from (a resumed run drops later events of the dead one)
+                    ):
+    "A TensorBoard `SummaryWriter` for the run, or None when the `tensorboard` package is not installed."
+    try: from torch.utils.tensorboard import SummaryWriter
+    except ImportError: return None
+    return SummaryWriter(str(Path(out) / "tensorboard"), purge_step=first + 1 if first else None)
+
+@patch
+def close_tensorboard(self: Run):
+    "Flush and close the run's TensorBoard writer (if any)."
+    if self.tb is not None: self.tb.close(); self.tb = None
+
+# %% ../nbs/07_engine.ipynb #b86ebd5a
+@patch
+def validate_step(self: Run, done: int, # steps done (counted from 1)
+                 ) -> dict[str, float]:
+    """Run the task's `validate` hook after step `done` when due (every `val_every` steps and at the end): return its
+    numbers as {'val/NAME': value}, draw its images into DIR/samples/step_N.png, keep DIR/best.pt."""
+    cfg, task = self.cfg, self.task
+    if task.validate is None or not (done == cfg.steps or (cfg.val_every and done % cfg.val_every == 0)): return {}
+    models = {k: (self.emas[k].module if k in self.emas else m) for k, m in self.raw.items()}
+    modes = {k: m.training for k, m in models.items()}
+    vctx = Context(models, models, make_generator(derive_seed(cfg.seed, 0, 3), self.device), self.device, cfg,
+                   self.info.rank, self.info.world_size, self.micro)
+    vctx.step, vctx.phase = done, "validate"
+    try:
+        for m in models.values(): m.eval()
+        with forked_global_rng(self.device), torch.no_grad(): out = task.validate(vctx)
+    finally:
+        for k, m in models.items(): m.train(modes[k])
+    require(isinstance(out, Mapping), "validate", "a dict {name: number or images}", type(out).__name__)
+    metrics, images = {}, {}
+    for k, v in out.items():
+        if isinstance(v, Tensor) and v.numel() > 1: images[k] = v
+        else: metrics[f"val/{k}"] = float(v)
+    if self.main and images:
+        title = f"{self.experiment or 'run'} {self.preset}".strip() + f", step {done}"
+        write_sample_grid(images, self.out / "samples" / f"step_{done:08d}.png", title=title)
+        if self.tb is not None:
+            for k, v in _image_rows(images, 8).items():
+                lo, hi = v.min(), v.max()
+                self.tb.add_images(f"samples/{k}", ((v - lo) / (hi - lo).clamp_min(1e-12))[:, None], done)
+    if self.best is not None: self.keep_best(done, metrics)
+    return metrics
+
+@patch
+def keep_best(self: Run, done: int, metrics: Mapping[str, float]):
+    "Save DIR/best.pt (and best.json) when the followed metric improved at step `done` (every process takes part)."
+    key, higher, old = self.best["metric"], self.best["higher"], self.best["value"]
+    if key not in metrics:
+        raise ValueError(f"best_metric: {key!r} is not among the validation metrics {sorted(metrics)}")
+    v = metrics[key]
+    if not math.isfinite(v) or (old is not None and not (v > old if higher else v < old)): return
+    self.best.update(value=v, step=done)
+    state = self.checkpoint_state(done)
+    if self.main:
+        with atomic_write(self.out / "best.pt") as tmp: torch.save(state, tmp)
+        with atomic_write(self.out / "best.json") as tmp: tmp.write_text(json.dumps(self.best, indent=1))
 
 # %% ../nbs/07_engine.ipynb #064a2766
 def _check_replicas(raw: dict, info: DistInfo, out: Path):
@@ -416,8 +537,8 @@ def _check_replicas(raw: dict, info: DistInfo, out: Path):
 
 @patch
 def finish(self: Run) -> TrainResult:
-    "Close the progress bar, check the replicas (several processes), and return the result."
-    self.bar.close()
+    "Close the progress bar and TensorBoard, check the replicas (several processes), and return the result."
+    self.bar.close(); self.close_tensorboard()
     if self.info.world_size > 1:
         broadcast_buffers(_with_ema(self.raw, self.emas), self.info)
         _check_replicas(_with_ema(self.raw, self.emas), self.info, self.out)
@@ -433,7 +554,7 @@ def fit(task: Task, config: TrainConfig,
         progress: bool = True, # tqdm progress bar on rank 0
        ) -> TrainResult:
     """Train `task` for `config.steps` steps: any device, autocast, DDP under torchrun, EMA, logs, resumable
-    checkpoints. SIGINT/SIGTERM: the step ends, a checkpoint is written, then KeyboardInterrupt /
+    checkpoints, validation with a best checkpoint. SIGINT/SIGTERM: the step ends, a checkpoint is written, then KeyboardInterrupt /
     SystemExit(143) is raised."""
     info = init_distributed(device)
     run, finished = None, False
@@ -443,7 +564,7 @@ def fit(task: Task, config: TrainConfig,
             first = run.start(resume, progress)
             for step in range(first, config.steps):
                 run.train_step(step)
-                run.log_step(step + 1)
+                run.log_step(step + 1, run.validate_step(step + 1))
                 stop = run.checkpoint_step(step + 1, signals)
                 run.plot_step(step + 1, final=bool(stop))
                 if stop: run.bar.close(); raise stop_exception(stop)   # checkpointed after this step: --resume goes on
@@ -452,6 +573,7 @@ def fit(task: Task, config: TrainConfig,
         finished = True
         return result
     finally:
+        if run is not None: run.close_tensorboard()
         if info.initialized_here and dist.is_initialized() and finished:
             run = None                    # the DDP wrappers hold the group: free them before it goes
             _close_group()

@@ -601,6 +601,8 @@ def train(experiment: str | Experiment, # a registered name or an Experiment
     if config.dataset:   # your own scans: the experiment's task, its training data read from files (52_train_own_data)
         from medsynth_nb.own_data import files_task
         task = files_task(exp, config, task)
+    from medsynth_nb.validation import attach_validation   # held-out subjects scored while training (55_validation)
+    task = attach_validation(exp, config, task)
     return fit(task, config, out, resume=resume, experiment=exp.name, preset=preset, device=device, progress=progress)
 
 # %% ../nbs/07_engine.ipynb #fa5cff9a

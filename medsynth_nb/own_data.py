@@ -20,8 +20,8 @@ from .sources import SIMULATOR_GRID, Grid, Subject, conform, read_layout, rename
 from .utils import check_int, require
 
 # %% auto #0
-__all__ = ['DATA_SOURCES', 'dataset_subjects', 'FileSlices', 'register_data_source', 'check_data', 'files_task',
-           'held_out_subjects', 'harmonize_files', 'lowdose_files']
+__all__ = ['DATA_SOURCES', 'SUBJECT_READERS', 'dataset_subjects', 'FileSlices', 'register_data_source', 'check_data',
+           'files_task', 'held_out_subjects', 'harmonize_files', 'lowdose_files']
 
 # %% ../nbs/52_train_own_data.ipynb #ef4343cb
 def _data_path(dataset: str):
@@ -32,13 +32,15 @@ def _data_path(dataset: str):
 
 def dataset_subjects(cfg: TrainConfig, # a config with `dataset` set
                      roles: Sequence[str], # the roles the experiment needs, e.g. ('source', 'target')
+                     read: Callable | None = None, # (path, cfg) -> [Subject] for files in no NIfTI layout (fastMRI .h5)
                     ) -> tuple[list[Subject], list[Subject]]:
     "(train, val) subjects of `cfg.dataset`, files under the experiment's role names, split by `val_fraction` and `seed`."
     require(isinstance(cfg, TrainConfig) and cfg.dataset != "", "cfg", "a config with `dataset` set", getattr(cfg, "dataset", cfg))
     names = parse_pairs(cfg.dataset_roles, "dataset_roles")
     unknown = sorted(set(names) - set(roles))
     require(not unknown, "dataset_roles", f"keys among the experiment's roles {list(roles)}", unknown)
-    subjects = read_layout(_data_path(cfg.dataset), [names.get(r, r) for r in roles])
+    path = _data_path(cfg.dataset)
+    subjects = read(path, cfg) if read is not None else read_layout(path, [names.get(r, r) for r in roles])
     return split_subjects(rename_roles(subjects, roles, names), cfg.val_fraction, cfg.seed)
 
 # %% ../nbs/52_train_own_data.ipynb #34e14d30
@@ -86,14 +88,18 @@ class FileSlices(Dataset):
 
 # %% ../nbs/52_train_own_data.ipynb #5faba5dc
 DATA_SOURCES: dict[str, tuple[tuple[str, ...], Callable]] = {}
+SUBJECT_READERS: dict[str, Callable] = {} # experiment → (path, cfg) → [Subject], where its files are not NIfTI layouts
 
 def register_data_source(experiment: str, # the registry name of the experiment
                          roles: Sequence[str], # the roles each subject must have (see `dataset_roles`)
+                         read: Callable | None = None, # (path, cfg) -> [Subject], for files in no NIfTI layout
                         ):
     "Decorator: `make(cfg, train_subjects) -> Dataset` gives `experiment`'s training set from your files."
     require(isinstance(experiment, str) and experiment, "experiment", "a registered experiment name", experiment)
     def deco(make: Callable) -> Callable:
-        DATA_SOURCES[experiment] = (tuple(roles), make); return make
+        DATA_SOURCES[experiment] = (tuple(roles), make)
+        if read is not None: SUBJECT_READERS[experiment] = read
+        return make
     return deco
 
 def check_data(experiment: Experiment, cfg: TrainConfig) -> tuple[list[Subject], list[Subject]]:
@@ -102,7 +108,7 @@ def check_data(experiment: Experiment, cfg: TrainConfig) -> tuple[list[Subject],
     if experiment.name not in DATA_SOURCES:
         raise ValueError(f"dataset: experiment {experiment.name!r} trains on the simulator only; "
                          f"experiments that train on your files: {sorted(DATA_SOURCES)}")
-    train, val = dataset_subjects(cfg, DATA_SOURCES[experiment.name][0])
+    train, val = dataset_subjects(cfg, DATA_SOURCES[experiment.name][0], SUBJECT_READERS.get(experiment.name))
     require(len(train) > 0, "dataset", "at least one training subject", f"{len(train)} (val_fraction {cfg.val_fraction})")
     return train, val
 
@@ -120,7 +126,7 @@ def held_out_subjects(run: str | Path) -> list[Subject]:
     cfg = get_experiment(ck["experiment"]).config_class.from_dict(ck["config"])
     require(cfg.dataset != "", "run", "a run trained on your files (its config has `dataset`)", str(run))
     load_file_modules()
-    return dataset_subjects(cfg, DATA_SOURCES[ck["experiment"]][0])[1]
+    return dataset_subjects(cfg, DATA_SOURCES[ck["experiment"]][0], SUBJECT_READERS.get(ck["experiment"]))[1]
 
 # %% ../nbs/52_train_own_data.ipynb #76a9ef69
 @register_data_source("harmonize", ("source", "target"))

@@ -34,11 +34,14 @@ class Applier:
     experiment: str # registry name of the experiment
     roles: tuple[str, ...] # the input scans by role; the first is the reference grid and the output's grid
     load: Callable # (run, device) → whatever `run` needs (models, scheduler, config)
-    run: Callable # (loaded, volumes {role: (X, Y, Z)}, generator, **options) → (X, Y, Z) output on the grid
+    run: Callable | None # (loaded, volumes {role: (X, Y, Z)}, generator, **options) → (X, Y, Z) output on the grid
     evaluate: Callable | None = None # (loaded, volumes incl. targets, generator, subject, **options) → rows
     eval_roles: tuple[str, ...] = () # the roles `evaluate` needs (inputs plus targets)
     options: Mapping[str, str] = field(default_factory=dict) # option name → what it does (for `--help`)
     grid: Grid = SIMULATOR_GRID # the grid the models were trained on
+    files: Callable | None = None # (path) → [Subject]: the applier reads its own files (fastMRI .h5), not NIfTI
+    apply_file: Callable | None = None # (loaded, input, output, generator, **options) → output, written by itself
+    suffix: str = ".nii.gz" # the output files' ending (`apply_to_folder`): '.h5' for an `apply_file` applier
 
 # %% ../nbs/51_apply.ipynb #08092060
 APPLIERS: dict[str, Applier] = {}
@@ -165,11 +168,17 @@ def apply_to_files(run: str | Path, # a trained run directory
                   ) -> Path:
     "Apply a trained run to one subject's scans; the output has the first input's grid, affine and header."
     output = Path(output); check_int(seed, "seed", min=0)
-    require(nifti_stem(output) is not None, "output", "a .nii or .nii.gz file name", str(output))
+    h5 = output.suffix.lower() == ".h5"
+    require(h5 or nifti_stem(output) is not None, "output", "a .nii or .nii.gz file name (.h5 for fastMRI runs)",
+            str(output))
     require(overwrite or not output.exists(), "output", "a file that does not exist yet (or overwrite=True)", str(output))
     applier, state = loaded or load_applier(run, device)
     unknown = sorted(set(options) - set(applier.options))
     require(not unknown, "options", f"options of {applier.experiment}: {sorted(applier.options)}", unknown)
+    require(h5 == (applier.apply_file is not None), "output", f"a {applier.suffix} file for {applier.experiment}",
+            str(output))
+    if applier.apply_file is not None:                    # the applier reads and writes its own format (fastMRI)
+        return applier.apply_file(state, Path(inputs[applier.roles[0]]), output, make_generator(seed), **options)
     vols, grid_affine = conformed_inputs(applier, inputs)
     out = applier.run(state, vols, make_generator(seed), **options)
     import nibabel as nib
@@ -187,6 +196,7 @@ def _subjects(applier: Applier, data, roles: Sequence[str], role_map: Mapping[st
     require(not unknown, "role_map", f"keys among the roles {list(roles)}", unknown)
     if isinstance(data, (list, tuple)) and data and all(isinstance(s, Subject) for s in data):   # ready subjects
         return rename_roles(data, roles, role_map)
+    if applier.files is not None: return applier.files(data)          # its own format: one subject per file
     if len(roles) == 1 and not isinstance(data, Mapping) and Path(data).is_dir() and layout is None \
             and not any(p.is_dir() for p in Path(data).iterdir()):
         return [Subject(nifti_stem(p), {roles[0]: p}) for p in nifti_files(data, "data")]
@@ -207,7 +217,7 @@ def apply_to_folder(run: str | Path, # a trained run directory
     output = Path(output); output.mkdir(parents=True, exist_ok=True)
     written = []
     for s in subjects:
-        dest = output / f"{s.id}.nii.gz"
+        dest = output / f"{s.id}{loaded[0].suffix}"
         if dest.exists() and not overwrite: continue
         written.append(apply_to_files(run, s.files, dest, seed=seed, overwrite=overwrite, loaded=loaded, **options))
     return written
@@ -249,7 +259,7 @@ def evaluate_run(run: str | Path, # a trained run directory
     for s in subjects:
         doses = s.meta.get("doses") if isinstance(s.meta, Mapping) else None
         roles = list(s.files) if doses is not None else list(applier.eval_roles)
-        vols, _ = conformed_inputs(applier, s.files, roles)
+        vols = dict(s.files) if applier.files is not None else conformed_inputs(applier, s.files, roles)[0]
         extra = dict(doses=doses, field=options.get("field", s.meta.get("field"))) if doses is not None else {}
         rows += applier.evaluate(state, vols, make_generator(seed), s.id, **(options | extra))
     write_metrics(rows, out_dir, by="dose" if "dose" in rows[0] else "method")

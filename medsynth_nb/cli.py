@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = sub.add_parser("apply", help="apply a trained run to a NIfTI scan, or to every subject of a folder")
     a.add_argument("run", help="a trained run directory")
-    a.add_argument("input", help="a NIfTI file (the run's first input), or a folder / CSV of subjects")
-    a.add_argument("output", help="the NIfTI to write (.nii.gz), or a folder for SUBJECT.nii.gz")
+    a.add_argument("input", help="a NIfTI file (the run's first input), a fastMRI .h5 file, or a folder / CSV of subjects")
+    a.add_argument("output", help="the NIfTI to write (.nii.gz; .h5 for a fastMRI file), or a folder for SUBJECT.nii.gz")
     a.add_argument("--with", dest="with_", action="append", default=[], metavar="ROLE=PATH",
                    help="another input of a one-file apply (repeatable), e.g. standard=sd.nii.gz")
     _apply_arguments(a)
@@ -205,7 +205,7 @@ def _apply(args) -> int:
         run, device, options, roles = _run_arguments(args)
         extra, inp = {k: Path(v) for k, v in _pairs(args.with_, "--with").items()}, Path(args.input)
         require(inp.exists(), "INPUT", "an existing NIfTI file, folder or CSV", args.input)
-        if inp.is_file() and nifti_stem(inp) is not None:          # one subject: INPUT is the first role
+        if inp.is_file() and (nifti_stem(inp) is not None or inp.suffix.lower() == ".h5"):   # one subject (or fastMRI file)
             require(not roles and args.layout is None, "--role/--layout", "nothing when INPUT is one NIfTI file "
                     "(name the other inputs with --with ROLE=PATH)", roles or args.layout)
             loaded = load_applier(run, device)

@@ -1,0 +1,178 @@
+"Lesson 54: patch-invariant translation trained on two unpaired folders, applied to NIfTI scans and evaluated."
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from nibabel.testing import data_path
+
+from medsynth_nb.cli import main
+from medsynth_nb.config import get_experiment
+from medsynth_nb.data import load_nifti, save_nifti
+from medsynth_nb.own_data import DATA_SOURCES, check_data, held_out_subjects
+from medsynth_nb.patchinv import _contrast_volumes, contrast_slices, scores, task_pairs, translate, unpaired_stream
+from medsynth_nb.phantom import axial_slices
+from medsynth_nb.sources import SIMULATOR_GRID, Subject, conform
+from medsynth_nb.translation_files import (UnpairedFileStream, central_slices, evaluate_translation, from_model,
+                                           load_translator, split_domains, to_model, translate_volume,
+                                           unpaired_subjects)
+
+SAMPLES = Path(__file__).resolve().parent.parent / "data_samples"
+ANAT = Path(data_path) / "anatomical.nii"   # a real T1 scan, LAS, 33 x 41 x 25
+N, D = 3, 16
+
+
+def _sim(path: Path, seed: int, contrast: str, n: int = N) -> Path:
+    "The simulator's subject as a NIfTI on its grid (its n lesson slices, zeros elsewhere)."
+    aff = conform(SAMPLES / "mprage_1.5T.nii.gz", SIMULATOR_GRID)[1]
+    vol = np.zeros(SIMULATOR_GRID.shape, np.float32)
+    vol[:, :, central_slices(SIMULATOR_GRID.shape[2], n)] = _contrast_volumes(seed, n, False, 25.0, "icbm152")[contrast]
+    return save_nifti(path, vol, aff)
+
+
+@pytest.fixture(scope="module")
+def sim_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sim")
+    for s in (0, 1): _sim(root / "t1" / f"s{s}_T1.nii.gz", s, "t1w")
+    for s in (1000, 1001, 1002): _sim(root / "t2" / f"s{s}_T2.nii.gz", s, "t2w")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ixi(tmp_path_factory):
+    "IXI-like folders of real scans: the same 4 subjects in both (MPRAGE 1.5 T as 'T1', 3 T as 'T2', shifted)."
+    root = tmp_path_factory.mktemp("ixi")
+    a15, aff, _ = load_nifti(SAMPLES / "mprage_1.5T.nii.gz"); a3 = load_nifti(SAMPLES / "mprage_3T.nii.gz")[0]
+    for k in range(4):
+        save_nifti(root / "T1" / f"IXI{k:03d}-HH-{k}-T1.nii.gz", np.roll(a15, 3 * k, 1), aff)
+        save_nifti(root / "T2" / f"IXI{k:03d}-HH-{k}-T2.nii.gz", np.roll(a3, 3 * k, 1), aff)
+    return root
+
+
+def test_slices_equal_the_simulator(sim_folders):
+    "to_model on the conformed file = contrast_slices of the same subject, bit for bit (orientation, resize, range)."
+    vol = torch.from_numpy(conform(sim_folders / "t1" / "s1_T1.nii.gz", SIMULATOR_GRID)[0])
+    x = to_model(vol, 32, central_slices(95, N))
+    assert torch.equal(x, contrast_slices(1, 32, N, deform=False)["t1w"] * 2 - 1)
+    assert not torch.equal(x, contrast_slices(1, 32, N, deform=False)["t2w"] * 2 - 1)
+
+
+def test_central_slices_are_the_simulators():
+    "The slice positions, recovered from the simulator's label slices of an undeformed subject (the template's labels)."
+    from medsynth_nb import phantom as P
+    full = P.tissue_labels(P.anatomy_maps("icbm152"))
+    for n in (3, 8):
+        lab = _contrast_volumes(0, n, False, 25.0, "icbm152")["labels"]
+        zs = [[z for z in range(full.shape[2]) if np.array_equal(full[:, :, z], lab[:, :, k])] for k in range(n)]
+        assert all(len(c) == 1 for c in zs) and central_slices(full.shape[2], n).tolist() == [c[0] for c in zs]
+
+
+def test_stream_equals_unpaired_stream_on_the_same_volumes(sim_folders):
+    "Batch for batch the simulator's unpaired_stream(domains) on the same subjects: a swapped domain or paired draws fail."
+    subs = unpaired_subjects({"source": sim_folders / "t1", "target": sim_folders / "t2"})
+    assert [s.id for s in subs] == ["s0", "s1", "s1000", "s1001", "s1002"]
+    src, tgt = split_domains(subs)
+    stream = UnpairedFileStream(src, tgt, D, N)
+    assert stream._slices == {}                                            # lazy: nothing read before a draw
+    X = task_pairs("t1t2", [0, 1], D, N, deform=False)[0]
+    Y = task_pairs("t1t2", [1000, 1001, 1002], D, N, deform=False)[1]
+    for seed in (0, 5):
+        a = stream(7, torch.Generator().manual_seed(seed))
+        b = unpaired_stream(X, Y)(7, torch.Generator().manual_seed(seed))
+        assert torch.equal(a["x"], b["x"]) and torch.equal(a["y"], b["y"])
+    assert all(v.shape == (N, 1, D, D) for v in stream._slices.values())  # only the slices are kept
+
+
+def test_stream_draws_x_and_y_independently(sim_folders):
+    "Over many draws, the input slice index and the target slice index agree about as often as chance (1/6), not always."
+    subs = unpaired_subjects({"source": sim_folders / "t1", "target": sim_folders / "t2"})
+    src, tgt = split_domains(subs)
+    stream = UnpairedFileStream(src, tgt[:2], D, N)                          # 2 subjects x 3 slices in each domain
+    keys = lambda t, d: [next(j for j in range(6) if torch.equal(v, torch.cat([stream.slices(d, 0), stream.slices(d, 1)])[j]))
+                         for v in t]
+    b = stream(200, torch.Generator().manual_seed(1))
+    same = np.mean(np.array(keys(b["x"], "x")) == np.array(keys(b["y"], "y")))
+    assert 0.05 < same < 0.35, same
+
+
+def test_shared_subjects_serve_one_domain(ixi):
+    "IXI-like folders (every subject in both): the training domains are disjoint and the held-out subjects in neither."
+    exp = get_experiment("patchinv-pi")
+    cfg = exp.config("smoke", dataset=f"source={ixi / 'T1'},target={ixi / 'T2'}", val_fraction=0.25, seed=3)
+    train, val = check_data(exp, cfg)
+    assert len(val) == 1 and all(set(s.files) == {"source", "target"} for s in train + val)
+    data = DATA_SOURCES["patchinv-pi"][1](cfg, train)
+    xs, ys = ({s.id for s in data.subjects[d][0]} for d in ("x", "y"))
+    assert xs and ys and not xs & ys and xs | ys == {s.id for s in train}
+    assert val[0].id not in xs | ys
+    with pytest.raises(ValueError, match="disjoint subjects"):
+        UnpairedFileStream(train, train, D, N)                              # a paired critic is refused
+
+
+def test_from_model_inverts_the_geometry():
+    "Exactly at d = the padded square's side; close at the model size."
+    vol = torch.from_numpy(conform(ANAT, SIMULATOR_GRID)[0])
+    z = np.arange(30, 60, 7)
+    assert torch.equal(from_model(axial_slices(vol, z)[:, None], vol.shape[:2]), vol[:, :, torch.from_numpy(z)])
+    back = from_model(to_model(vol, 64, z), vol.shape[:2])                 # [-1, 1] per slice: compare shapes of signal
+    ref = vol[:, :, torch.from_numpy(z)]
+    assert np.corrcoef(back.flatten(), ref.flatten())[0, 1] > 0.9
+
+
+def test_train_apply_evaluate_through_the_cli(ixi, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "patchinv-uapi", "--preset", "smoke", "--steps", "2", "--out", str(run), "--no-progress",
+                 "--data", f"source={ixi / 'T1'},target={ixi / 'T2'}", "--set", "val_fraction=0.25",
+                 "--set", f"slices_per_subject={N}"]) == 0
+    for name, opts in (("t2.nii.gz", []), ("sigma.nii.gz", ["--option", "result=uncertainty"])):
+        assert main(["apply", str(run), str(ANAT), str(tmp_path / name), *opts]) == 0
+    src, t2, sg = (nib.load(str(p)) for p in (ANAT, tmp_path / "t2.nii.gz", tmp_path / "sigma.nii.gz"))
+    for img in (t2, sg):
+        assert img.shape == src.shape and np.allclose(img.affine, src.affine)
+    assert not np.array_equal(np.asarray(t2.dataobj), np.asarray(sg.dataobj)) and np.asarray(sg.dataobj).min() >= 0
+    # the file equals the applier run on the conformed scan, resampled back (the 51 path): here, one slice's values
+    t = load_translator(run)
+    vol = torch.from_numpy(conform(ANAT, SIMULATOR_GRID)[0])
+    out = translate_volume(t, {"source": vol})
+    full = vol.flatten(0, 1).amax(0) > 0
+    z = np.flatnonzero(full.numpy())[::4]                                   # anatomical.nii covers 25 of the 95 slices
+    assert bool((out[:, :, ~full] == 0).all())
+    ref = from_model((translate(t["G"], to_model(vol, t["cfg"].size, z))[0] + 1) / 2, vol.shape[:2])
+    assert torch.allclose(out[:, :, torch.from_numpy(z)], ref, atol=1e-5)
+    # evaluate without --data: the run's held-out subject, which has both scans
+    held = held_out_subjects(run)
+    assert main(["evaluate", str(run)]) == 0
+    rows = (run / "evaluation" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("subject,method,ssim,psnr,mean_sigma,pcc_images,pcc_pixels")
+    assert sorted({r.split(",")[0] for r in rows[1:]}) == sorted(s.id for s in held)
+
+
+def test_evaluation_is_the_lessons_scores(sim_folders, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "patchinv-pi", "--preset", "smoke", "--steps", "1", "--out", str(run), "--no-progress",
+                 "--data", f"source={sim_folders / 't1'},target={sim_folders / 't2'}", "--set", "val_fraction=0"]) == 0
+    t = load_translator(run)
+    vols = {r: torch.from_numpy(conform(_sim(tmp_path / f"{r}.nii.gz", 2000, c), SIMULATOR_GRID)[0])
+            for r, c in (("source", "t1w"), ("target", "t2w"))}
+    rows = evaluate_translation(t, vols, None, "s2000")
+    z = central_slices(95, t["cfg"].slices_per_subject)
+    x, y = (to_model(vols[r], t["cfg"].size, z) for r in ("source", "target"))
+    assert rows[0] == dict(subject="s2000", method="input", **scores(x, y))
+    assert rows[1] == dict(subject="s2000", method="pi", **scores(translate(t["G"], x)[0], y))
+
+
+def test_errors(sim_folders, tmp_path):
+    with pytest.raises(ValueError, match="dataset: expected 'source=FOLDER,target=FOLDER'"):
+        unpaired_subjects(sim_folders / "t1")
+    with pytest.raises(ValueError, match="dataset: expected 'source=FOLDER,target=FOLDER'"):
+        unpaired_subjects({"t1": sim_folders / "t1", "target": sim_folders / "t2"})
+    subs = unpaired_subjects({"source": sim_folders / "t1", "target": sim_folders / "t2"})
+    with pytest.raises(ValueError, match="source: expected at least one training subject"):
+        UnpairedFileStream([], subs, D, N)
+    exp = get_experiment("patchinv-wgan")
+    cfg = exp.config("smoke", dataset=str(sim_folders / "t1"))
+    with pytest.raises(ValueError, match="dataset: expected 'source=FOLDER,target=FOLDER'"):
+        check_data(exp, cfg)
+    assert main(["train", "patchinv-wgan", "--preset", "smoke", "--out", str(tmp_path / "r"), "--data",
+                 f"source={sim_folders / 't1'},target={sim_folders / 't2'}", "--set", "dataset_roles=source=t1"]) == 2

@@ -14,21 +14,25 @@ from .config import Experiment, Task, TrainConfig
 from .utils import make_generator, require
 
 # %% auto #0
-__all__ = ['VALIDATORS', 'VAL_SEEDS', 'VAL_SAMPLE_STEPS', 'register_validator', 'attach_validation', 'disjoint_seeds',
-           'validation_slices', 'harmonize_validator', 'lowdose_validator']
+__all__ = ['VALIDATORS', 'VAL_SEEDS', 'VAL_SAMPLE_STEPS', 'RECON_EXPERIMENTS', 'PATCHINV_EXPERIMENTS', 'register_validator',
+           'attach_validation', 'draw_batch', 'disjoint_seeds', 'validation_slices', 'harmonize_validator',
+           'lowdose_validator', 'recon_validator', 'cfg_name', 'patchinv_validator', 'lipcar_validator']
 
 # %% ../nbs/55_validation.ipynb #be2cc5b2
 VALIDATORS: dict[str, tuple[Callable, str]] = {} # experiment → (make(cfg, subjects) -> validate(ctx), best metric)
 
 VAL_SEEDS = (7000, 7001) # simulated validation subjects: ICBM152 warps like the training ones, neither training nor test
 
-def register_validator(experiment: str, # the registry name of the experiment
+def register_validator(experiment: str | Sequence[str], # the registry name(s) of the experiment(s)
                        best: str, # the metric best.pt follows, e.g. 'val/translation_mse' ('+val/NAME': higher)
                       ):
-    "Decorator: `make(cfg, subjects)` returns `experiment`'s validate(ctx) hook (subjects None: the simulator)."
-    require(isinstance(experiment, str) and experiment, "experiment", "a registered experiment name", experiment)
+    "Decorator: `make(cfg, subjects)` returns the validate(ctx) hook, or None when it cannot (subjects None: the simulator)."
+    names = [experiment] if isinstance(experiment, str) else list(experiment)
+    require(len(names) > 0 and all(isinstance(n, str) and n for n in names), "experiment",
+            "a registered experiment name or a list of them", experiment)
     def deco(make: Callable) -> Callable:
-        VALIDATORS[experiment] = (make, best); return make
+        for n in names: VALIDATORS[n] = (make, best)
+        return make
     return deco
 
 def attach_validation(experiment: Experiment, cfg: TrainConfig, task: Task) -> Task:
@@ -40,8 +44,25 @@ def attach_validation(experiment: Experiment, cfg: TrainConfig, task: Task) -> T
         from medsynth_nb.own_data import check_data
         subjects = check_data(experiment, cfg)[1]
         if not subjects: return task
-    task.validate, task.best = make(cfg, subjects), best
+    hook = make(cfg, subjects)
+    if hook is not None: task.validate, task.best = hook, best
     return task
+
+def draw_batch(data, # a map-style Dataset of dict items, or a stream (n, generator) -> batch
+               n: int, seed: int = 0) -> dict:
+    "A fixed validation batch from a data source: `n` items at evenly spaced indices, or `n` draws seeded by `seed`."
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        require(len(data) > 0, "data", "a non-empty dataset", 0)
+        from torch.utils.data import default_collate
+        k = len(data)
+        return default_collate([data[round(i * (k - 1) / max(n - 1, 1))] for i in range(min(n, k))])
+    return data(n, make_generator(seed))
+
+def _models(ctx, *names):
+    "The first of `names` among the context's models (an experiment's variants name their network differently)."
+    for n in names:
+        if n in ctx.models: return ctx.models[n]
+    raise KeyError(f"ctx.models: none of {names} in {list(ctx.models)}")
 
 def disjoint_seeds(val: Sequence[int], train: Sequence[int], test: Sequence[int] = ()) -> tuple[int, ...]:
     "`val`, after checking it shares no subject with the training or test seeds (a ValueError naming them)."
@@ -124,4 +145,94 @@ def lowdose_validator(cfg, subjects=None, n_crops: int = 8) -> Callable:
         err = (fake - real).abs()
         return {"l1": err.mean(), "l1_ce": err[ce].mean() if ce.any() else err.new_zeros(()),
                 "native": na, "synthetic": fake, "real": real, "standard": sd}
+    return validate
+
+# %% ../nbs/55_validation.ipynb #a5801849
+RECON_EXPERIMENTS = ("recon-unpaired", "recon-l1", "recon-hybrid")
+
+@register_validator(RECON_EXPERIMENTS, best="+val/snr")
+def recon_validator(cfg, subjects=None, n_slices: int = 4) -> Callable:
+    "Lei's validation hook: SNR/SSIM of G's reconstructions (and of the zero-filled ones), zero-filled / G / target."
+    from medsynth_nb.kspace import zero_filled
+    from medsynth_nb.recon import (TEST_SUBJECTS, input_subjects, label_subjects, measure, recon_scores, recon_setup,
+                                   simulate_set)
+    cache = {}
+    def batch():
+        if "b" not in cache:
+            if subjects is None:
+                seeds = disjoint_seeds(VAL_SEEDS, input_subjects(cfg) + label_subjects(cfg), TEST_SUBJECTS)
+                x = simulate_set(seeds, cfg.shape, max(1, n_slices // len(seeds)), cfg.deform)
+                mask, maps = recon_setup(cfg.shape, cfg.acceleration, cfg.coils, cfg.mask_seed)
+                cache["b"] = dict(y=measure(x, mask, maps), mask=mask, maps=maps, target=x)
+            else:
+                from medsynth_nb.own_data import DATA_SOURCES, load_file_modules
+                load_file_modules()
+                b = draw_batch(DATA_SOURCES[cfg_name(cfg)][1](cfg, subjects), n_slices, cfg.seed)
+                cache["b"] = {k: b.get(k) for k in ("y", "mask", "maps", "target")}
+        return cache["b"]
+    def validate(ctx):
+        b = {k: (v.to(ctx.device) if isinstance(v, Tensor) else v) for k, v in batch().items()}
+        G = _models(ctx, "generator", "model")
+        pred = G(b["y"], b["mask"], b["maps"])
+        zf = zero_filled(b["y"], b["mask"], b["maps"])
+        s, z = recon_scores(pred, b["target"]), recon_scores(zf, b["target"])
+        return {"snr": s["snr"], "ssim": s["ssim"], "snr_zero_filled": z["snr"],
+                "zero_filled": zf.abs(), "reconstruction": pred.abs(), "target": b["target"].abs()}
+    return validate
+
+def cfg_name(cfg) -> str:
+    "The registry name of a recon config's variant ('recon-' + regime)."
+    return f"recon-{cfg.regime}"
+
+# %% ../nbs/55_validation.ipynb #f0f2fb7d
+PATCHINV_EXPERIMENTS = ("patchinv-wgan", "patchinv-pi", "patchinv-uapi")
+
+@register_validator(PATCHINV_EXPERIMENTS, best="+val/ssim")
+def patchinv_validator(cfg, subjects=None, n_slices: int = 4) -> Callable | None:
+    "Angermann's validation hook on paired simulated subjects: SSIM/PSNR, input / translated / sigma / target."
+    if subjects is not None: return None        # unpaired files: nothing to score a translation against
+    from medsynth_nb.patchinv import TEST_SUBJECTS, scores, task_pairs
+    cache = {}
+    def batch():
+        if "b" not in cache:
+            train = list(range(cfg.input_subjects)) + list(range(1000, 1000 + cfg.target_subjects))
+            seeds = disjoint_seeds(VAL_SEEDS, train, TEST_SUBJECTS)
+            cache["b"] = task_pairs(cfg.task, seeds, cfg.size, max(1, n_slices // len(seeds)), cfg.deform,
+                                    cfg.acceleration, cfg.center_fraction)
+        return cache["b"]
+    def validate(ctx):
+        x, y = (t.to(ctx.device) for t in batch())
+        img, sigma = ctx.models.generator(x)[:2]
+        s = scores(img.float().cpu(), y.cpu())
+        return {"ssim": s["ssim"], "psnr": s["psnr"], "input": x, "translated": img, "sigma": sigma, "target": y}
+    return validate
+
+# %% ../nbs/55_validation.ipynb #703ab84f
+@register_validator("lip-car", best="+val/ssim")
+def lipcar_validator(cfg, subjects=None, n_slices: int = 4) -> Callable:
+    "LIP-CAR's validation hook: SSIM of every trained network against its target; pre / low / high / outputs."
+    from medsynth_nb.lip import (TEST_FIRST_SEED, TRAIN_FIRST_SEED, network_io, simulate_lipcar, ssim_loss)
+    cache = {}
+    def batch():
+        if "b" not in cache:
+            if subjects is None:
+                seeds = disjoint_seeds(VAL_SEEDS, range(TRAIN_FIRST_SEED, TRAIN_FIRST_SEED + cfg.subjects),
+                                       range(TEST_FIRST_SEED, TEST_FIRST_SEED + 1000))
+                d = simulate_lipcar(seeds, max(1, n_slices // len(seeds)), low_dose=cfg.low_dose)
+                cache["b"] = {k: d[k] for k in ("pre", "low", "high")}
+            else:
+                from medsynth_nb.own_data import DATA_SOURCES, load_file_modules
+                load_file_modules()
+                b = draw_batch(DATA_SOURCES["lip-car"][1](cfg, subjects), n_slices, cfg.seed)
+                cache["b"] = {k: b[k] for k in ("pre", "low", "high")}
+        return cache["b"]
+    def validate(ctx):
+        b = {k: v.to(ctx.device) for k, v in batch().items()}
+        out, ssims = dict(b), {}
+        for name in cfg.networks:
+            inp, target = network_io(name, b)
+            pred = ctx.models[name](inp)
+            ssims[f"ssim_{name}"] = 1 - ssim_loss(pred, target)
+            out[name] = pred
+        return {"ssim": sum(ssims.values()) / len(ssims), **ssims, **out}
     return validate

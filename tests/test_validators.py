@@ -119,3 +119,66 @@ def test_lowdose_on_files_is_validated_on_the_held_out_subject(tmp_path, monkeyp
     rows = {r["step"]: r for r in read_log(res.out)}
     assert best["metric"] == "val/l1" and best["value"] == min(rows[s]["val/l1"] for s in (1, 2))
     assert load_checkpoint(res.out / "best.pt")["step"] == best["step"]
+
+
+@pytest.mark.parametrize("name, metric", [("recon-unpaired", "val/snr"), ("recon-l1", "val/snr"),
+                                          ("patchinv-uapi", "val/ssim"), ("lip-car", "val/ssim")])
+def test_every_experiment_family_validates_while_training(tmp_path, name, metric):
+    res = train(name, "smoke", out=tmp_path / "r", steps=2, progress=False, val_every=1)
+    rows = [r for r in read_log(res.out) if metric in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    best = json.loads((res.out / "best.json").read_text())
+    assert best["metric"] == metric and best["higher"] and best["value"] == max(r[metric] for r in rows)
+    assert len(list((res.out / "samples").glob("step_*.png"))) == 2
+
+
+def test_recon_scores_the_generator_not_the_zero_filled_image():
+    "An identity-like G returning the zero-filled image scores exactly the zero-filled SNR; a perfect G scores higher."
+    from medsynth_nb.kspace import zero_filled
+    from fastcore.basics import AttrDict
+    cfg = get_experiment("recon-unpaired").config("smoke")
+    hook = val.recon_validator(cfg)
+    class ZF(torch.nn.Module):
+        def forward(self, y, mask, maps): return zero_filled(y, mask, maps)
+    with torch.no_grad(): out = hook(AttrDict(models=AttrDict(generator=ZF()), device=torch.device("cpu")))
+    assert out["snr"] == out["snr_zero_filled"]
+    assert torch.equal(out["reconstruction"], out["zero_filled"])
+
+
+def test_unpaired_files_are_not_validated():
+    assert val.patchinv_validator(get_experiment("patchinv-pi").config("smoke"), subjects=[]) is None
+
+
+def test_recon_patchinv_lipcar_metrics_against_independent_references():
+    "Known networks on the validation slices, simulated again here: the hooks' numbers are the references'."
+    from fastcore.basics import AttrDict
+    from medsynth_nb.kspace import zero_filled
+    from medsynth_nb.lip import simulate_lipcar, ssim_loss
+    from medsynth_nb.patchinv import scores, task_pairs
+    from medsynth_nb.recon import measure, recon_scores, recon_setup, simulate_set
+    cpu = torch.device("cpu")
+    # recon: G returns 0.99 x (a known 1 % error); the zero-filled SNR from an independent measurement
+    rc = get_experiment("recon-hybrid").config("smoke")
+    x = simulate_set(val.VAL_SEEDS, rc.shape, 2, rc.deform)
+    mask, maps = recon_setup(rc.shape, rc.acceleration, rc.coils, rc.mask_seed)
+    class Truth(torch.nn.Module):
+        def forward(self, y, m, s): return 0.99 * x
+    with torch.no_grad(): r = val.recon_validator(rc)(AttrDict(models=AttrDict(model=Truth()), device=cpu))
+    assert r["snr"] == pytest.approx(recon_scores(0.99 * x, x)["snr"], abs=1e-4)
+    assert r["snr_zero_filled"] == recon_scores(zero_filled(measure(x, mask, maps), mask, maps), x)["snr"]
+    # patchinv: G negates its input; scored against the paired target
+    pc = get_experiment("patchinv-pi").config("smoke")
+    px, py = task_pairs(pc.task, val.VAL_SEEDS, pc.size, 2, pc.deform, pc.acceleration, pc.center_fraction)
+    class Neg(torch.nn.Module):
+        def forward(self, t): return -t, torch.ones_like(t)
+    with torch.no_grad(): p = val.patchinv_validator(pc)(AttrDict(models=AttrDict(generator=Neg()), device=cpu))
+    assert (p["ssim"], p["psnr"]) == tuple(scores(-px, py).values()) and p["ssim"] != scores(px, py)["ssim"]
+    # lip-car: Ψ_H2L(x_H) = x_H against x_L, Ψ_L2H(x_L) = x_L against x_H
+    lc = get_experiment("lip-car").config("smoke", networks=("H2L", "L2H"))
+    d = simulate_lipcar(val.VAL_SEEDS, 2, low_dose=lc.low_dose)
+    class Pick(torch.nn.Module):
+        def forward(self, t): return t[:, :1]
+    with torch.no_grad(): q = val.lipcar_validator(lc)(AttrDict(models=AttrDict(H2L=Pick(), L2H=Pick()), device=cpu))
+    ref = float(1 - ssim_loss(d["high"], d["low"]))
+    assert float(q["ssim_H2L"]) == pytest.approx(ref, abs=1e-6) and float(q["ssim_L2H"]) == pytest.approx(ref, abs=1e-6)
+    assert ref < 0.999   # x_L and x_H differ: a wrong target could not match by accident

@@ -16,7 +16,7 @@ from .utils import make_generator, require
 # %% auto #0
 __all__ = ['VALIDATORS', 'VAL_SEEDS', 'VAL_SAMPLE_STEPS', 'RECON_EXPERIMENTS', 'PATCHINV_EXPERIMENTS', 'register_validator',
            'attach_validation', 'draw_batch', 'disjoint_seeds', 'validation_slices', 'harmonize_validator',
-           'lowdose_validator', 'recon_validator', 'cfg_name', 'patchinv_validator', 'lipcar_validator']
+           'lowdose_validator', 'recon_validator', 'patchinv_validator', 'lipcar_validator']
 
 # %% ../nbs/55_validation.ipynb #be2cc5b2
 VALIDATORS: dict[str, tuple[Callable, str]] = {} # experiment → (make(cfg, subjects) -> validate(ctx), best metric)
@@ -167,7 +167,8 @@ def recon_validator(cfg, subjects=None, n_slices: int = 4) -> Callable:
             else:
                 from medsynth_nb.own_data import DATA_SOURCES, load_file_modules
                 load_file_modules()
-                b = draw_batch(DATA_SOURCES[cfg_name(cfg)][1](cfg, subjects), n_slices, cfg.seed)
+                paired = cfg.replace(regime="l1")   # the slices and their targets: no unpaired label split needed
+                b = draw_batch(DATA_SOURCES["recon-l1"][1](paired, subjects), n_slices, cfg.seed)
                 cache["b"] = {k: b.get(k) for k in ("y", "mask", "maps", "target")}
         return cache["b"]
     def validate(ctx):
@@ -179,10 +180,6 @@ def recon_validator(cfg, subjects=None, n_slices: int = 4) -> Callable:
         return {"snr": s["snr"], "ssim": s["ssim"], "snr_zero_filled": z["snr"],
                 "zero_filled": zf.abs(), "reconstruction": pred.abs(), "target": b["target"].abs()}
     return validate
-
-def cfg_name(cfg) -> str:
-    "The registry name of a recon config's variant ('recon-' + regime)."
-    return f"recon-{cfg.regime}"
 
 # %% ../nbs/55_validation.ipynb #f0f2fb7d
 PATCHINV_EXPERIMENTS = ("patchinv-wgan", "patchinv-pi", "patchinv-uapi")

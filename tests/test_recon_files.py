@@ -191,6 +191,10 @@ def test_held_out_file_and_errors(d, tmp_path):
     from medsynth_nb.own_data import held_out_subjects
     held = held_out_subjects(d["runs"] / "recon-unpaired")
     assert len(held) == 1 and held[0].files["kspace"].parent == d["root"] / "multi"
+    from medsynth_nb.run_state import read_log   # validated at the end on that held-out file (55_validation)
+    for exp in ("recon-unpaired", "recon-l1", "recon-hybrid"):
+        last = read_log(d["runs"] / exp)[-1]
+        assert last["step"] == 1 and last["val/snr"] > last["val/snr_zero_filled"] - 30, (exp, last)
     assert main(["evaluate", str(d["runs"] / "recon-unpaired"), "--out", str(tmp_path / "e")]) == 0
     assert f"| {held[0].id} | model |" in (tmp_path / "e" / "metrics.md").read_text()
     assert main(["train", "recon-l1", "--data", str(d["root"] / "multi"), "--set", "coils=8",

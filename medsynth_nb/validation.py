@@ -5,6 +5,7 @@
 # %% ../nbs/55_validation.ipynb #1397d484
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import torch
@@ -93,18 +94,16 @@ def harmonize_validator(cfg, subjects=None, n_slices: int = 4) -> Callable:
     from medsynth_nb.harmonize import (TEST_SEEDS, brain_mask, masked_mse, paired_volumes, to_model_range,
                                        translate_slices)
     from medsynth_nb.data import PairedContrastDataset, durrer_preprocess
-    cache = {}
+    @functools.cache                 # built on the first validation, then the same batch every time
     def batch():
-        if "b" not in cache:
-            if subjects is None:
-                seeds = disjoint_seeds(VAL_SEEDS, range(cfg.subject_seed, cfg.subject_seed + cfg.n_subjects), TEST_SEEDS)
-                src, tgt = paired_volumes(len(seeds), seeds[0], cfg.direction)
-                ds = PairedContrastDataset(src, tgt, slice_axis=0, crop=cfg.crop, transform=durrer_preprocess)
-            else:
-                from medsynth_nb.own_data import harmonize_files
-                ds = harmonize_files(cfg, subjects)
-            cache["b"] = validation_slices(ds, n_slices)
-        return cache["b"]
+        if subjects is None:
+            seeds = disjoint_seeds(VAL_SEEDS, range(cfg.subject_seed, cfg.subject_seed + cfg.n_subjects), TEST_SEEDS)
+            src, tgt = paired_volumes(len(seeds), seeds[0], cfg.direction)
+            ds = PairedContrastDataset(src, tgt, slice_axis=0, crop=cfg.crop, transform=durrer_preprocess)
+        else:
+            from medsynth_nb.own_data import harmonize_files
+            ds = harmonize_files(cfg, subjects)
+        return validation_slices(ds, n_slices)
     sched = cfg.scheduler()
     def validate(ctx):
         b = {k: v.to(ctx.device) for k, v in batch().items()}
@@ -123,19 +122,17 @@ def harmonize_validator(cfg, subjects=None, n_slices: int = 4) -> Callable:
 def lowdose_validator(cfg, subjects=None, n_crops: int = 8) -> Callable:
     "Pinetz's validation hook: synthetic vs real low-dose crops (MAE overall and on CE voxels) and the images."
     from medsynth_nb.lowdose import DoseCropStream, normalized_series, simulate_dose_series, synthesize
-    cache = {}
+    @functools.cache                 # built on the first validation, then the same batch every time
     def batch():
-        if "b" not in cache:
-            if subjects is None:
-                train_seeds = range(cfg.subject_seed, cfg.subject_seed + cfg.train_subjects)
-                seeds = disjoint_seeds(VAL_SEEDS, train_seeds, range(9000, 9010))   # lowdose.held_out_series: 9000..
-                stream = DoseCropStream(normalized_series(simulate_dose_series(seeds)), cfg.dims, cfg.crop,
-                                        ce_fraction=cfg.ce_fraction)
-            else:
-                from medsynth_nb.own_data import lowdose_files
-                stream = lowdose_files(cfg, subjects)
-            cache["b"] = stream(n_crops, make_generator(cfg.seed))
-        return cache["b"]
+        if subjects is None:
+            train_seeds = range(cfg.subject_seed, cfg.subject_seed + cfg.train_subjects)
+            seeds = disjoint_seeds(VAL_SEEDS, train_seeds, range(9000, 9010))   # lowdose.held_out_series: 9000..
+            stream = DoseCropStream(normalized_series(simulate_dose_series(seeds)), cfg.dims, cfg.crop,
+                                    ce_fraction=cfg.ce_fraction)
+        else:
+            from medsynth_nb.own_data import lowdose_files
+            stream = lowdose_files(cfg, subjects)
+        return stream(n_crops, make_generator(cfg.seed))
     def validate(ctx):
         b = {k: v.to(ctx.device) for k, v in batch().items()}
         na, sd = b["x_NA"], b["x_SD"]
@@ -156,21 +153,19 @@ def recon_validator(cfg, subjects=None, n_slices: int = 4) -> Callable:
     from medsynth_nb.kspace import zero_filled
     from medsynth_nb.recon import (TEST_SUBJECTS, input_subjects, label_subjects, measure, recon_scores, recon_setup,
                                    simulate_set)
-    cache = {}
+    @functools.cache                 # built on the first validation, then the same batch every time
     def batch():
-        if "b" not in cache:
-            if subjects is None:
-                seeds = disjoint_seeds(VAL_SEEDS, input_subjects(cfg) + label_subjects(cfg), TEST_SUBJECTS)
-                x = simulate_set(seeds, cfg.shape, max(1, n_slices // len(seeds)), cfg.deform)
-                mask, maps = recon_setup(cfg.shape, cfg.acceleration, cfg.coils, cfg.mask_seed)
-                cache["b"] = dict(y=measure(x, mask, maps), mask=mask, maps=maps, target=x)
-            else:
-                from medsynth_nb.own_data import DATA_SOURCES, load_file_modules
-                load_file_modules()
-                paired = cfg.replace(regime="l1")   # the slices and their targets: no unpaired label split needed
-                b = draw_batch(DATA_SOURCES["recon-l1"][1](paired, subjects), n_slices, cfg.seed)
-                cache["b"] = {k: b.get(k) for k in ("y", "mask", "maps", "target")}
-        return cache["b"]
+        if subjects is None:
+            seeds = disjoint_seeds(VAL_SEEDS, input_subjects(cfg) + label_subjects(cfg), TEST_SUBJECTS)
+            x = simulate_set(seeds, cfg.shape, max(1, n_slices // len(seeds)), cfg.deform)
+            mask, maps = recon_setup(cfg.shape, cfg.acceleration, cfg.coils, cfg.mask_seed)
+            return dict(y=measure(x, mask, maps), mask=mask, maps=maps, target=x)
+        else:
+            from medsynth_nb.own_data import DATA_SOURCES, load_file_modules
+            load_file_modules()
+            paired = cfg.replace(regime="l1")   # the slices and their targets: no unpaired label split needed
+            b = draw_batch(DATA_SOURCES["recon-l1"][1](paired, subjects), n_slices, cfg.seed)
+            return {k: b.get(k) for k in ("y", "mask", "maps", "target")}
     def validate(ctx):
         b = {k: (v.to(ctx.device) if isinstance(v, Tensor) else v) for k, v in batch().items()}
         G = _models(ctx, "generator", "model")
@@ -189,14 +184,12 @@ def patchinv_validator(cfg, subjects=None, n_slices: int = 4) -> Callable | None
     "Angermann's validation hook on paired simulated subjects: SSIM/PSNR, input / translated / sigma / target."
     if subjects is not None: return None        # unpaired files: nothing to score a translation against
     from medsynth_nb.patchinv import TEST_SUBJECTS, scores, task_pairs
-    cache = {}
+    @functools.cache                 # built on the first validation, then the same batch every time
     def batch():
-        if "b" not in cache:
-            train = list(range(cfg.input_subjects)) + list(range(1000, 1000 + cfg.target_subjects))
-            seeds = disjoint_seeds(VAL_SEEDS, train, TEST_SUBJECTS)
-            cache["b"] = task_pairs(cfg.task, seeds, cfg.size, max(1, n_slices // len(seeds)), cfg.deform,
-                                    cfg.acceleration, cfg.center_fraction)
-        return cache["b"]
+        train = list(range(cfg.input_subjects)) + list(range(1000, 1000 + cfg.target_subjects))
+        seeds = disjoint_seeds(VAL_SEEDS, train, TEST_SUBJECTS)
+        return task_pairs(cfg.task, seeds, cfg.size, max(1, n_slices // len(seeds)), cfg.deform,
+                                cfg.acceleration, cfg.center_fraction)
     def validate(ctx):
         x, y = (t.to(ctx.device) for t in batch())
         img, sigma = ctx.models.generator(x)[:2]
@@ -209,20 +202,18 @@ def patchinv_validator(cfg, subjects=None, n_slices: int = 4) -> Callable | None
 def lipcar_validator(cfg, subjects=None, n_slices: int = 4) -> Callable:
     "LIP-CAR's validation hook: SSIM of every trained network against its target; pre / low / high / outputs."
     from medsynth_nb.lip import (TEST_FIRST_SEED, TRAIN_FIRST_SEED, network_io, simulate_lipcar, ssim_loss)
-    cache = {}
+    @functools.cache                 # built on the first validation, then the same batch every time
     def batch():
-        if "b" not in cache:
-            if subjects is None:
-                seeds = disjoint_seeds(VAL_SEEDS, range(TRAIN_FIRST_SEED, TRAIN_FIRST_SEED + cfg.subjects),
-                                       range(TEST_FIRST_SEED, TEST_FIRST_SEED + 1000))
-                d = simulate_lipcar(seeds, max(1, n_slices // len(seeds)), low_dose=cfg.low_dose)
-                cache["b"] = {k: d[k] for k in ("pre", "low", "high")}
-            else:
-                from medsynth_nb.own_data import DATA_SOURCES, load_file_modules
-                load_file_modules()
-                b = draw_batch(DATA_SOURCES["lip-car"][1](cfg, subjects), n_slices, cfg.seed)
-                cache["b"] = {k: b[k] for k in ("pre", "low", "high")}
-        return cache["b"]
+        if subjects is None:
+            seeds = disjoint_seeds(VAL_SEEDS, range(TRAIN_FIRST_SEED, TRAIN_FIRST_SEED + cfg.subjects),
+                                   range(TEST_FIRST_SEED, TEST_FIRST_SEED + 1000))
+            d = simulate_lipcar(seeds, max(1, n_slices // len(seeds)), low_dose=cfg.low_dose)
+            return {k: d[k] for k in ("pre", "low", "high")}
+        else:
+            from medsynth_nb.own_data import DATA_SOURCES, load_file_modules
+            load_file_modules()
+            b = draw_batch(DATA_SOURCES["lip-car"][1](cfg, subjects), n_slices, cfg.seed)
+            return {k: b[k] for k in ("pre", "low", "high")}
     def validate(ctx):
         b = {k: v.to(ctx.device) for k, v in batch().items()}
         out, ssims = dict(b), {}

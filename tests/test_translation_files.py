@@ -176,3 +176,109 @@ def test_errors(sim_folders, tmp_path):
         check_data(exp, cfg)
     assert main(["train", "patchinv-wgan", "--preset", "smoke", "--out", str(tmp_path / "r"), "--data",
                  f"source={sim_folders / 't1'},target={sim_folders / 't2'}", "--set", "dataset_roles=source=t1"]) == 2
+
+
+# ---- LIP-CAR from a dose series ----
+from medsynth_nb.lip import apply_network, dose_slices, image_metrics, lip_car_solve, simulate_lipcar
+from medsynth_nb.phantom import subject_volumes
+from medsynth_nb.sources import read_layout
+from medsynth_nb.translation_files import (LIPCAR_SIDE, brain_slices, dose_series, estimate_high, evaluate_lipcar,
+                                           lipcar_files, lipcar_slices, lipcar_volume, load_lipcar, series_scale)
+
+
+@pytest.fixture(scope="module")
+def dose_csv(tmp_path_factory):
+    "data_samples' two dose series (1.5 T, 3 T) as a dose-csv: native, 0.1, 0.2, standard."
+    root = tmp_path_factory.mktemp("doses")
+    csv = root / "doses.csv"
+    csv.write_text("subject,dose,path,field\n" + "".join(
+        f"sample{B}T,{d},{SAMPLES / f'dose_{B}T_d{round(100 * d):03d}.nii.gz'},{B}\n"
+        for B in ("1.5", "3") for d in (0, 0.1, 0.2, 1)))
+    return csv
+
+
+@pytest.fixture(scope="module")
+def lip_run(dose_csv, tmp_path_factory):
+    run = tmp_path_factory.mktemp("liprun") / "run"
+    assert main(["train", "lip-car", "--preset", "smoke", "--steps", "1", "--out", str(run), "--no-progress",
+                 "--data", str(dose_csv), "--set", "val_fraction=0.5"]) == 0
+    return run
+
+
+def test_lipcar_slices_equal_the_simulator(tmp_path):
+    "The simulator's subject written as a dose series: simulate_lipcar's triples at its slices and scale, bit for bit."
+    aff = conform(SAMPLES / "mprage_1.5T.nii.gz", SIMULATOR_GRID)[1]
+    sv = subject_volumes(1001, field=3.0, doses=(0.0, 0.2, 1.0), sequence="spin_echo", snr=40.0, anatomy="icbm152")
+    rows = [f"s,{d},{save_nifti(tmp_path / f'd{d}.nii.gz', np.asarray(img), aff)},3" for d, img in zip((0, 0.2, 1), sv["images"])]
+    (tmp_path / "d.csv").write_text("subject,dose,path,field\n" + "\n".join(rows) + "\n")
+    v = dose_series(read_layout(tmp_path / "d.csv")[0], 0.2)
+    scale = series_scale(v["pre"], v["low"])
+    mine, ref = lipcar_slices(v, dose_slices(1001, 3)["z_index"], scale), simulate_lipcar([1001], 3, scale=scale)
+    for k in ("pre", "low", "high"): assert torch.equal(mine[k], ref[k]), k
+    assert not torch.equal(mine["low"], ref["high"])
+    shifted = lipcar_slices({k: t + 5 for k, t in v.items()}, dose_slices(1001, 3)["z_index"], (scale[0] + 5, scale[1] + 5))
+    inside = (..., slice(5, 5 + 117), slice(14, 14 + 99))                  # the 117 x 99 slice inside its zero padding
+    for k in ("pre", "low", "high"): assert torch.allclose(shifted[k][inside], mine[k][inside], atol=1e-5)   # offset gone
+
+
+def test_lipcar_data_source_is_the_training_subjects(dose_csv):
+    exp = get_experiment("lip-car")
+    cfg = exp.config("smoke", dataset=str(dose_csv), val_fraction=0.5, crop=0)
+    train, val = check_data(exp, cfg)
+    assert len(train) == len(val) == 1
+    ds = lipcar_files(cfg, train)
+    v = dose_series(train[0], cfg.low_dose)
+    ref = lipcar_slices(v, brain_slices(v["pre"], cfg.slices_per_subject), series_scale(v["pre"], v["low"]))
+    assert len(ds) == cfg.slices_per_subject
+    for i in range(len(ds)):
+        for k in ("pre", "low", "high"): assert torch.equal(ds[i][k], ref[k][i])
+    assert torch.equal(v["low"], torch.from_numpy(conform(train[0].files["dose_0.2"], SIMULATOR_GRID)[0]))
+
+
+def test_lipcar_apply_on_another_grid(lip_run, tmp_path):
+    "A scan on its own grid (anatomical.nii, LAS) as x_P and 0.8 x_P as x_L: the estimate has its shape and affine."
+    a = nib.load(str(ANAT))
+    low = save_nifti(tmp_path / "low.nii.gz", np.asarray(a.dataobj, np.float32) * 0.8, a.affine)
+    for m in ("NN-PL2H", "LIP-CAR"):
+        assert main(["apply", str(lip_run), str(ANAT), str(tmp_path / f"{m}.nii.gz"), "--with", f"low={low}",
+                     "--option", f"method={m}", "--option", "iters=2"]) == 0
+        out = nib.load(str(tmp_path / f"{m}.nii.gz"))
+        assert out.shape == a.shape and np.allclose(out.affine, a.affine)
+    # on the grid: the network's estimate of the mapped slices, mapped back to the scans' units
+    l = load_lipcar(lip_run)
+    vols = {"native": torch.from_numpy(conform(ANAT, SIMULATOR_GRID)[0])}
+    vols["low"] = 0.8 * vols["native"]
+    out = lipcar_volume(l, vols, method="NN-PL2H")
+    lo, hi = series_scale(vols["native"], vols["low"])
+    z = np.flatnonzero(vols["native"].flatten(0, 1).amax(0).numpy() > lo)
+    b = lipcar_slices({"pre": vols["native"], "low": vols["low"]}, z, (lo, hi))
+    ref = from_model(apply_network(l["nets"]["PL2H"], "PL2H", b) * (hi - lo) + lo, vols["native"].shape[:2], LIPCAR_SIDE)
+    assert torch.allclose(out[:, :, torch.from_numpy(z)], ref, atol=1e-6 * hi)
+    x_bar = apply_network(l["nets"]["PL2H"], "PL2H", b)
+    assert torch.equal(estimate_high(l, b, "LIP-CAR", iters=2),
+                       lip_car_solve(l["nets"]["PH2L"], b["low"], x_bar, iters=2, x_pre=b["pre"]).x)
+
+
+def test_lipcar_evaluate_held_out(lip_run, dose_csv):
+    held = held_out_subjects(lip_run)
+    assert main(["evaluate", str(lip_run), "--option", "iters=2"]) == 0
+    lines = (lip_run / "evaluation" / "metrics.csv").read_text().splitlines()
+    assert lines[0] == "subject,method,ssim,psnr,rmse,brain_rmse"
+    rows = {r.split(",")[1]: r.split(",") for r in lines[1:]}
+    assert set(rows) == {"x_P", "x_L", "NN-L2H", "NN-PL2H", "LIP-CAR"} and rows["x_L"][0] == held[0].id
+    v = dose_series(held[0], 0.2)
+    b = lipcar_slices(v, brain_slices(v["pre"], 4), series_scale(v["pre"], v["low"]))
+    assert float(rows["x_L"][2]) == pytest.approx(float(image_metrics(b["low"], b["high"])["ssim"].mean()), rel=1e-6)
+    assert float(rows["x_P"][3]) == pytest.approx(float(image_metrics(b["pre"], b["high"])["psnr"].mean()), rel=1e-6)
+
+
+def test_lipcar_errors(dose_csv, lip_run):
+    s = read_layout(dose_csv)[0]
+    with pytest.raises(ValueError, match="low_dose: expected a dose of subject 'sample1.5T' among"):
+        dose_series(s, 0.33)
+    l = load_lipcar(lip_run)
+    b = {k: torch.rand(1, 1, 32, 32) for k in ("pre", "low")}
+    with pytest.raises(ValueError, match="method: expected one of"):
+        estimate_high(l, b, "x_L")
+    with pytest.raises(ValueError, match="run: expected a run of"):
+        load_translator(lip_run)

@@ -251,7 +251,7 @@ def lipcar_files(cfg, # a LipCarConfig with `dataset` a dose-series CSV
     data = {k: torch.cat([p[k] for p in parts]) for k in ("pre", "low", "high")}
     return LipCarSlices(data, cfg.crop, cfg.crops_per_slice, cfg.seed)
 
-# %% ../nbs/54_translation_files.ipynb #acd2ced5
+# %% ../nbs/54_translation_files.ipynb #934afce8
 def load_lipcar(run, device: str | torch.device = "cpu") -> dict:
     "{'nets': LIP-CAR's trained networks in eval mode, 'cfg': the run's LipCarConfig}; nothing simulated."
     from medsynth_nb.lip import LipCarConfig, build_networks
@@ -262,7 +262,7 @@ def load_lipcar(run, device: str | torch.device = "cpu") -> dict:
     for n, m in nets.items(): m.load_state_dict(ck["models"][n]); m.to(device).eval()
     return dict(nets=dict(nets.items()), cfg=cfg)
 
-# %% ../nbs/54_translation_files.ipynb #66295acb
+# %% ../nbs/54_translation_files.ipynb #f214cd5d
 LIPCAR_APPLY_METHODS = ("NN-L2H", "NN-PL2H", "LIP-CAR")
 
 def estimate_high(l: dict, batch: dict, # from `load_lipcar`; 'pre', 'low' slices (n, 1, H, W) in the run's units
@@ -278,7 +278,7 @@ def estimate_high(l: dict, batch: dict, # from `load_lipcar`; 'pre', 'low' slice
     x_bar = apply_network(l["nets"]["PL2H"], "PL2H", batch)
     return lip_car_solve(l["nets"]["PH2L"], batch["low"], x_bar, alpha=alpha, iters=iters, x_pre=batch["pre"]).x
 
-# %% ../nbs/54_translation_files.ipynb #b00803da
+# %% ../nbs/54_translation_files.ipynb #2c2ce226
 def lipcar_volume(l: dict, vols: Mapping[str, Tensor], # {'native': x_P, 'low': x_L}, (X, Y, Z) on the grid
                   generator=None, method: str = "LIP-CAR", alpha: float = 6e-3, iters: int | None = None) -> Tensor:
     "The high-dose estimate (X, Y, Z) in the scans' own units: every non-empty slice mapped, estimated, mapped back."
@@ -292,7 +292,7 @@ def lipcar_volume(l: dict, vols: Mapping[str, Tensor], # {'native': x_P, 'low': 
     out[:, :, torch.from_numpy(z)] = from_model(est * (hi - lo) + lo, pre.shape[:2], LIPCAR_SIDE)
     return out
 
-# %% ../nbs/54_translation_files.ipynb #2e354e91
+# %% ../nbs/54_translation_files.ipynb #87875c4c
 def evaluate_lipcar(l: dict, vols: Mapping[str, Tensor], # a dose-csv subject: 'native', 'standard', 'dose_<d>'
                     generator, subject: str, doses=(), field=None, method=None, alpha: float = 6e-3,
                     iters: int | None = None) -> list[dict]:
@@ -311,7 +311,7 @@ def evaluate_lipcar(l: dict, vols: Mapping[str, Tensor], # a dose-csv subject: '
         rows.append(dict(subject=subject, method=m, **r, brain_rmse=float(region_metrics(x, b["high"], brain)["brain_rmse"].mean())))
     return rows
 
-# %% ../nbs/54_translation_files.ipynb #aac0a895
+# %% ../nbs/54_translation_files.ipynb #1f4dc182
 register_applier(Applier(
     "lip-car", ("native", "low"), load_lipcar, lipcar_volume, evaluate_lipcar, ("native", "standard"),
     {"method": "'LIP-CAR' (default: Ψ_PH2L solve with GenTV around Ψ_PL2H), 'NN-PL2H' or 'NN-L2H' (end-to-end)",

@@ -282,3 +282,10 @@ def test_lipcar_errors(dose_csv, lip_run):
         estimate_high(l, b, "x_L")
     with pytest.raises(ValueError, match="run: expected a run of"):
         load_translator(lip_run)
+
+
+def test_file_runs_validation(lip_run):
+    "lip-car on files is validated at the end on its held-out subject (55_validation): val/ssim, best.pt, samples."
+    from medsynth_nb.run_state import read_log
+    last = read_log(lip_run)[-1]
+    assert 0 < last["val/ssim"] <= 1 and (lip_run / "best.pt").exists() and (lip_run / "samples").is_dir()

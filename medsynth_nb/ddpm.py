@@ -69,6 +69,14 @@ def _randn(shape, generator: torch.Generator | None, dtype, device) -> Tensor:
     gdev = generator.device if generator is not None else device
     return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=gdev).to(device)
 
+# %% ../nbs/20_ddpm.ipynb #d1c7a5f8
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+def _as_dtype(dtype) -> torch.dtype:
+    "The tables' dtype from a torch.dtype or its name ('float32', 'float64', as `config` writes it)."
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPES: return _DTYPES[dtype.removeprefix("torch.")]
+    return check_choice(dtype, "dtype", (torch.float32, torch.float64))
+
 # %% ../nbs/20_ddpm.ipynb #4b260500
 class _Scheduler:
     "Shared tables, validation, `add_noise`, respacing and x0 prediction of the DDPM and DDIM schedulers."
@@ -79,7 +87,7 @@ class _Scheduler:
         check_choice(beta_schedule, "beta_schedule", BETA_SCHEDULES)
         check_choice(prediction_type, "prediction_type", PREDICTION_TYPES)
         check_choice(timestep_spacing, "timestep_spacing", TIMESTEP_SPACINGS)
-        check_choice(dtype, "dtype", (torch.float32, torch.float64))
+        dtype = _as_dtype(dtype)
         check_choice(clip_sample, "clip_sample", (True, False)); check_positive(clip_sample_range, "clip_sample_range")
         check_int(steps_offset, "steps_offset", min=0)
         self.num_train_timesteps, self.beta_start, self.beta_end, self.beta_schedule = (
@@ -99,8 +107,10 @@ class _Scheduler:
 # %% ../nbs/20_ddpm.ipynb #70c232eb
 @patch(as_prop=True)
 def config(self: _Scheduler) -> dict:
-    "The constructor arguments, as a dict (diffusers' `scheduler.config`)."
-    return {k: getattr(self, k) for k in self._config_keys}
+    ("The constructor arguments as a JSON-serialisable dict (diffusers' `scheduler.config`): the dtype by name, "
+     "under 'tables_dtype' (diffusers' `from_config` would pass a 'dtype' key on to the constructor).")
+    cfg = {k: getattr(self, k) for k in self._config_keys if k != "dtype"}
+    return {**cfg, "tables_dtype": str(self.dtype).removeprefix("torch.")}
 
 @patch
 def __len__(self: _Scheduler) -> int: return self.num_train_timesteps
@@ -110,12 +120,22 @@ def __repr__(self: _Scheduler) -> str:
     return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"
 
 # %% ../nbs/20_ddpm.ipynb #0a3561c0
+_NOT_IMPLEMENTED = {"trained_betas": None, "thresholding": False, "rescale_betas_zero_snr": False}  # diffusers' defaults
+
 @patch(cls_method=True)
 def from_config(cls: _Scheduler, config: dict, **overrides):
-    "A scheduler from another's `config` (keys this class does not take are ignored, as in diffusers)."
+    "A scheduler from a `config` (ours, its JSON, diffusers'); keys this class does not take are ignored, as diffusers."
     import inspect
+    require(hasattr(config, "keys"), "config", "a dict (a scheduler's `config`)", type(config).__name__)
+    cfg = dict(config)
+    if "tables_dtype" in cfg: cfg["dtype"] = cfg.pop("tables_dtype")
+    cfg.update(overrides)
+    for k, default in {**_NOT_IMPLEMENTED, **getattr(cls, "_not_implemented", {})}.items():
+        v = cfg.get(k, default)
+        if not (v is None if default is None else v == default):
+            raise ValueError(f"config: {k}={v!r} is not implemented by {cls.__name__} (only {default!r})")
     keys = inspect.signature(cls.__init__).parameters
-    return cls(**{k: v for k, v in {**dict(config), **overrides}.items() if k in keys})
+    return cls(**{k: v for k, v in cfg.items() if k in keys})
 
 # %% ../nbs/20_ddpm.ipynb #66716539
 @patch

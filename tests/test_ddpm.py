@@ -1,4 +1,5 @@
 "DDPM/DDIM schedulers: equality with diffusers, golden values, closed forms, losses, sampling loops, bad inputs."
+import json
 import math
 import numpy as np
 import pytest
@@ -473,3 +474,65 @@ def test_cpu_generator_gives_the_same_numbers_on_any_device():
     a = _randn((2, 3), make_generator(3), torch.float32, torch.device("cpu"))
     assert torch.equal(a, torch.randn(2, 3, generator=make_generator(3)))
     assert _randn((2, 3), make_generator(3), torch.float32, torch.device("meta")).device.type == "meta"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configurations: plain JSON, and diffusers' from_config both ways
+# ---------------------------------------------------------------------------------------------------------------
+
+def _assert_same_steps(a, b, n=10, **kw):
+    "Both respaced to n steps: identical timesteps and bit-identical steps on the same inputs and generator seed."
+    a.set_timesteps(n); b.set_timesteps(n)
+    assert torch.equal(a.timesteps, b.timesteps)
+    x, out = torch.randn(2, 1, 5, 5, generator=make_generator(8)), torch.randn(2, 1, 5, 5, generator=make_generator(9))
+    for t in a.timesteps.tolist():
+        pa = a.step(out, t, x, generator=make_generator(t), **kw).prev_sample
+        assert torch.equal(pa, b.step(out, t, x, generator=make_generator(t), **kw).prev_sample), t
+
+
+_PAIRS = {"ddpm": (DDPMScheduler, "DDPMScheduler", dict(variance_type="fixed_large"), {}),
+          "ddim": (DDIMScheduler, "DDIMScheduler", dict(set_alpha_to_one=False), dict(eta=1.0))}
+
+
+@pytest.mark.parametrize("pair", list(_PAIRS))
+def test_config_is_json_and_round_trips(pair):
+    cls, _, kw, _ = _PAIRS[pair]
+    for dtype in (torch.float32, torch.float64):
+        ours = cls(beta_schedule="cosine", prediction_type="v_prediction", steps_offset=1, dtype=dtype, **kw)
+        text = json.dumps(ours.config)                                        # plain JSON: no torch.dtype inside
+        back = cls.from_config(json.loads(text))
+        assert back.config == ours.config and back.dtype == dtype and repr(back) == repr(ours)
+        for name in ("betas", "alphas_cumprod"): assert torch.equal(getattr(back, name), getattr(ours, name))
+        _assert_same_steps(back, ours, **_PAIRS[pair][3])
+    assert json.loads(json.dumps(cls(dtype=torch.float32).config))["tables_dtype"] == "float32"
+    # a dtype given as a torch.dtype or as its name, in a config or as an override
+    assert cls.from_config({"dtype": torch.float32}).dtype == torch.float32
+    assert cls.from_config({"tables_dtype": "float32"}, dtype="float64").dtype == torch.float64
+
+
+@pytest.mark.parametrize("pair", list(_PAIRS))
+def test_config_loads_into_diffusers_and_back(pair):
+    cls, dname, kw, step_kw = _PAIRS[pair]
+    dcls = getattr(diffusers, dname)
+    ours = cls(beta_schedule="scaled_linear", prediction_type="v_prediction", clip_sample=False,
+               timestep_spacing="trailing", dtype=torch.float32, **kw)
+    theirs = dcls.from_config(ours.config)                                    # ours -> diffusers
+    for k, v in ours.config.items():
+        if k != "tables_dtype": assert theirs.config[k] == v, k
+    assert torch.equal(theirs.alphas_cumprod, ours.alphas_cumprod)            # bit for bit in float32 mode
+    _assert_same_steps(ours, theirs, **step_kw)
+    plain = dcls(beta_schedule="scaled_linear", prediction_type="v_prediction", clip_sample=False,
+                 timestep_spacing="trailing", **kw)
+    mine = cls.from_config(plain.config, dtype="float32")                      # diffusers' FrozenDict -> ours
+    assert torch.equal(mine.alphas_cumprod, plain.alphas_cumprod)
+    _assert_same_steps(mine, plain, **step_kw)
+    assert cls.from_config(plain.config).dtype == torch.float64                # our default when none is given
+    assert cls.from_config(theirs.config).dtype == torch.float32               # diffusers keeps our extra key
+    with pytest.raises(ValueError, match="config: thresholding=True is not implemented"):
+        cls.from_config(dcls(thresholding=True).config)
+    with pytest.raises(ValueError, match="config: rescale_betas_zero_snr=True is not implemented"):
+        cls.from_config(dcls(rescale_betas_zero_snr=True).config)
+    with pytest.raises(ValueError, match="config: trained_betas="):
+        cls.from_config({"trained_betas": [0.1, 0.2]})
+    with pytest.raises(ValueError, match="config: expected a dict"):
+        cls.from_config([("beta_schedule", "linear")])

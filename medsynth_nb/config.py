@@ -249,6 +249,8 @@ def register_experiment(name: str, # registry name (letters, digits, '-', '_')
         if old is not None and getattr(old.build, "__qualname__", None) != getattr(builder, "__qualname__", None):
             raise ValueError(f"name: experiment {name!r} is already registered by "
                              f"{old.build.__module__}.{old.build.__qualname__}")
+        if old is not None and old.build.__module__ == "__main__" and builder.__module__ != "__main__":
+            return builder   # a lesson run in a notebook keeps its own registration when the library module is imported
         exp = Experiment(name, config_class, builder, {k: {**v, **fixed} for k, v in presets.items()}, description,
                          fixed)
         for p in exp.presets: exp.config(p)  # every preset must make a valid config

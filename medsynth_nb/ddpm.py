@@ -5,6 +5,7 @@
 # %% ../nbs/20_ddpm.ipynb #29355b6f
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -383,6 +384,29 @@ def step(self: DDIMScheduler, model_output: Tensor, # network output (B, C, …)
         prev_sample = prev_sample + std_dev_t.to(dt) * noise
     return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
 
+# %% ../nbs/20_ddpm.ipynb #06f99d12
+def _check_scheduler(scheduler):
+    "The samplers' duck type: diffusers' scheduler API (ours, or diffusers' DDPM, DDIM, DPM-Solver, UniPC, Euler …)."
+    missing = [a for a in ("set_timesteps", "timesteps", "step") if not hasattr(scheduler, a)]
+    if missing:
+        raise TypeError(f"scheduler: expected a scheduler with diffusers' API (set_timesteps, timesteps, step), "
+                        f"got {type(scheduler).__name__} without {', '.join(missing)}")
+
+def _learns_variance(scheduler) -> bool:
+    "Whether the scheduler's own `step` reads a learned variance from the model output's second half of channels."
+    return dict(getattr(scheduler, "config", None) or {}).get("variance_type") in ("learned", "learned_range")
+
+def _step_kwargs(scheduler, generator, eta) -> dict:
+    "The keywords for `scheduler.step`: the generator if it takes one; η (None: none asked) only if it takes one."
+    params = inspect.signature(scheduler.step).parameters
+    kw = {"generator": generator} if "generator" in params else {}
+    if eta is None: return kw
+    if "eta" in params: return {**kw, "eta": eta}
+    if eta > 0:
+        raise ValueError(f"eta: {type(scheduler).__name__}.step takes no eta (a deterministic solver); "
+                         f"expected eta = 0, got {eta:g}")
+    return kw
+
 # %% ../nbs/20_ddpm.ipynb #bf7d6acb
 def _model_device(model, cond, device):
     "Where to sample: `device`, else the model's parameters' device, else cond's, else the CPU."
@@ -399,8 +423,14 @@ def _check_sampler_args(model, shape, callback):
     if callback is not None and not callable(callback):
         raise TypeError(f"callback: expected a callable or None, got {type(callback).__name__}")
 
-def _denoise_loop(model, scheduler, shape, generator, cond, progress, callback, device, split_eps, **step_kw) -> Tensor:
-    "x_T ~ N(0, I), then `scheduler.step` at every timestep; the user's inputs are checked once, here, not per step."
+def _check_steps(n, scheduler) -> int:
+    "num_inference_steps as an int in [1, T] (T from the scheduler's config when it has one)."
+    return check_int(n, "num_inference_steps", min=1,
+                     max=dict(getattr(scheduler, "config", None) or {}).get("num_train_timesteps"))
+
+# %% ../nbs/20_ddpm.ipynb #ca68eb57
+def _denoise_loop(model, scheduler, shape, generator, cond, progress, callback, device, eta=None) -> Tensor:
+    "diffusers' pipeline loop: x_T ~ N(0, σ_init² I), then `scheduler.step` at every timestep; inputs checked once."
     _check_sampler_args(model, shape, callback)
     device = _model_device(model, cond, device)
     if cond is not None:
@@ -409,20 +439,24 @@ def _denoise_loop(model, scheduler, shape, generator, cond, progress, callback, 
             raise ValueError(f"cond: expected shape ({shape[0]}, C_cond, {', '.join(map(str, shape[2:]))}) "
                              f"to match shape {tuple(shape)}, got {tuple(cond.shape)}")
         cond = cond.to(device)                                   # the clean condition lives where the model does
-    x = _randn(shape, generator, torch.float32, device)
+    step_kw, split = _step_kwargs(scheduler, generator, eta), not _learns_variance(scheduler)
+    scale = getattr(scheduler, "scale_model_input", None)
+    x = _randn(shape, generator, torch.float32, device) * getattr(scheduler, "init_noise_sigma", 1.0)
+    t_dtype = scheduler.timesteps.dtype if scheduler.timesteps.is_floating_point() else torch.long
     from tqdm.auto import tqdm
     for i, t in enumerate(tqdm(scheduler.timesteps.tolist(), disable=not progress, leave=False)):
-        inp = x if cond is None else torch.cat([cond.to(x.dtype), x], dim=1)
-        with torch.no_grad(): out = model(inp, torch.full((shape[0],), t, device=device, dtype=torch.long))
-        if split_eps and out.shape[1] == 2 * shape[1]: out = out[:, :shape[1]]
-        res = scheduler.step(out, t, x, generator=generator, **step_kw)
+        x_in = x if scale is None else scale(x, t)
+        inp = x_in if cond is None else torch.cat([cond.to(x.dtype), x_in], dim=1)
+        with torch.no_grad(): out = model(inp, torch.full((shape[0],), t, device=device, dtype=t_dtype))
+        if split and out.shape[1] == 2 * shape[1]: out = out[:, :shape[1]]     # a learned variance: keep ε
+        res = scheduler.step(out, t, x, **step_kw)
         x = res.prev_sample
-        if callback is not None: callback(i, t, x, res.pred_original_sample)
+        if callback is not None: callback(i, t, x, getattr(res, "pred_original_sample", None))
     return x
 
 # %% ../nbs/20_ddpm.ipynb #e26545af
 def ddpm_sample(model: Callable, # ε_θ: model(x_t, t) or model(cat([cond, x_t]), t)
-                scheduler: DDPMScheduler,
+                scheduler: DDPMScheduler, # ours, or any scheduler with diffusers' API (set_timesteps, timesteps, step)
                 shape: tuple, # (B, C, …) of the sample x_0
                 generator: torch.Generator | None = None, # for x_T and every step's noise
                 cond: Tensor | None = None, # (B, C_cond, …) clean condition concatenated before x_t (Durrer)
@@ -432,25 +466,31 @@ def ddpm_sample(model: Callable, # ε_θ: model(x_t, t) or model(cat([cond, x_t]
                 device=None, # default: the model's parameters' device (cond is moved there), else cond's
                ) -> Tensor:
     "Ancestral sampling x_T → x_0 with `scheduler.step` at every timestep (Durrer Fig. 3)."
-    if not isinstance(scheduler, DDPMScheduler):
-        raise TypeError(f"scheduler: expected a DDPMScheduler, got {type(scheduler).__name__}")
+    _check_scheduler(scheduler)
     _check_sampler_args(model, shape, callback)
-    if num_inference_steps is not None: scheduler.set_timesteps(num_inference_steps)
-    return _denoise_loop(model, scheduler, shape, generator, cond, progress, callback, device, split_eps=False)
+    if num_inference_steps is not None: scheduler.set_timesteps(_check_steps(num_inference_steps, scheduler))
+    return _denoise_loop(model, scheduler, shape, generator, cond, progress, callback, device)
 
 # %% ../nbs/20_ddpm.ipynb #a513b48e
+def _as_ddim(scheduler):
+    "A DDPM scheduler's DDIM twin, built from its config (ours → ours, diffusers' → diffusers'); others unchanged."
+    if isinstance(scheduler, DDPMScheduler): return DDIMScheduler.from_config(scheduler.config)
+    if type(scheduler).__name__ == "DDPMScheduler" and type(scheduler).__module__.startswith("diffusers."):
+        import diffusers
+        return diffusers.DDIMScheduler.from_config(scheduler.config)
+    return scheduler
+
 def ddim_sample(model: Callable, scheduler: DDIMScheduler | DDPMScheduler, shape: tuple,
                 num_inference_steps: int = 50,
                 eta: float = 0.0, # 0: deterministic
                 generator: torch.Generator | None = None, cond: Tensor | None = None, progress: bool = True,
                 callback: Callable | None = None, device=None) -> Tensor:
-    "DDIM sampling with `num_inference_steps` steps (a DDPMScheduler is converted; learned-variance channels dropped)."
-    if isinstance(scheduler, DDPMScheduler): scheduler = DDIMScheduler.from_config(scheduler.config)
-    if not isinstance(scheduler, DDIMScheduler):
-        raise TypeError(f"scheduler: expected a DDIMScheduler or DDPMScheduler, got {type(scheduler).__name__}")
+    "DDIM sampling with `num_inference_steps` steps (a DDPM scheduler is converted; learned-variance channels dropped)."
+    scheduler = _as_ddim(scheduler)
+    _check_scheduler(scheduler)
     _check_sampler_args(model, shape, callback); check_number(eta, "eta", min=0)
-    scheduler.set_timesteps(num_inference_steps)
-    return _denoise_loop(model, scheduler, shape, generator, cond, progress, callback, device, split_eps=True, eta=eta)
+    scheduler.set_timesteps(_check_steps(num_inference_steps, scheduler))
+    return _denoise_loop(model, scheduler, shape, generator, cond, progress, callback, device, eta=eta)
 
 # %% ../nbs/20_ddpm.ipynb #2e9302b7
 def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:

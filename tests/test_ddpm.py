@@ -178,7 +178,10 @@ def test_ddim_eta1_noise_matches_ddpm_respaced_variance():
     (lambda: DDPMScheduler(prediction_type="x0"), ValueError, "prediction_type: expected one of"),
     (lambda: DDPMScheduler().add_noise(torch.zeros(2, 1), torch.zeros(2, 1), torch.tensor([0, 1000])), ValueError, "timesteps: expected values in [0, 999]"),
     (lambda: ddim_sample(lambda x, t: x, DDPMScheduler(), (2, 1, 4, 4), 5, cond=torch.zeros(1, 1, 4, 4), progress=False), ValueError, "cond: expected shape"),
-    (lambda: ddpm_sample(lambda x, t: x, DDIMScheduler(), (2, 1, 4, 4), progress=False), TypeError, "expected a DDPMScheduler"),
+    (lambda: ddpm_sample(lambda x, t: x, DDIMScheduler(), (2, 1, 4, 4), progress=False), ValueError, "call scheduler.set_timesteps"),
+    (lambda: ddpm_sample(lambda x, t: x, "ddpm", (2, 1, 4, 4), progress=False), TypeError,
+     "scheduler: expected a scheduler with diffusers' API (set_timesteps, timesteps, step), got str without"),
+    (lambda: ddim_sample(lambda x, t: x, object(), (2, 1, 4, 4), progress=False), TypeError, "got object without set_timesteps"),
 ])
 def test_bad_inputs(call, exc, msg):
     with pytest.raises(exc) as e: call()
@@ -536,3 +539,110 @@ def test_config_loads_into_diffusers_and_back(pair):
         cls.from_config({"trained_betas": [0.1, 0.2]})
     with pytest.raises(ValueError, match="config: expected a dict"):
         cls.from_config([("beta_schedule", "linear")])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Our samplers with diffusers' schedulers (duck-typed on set_timesteps / timesteps / step)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _toy_net(c_out=1):
+    "A deterministic conditional toy ε-network [cond, x_t] -> ε (or [ε, v]) that depends on x_t, cond and t."
+    def f(inp, t):
+        c, x = inp[:, :1], inp[:, 1:]
+        eps = torch.tanh(x) * 0.7 + 0.2 * c + 1e-3 * t.to(x.dtype).reshape(-1, 1, 1, 1)
+        return eps if c_out == 1 else torch.cat([eps, torch.tanh(x - c)], 1)
+    return f
+
+
+_COND = torch.rand(2, 1, 6, 6, generator=make_generator(11))
+
+
+def _pipeline_loop(sched, n, model, **step_kw):
+    "diffusers' pipeline loop: x_T · init_noise_sigma, scale_model_input, step(**step_kw); 'gen' = the loop's generator."
+    gen = make_generator(7); sched.set_timesteps(n)
+    x = torch.randn((2, 1, 6, 6), generator=gen) * sched.init_noise_sigma
+    for t in sched.timesteps:
+        out = model(torch.cat([_COND, sched.scale_model_input(x, t)], 1), t.expand(2))
+        x = sched.step(out, t, x, **{k: (gen if isinstance(v, str) else v) for k, v in step_kw.items()}).prev_sample
+    return x
+
+
+_OURS = dict(cond=_COND, progress=False)
+
+
+@pytest.mark.parametrize("name,sampler,ref_kw", [
+    ("DDPMScheduler", "ddpm", dict(generator="gen")),
+    ("DDIMScheduler", "ddim", dict(eta=0.5, generator="gen")),
+    ("DPMSolverMultistepScheduler", "ddim", {}),
+    ("UniPCMultistepScheduler", "ddim", {}),
+    ("EulerDiscreteScheduler", "ddim", dict(generator="gen")),
+])
+def test_samplers_equal_diffusers_pipeline_loop(name, sampler, ref_kw):
+    cls, net = getattr(diffusers, name), _toy_net()
+    ref = _pipeline_loop(cls(), 8, net, **ref_kw)
+    if sampler == "ddpm": got = ddpm_sample(net, cls(), (2, 1, 6, 6), make_generator(7), num_inference_steps=8, **_OURS)
+    else: got = ddim_sample(net, cls(), (2, 1, 6, 6), 8, eta=ref_kw.get("eta", 0.0), generator=make_generator(7), **_OURS)
+    assert torch.equal(got, ref)
+
+
+def test_ddim_sample_converts_diffusers_ddpm_with_diffusers_ddim():
+    net = _toy_net()
+    ref = _pipeline_loop(diffusers.DDIMScheduler.from_config(diffusers.DDPMScheduler(beta_schedule="scaled_linear").config),
+                         8, net, eta=0.3, generator="gen")
+    got = ddim_sample(net, diffusers.DDPMScheduler(beta_schedule="scaled_linear"), (2, 1, 6, 6), 8, eta=0.3,
+                      generator=make_generator(7), **_OURS)
+    assert torch.equal(got, ref)
+
+
+def test_euler_x_T_is_not_standard_normal():
+    "Why Euler is the behavioural check: its x_T has std sigma_max (~14.6), so the loop must scale by init_noise_sigma."
+    s = diffusers.EulerDiscreteScheduler(); s.set_timesteps(8)
+    assert float(s.init_noise_sigma) > 10
+
+
+@pytest.mark.parametrize("drop", ["init_noise_sigma", "scale_model_input"])
+def test_sampler_uses_init_noise_sigma_and_scale_model_input(drop):
+    "A scheduler whose x_T scale / model-input scale is hidden from the sampler gives a different sample than diffusers'."
+    net = _toy_net()
+    ref = _pipeline_loop(diffusers.EulerDiscreteScheduler(), 8, net, generator="gen")
+
+    class Hidden(diffusers.EulerDiscreteScheduler):
+        pass
+    h = Hidden()
+    if drop == "init_noise_sigma": Hidden.init_noise_sigma = 1.0
+    else: h.scale_model_input = lambda x, t: x
+    got = ddim_sample(net, h, (2, 1, 6, 6), 8, generator=make_generator(7), **_OURS)
+    assert (got - ref).abs().max() > 1e-2
+
+
+def test_learned_variance_channels_split_only_when_the_scheduler_does_not_read_them():
+    net2 = _toy_net(c_out=2)
+    eps_half = lambda inp, t: net2(inp, t)[:, :1]
+    for cls, kw in ((diffusers.DDIMScheduler, dict(eta=0.0, generator="gen")), (diffusers.DPMSolverMultistepScheduler, {})):
+        ref = _pipeline_loop(cls(), 8, eps_half, **kw)
+        assert torch.equal(ddim_sample(net2, cls(), (2, 1, 6, 6), 8, generator=make_generator(7), **_OURS), ref)
+    learned = dict(variance_type="learned_range")
+    ref = _pipeline_loop(diffusers.DDPMScheduler(**learned), 8, net2, generator="gen")
+    got = ddpm_sample(net2, diffusers.DDPMScheduler(**learned), (2, 1, 6, 6), make_generator(7), num_inference_steps=8, **_OURS)
+    assert torch.equal(got, ref)
+    split = ddpm_sample(eps_half, diffusers.DDPMScheduler(), (2, 1, 6, 6), make_generator(7), num_inference_steps=8, **_OURS)
+    assert (got - split).abs().max() > 1e-3                                    # v was read: not the fixed-variance chain
+
+
+def test_sampler_keywords_and_callback_with_diffusers_schedulers():
+    net = _toy_net()
+    with pytest.raises(ValueError, match="eta: DPMSolverMultistepScheduler.step takes no eta"):
+        ddim_sample(net, diffusers.DPMSolverMultistepScheduler(), (2, 1, 6, 6), 8, eta=0.5, **_OURS)
+    with pytest.raises(ValueError, match="eta: UniPCMultistepScheduler.step takes no eta"):
+        ddim_sample(net, diffusers.UniPCMultistepScheduler(), (2, 1, 6, 6), 8, eta=1.0, **_OURS)
+    seen = []
+    ddim_sample(net, diffusers.DPMSolverMultistepScheduler(), (2, 1, 6, 6), 4, callback=lambda i, t, x, x0: seen.append(x0),
+                **_OURS)
+    assert seen == [None] * 4                                                  # its step output has no pred_original_sample
+    seen.clear()
+    ddim_sample(net, diffusers.DDIMScheduler(), (2, 1, 6, 6), 4, callback=lambda i, t, x, x0: seen.append(x0), **_OURS)
+    assert len(seen) == 4 and all(isinstance(s, torch.Tensor) for s in seen)
+    with pytest.raises(ValueError, match=r"num_inference_steps: expected an int in \[1, 1000\], got 0"):
+        ddim_sample(net, diffusers.DPMSolverMultistepScheduler(), (2, 1, 6, 6), 0, **_OURS)
+    with pytest.raises(TypeError, match="num_inference_steps: expected an int, got 8.0"):
+        ddpm_sample(net, diffusers.DDPMScheduler(), (2, 1, 6, 6), num_inference_steps=8.0, **_OURS)

@@ -479,7 +479,7 @@ CODE_RECIPE = dict(content_loss="l1+np", content_reduction="code", label_noise_o
     # ours throughout (2-D, CPU); 'mean' + λ_C = 100 lets ℓ1 and NP share one λ_C at the same per-voxel scale
     "demo": dict(steps=500, batch_size=8, crop=32, base_channels=4, levels=3, out_scales=3, num_heads=2,
                  critic_channels=8, critic_levels=3, n_critic=3, lr=1e-3, critic_lr=5e-4, train_subjects=6,
-                 ce_fraction=0.5, log_every=10, content_reduction="mean", content_weight=100.0),
+                 ce_fraction=0.5, log_every=10, content_reduction="mean", content_weight=100.0, ckpt_every=100),
     # sourced: 3-D, n = 4 (4³ voxels), sum, label noise on the dose, c = 8 / 32, 1:5, β; NOT published (ours): steps,
     # batch, crop, lr, λ_C (0.01 ≈ the demo's balance per patch over the 8192 patches of 2 × 64³), λ_GP, subjects
     "paper": dict(steps=50_000, dims=3, batch_size=2, crop=64, patch_size=4, base_channels=8, levels=3,

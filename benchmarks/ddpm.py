@@ -1,5 +1,5 @@
 """DDPM benchmark: cost of one step of the ~1.1 M-parameter U-Net on 16×64², and DDIM-50 vs ancestral-1000 sampling
-wall time, measured in one run on this machine (CPU unless a GPU is present).
+wall time, and DPM-Solver++(2M) with 10 and 20 steps, measured in one run on this machine (CPU unless a GPU is present).
 
 Ancestral-1000 is timed on a subset of its steps (default 25, evenly spread over the chain) and extrapolated to
 1000 steps (each step costs the same: one network call + one scheduler step); DDIM-50 is timed in full.
@@ -12,7 +12,7 @@ import argparse, time
 
 import torch
 
-from medsynth_nb.ddpm import DDIMScheduler, DDPMScheduler, ddim_sample
+from medsynth_nb.ddpm import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, ddim_sample
 from medsynth_nb.layers import count_parameters, unet_from_preset
 from medsynth_nb.utils import get_device, make_generator
 
@@ -65,6 +65,12 @@ def main():
     print(f"DDIM-50: {ddim_s:.2f} s (measured)")
     ratio = anc_full / ddim_s
     print(f"RATIO ancestral-1000 / DDIM-50 wall time: {ratio:.1f}x (target >= 15x; steps ratio 20x)")
+    for n in (10, 20):                              # DPM-Solver++(2M), our scheduler, diffusers' linspace spacing
+        sync(); t0 = time.perf_counter()
+        ddim_sample(net, DPMSolverMultistepScheduler(), shape, n, generator=make_generator(3, dev), progress=False, device=dev)
+        sync(); dpm_s = time.perf_counter() - t0
+        print(f"DPM-Solver++(2M)-{n}: {dpm_s:.2f} s (measured); RATIO ancestral-1000 / DPM-{n}: {anc_full / dpm_s:.1f}x, "
+              f"DDIM-50 / DPM-{n}: {ddim_s / dpm_s:.1f}x (steps ratios {1000 // n}x, {50 / n:g}x)")
     print(f"RATIO per-step overhead of the scheduler vs network: {(anc_subset / len(timed) - step_s) / step_s * 100:+.1f}% of a network call")
     return ratio
 

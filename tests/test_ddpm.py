@@ -646,3 +646,129 @@ def test_sampler_keywords_and_callback_with_diffusers_schedulers():
         ddim_sample(net, diffusers.DPMSolverMultistepScheduler(), (2, 1, 6, 6), 0, **_OURS)
     with pytest.raises(TypeError, match="num_inference_steps: expected an int, got 8.0"):
         ddpm_sample(net, diffusers.DDPMScheduler(), (2, 1, 6, 6), num_inference_steps=8.0, **_OURS)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DPM-Solver++(2M): step by step against diffusers, the update closed forms, the local order
+# ---------------------------------------------------------------------------------------------------------------
+
+from medsynth_nb.ddpm import DPMSolverMultistepScheduler, _dpm_first_order, _dpm_second_order, _vp_alpha_sigma
+
+
+def _tanh_model(x, t):
+    return torch.tanh(x * 1.3) * 0.8 + 1e-3 * torch.as_tensor(t, dtype=x.dtype)
+
+
+def _dpm_chains(n, model, dtype=torch.float32, **kw):
+    "Ours and diffusers' chains side by side from diffusers' test sample: per-step max |Δx|, |Δx̂_0|."
+    ours, theirs = DPMSolverMultistepScheduler(**kw, dtype=dtype), diffusers.DPMSolverMultistepScheduler(**kw)
+    ours.set_timesteps(n); theirs.set_timesteps(n)
+    assert torch.equal(ours.timesteps, theirs.timesteps)
+    if dtype == torch.float32: assert torch.equal(ours.sigmas, theirs.sigmas)
+    xa = xb = dummy_sample_deter()
+    diffs = []
+    for t in ours.timesteps.tolist():
+        a = ours.step(model(xa, t), t, xa)
+        xb = theirs.step(model(xb, t), t, xb).prev_sample
+        diffs.append(((a.prev_sample - xb).abs().max().item(),
+                      (a.pred_original_sample - theirs.model_outputs[-1]).abs().max().item()))
+        xa = a.prev_sample
+    return diffs
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+@pytest.mark.parametrize("spacing", TIMESTEP_SPACINGS)
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("final,lower_final", [("zero", True), ("zero", False), ("sigma_min", True), ("sigma_min", False)])
+@pytest.mark.parametrize("n", [3, 8, 16])
+def test_dpm_every_step_equals_diffusers_bit_for_bit(prediction_type, spacing, order, final, lower_final, n):
+    kw = dict(prediction_type=prediction_type, timestep_spacing=spacing, solver_order=order,
+              final_sigmas_type=final, lower_order_final=lower_final)
+    for model in (dummy_model, _tanh_model):
+        assert all(d == (0.0, 0.0) for d in _dpm_chains(n, model, **kw))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_dpm_float64_mode_close_to_diffusers(prediction_type):
+    worst = max(max(d) for d in _dpm_chains(20, _tanh_model, torch.float64, prediction_type=prediction_type))
+    assert worst < 1e-4
+
+
+def test_dpm_updates_closed_forms_float64():
+    "First order = DDIM η=0 jump; 2M = Lu et al. Algorithm 2, (1 + 1/2r) x̂0(s) − 1/2r x̂0(s1); to σ = 0: x̂0."
+    ab = DPMSolverMultistepScheduler().alphas_cumprod.numpy()
+    sg = lambda t: torch.tensor(np.sqrt((1 - ab[t]) / ab[t]), dtype=torch.float64)
+    lam = lambda t: 0.5 * np.log(ab[t] / (1 - ab[t]))
+    g = np.random.default_rng(7)
+    x, x0, x0p = (torch.from_numpy(g.normal(size=(2, 1, 4, 4))) for _ in range(3))
+    for t, s, s1 in ((300, 500, 700), (10, 60, 150), (800, 900, 999)):
+        eps = (x.numpy() - np.sqrt(ab[s]) * x0.numpy()) / np.sqrt(1 - ab[s])
+        np.testing.assert_allclose(_dpm_first_order(x, x0, sg(s), sg(t)).numpy(),
+                                   np.sqrt(ab[t]) * x0.numpy() + np.sqrt(1 - ab[t]) * eps, rtol=0, atol=1e-11)
+        h, r = lam(t) - lam(s), (lam(s) - lam(s1)) / (lam(t) - lam(s))
+        want = (np.sqrt((1 - ab[t]) / (1 - ab[s])) * x.numpy()
+                - np.sqrt(ab[t]) * (np.exp(-h) - 1) * ((1 + 1 / (2 * r)) * x0.numpy() - 1 / (2 * r) * x0p.numpy()))
+        np.testing.assert_allclose(_dpm_second_order(x, x0, x0p, sg(s1), sg(s), sg(t)).numpy(), want, rtol=0, atol=1e-11)
+    assert torch.equal(_dpm_first_order(x, x0, sg(40), torch.zeros((), dtype=torch.float64)), x0)
+
+
+def test_dpm_local_error_orders_on_gaussian_data():
+    "Exact ODE trajectory of N(0, s²) data: one step's error shrinks ~4× (first order) and ~8× (2M) when h halves."
+    s, c = 0.5, torch.randn(8, 2, dtype=torch.float64, generator=make_generator(5))
+    sig = lambda lam: torch.tensor(math.exp(-lam), dtype=torch.float64)
+    def traj(lam):
+        a, st = _vp_alpha_sigma(sig(lam)); return c * (a ** 2 * s ** 2 + st ** 2) ** 0.5
+    def x0(lam):
+        a, st = _vp_alpha_sigma(sig(lam)); return a * s ** 2 * traj(lam) / (a ** 2 * s ** 2 + st ** 2)
+    for lam_s in (-1.5, 0.0, 1.5):
+        errs = []
+        for h in (0.2, 0.1, 0.05):
+            exact = traj(lam_s + h)
+            e1 = (_dpm_first_order(traj(lam_s), x0(lam_s), sig(lam_s), sig(lam_s + h)) - exact).abs().max().item()
+            e2 = (_dpm_second_order(traj(lam_s), x0(lam_s), x0(lam_s - h), sig(lam_s - h), sig(lam_s), sig(lam_s + h))
+                  - exact).abs().max().item()
+            errs.append((e1, e2))
+        for (a1, a2), (b1, b2) in zip(errs, errs[1:]):
+            assert 3.3 < a1 / b1 < 5 and 7 < a2 / b2 < 9, (lam_s, errs)
+
+
+def test_dpm_config_travels_and_sampler_equals_diffusers():
+    ours = DPMSolverMultistepScheduler(prediction_type="v_prediction", final_sigmas_type="sigma_min", dtype=torch.float32)
+    back = DPMSolverMultistepScheduler.from_config(json.loads(json.dumps(ours.config)))
+    assert back.config == ours.config
+    theirs = diffusers.DPMSolverMultistepScheduler.from_config(ours.config)
+    for k, v in ours.config.items():
+        if k != "tables_dtype": assert theirs.config[k] == v, k
+    mine = DPMSolverMultistepScheduler.from_config(diffusers.DPMSolverMultistepScheduler(solver_order=1).config)
+    assert (mine.solver_order, mine.timestep_spacing, mine.dtype) == (1, "linspace", torch.float64)
+    net = _toy_net()
+    a = ddim_sample(net, ours, (2, 1, 6, 6), 12, generator=make_generator(7), **_OURS)
+    b = ddim_sample(net, theirs, (2, 1, 6, 6), 12, generator=make_generator(7), **_OURS)
+    assert torch.equal(a, b)
+    assert torch.equal(ddim_sample(net, ours, (2, 1, 6, 6), 12, generator=make_generator(7), **_OURS), a)   # restarted
+    # from the training DDPM config (learned variance): the sampler drops v, the solver never sees it
+    d = DPMSolverMultistepScheduler.from_config(DDPMScheduler(variance_type="learned_range", dtype=torch.float32).config,
+                                                timestep_spacing="linspace")
+    net2 = _toy_net(c_out=2)
+    assert torch.equal(ddim_sample(net2, d, (2, 1, 6, 6), 12, generator=make_generator(7), **_OURS),
+                       ddim_sample(lambda i, t: net2(i, t)[:, :1], diffusers.DPMSolverMultistepScheduler(), (2, 1, 6, 6),
+                                   12, generator=make_generator(7), **_OURS))
+
+
+def test_dpm_bad_inputs():
+    s, x = DPMSolverMultistepScheduler(), torch.zeros(2, 1, 4, 4)
+    with pytest.raises(ValueError, match="call scheduler.set_timesteps"): s.step(x, 999, x)
+    s.set_timesteps(10)
+    with pytest.raises(ValueError, match="timestep: 501 is not one of the 10 timesteps"): s.step(x, 501, x)
+    s.step(x, 999, x)
+    with pytest.raises(ValueError, match=r"timestep: expected 899 \(step 2 of 10\)"): s.step(x, 799, x)
+    with pytest.raises(ValueError, match=r"model_output: expected shape \(2, 1, 4, 4\)"): s.step(torch.zeros(2, 2, 4, 4), 899, x)
+    for t in s.timesteps.tolist()[1:]: s.step(x, t, x)
+    with pytest.raises(ValueError, match="expected no further step"): s.step(x, 0, x)
+    with pytest.raises(ValueError, match=r"solver_order: expected an int in \[1, 2\], got 3"): DPMSolverMultistepScheduler(solver_order=3)
+    with pytest.raises(ValueError, match="algorithm_type: expected one of"): DPMSolverMultistepScheduler(algorithm_type="dpmsolver")
+    with pytest.raises(ValueError, match="lower_order_final: expected one of"): DPMSolverMultistepScheduler(lower_order_final=1)
+    with pytest.raises(ValueError, match="config: use_karras_sigmas=True is not implemented"):
+        DPMSolverMultistepScheduler.from_config({"use_karras_sigmas": True})
+    with pytest.raises(ValueError, match="config: euler_at_final=True is not implemented"):
+        DPMSolverMultistepScheduler.from_config(diffusers.DPMSolverMultistepScheduler(euler_at_final=True).config)

@@ -113,20 +113,22 @@ def _native_scale(native: Tensor) -> Tensor:
     require(float(s) > 0, "native", "a scan with a positive 95th percentile inside the brain", float(s))
     return s
 
-def _lowdose_run(l, vols, generator, dose: float | None = None, field: float | None = None):
+def _lowdose_run(l, vols, generator, dose: float | None = None, field: float | None = None,
+                 window: int | None = None):
     from medsynth_nb.lowdose import synthesize_volume
     require(dose is not None, "dose", "a dose fraction in (0, 1), e.g. dose=0.33", dose)
     require(field is not None, "field", "the field strength in tesla the scans come from (1.5 or 3)", field)
     s = _native_scale(vols["native"])
     series = dict(native=vols["native"] / s, standard=vols["standard"] / s, low={}, field=float(field))
-    return synthesize_volume(l["G"], series, float(dose), generator).cpu() * s
+    return synthesize_volume(l["G"], series, float(dose), generator, window=window).cpu() * s
 
-def _lowdose_evaluate(l, vols, generator, subject: str, doses: Sequence[float] = (), field: float | None = None):
+def _lowdose_evaluate(l, vols, generator, subject: str, doses: Sequence[float] = (), field: float | None = None,
+                      window: int | None = None):
     from medsynth_nb.lowdose import lowdose_metrics
     s = _native_scale(vols["native"])
     rows = []
     for d in doses:
-        pred = _lowdose_run(l, vols, generator, dose=d, field=field)
+        pred = _lowdose_run(l, vols, generator, dose=d, field=field, window=window)
         m = lowdose_metrics(pred / s, vols[f"dose_{d:g}"] / s, vols["native"] / s, vols["standard"] / s)
         rows.append(dict(subject=subject, dose=d, field=field, **m))
     return rows
@@ -134,7 +136,8 @@ def _lowdose_evaluate(l, vols, generator, subject: str, doses: Sequence[float] =
 register_applier(Applier(
     "lowdose-gan", ("native", "standard"), _lowdose_load, _lowdose_run, _lowdose_evaluate, ("native", "standard"),
     {"dose": "dose fraction d of the synthetic scan (required), e.g. 0.33",
-     "field": "field strength B in tesla (1.5 or 3; required for apply; evaluate reads it from the manifest)"}))
+     "field": "field strength B in tesla (1.5 or 3; required for apply; evaluate reads it from the manifest)",
+     "window": "3-D generator: synthesise in overlapping cubes of this side (e.g. 64) instead of the whole volume"}))
 
 # %% ../nbs/51_apply.ipynb #87e533f4
 def load_applier(run: str | Path, # a trained run directory (or checkpoint)

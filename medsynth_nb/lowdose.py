@@ -26,7 +26,7 @@ from .engine import train
 from .run_state import load_checkpoint, read_log, state_fingerprint
 from .utils import (IMAGE_CMAP, atomic_write, check_choice, check_int, check_number, check_positive,
                                check_same_batch, check_same_shape, check_tensor, eval_mode, make_generator,
-                               model_device, require, seeded)
+                               model_device, require, seeded, sliding_window)
 from .wasserstein import gaussian_downsample, wasserstein_patch_loss
 from .phantom import subject_volumes
 
@@ -216,11 +216,25 @@ def synthesize_volume(G: nn.Module, series: dict, # one normalised series
                       dose: float, generator: torch.Generator | None = None,
                       slice_axis: int = 2, # for a 2-D generator: slice, synthesise, stack back
                       chunk: int = 32, # slices per forward pass
+                      window: int | None = None, # 3-D generator: cubes of this side (a multiple of 2^levels); None: whole
+                      overlap: float = 0.25, # share of a window its neighbour overlaps (`utils.sliding_window`)
                      ) -> Tensor: # (X, Y, Z) x̂_LD on G's device
-    "x̂_LD of a whole volume: directly (3-D generator) or slice by slice along `slice_axis` (2-D generator)."
+    "x̂_LD of a whole volume: directly or in overlapping cubes (3-D generator), or slice by slice (2-D generator)."
     _check_series(series, "series"); check_int(slice_axis, "slice_axis", min=0, max=2)
     check_int(chunk, "chunk", min=1)
     na, sd = series["native"], series["standard"]
+    if G.dims == 3 and window is not None:
+        require(isinstance(window, int) and window > 0 and window % 2 ** G.levels == 0, "window",
+                f"a positive multiple of 2^levels = {2 ** G.levels}", window)
+        dev = _device(G)
+        na, sd = na.to(dev), sd.to(dev)
+        # one noise field z for the whole volume: overlapping cubes see the same z, so blending keeps its level
+        z = torch.randn(na.shape, generator=generator, dtype=na.dtype,
+                        device=generator.device if generator is not None else dev).to(dev)
+        cond = condition_vector(dose, series["field"], batch=1).to(dev)
+        with eval_mode(G):
+            y = sliding_window(lambda p: G(p, cond)[0], torch.stack([z, na, sd])[None], window, overlap)[0, 0]
+        return (na + y) * (na != 0)
     if G.dims == 3:
         return synthesize(G, na[None, None], sd[None, None], dose, series["field"], generator)[0, 0]
     a, b = volume_to_slices(na, slice_axis), volume_to_slices(sd, slice_axis)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -22,7 +23,7 @@ __all__ = ['PRESET_NAMES', 'IMAGE_CMAP', 'DIFF_CMAP', 'make_generator', 'numpy_r
            'get_device', 'size_preset', 'is_smoke', 'check_tensor', 'check_same_shape', 'check_int', 'check_number',
            'check_positive', 'check_choice', 'check_finite', 'check_mask', 'check_same_batch', 'check_same_dtype',
            'check_same_device', 'require', 'test_allclose', 'atomic_write', 'model_device', 'eval_mode', 'in_chunks',
-           'markdown_table', 'show_slices', 'slice_slider', 'report_result']
+           'window_weights', 'sliding_window', 'markdown_table', 'show_slices', 'slice_slider', 'report_result']
 
 # %% ../nbs/00_utils.ipynb #998771fb
 def make_generator(seed: int | None = None, # seed; `None` draws fresh entropy from the OS
@@ -325,6 +326,59 @@ def in_chunks(fn, # called as fn(*slices) on `chunk` items at a time; returns a 
         o = fn(*(x[i:i + chunk] if device is None else x[i:i + chunk].to(device) for x in inputs))
         outs.append(tuple(t.to(home) for t in o) if isinstance(o, tuple) else o.to(home))
     return tuple(torch.cat(t) for t in zip(*outs)) if isinstance(outs[0], tuple) else torch.cat(outs)
+
+# %% ../nbs/00_utils.ipynb #efb6f4b6
+def _window_starts(size: int, window: int, overlap: float) -> list[int]:
+    "Start of each window along one axis: every int(window·(1 − overlap)) voxels, the last flush with the end."
+    if window >= size: return [0]
+    step = max(int(window * (1 - overlap)), 1)
+    n = next(k for k in range(size) if k * step + window >= size) + 1
+    return [min(k * step, size - window) for k in range(n)]
+
+def window_weights(window: Sequence[int], mode: str = "gaussian", sigma_scale: float = 0.125,
+                   dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+    "The blending weight of one window: ones ('constant'), or a Gaussian of σ = sigma_scale·side per axis ('gaussian')."
+    require(mode in ("gaussian", "constant"), "mode", "'gaussian' or 'constant'", mode)
+    if mode == "constant": return torch.ones(tuple(window), dtype=dtype, device=device)
+    m = None
+    for w in window:
+        t = torch.arange(-(w - 1) / 2.0, (w - 1) / 2.0 + 1, dtype=torch.float32, device=device)
+        g = torch.exp(t ** 2 / (-2 * (sigma_scale * w) ** 2))
+        m = g if m is None else m.unsqueeze(-1) * g
+    return m.clamp(min=max(float(m.min()), 1e-3)).to(dtype)
+
+def sliding_window(fn, # called on (B, C, *window) crops; returns (B, C_out, *window)
+                   x: Tensor, # (B, C, *spatial) input
+                   window: int | Sequence[int], # side(s) of the window
+                   overlap: float = 0.25, # share of a window its neighbour overlaps
+                   mode: str = "gaussian", # blending: 'gaussian' or 'constant'
+                   sigma_scale: float = 0.125,
+                  ) -> Tensor:
+    "`fn` over overlapping windows of `x`, blended into one (B, C_out, *spatial) output (MONAI's sliding window)."
+    check_tensor(x, "x", ndim=(3, 4, 5), finite=False)
+    dims = x.ndim - 2
+    win = (window,) * dims if isinstance(window, int) else tuple(window)
+    require(len(win) == dims and all(isinstance(w, int) and w >= 1 for w in win), "window",
+            f"{dims} positive ints (or one)", window)
+    require(0 <= overlap < 1, "overlap", "a share in [0, 1)", overlap)
+    size = tuple(x.shape[2:])
+    pad = [max(w - s, 0) for w, s in zip(win, size)]
+    if any(pad):
+        x = torch.nn.functional.pad(x, [q for p in reversed(pad) for q in (p // 2, p - p // 2)])
+    full = tuple(x.shape[2:])
+    m = window_weights(win, mode, sigma_scale, x.dtype if x.is_floating_point() else torch.float32, x.device)
+    out = count = None
+    for starts in itertools.product(*(_window_starts(s, w, overlap) for s, w in zip(full, win))):
+        sl = tuple(slice(a, a + w) for a, w in zip(starts, win))
+        y = fn(x[(slice(None), slice(None), *sl)])
+        if out is None:
+            out = torch.zeros((y.shape[0], y.shape[1], *full), dtype=y.dtype, device=y.device)
+            count = torch.zeros(full, dtype=m.dtype, device=y.device)
+        out[(slice(None), slice(None), *sl)] += y * m.to(y.device, y.dtype)
+        count[sl] += m.to(y.device)
+    out = out / count
+    crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pad, size))
+    return out[(slice(None), slice(None), *crop)]
 
 # %% ../nbs/00_utils.ipynb #59249c58
 def markdown_table(header: Sequence[str], # column titles

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from .utils import check_choice, check_int, check_number, require
 
 # %% auto #0
-__all__ = ['NIFTI_SUFFIXES', 'LAYOUTS', 'SIMULATOR_GRID', 'nifti_stem', 'nifti_files', 'role_matches', 'Subject',
+__all__ = ['NIFTI_SUFFIXES', 'LAYOUTS', 'CONFORM_CACHE', 'SIMULATOR_GRID', 'nifti_stem', 'nifti_files', 'role_matches', 'Subject',
            'subject_folders', 'contrast_folders', 'csv_manifest', 'nnunet_dataset', 'dose_manifest', 'detect_layout',
            'read_layout', 'rename_roles', 'split_subjects', 'Grid', 'conform', 'resample_like', 'VolumeSlices']
 
@@ -285,6 +285,9 @@ def _load_image(path: str | Path, name: str):
             f"a 3-D volume ({path.name})", img.shape)
     return img if len(img.shape) == 3 else img.slicer[..., 0]
 
+CONFORM_CACHE = 16 # conformed scans kept in memory: training, validation and evaluation of one run conform the same files
+_CONFORMED: OrderedDict = OrderedDict() # (file, mtime, size, grid, order, reference affine) → (data, affine)
+
 def conform(path: str | Path, # a 3-D NIfTI file
             grid: Grid, # the model's grid
             order: int = 3, # spline order: 3 for images, 0 for label maps
@@ -295,6 +298,12 @@ def conform(path: str | Path, # a 3-D NIfTI file
     require(isinstance(grid, Grid), "grid", "a Grid", type(grid).__name__)
     check_int(order, "order", min=0); require(order <= 5, "order", "a spline order in 0..5", order)
     img = _load_image(path, "path")
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size, grid, order,
+           None if reference is None else np.asarray(reference[1], dtype=np.float64).tobytes())
+    if key in _CONFORMED:                         # the same file on the same grid again: a copy, not a resample
+        _CONFORMED.move_to_end(key)
+        return tuple(a.copy() for a in _CONFORMED[key])
     if reference is None:
         out = nip.conform(img, out_shape=grid.shape, voxel_size=grid.voxel_size, order=order, orientation="RAS")
     else:
@@ -305,7 +314,10 @@ def conform(path: str | Path, # a 3-D NIfTI file
     if order > 1:
         if np.asanyarray(img.dataobj).min() >= 0: data = np.maximum(data, 0)   # no spline undershoot below 0
         data[np.abs(data) < 1e-6 * np.abs(data).max()] = 0   # round-off ringing in a zero background stays zero
-    return data, np.asarray(out.affine, dtype=np.float64)
+    res = (data, np.asarray(out.affine, dtype=np.float64))
+    _CONFORMED[key] = tuple(a.copy() for a in res)
+    while len(_CONFORMED) > CONFORM_CACHE: _CONFORMED.popitem(last=False)
+    return res
 
 # %% ../nbs/50_own_data.ipynb #02909145
 SIMULATOR_GRID = Grid((99, 117, 95), (2.0, 2.0, 2.0))  # data_samples/ and phantom subjects: ICBM152 2 mm, RAS

@@ -3,11 +3,8 @@ wall time, and DPM-Solver++(2M) with 10 and 20 steps, measured in one run on thi
 
 Ancestral-1000 is timed on a subset of its steps (default 25, evenly spread over the chain) and extrapolated to
 1000 steps (each step costs the same: one network call + one scheduler step); DDIM-50 is timed in full.
-With --run DIR (a trained `harmonize` run), also the quality side of the target: the run's model translates a slab
-of sagittal slices of the sample volume in data_samples/ with ancestral-1000 (in full) and with DDIM-50, both timed,
-and prints Durrer's MSE and AHD of each against the target contrast, and their ratios (target: within 10 %).
-Usage: python benchmarks/ddpm.py [--ancestral-steps-timed 25] [--batch 16] [--size 64] [--threads N]
-                                 [--run DIR --slices 40:48]"""
+The quality side (a trained harmonization model on a held-out subject, every sampler) is benchmarks/harmonize.py.
+Usage: python benchmarks/ddpm.py [--ancestral-steps-timed 25] [--batch 16] [--size 64] [--threads N]"""
 import argparse, time
 
 import torch
@@ -23,11 +20,8 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: fairest on a shared CPU; 0: torch default)")
-    ap.add_argument("--run", default=None, help="a trained 'harmonize' run directory: also compare sample quality")
-    ap.add_argument("--slices", default="40:48", help="sagittal slab of the sample volume translated with --run (start:stop)")
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads)
-    if a.run: return quality(a.run, a.slices)
     dev = get_device()
     net = unet_from_preset("demo", 1, 1).to(dev).eval()
     with torch.no_grad():                                  # non-zero output layer so the numbers flow through
@@ -73,29 +67,6 @@ def main():
               f"DDIM-50 / DPM-{n}: {ddim_s / dpm_s:.1f}x (steps ratios {1000 // n}x, {50 / n:g}x)")
     print(f"RATIO per-step overhead of the scheduler vs network: {(anc_subset / len(timed) - step_s) / step_s * 100:+.1f}% of a network call")
     return ratio
-
-
-def quality(run, slices):
-    "Ancestral-1000 vs DDIM-50 with a trained harmonization model: wall time and Durrer's MSE/AHD on a slab."
-    from medsynth_nb.data import durrer_preprocess, find_samples, load_nifti, samples_root
-    from medsynth_nb.harmonize import compare_samplers, evaluate_harmonization, load_harmonizer, parse_direction
-    dev = get_device()
-    model, sched, cfg = load_harmonizer(run, device=dev)
-    s_field, t_field = parse_direction(cfg.direction)
-    files = {e["field"]: e["path"] for e in find_samples("mprage")}
-    lo, hi = map(int, slices.split(":"))
-    src, tgt = (durrer_preprocess(load_nifti(samples_root() / files[f])[0])[lo:hi] for f in (s_field, t_field))
-    print(f"device {dev}, run {run} ({cfg.direction}, step {cfg.steps}), slab {tuple(src.shape)}")
-    res = {"Original": evaluate_harmonization(src, tgt, tissues=False)}
-    cmp = compare_samplers(model, sched, src, tgt, batch_size=hi - lo)        # ancestral-1000 and DDIM-50, same seed
-    res.update(cmp)
-    times = {k: v["seconds"] for k, v in cmp.items()}
-    for name, r in res.items():
-        print(f"{name:15s} MSE {r['mse']:.4g}  AHD {r['ahd']:.4g}" + (f"  {times[name]:.1f} s" if name in times else ""))
-    a_, d_ = res["ancestral-1000"], res["DDIM-50"]
-    print(f"RATIO ancestral-1000 / DDIM-50 wall time: {times['ancestral-1000'] / times['DDIM-50']:.1f}x (target >= 15x)")
-    print(f"RATIO DDIM-50 / ancestral-1000: MSE {d_['mse'] / a_['mse']:.3f}, AHD {d_['ahd'] / a_['ahd']:.3f} (target within 10 %)")
-    return res
 
 
 if __name__ == "__main__":

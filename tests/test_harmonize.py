@@ -37,7 +37,7 @@ def _src(n=3, h=12, w=10, seed=0):
     return x
 
 
-@pytest.mark.parametrize("sampler,steps", [("ddim", 7), ("ddpm", 11), ("ddpm", None)])
+@pytest.mark.parametrize("sampler,steps", [("ddim", 7), ("ddpm", 11), ("ddpm", None), ("dpm", 9), ("dpm", 20)])
 def test_condition_is_clean_source_every_step(sampler, steps):
     sched = harmonization_scheduler()
     src = _src(2, 8, 8)
@@ -53,9 +53,10 @@ def test_oracle_fails_if_condition_noised_or_dropped():
     sched = harmonization_scheduler()
     src = _src(2, 8, 8)
     for corrupt in (lambda c, x: x, lambda c, x: torch.zeros_like(c)):
-        y = translate_slices(Oracle(sched, corrupt=corrupt), sched, src, sampler="ddim", num_inference_steps=5,
-                             generator=make_generator(1))
-        assert (y - src).abs().max() > 0.1
+        for sampler in ("ddim", "dpm"):
+            y = translate_slices(Oracle(sched, corrupt=corrupt), sched, src, sampler=sampler, num_inference_steps=5,
+                                 generator=make_generator(1))
+            assert (y - src).abs().max() > 0.1
 
 
 def test_fixed_variance_and_no_state_leak():
@@ -311,7 +312,7 @@ class _MetaHarmonizer(MetaDeviceModel):
         raise StopIteration
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm"])
 def test_translate_and_compare_move_inputs_to_the_model_device(sampler):
     "No GPU needed: CPU source slices and a CPU generator reach a meta-device model as meta tensors."
     from medsynth_nb.harmonize import compare_samplers
@@ -400,7 +401,8 @@ def test_bad_input_is_refused_at_the_boundary(call, exc, msg):
 @pytest.mark.parametrize("kw, exc, msg", [
     (dict(batch_size=True), TypeError, "batch_size: expected an int, got True (bool)"),
     (dict(batch_size=2.0), TypeError, "batch_size: expected an int, got 2.0 (float)"),
-    (dict(sampler="DDIM"), ValueError, "sampler: expected one of ('ddpm', 'ddim'), got 'DDIM'"),
+    (dict(sampler="DDIM"), ValueError, "sampler: expected one of ('ddpm', 'ddim', 'dpm'), got 'DDIM'"),
+    (dict(sampler="dpm", eta=0.5), ValueError, "takes no eta (a deterministic solver)"),
     (dict(num_inference_steps=0), ValueError, "num_inference_steps: expected an int in [1, 1000], got 0"),
     (dict(num_inference_steps=1001), ValueError, "num_inference_steps: expected an int in [1, 1000], got 1001"),
     (dict(eta=-0.1), ValueError, "eta: expected a number >= 0"),
@@ -489,8 +491,52 @@ def test_oracle_denoiser_returns_its_condition():
     from medsynth_nb.harmonize import OracleDenoiser
     sched = harmonization_scheduler()
     x = _src(2, 12, 10)
-    for sampler, steps in (("ddim", 3), ("ddpm", 5)):
+    for sampler, steps in (("ddim", 3), ("ddpm", 5), ("dpm", 4)):
         o = OracleDenoiser(sched)
         test_allclose(translate_slices(o, sched, x, sampler=sampler, num_inference_steps=steps,
                                        generator=make_generator(0)), x, atol=2e-5, rtol=0)
         assert len(o.seen) == steps
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+def test_dpm_translation_equals_a_diffusers_loop(prediction_type):
+    """sampler='dpm' is diffusers' DPMSolverMultistepScheduler (linspace spacing, the run's prediction type) driven
+    by a plain loop with the clean condition first and the learned-variance channel dropped: a real (random) U-Net."""
+    diffusers = pytest.importorskip("diffusers")
+    from medsynth_nb.data import center_crop_or_pad
+    sched = harmonization_scheduler(prediction_type=prediction_type)
+    net = harmonization_unet("smoke", sched, seed=0).eval()
+    with torch.no_grad():                                   # the zero-initialised output layer: give it weights
+        for p_ in net.out.parameters(): p_.copy_(torch.randn(p_.shape, generator=make_generator(3)) * 0.05)
+    src = _src(2, 14, 10, seed=2)
+    ours = translate_slices(net, sched, src, sampler="dpm", num_inference_steps=7, generator=make_generator(5))
+    ref = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
+                                                beta_schedule="linear", prediction_type=prediction_type,
+                                                timestep_spacing="linspace")
+    ref.set_timesteps(7)
+    cond = to_model_range(center_crop_or_pad(src, (14, 10)))
+    x = torch.randn((2, 1, 14, 10), generator=make_generator(5))
+    with torch.no_grad():
+        for t in ref.timesteps:
+            out = net(torch.cat([cond, x], 1), torch.full((2,), int(t)))[:, :1]
+            x = ref.step(out, t, x).prev_sample
+    test_allclose(ours, from_model_range(x), atol=2e-5, rtol=0)
+    assert (ours - src).abs().max() > 0.05                  # a real network: not the oracle's identity
+
+
+def test_compare_samplers_counts_calls_and_scores_tissues():
+    "Each row carries the network calls per slice its sampler made, and Dice against one target segmentation."
+    from medsynth_nb.harmonize import compare_samplers
+    sched = harmonization_scheduler()
+    calls = []
+    class Counting(Oracle):
+        def forward(self, inp, t): calls.append(1); return super().forward(inp, t)
+    vol = torch.rand(2, 16, 16, generator=make_generator(4)) * 0.8 + 0.1
+    vol[0, 0, :2] = torch.tensor([0.0, 1.0])                 # range [0, 1]: Durrer's min-max rescale is the identity
+    res = compare_samplers(Counting(sched), sched, vol, vol, device=torch.device("cpu"), tissues=True,
+                           samplers={"a": ("ddpm", None), "a-6": ("ddpm", 6), "d-3": ("ddim", 3), "p-2": ("dpm", 2)})
+    assert len(calls) == 1011 and {k: v["calls"] for k, v in res.items()} == {"a": 1000, "a-6": 6, "d-3": 3, "p-2": 2}
+    for r in res.values():                                   # the oracle returns the source = the target: perfect
+        assert r["mse"] < 1e-8 and r["dice_gm"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=re.escape("samplers['z'] steps: expected an int in [1, 1000], got 0")):
+        compare_samplers(Counting(sched), sched, vol, vol, samplers={"z": ("dpm", 0)})

@@ -95,8 +95,9 @@ def _harmonize_evaluate(h, vols, generator, subject: str, tissues: bool = True, 
 
 register_applier(Applier(
     "harmonize", ("source",), _harmonize_load, _harmonize_run, _harmonize_evaluate, ("source", "target"),
-    {"sampler": "'ddim' or 'ddpm' (default: the run's)", "steps": "sampling steps (default: the run's)",
-     "eta": "DDIM noise η (0: deterministic)", "tissues": "evaluate: also the segmentation metrics (slow)"}))
+    {"sampler": "'ddim', 'dpm' (DPM-Solver++(2M)) or 'ddpm' (default: the run's)",
+     "steps": "sampling steps (default: the run's)", "eta": "DDIM noise η (0: deterministic; 'dpm' takes none)",
+     "tissues": "evaluate: also the segmentation metrics (slow)"}))
 
 # %% ../nbs/51_apply.ipynb #21b4eacc
 def _lowdose_load(run, device):

@@ -25,7 +25,7 @@ from .utils import check_int, check_tensor, require
 # %% auto #0
 __all__ = ['PATCHINV_EXPERIMENTS', 'TRANSLATION_RESULTS', 'LIPCAR_SIDE', 'LIPCAR_APPLY_METHODS', 'central_slices', 'to_model',
            'from_model', 'unpaired_subjects', 'split_domains', 'UnpairedFileStream', 'patchinv_files',
-           'load_translator', 'translate_volume', 'evaluate_translation', 'brain_slices', 'dose_series', 'series_scale',
+           'load_translator', 'apply_translator', 'evaluate_translation', 'brain_slices', 'dose_series', 'series_scale',
            'lipcar_slices', 'lipcar_files', 'load_lipcar', 'estimate_high', 'lipcar_volume', 'evaluate_lipcar']
 
 # %% ../nbs/54_translation_files.ipynb #d47f5598
@@ -157,7 +157,7 @@ def load_translator(run, # a patchinv-* run directory (or checkpoint)
 # %% ../nbs/54_translation_files.ipynb #5eb03546
 TRANSLATION_RESULTS = ("translation", "uncertainty")
 
-def translate_volume(t: dict, # from `load_translator`
+def apply_translator(t: dict, # from `load_translator`
                      vols: Mapping[str, Tensor], # {'source': (X, Y, Z)} on the simulator's grid
                      generator=None, # unused: the generator is deterministic
                      result: str = "translation", # 'translation' (G^I, [0, 1]) or 'uncertainty' (σ in the same units)
@@ -194,7 +194,7 @@ def evaluate_translation(t: dict, vols: Mapping[str, Tensor], # 'source' and its
 # %% ../nbs/54_translation_files.ipynb #3ee0d2e8
 for _name in PATCHINV_EXPERIMENTS:
     register_applier(Applier(
-        _name, ("source",), load_translator, translate_volume, evaluate_translation, ("source", "target"),
+        _name, ("source",), load_translator, apply_translator, evaluate_translation, ("source", "target"),
         {"result": "'translation' (default) or 'uncertainty' (the predicted scale σ, same units)",
          "batch_size": "slices per forward pass (default 16)"}))
 

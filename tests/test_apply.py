@@ -50,6 +50,15 @@ def test_harmonize_output_keeps_the_scan_grid_and_ignores_its_units(runs, small_
     assert np.abs(_read(a) - _read(c)).max() > 0                  # the seed reaches the sampler
 
 
+def test_harmonize_apply_takes_the_dpm_sampler(runs, small_scan, tmp_path):
+    "--option sampler=dpm reaches translate_slices: the same scan grid, another chain than the run's DDIM; eta refused."
+    a = apply_to_files(runs["h"], {"source": small_scan}, tmp_path / "a.nii.gz", steps=3)
+    p = apply_to_files(runs["h"], {"source": small_scan}, tmp_path / "p.nii.gz", steps=3, sampler="dpm")
+    assert _read(p).shape == _read(a).shape and np.abs(_read(p) - _read(a)).max() > 0
+    with pytest.raises(ValueError, match="takes no eta"):
+        apply_to_files(runs["h"], {"source": small_scan}, tmp_path / "e.nii.gz", steps=3, sampler="dpm", eta=0.5)
+
+
 def test_lowdose_output_is_in_the_scan_units(runs, tmp_path):
     "Pinetz's normalisation is undone: scaling both inputs by 10 scales the synthetic scan by 10 (same seed)."
     na, aff, _ = load_nifti(S / "dose_3T_d000.nii.gz"); sd = load_nifti(S / "dose_3T_d100.nii.gz")[0]

@@ -15,7 +15,7 @@ from medsynth_nb.patchinv import _contrast_volumes, contrast_slices, scores, tas
 from medsynth_nb.phantom import axial_slices
 from medsynth_nb.sources import SIMULATOR_GRID, Subject, conform
 from medsynth_nb.translation_files import (UnpairedFileStream, central_slices, evaluate_translation, from_model,
-                                           load_translator, split_domains, to_model, translate_volume,
+                                           load_translator, split_domains, to_model, apply_translator,
                                            unpaired_subjects)
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data_samples"
@@ -134,7 +134,7 @@ def test_train_apply_evaluate_through_the_cli(ixi, tmp_path):
     # the file equals the applier run on the conformed scan, resampled back (the 51 path): here, one slice's values
     t = load_translator(run)
     vol = torch.from_numpy(conform(ANAT, SIMULATOR_GRID)[0])
-    out = translate_volume(t, {"source": vol})
+    out = apply_translator(t, {"source": vol})
     full = vol.flatten(0, 1).amax(0) > 0
     z = np.flatnonzero(full.numpy())[::4]                                   # anatomical.nii covers 25 of the 95 slices
     assert bool((out[:, :, ~full] == 0).all())

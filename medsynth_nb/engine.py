@@ -362,11 +362,15 @@ class StopSignals:
 
 # %% ../nbs/07_engine.ipynb #6001a6b8
 def write_loss_plot(rows: list[dict], path: str | os.PathLike, title: str | None = None) -> Path | None:
-    "Draw `plot_losses(rows)` into `path` (PNG, atomic); nothing when there is no row or no loss column."
+    """Draw `plot_losses(rows)` into `path` (PNG, atomic), and beside it every `val/` column the validation logged;
+    nothing when there is no row or no loss column."""
     from matplotlib.figure import Figure
     if not rows or not any(k.endswith("/loss") for k in rows[0]): return None
-    fig = Figure(figsize=(6, 3.5))
-    plot_losses(rows, ax=fig.subplots(), title=title)
+    val = list(dict.fromkeys(k for r in rows for k in r if k.startswith("val/")))
+    fig = Figure(figsize=(10.5 if val else 6, 3.5))
+    axs = fig.subplots(1, 2 if val else 1, squeeze=False)[0]
+    plot_losses(rows, ax=axs[0], title=title)
+    if val: plot_losses(rows, keys=val, ax=axs[1], title="validation (EMA weights, held-out subjects)")
     fig.tight_layout()
     with atomic_write(path) as tmp: fig.savefig(tmp, format="png", dpi=100)
     return Path(path)

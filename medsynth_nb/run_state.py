@@ -306,20 +306,21 @@ def plot_losses(run, # a run directory, a TrainResult, or a list of log rows
                 keys: Sequence[str] | None = None, # columns to draw (default: every '<phase>/loss')
                 ax=None, logy: bool = False, smooth: int = 1, # moving-average window in rows
                 title: str | None = None):
-    "Loss curves against the step; returns the matplotlib figure."
+    """Curves against the step; returns the matplotlib figure. A column logged on some rows only (a validation
+    metric, every `val_every` steps) is drawn through the rows that have it, with markers."""
     import matplotlib.pyplot as plt
     rows = run if isinstance(run, list) else read_log(getattr(run, "out", run))
     if not rows: raise ValueError(f"run: no log rows found in {getattr(run, 'out', run)!s}")
-    keys = list(keys) if keys else [k for k in rows[0] if k.endswith("/loss")]
-    missing = [k for k in keys if k not in rows[0]]
-    if missing: raise ValueError(f"keys: {missing[0]!r} is not logged; columns: {', '.join(rows[0])}")
+    columns = list(dict.fromkeys(k for r in rows for k in r))           # every column, in order of first appearance
+    keys = list(keys) if keys else [k for k in columns if k.endswith("/loss") and not k.startswith("val/")]
+    missing = [k for k in keys if k not in columns]
+    if missing: raise ValueError(f"keys: {missing[0]!r} is not logged; columns: {', '.join(columns)}")
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 3.5))
-    steps = np.array([r["step"] for r in rows])
     for k in keys:
-        y = np.array([r.get(k, np.nan) for r in rows], dtype=float)
-        if smooth > 1: y = np.convolve(y, np.ones(smooth) / smooth, mode="valid"); x = steps[smooth - 1:]
-        else: x = steps
-        ax.plot(x, y, label=k)
+        have = [r for r in rows if r.get(k) is not None]
+        x, y = np.array([r["step"] for r in have]), np.array([r[k] for r in have], dtype=float)
+        if smooth > 1 and len(y) >= smooth: y = np.convolve(y, np.ones(smooth) / smooth, mode="valid"); x = x[smooth - 1:]
+        ax.plot(x, y, "o-" if len(have) < len(rows) else "-", ms=3, label=k)
     ax.set_xlabel("step"); ax.set_ylabel("loss" if all(k.endswith("loss") for k in keys) else "value")
     if logy: ax.set_yscale("log")
     ax.legend(); ax.grid(alpha=0.3)

@@ -50,6 +50,8 @@ def test_metrics_logged_samples_drawn_best_is_the_minimum(tmp_path):
     assert (info["metric"], info["step"], info["higher"]) == ("val/mse", best_step, False)
     assert load_checkpoint(res.out / "best.pt")["step"] == best_step
     assert sorted(p.name for p in (res.out / "samples").iterdir()) == [f"step_{s:08d}.png" for s in (10, 20, 30)]
+    png = (res.out / "losses.png").read_bytes()            # the val/ curves get a second panel: a wider figure
+    assert int.from_bytes(png[16:20], "big") == 1050
 
 
 @pytest.mark.parametrize("spec, want", [("val/dist", 20), ("+val/dist", 5)])

@@ -45,13 +45,14 @@ def test_fold_bn_equals_conv_then_bn():
 
 @pytest.mark.parametrize("c_out", [2, 3, 16])  # < 16: matmul + 9 shifts; 16: oneDNN on a padded input
 @pytest.mark.parametrize("relu", [False, True])
-def test_conv_paths_equal_circular_conv(c_out, relu):
+@pytest.mark.parametrize("channels_last, few_out", [(True, True), (False, True), (True, False), (False, False)])
+def test_conv_paths_equal_circular_conv(c_out, relu, channels_last, few_out):
     torch.manual_seed(0)
     h = torch.randn(2, 6, 9, 8)                       # H != W: a swapped roll axis or sign fails
     w, b = torch.randn(c_out, 6, 3, 3), torch.randn(c_out)
     ref = F.conv2d(F.pad(h, (1, 1, 1, 1), mode="circular"), w, b)
-    op = bench._Conv(w, b, relu)
-    assert op.few == (c_out < bench.FEW_OUT)
+    op = bench._Conv(w, b, relu, channels_last=channels_last, few_out=few_out)
+    assert op.few == (few_out and c_out < bench.FEW_OUT)
     with torch.inference_mode(): test_allclose(op(h), ref.relu() if relu else ref, rtol=1e-5, atol=1e-5)
 
 
@@ -105,6 +106,16 @@ def test_fast_generator_equals_generator(shape, make):
         out2 = bench.fast_reconstruct(bench.fast_generator(G), y, mask, maps, batch_size=2)
     assert _rel(out, ref) < 1e-5 and _rel(out2, ref) < 1e-5
     assert _rel(hard_dc(zero_filled(y, mask, maps), y, mask, maps), ref) > 1e-2
+
+
+@pytest.mark.parametrize("kw", [dict(channels_last=False, few_out=False, fused_dc=False), dict(few_out=False),
+                                dict(fused_dc=False)])
+def test_fast_generator_switches_compute_the_same(kw):
+    "The ablation's variants (`--ablation`) are the same function too."
+    x, y, mask, maps = _acq((16, 12))
+    G = _unrolled(16)
+    with num_threads(1):
+        assert _rel(bench.fast_reconstruct(bench.fast_generator(G, **kw), y, mask, maps), recon.reconstruct(G, y, mask, maps)) < 1e-5
 
 
 def test_fast_generator_refuses_what_it_does_not_compute():
